@@ -1,0 +1,205 @@
+//! Keel's auth service: credentials, tokens and sessions, owning the
+//! `keel_auth` database.
+//!
+//! [`Auth::build`] prepares the service from its configuration; [`run`]
+//! serves it until shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration as StdDuration};
+
+use anyhow::Context as _;
+use clap::Args;
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use keel::auth::v1::{Jwk, auth_service_server::AuthServiceServer};
+use keel_platform::{
+    config::{PoolConfig, ServerConfig, TokenConfig},
+    db,
+    server::GrpcServer,
+    verifier::{KeySource, KeysFuture, Verifier},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub mod clients;
+pub mod domain;
+pub mod keys;
+pub mod password;
+pub mod schema;
+pub mod service;
+pub mod store;
+
+pub use service::Auth;
+
+use crate::{
+    clients::{ServiceClient, ServiceClients},
+    keys::KeyRing,
+    password::{HashCost, Hasher},
+    service::Throttle,
+};
+
+/// The service's migrations, embedded in the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// The folder the migrations come from (tests fingerprint it).
+pub const MIGRATIONS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+
+/// The database auth owns.
+pub const DATABASE: &str = "keel_auth";
+
+/// The fully-qualified gRPC service name.
+pub const SERVICE_NAME: &str = "keel.auth.v1.AuthService";
+
+/// How often a replica re-reads the signing keys (to follow a rotation made
+/// by another process).
+const KEY_RELOAD_INTERVAL: StdDuration = StdDuration::from_secs(30);
+
+/// Auth's settings.
+#[derive(Debug, Clone, Args)]
+pub struct AuthConfig {
+    /// Where auth listens for gRPC.
+    #[arg(long = "auth-listen", env = "KEEL_AUTH_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Auth's database (default: a `keel_auth` database on the server of
+    /// KEEL_DATABASE_URL).
+    #[arg(long = "auth-database-url", env = "KEEL_AUTH_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Services that may get tokens: `client_id:secret:scope scope ...`,
+    /// several separated by `;`.
+    #[arg(long, env = "KEEL_SERVICE_CLIENTS", value_delimiter = ';')]
+    pub service_clients: Vec<ServiceClient>,
+
+    /// Failed logins allowed per account, and per client address, within the
+    /// window; further attempts are refused until it passes.
+    #[arg(long, env = "KEEL_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: u32,
+
+    /// The failed-login window (seconds).
+    #[arg(long, env = "KEEL_LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900)]
+    pub login_failure_window_secs: u32,
+
+    /// argon2id memory cost (KiB); never below OWASP's 19456.
+    #[arg(long, env = "KEEL_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id passes; never below 2.
+    #[arg(long, env = "KEEL_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// Password hashes computed at once (default: one per CPU).
+    #[arg(long, env = "KEEL_HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
+
+    #[command(flatten)]
+    pub tokens: TokenConfig,
+
+    #[command(flatten)]
+    pub pool: PoolConfig,
+
+    #[command(flatten)]
+    pub server: ServerConfig,
+}
+
+impl AuthConfig {
+    /// The argon2id cost, refusing anything weaker than OWASP's minimum.
+    pub fn hash_cost(&self) -> anyhow::Result<HashCost> {
+        let minimum = HashCost::default();
+        anyhow::ensure!(
+            self.argon2_memory_kib >= minimum.memory_kib && self.argon2_iterations >= minimum.iterations,
+            "argon2id cost below m={} KiB, t={} is not allowed",
+            minimum.memory_kib,
+            minimum.iterations
+        );
+        Ok(HashCost {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: 1,
+        })
+    }
+}
+
+impl Auth {
+    /// Connects to the (migrated) database at `url` and loads the keys.
+    pub async fn build(config: &AuthConfig, url: &str) -> anyhow::Result<Self> {
+        let pool = db::pool(url, &config.pool)?;
+        let keys = KeyRing::load(&pool, &config.tokens.token_issuer, &config.tokens.token_audience)
+            .await
+            .context("loading the signing keys")?;
+        let concurrency = config
+            .hash_concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        Ok(Auth {
+            pool,
+            hasher: Hasher::new(config.hash_cost()?, concurrency)?,
+            keys,
+            clients: Arc::new(ServiceClients::new(config.service_clients.clone())),
+            throttle: Throttle {
+                max_failures: i64::from(config.login_max_failures),
+                window: chrono::Duration::seconds(i64::from(config.login_failure_window_secs)),
+            },
+        })
+    }
+
+    /// The verifier for tokens auth itself issued: keys come straight from
+    /// the key ring, not over the network.
+    pub fn verifier(&self, tokens: &TokenConfig) -> Arc<Verifier> {
+        Arc::new(Verifier::new(
+            &tokens.token_issuer,
+            &tokens.token_audience,
+            Arc::new(LocalKeys(self.keys.clone())),
+        ))
+    }
+
+    /// The key ring (for rotation from the command line).
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &db::Pool {
+        &self.pool
+    }
+}
+
+#[derive(Debug)]
+struct LocalKeys(KeyRing);
+
+impl KeySource for LocalKeys {
+    fn fetch(&self) -> KeysFuture<'_> {
+        Box::pin(async move { Ok::<Vec<Jwk>, anyhow::Error>(self.0.jwks().await) })
+    }
+}
+
+/// Serves auth on `listener` until `shutdown` is cancelled. The database at
+/// `url` must exist; it is migrated first.
+pub async fn run(config: AuthConfig, url: String, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    db::migrate(&url, MIGRATIONS).await.context("migrating keel_auth")?;
+    let auth = Auth::build(&config, &url).await?;
+    let verifier = auth.verifier(&config.tokens);
+
+    let reload = {
+        let (keys, pool, shutdown) = (auth.keys.clone(), auth.pool.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                if let Err(err) = keys.reload(&pool).await {
+                    tracing::warn!(error = format!("{err:#}"), "re-reading the signing keys failed");
+                }
+            }
+        })
+    };
+
+    let server = GrpcServer {
+        service_names: vec![SERVICE_NAME],
+        routes: tonic::service::Routes::new(AuthServiceServer::new(auth.clone())),
+        verifier,
+        pool: auth.pool.clone(),
+        config: config.server.clone(),
+    };
+    let result = server.run(listener, shutdown).await;
+    reload.abort();
+    result
+}

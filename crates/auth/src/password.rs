@@ -1,0 +1,185 @@
+//! Password hashing with argon2id, off the async runtime.
+//!
+//! Hashing is deliberately expensive, so it runs on the blocking pool behind
+//! a semaphore sized to the machine: the async workers stay free for cheap
+//! calls, and a flood of logins queues instead of exhausting memory.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use argon2::{
+    Algorithm, Argon2, Params, Version,
+    password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
+};
+use tokio::sync::Semaphore;
+
+use crate::domain::Password;
+
+/// The argon2id cost. The defaults are OWASP's minimum: 19 MiB, 2 passes,
+/// 1 lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes over memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Default for HashCost {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// What checking a password found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The password matches.
+    Valid {
+        /// The stored hash uses weaker parameters than today's: store a new one.
+        needs_rehash: bool,
+    },
+    /// It does not (or there was no account to match).
+    Invalid,
+}
+
+/// Hashes and verifies passwords on a bounded blocking pool.
+#[derive(Debug, Clone)]
+pub struct Hasher {
+    params: Params,
+    permits: Arc<Semaphore>,
+    /// A hash of nothing, checked for unknown accounts so they cost the same.
+    dummy_hash: Arc<str>,
+}
+
+impl Hasher {
+    /// A hasher with `cost`, running at most `concurrency` hashes at once.
+    pub fn new(cost: HashCost, concurrency: usize) -> anyhow::Result<Self> {
+        let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+            .map_err(|err| anyhow::anyhow!("invalid argon2 parameters: {err}"))?;
+        let dummy = hash_blocking(&params, b"keel-dummy-password-for-unknown-accounts")?;
+        Ok(Self {
+            params,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy_hash: dummy.into(),
+        })
+    }
+
+    /// Hashes `password` into a PHC string.
+    pub async fn hash(&self, password: &Password) -> anyhow::Result<String> {
+        let password = password.clone();
+        let params = self.params.clone();
+        self.run(move || hash_blocking(&params, password.expose())).await?
+    }
+
+    /// Checks `password` against `stored`, or against a dummy hash when there
+    /// is no account, so both cases take the same time.
+    pub async fn verify(&self, password: &Password, stored: Option<&str>) -> anyhow::Result<Verdict> {
+        let known = stored.is_some();
+        let stored: Arc<str> = stored.map_or_else(|| self.dummy_hash.clone(), Arc::from);
+        let password = password.clone();
+        let params = self.params.clone();
+        let verdict = self.run(move || verify_blocking(&params, password.expose(), &stored)).await??;
+        Ok(if known { verdict } else { Verdict::Invalid })
+    }
+
+    /// Runs `work` on the blocking pool once a permit is free.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+        let _permit = self.permits.acquire().await.context("the hasher is closed")?;
+        tokio::task::spawn_blocking(work).await.context("the hashing task failed")
+    }
+}
+
+fn argon2(params: &Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+}
+
+fn hash_blocking(params: &Params, password: &[u8]) -> anyhow::Result<String> {
+    argon2(params)
+        .hash_password(password)
+        .map(|hash| hash.to_string())
+        .map_err(|err| anyhow::anyhow!("hashing failed: {err}"))
+}
+
+fn verify_blocking(params: &Params, password: &[u8], stored: &str) -> anyhow::Result<Verdict> {
+    let parsed = PasswordHash::new(stored).map_err(|err| anyhow::anyhow!("a stored hash is malformed: {err}"))?;
+    // The stored string names its own algorithm and cost; verify with those.
+    match Argon2::default().verify_password(password, stored) {
+        Ok(()) => Ok(Verdict::Valid {
+            needs_rehash: is_weaker(&parsed, params),
+        }),
+        Err(argon2::password_hash::Error::PasswordInvalid) => Ok(Verdict::Invalid),
+        Err(err) => Err(anyhow::anyhow!("verifying failed: {err}")),
+    }
+}
+
+/// Whether `stored` was made with a different algorithm or less cost than
+/// `params`.
+fn is_weaker(stored: &PasswordHash, params: &Params) -> bool {
+    if stored.algorithm.as_str() != "argon2id" {
+        return true;
+    }
+    match Params::try_from(stored) {
+        Ok(old) => old.m_cost() < params.m_cost() || old.t_cost() < params.t_cost() || old.p_cost() < params.p_cost(),
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> HashCost {
+        HashCost {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    fn password(raw: &str) -> Password {
+        Password::parse("password", raw.into()).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn default_hashes_are_argon2id_at_owasp_cost() {
+        let hasher = Hasher::new(HashCost::default(), 1).expect("hasher");
+        let hash = hasher.hash(&password("correct horse")).await.expect("hash");
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert_eq!(
+            hasher.verify(&password("correct horse"), Some(&hash)).await.expect("verify"),
+            Verdict::Valid { needs_rehash: false }
+        );
+        assert_eq!(
+            hasher.verify(&password("wrong horse"), Some(&hash)).await.expect("verify"),
+            Verdict::Invalid
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_accounts_never_verify() {
+        let hasher = Hasher::new(cheap(), 1).expect("hasher");
+        let verdict = hasher
+            .verify(&password("keel-dummy-password-for-unknown-accounts"), None)
+            .await
+            .expect("verify");
+        assert_eq!(verdict, Verdict::Invalid);
+    }
+
+    #[tokio::test]
+    async fn weaker_hashes_ask_to_be_upgraded() {
+        let old = Hasher::new(cheap(), 1).expect("hasher");
+        let hash = old.hash(&password("correct horse")).await.expect("hash");
+        let current = Hasher::new(HashCost::default(), 1).expect("hasher");
+        assert_eq!(
+            current.verify(&password("correct horse"), Some(&hash)).await.expect("verify"),
+            Verdict::Valid { needs_rehash: true }
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! The Postgres pool (diesel-async over deadpool) and embedded migrations.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel::{ConnectionError, ConnectionResult};
+use diesel_async::{
+    AsyncConnection as _, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl as _,
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, deadpool},
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _};
+use futures::FutureExt as _;
+
+use crate::config::PoolConfig;
+
+/// A pool of Postgres connections.
+pub type Pool = deadpool::Pool<AsyncPgConnection>;
+
+/// A connection taken from the pool.
+pub type Connection = deadpool::Object<AsyncPgConnection>;
+
+/// Builds the pool. Every connection gets a statement timeout, so a runaway
+/// query fails instead of holding a connection forever.
+pub fn pool(url: &str, config: &PoolConfig) -> anyhow::Result<Pool> {
+    let statement_timeout = config.db_statement_timeout_ms;
+    let mut manager_config = ManagerConfig::default();
+    manager_config.custom_setup = Box::new(move |url| {
+        async move {
+            let mut conn = AsyncPgConnection::establish(url).await?;
+            diesel::sql_query(format!("SET statement_timeout = {statement_timeout}"))
+                .execute(&mut conn)
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            ConnectionResult::Ok(conn)
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
+    Pool::builder(manager)
+        .max_size(config.db_pool_size)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .runtime(::deadpool::Runtime::Tokio1)
+        .build()
+        .context("building the database pool")
+}
+
+/// Runs the pending migrations. Needs the multi-threaded runtime: the harness
+/// blocks in place while it works.
+pub async fn migrate(url: &str, migrations: EmbeddedMigrations) -> anyhow::Result<()> {
+    let conn = AsyncPgConnection::establish(url)
+        .await
+        .with_context(|| format!("connecting to {} to migrate", redact(url)))?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    tokio::task::block_in_place(|| harness.run_pending_migrations(migrations).map(|_| ()))
+        .map_err(|err| anyhow::anyhow!("running migrations on {}: {err}", redact(url)))
+}
+
+/// Creates `database` on the server of `url` unless it exists.
+pub async fn ensure_database(url: &str, database: &str) -> anyhow::Result<()> {
+    let admin_url = with_database(url, "postgres")?;
+    let mut conn = AsyncPgConnection::establish(&admin_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact(&admin_url)))?;
+    let exists: i64 = diesel::dsl::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+        "count(*) FROM pg_database WHERE datname = {}",
+        quote_literal(database)
+    )))
+    .get_result(&mut conn)
+    .await?;
+    if exists == 0 {
+        let created = diesel::sql_query(format!("CREATE DATABASE {}", quote_ident(database)))
+            .execute(&mut conn)
+            .await;
+        // Another process may have created it between the check and here.
+        if let Err(err) = created
+            && !err.to_string().contains("already exists")
+        {
+            return Err(err).with_context(|| format!("creating database {database}"));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the database answers a trivial query.
+pub async fn ping(pool: &Pool) -> anyhow::Result<()> {
+    let mut conn = pool.get().await.context("taking a connection")?;
+    diesel::sql_query("SELECT 1").execute(&mut conn).await.context("SELECT 1")?;
+    Ok(())
+}
+
+/// `url` with its path replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").context("a database URL starts with postgres://")? + 3;
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &base[..host_end], database);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+/// `url` with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    match (rest.find('@'), rest.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_and_keeps_the_query() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/a?sslmode=disable", "b").ok().as_deref(),
+            Some("postgres://u:p@h:5432/b?sslmode=disable")
+        );
+        assert_eq!(
+            with_database("postgres://h:5432", "b").ok().as_deref(),
+            Some("postgres://h:5432/b")
+        );
+    }
+
+    #[test]
+    fn hides_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,224 @@
+//! The one error type services return, and its mapping to a rich `tonic::Status`.
+//!
+//! Client errors carry a stable `ErrorInfo.reason` (AIP-193) and, for bad
+//! input, `BadRequest` field violations. Internal errors are logged with their
+//! full context and reach the caller only as a generic message: nothing secret
+//! or internal ever leaves in a `Status`.
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every Keel error.
+pub const ERROR_DOMAIN: &str = "keel.dev";
+
+/// A result whose error maps to a `tonic::Status`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error a service returns: either the caller's fault (with a reason the
+/// caller can branch on) or an internal failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller's fault, or a state the caller must see.
+    #[error("{0}")]
+    Client(Box<ClientError>),
+    /// A failure the caller can do nothing about; its detail stays in the logs.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// An error meant for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// The gRPC status code.
+    pub code: Code,
+    /// The stable machine-readable reason, UPPER_SNAKE_CASE.
+    pub reason: &'static str,
+    /// A sentence for people.
+    pub message: String,
+    /// `BadRequest` field violations: (field path, description).
+    pub violations: Vec<FieldViolation>,
+    /// How long to wait before retrying, for RESOURCE_EXHAUSTED.
+    pub retry_after: Option<Duration>,
+}
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's path in the request, e.g. `password`.
+    pub field: String,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} {}: {}", self.code, self.reason, self.message)
+    }
+}
+
+impl Error {
+    fn client(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        Error::Client(Box::new(ClientError {
+            code,
+            reason,
+            message: message.into(),
+            violations: Vec::new(),
+            retry_after: None,
+        }))
+    }
+
+    /// INVALID_ARGUMENT with one field violation.
+    pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::invalid_fields(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+
+    /// INVALID_ARGUMENT with every field violation found.
+    pub fn invalid_fields(violations: Vec<FieldViolation>) -> Self {
+        let message = violations
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Error::Client(Box::new(ClientError {
+            code: Code::InvalidArgument,
+            reason: "INVALID_ARGUMENT",
+            message,
+            violations,
+            retry_after: None,
+        }))
+    }
+
+    /// INVALID_ARGUMENT with a specific reason and no field.
+    pub fn invalid_argument(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::client(Code::InvalidArgument, reason, message)
+    }
+
+    /// UNAUTHENTICATED: no credentials, or credentials that do not verify.
+    pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::client(Code::Unauthenticated, reason, message)
+    }
+
+    /// PERMISSION_DENIED: the caller is known but may not do this.
+    pub fn permission_denied(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::client(Code::PermissionDenied, reason, message)
+    }
+
+    /// NOT_FOUND for a resource of the given kind.
+    pub fn not_found(resource: &str) -> Self {
+        Self::client(Code::NotFound, "NOT_FOUND", format!("{resource} not found"))
+    }
+
+    /// ALREADY_EXISTS.
+    pub fn already_exists(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::client(Code::AlreadyExists, reason, message)
+    }
+
+    /// FAILED_PRECONDITION: the system is not in a state that allows this.
+    pub fn failed_precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::client(Code::FailedPrecondition, reason, message)
+    }
+
+    /// ABORTED: a concurrency conflict, such as a stale etag.
+    pub fn aborted(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::client(Code::Aborted, reason, message)
+    }
+
+    /// RESOURCE_EXHAUSTED with a `RetryInfo` delay.
+    pub fn too_many(reason: &'static str, message: impl Into<String>, retry_after: Duration) -> Self {
+        Error::Client(Box::new(ClientError {
+            code: Code::ResourceExhausted,
+            reason,
+            message: message.into(),
+            violations: Vec::new(),
+            retry_after: Some(retry_after),
+        }))
+    }
+
+    /// UNAVAILABLE: a dependency is down; the caller may retry.
+    pub fn unavailable(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::client(Code::Unavailable, reason, message)
+    }
+
+    /// The client error, if this is one.
+    pub fn as_client(&self) -> Option<&ClientError> {
+        match self {
+            Error::Client(client) => Some(client),
+            Error::Internal(_) => None,
+        }
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(err: diesel::result::Error) -> Self {
+        Error::Internal(anyhow::Error::new(err).context("database query failed"))
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
+    fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        tracing::warn!(error = %err, "no database connection available");
+        Self::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry later")
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Client(client) => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info(client.reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+                for violation in &client.violations {
+                    details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
+                }
+                if let Some(delay) = client.retry_after {
+                    details.set_retry_info(Some(delay));
+                }
+                Status::with_error_details(client.code, client.message, details)
+            }
+            Error::Internal(err) => {
+                tracing::error!(error = format!("{err:#}"), "internal error");
+                Status::with_error_details(
+                    Code::Internal,
+                    "internal error",
+                    ErrorDetails::with_error_info("INTERNAL", ERROR_DOMAIN, HashMap::<String, String>::new()),
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_violations_become_bad_request_details() {
+        let status = Status::from(Error::invalid_field("email", "must contain @"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_details_bad_request().expect("bad request details");
+        assert_eq!(details.field_violations[0].field, "email");
+        let info = status.get_details_error_info().expect("error info");
+        assert_eq!(info.reason, "INVALID_ARGUMENT");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+    }
+
+    #[test]
+    fn internal_errors_hide_their_detail() {
+        let status = Status::from(Error::Internal(anyhow::anyhow!("secret connection string")));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+
+    #[test]
+    fn too_many_carries_retry_info() {
+        let status = Status::from(Error::too_many("TOO_MANY_ATTEMPTS", "slow down", Duration::from_secs(90)));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let retry = status.get_details_retry_info().expect("retry info");
+        assert_eq!(retry.retry_delay, Some(Duration::from_secs(90)));
+    }
+}

@@ -1,0 +1,18 @@
+//! The shared runtime every Keel service stands on: configuration, telemetry,
+//! the gRPC server runner, the database pool and migrations, a private
+//! Postgres for development, token verification, the outbox, and the one
+//! error type that maps to `tonic::Status`.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod local_postgres;
+pub mod outbox;
+pub mod paging;
+pub mod principal;
+pub mod server;
+pub mod telemetry;
+pub mod verifier;
+
+pub use error::{Error, Result};
+pub use principal::{Principal, Role, principal};

@@ -1,0 +1,217 @@
+//! Runs a gRPC service: health, reflection, one tower stack, graceful
+//! shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::ServiceBuilder;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::{
+    config::ServerConfig,
+    db::{self, Pool},
+    telemetry::HeaderExtractor,
+    verifier::{AuthenticateLayer, Verifier},
+};
+
+/// How often readiness is re-checked against the database.
+const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// One gRPC service process, ready to run.
+#[allow(missing_debug_implementations)]
+pub struct GrpcServer {
+    /// The fully-qualified gRPC service names to report health for.
+    pub service_names: Vec<&'static str>,
+    /// The services to serve.
+    pub routes: Routes,
+    /// Verifies bearer tokens on every call.
+    pub verifier: Arc<Verifier>,
+    /// The service's database: SERVING only while it answers.
+    pub pool: Pool,
+    /// Timeouts and limits.
+    pub config: ServerConfig,
+}
+
+impl GrpcServer {
+    /// Serves on `listener` until `shutdown` is cancelled, then reports
+    /// NOT_SERVING, stops accepting, and drains in-flight calls for at most
+    /// the configured grace period.
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set_status(&reporter, &self.service_names, ServingStatus::NotServing).await;
+
+        let reflection_v1 = reflection()
+            .build_v1()
+            .context("building the reflection service")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("building the reflection service")?;
+
+        let readiness = tokio::spawn(track_readiness(
+            reporter.clone(),
+            self.service_names.clone(),
+            self.pool.clone(),
+            shutdown.clone(),
+        ));
+
+        let layers = ServiceBuilder::new()
+            // A request id for every call: the caller's `x-request-id`, or a new
+            // one; it names the call's span and goes back in the response.
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            // One span per call, continuing the caller's W3C trace context.
+            .layer(TraceLayer::new_for_grpc().make_span_with(call_span))
+            // Refuse work beyond the limit at once (RESOURCE_EXHAUSTED) rather
+            // than queue it behind calls that may already be late.
+            .load_shed()
+            .concurrency_limit(self.config.concurrency_limit)
+            // Verify bearer tokens once, at the edge of every service.
+            .layer(AuthenticateLayer::new(self.verifier.clone()))
+            .into_inner();
+
+        let router = tonic::transport::Server::builder()
+            // Cancels calls that run past the deadline (or the caller's
+            // shorter grpc-timeout).
+            .timeout(self.config.request_timeout())
+            .layer(layers)
+            .add_routes(self.routes)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        let stopping = {
+            let reporter = reporter.clone();
+            let names = self.service_names.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                set_status(&reporter, &names, ServingStatus::NotServing).await;
+                tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+            }
+        };
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping);
+        let grace = self.config.shutdown_grace();
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            result = serve => result.context("the gRPC server failed"),
+            () = drain_deadline => {
+                tracing::warn!(?grace, "calls still in flight after the grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        readiness.abort();
+        result
+    }
+}
+
+/// Binds `addr`, with a clear message when the port is taken.
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr} (is another process using the port?)"))
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {},
+            () = terminate => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keel::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+fn call_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "grpc",
+        rpc = %request.uri().path(),
+        request_id = %request_id,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(request.headers()))
+    });
+    if let Err(err) = span.set_parent(parent) {
+        tracing::debug!(error = %err, "could not continue the caller's trace");
+    }
+    span
+}
+
+async fn set_status(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in names {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// SERVING while the database answers, NOT_SERVING while it does not.
+async fn track_readiness(
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+    pool: Pool,
+    shutdown: CancellationToken,
+) {
+    let mut serving = false;
+    loop {
+        let healthy = match db::ping(&pool).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), "database check failed");
+                false
+            }
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if healthy != serving {
+            serving = healthy;
+            let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
+            set_status(&reporter, &names, status).await;
+            tracing::info!(?status, "health changed");
+        }
+        let wait = if healthy { READINESS_INTERVAL } else { Duration::from_millis(200) };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Test support for Keel: a real PostgreSQL with zero set-up, a fresh
+//! database per test cloned from a migrated template, and the whole suite
+//! started in-process on port 0 with typed clients.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let suite = keel_testkit::spawn_suite().await?;
+//! let mut auth = suite.auth();
+//! # Ok(()) }
+//! ```
+
+pub mod database;
+pub mod suite;
+
+pub use database::{TestDatabase, server_url};
+pub use suite::{Suite, authorized, spawn_suite, spawn_suite_with};
