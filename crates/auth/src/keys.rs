@@ -159,6 +159,17 @@ impl KeyRing {
     }
 }
 
+/// Adds a new signing key to the database at `url`; returns its id.
+pub async fn rotate(url: &str) -> anyhow::Result<String> {
+    use diesel_async::AsyncConnection as _;
+    let mut conn = diesel_async::AsyncPgConnection::establish(url)
+        .await
+        .context("connecting to auth's database")?;
+    let key = NewKey::generate()?;
+    store::insert_signing_key(&mut conn, &key).await?;
+    Ok(key.kid)
+}
+
 fn jwk(key: &StoredKey) -> Jwk {
     Jwk {
         kty: "OKP".into(),

@@ -61,8 +61,8 @@ pub struct AuthConfig {
 
     /// Auth's database (default: a `keel_auth` database on the server of
     /// KEEL_DATABASE_URL).
-    #[arg(long = "auth-database-url", env = "KEEL_AUTH_DATABASE_URL")]
-    pub database_url: Option<String>,
+    #[arg(long, env = "KEEL_AUTH_DATABASE_URL")]
+    pub auth_database_url: Option<String>,
 
     /// Services that may get tokens: `client_id:secret:scope scope ...`,
     /// several separated by `;`.
@@ -100,7 +100,20 @@ pub struct AuthConfig {
     pub server: ServerConfig,
 }
 
+#[derive(clap::Parser)]
+struct AuthArgs {
+    #[command(flatten)]
+    auth: AuthConfig,
+}
+
 impl AuthConfig {
+    /// Parses `args` (the first is the program name), with the environment
+    /// filling in what they leave out.
+    pub fn from_args<'a>(args: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Self> {
+        use clap::Parser as _;
+        Ok(AuthArgs::try_parse_from(args)?.auth)
+    }
+
     /// The argon2id cost, refusing anything weaker than OWASP's minimum.
     pub fn hash_cost(&self) -> anyhow::Result<HashCost> {
         let minimum = HashCost::default();

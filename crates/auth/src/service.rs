@@ -368,7 +368,16 @@ impl Auth {
                 tracing::info!(user_id = %user.id, "user registered");
                 Ok(user)
             }
-            Err(RegisterFailure::Insert(InsertUserError::EmailTaken)) => Err(email_taken()),
+            // A concurrent retry with the same key may have won the race:
+            // Postgres reports whichever unique index it checks first, and
+            // the email's comes before the request id's.
+            Err(RegisterFailure::Insert(InsertUserError::EmailTaken)) => match &request_id {
+                Some(request_id) => match store::find_user_by_register_request(&mut conn, request_id).await? {
+                    Some(user) => replay(user, email),
+                    None => Err(email_taken()),
+                },
+                None => Err(email_taken()),
+            },
             // A concurrent retry with the same key won the race.
             Err(RegisterFailure::Insert(InsertUserError::RequestIdTaken)) => {
                 let request_id = request_id.unwrap_or_default();

@@ -82,6 +82,19 @@ pub async fn ensure_database(url: &str, database: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drops `database` on the server of `url` if it exists, ending its sessions.
+pub async fn drop_database(url: &str, database: &str) -> anyhow::Result<()> {
+    let admin_url = with_database(url, "postgres")?;
+    let mut conn = AsyncPgConnection::establish(&admin_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact(&admin_url)))?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database)))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("dropping database {database}"))?;
+    Ok(())
+}
+
 /// Waits until the database answers a trivial query.
 pub async fn ping(pool: &Pool) -> anyhow::Result<()> {
     let mut conn = pool.get().await.context("taking a connection")?;

@@ -37,7 +37,10 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
         .with_context(|| format!("invalid log filter {:?}", config.log_filter))?;
     let fmt = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_current_span(true).boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed(),
     };
 
     let provider = match &config.otlp_endpoint {

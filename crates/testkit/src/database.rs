@@ -101,13 +101,7 @@ impl Drop for TestDatabase {
         // Drop runs outside async; use a short-lived runtime of its own.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                let mut conn = AsyncPgConnection::establish(&server).await.ok()?;
-                diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name)))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
+            runtime.block_on(db::drop_database(&server, &name)).ok()
         })
         .join();
         if !matches!(dropped, Ok(Some(_))) {

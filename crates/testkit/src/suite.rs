@@ -4,7 +4,6 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use clap::Parser;
 use keel::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
 use keel_auth::{AuthConfig, domain, store::UserRow};
 use keel_platform::Role;
@@ -29,12 +28,6 @@ pub const AUTH_SCHEMA: Schema = Schema {
     dir: keel_auth::MIGRATIONS_DIR,
 };
 
-#[derive(Parser)]
-struct AuthArgs {
-    #[command(flatten)]
-    auth: AuthConfig,
-}
-
 /// A running suite; dropping it shuts every service down.
 #[derive(Debug)]
 pub struct Suite {
@@ -58,7 +51,7 @@ pub async fn spawn_suite_with(auth_args: &[&str]) -> anyhow::Result<Suite> {
     let args = ["keel", "--service-clients", &clients, "--db-pool-size", "8"]
         .into_iter()
         .chain(auth_args.iter().copied());
-    let auth_config = AuthArgs::try_parse_from(args).context("auth test flags")?.auth;
+    let auth_config = AuthConfig::from_args(args).context("auth test flags")?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let auth_addr = listener.local_addr()?;

@@ -1,0 +1,109 @@
+//! `keel admin ...`: tasks for operators.
+
+use clap::{Subcommand, ValueEnum};
+use keel_auth::{AuthConfig, domain};
+use keel_platform::Role;
+
+use crate::database::DatabaseArgs;
+
+/// Administrative commands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a user directly in auth's database, e.g. the first
+    /// administrator. Prints a generated password unless one is given.
+    CreateUser {
+        /// The user's email address.
+        #[arg(long)]
+        email: String,
+        /// A role to grant (repeat for several); `user` is always granted.
+        #[arg(long = "role", value_enum)]
+        roles: Vec<RoleArg>,
+        /// The password (default: a generated one, printed once).
+        #[arg(long, env = "KEEL_ADMIN_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Generate a new token signing key. Running auth replicas start signing
+    /// with it within 30 s; the previous key stays published.
+    RotateSigningKey {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// A role on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// An end user.
+    User,
+    /// An administrator.
+    Admin,
+}
+
+impl AdminCommand {
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            AdminCommand::CreateUser {
+                email,
+                roles,
+                password,
+                database,
+            } => {
+                let database = database.open().await?;
+                let result = create_user(&database, &email, &roles, password).await;
+                database.close();
+                result
+            }
+            AdminCommand::RotateSigningKey { database } => {
+                let database = database.open().await?;
+                let result = rotate(&database).await;
+                database.close();
+                result
+            }
+        }
+    }
+}
+
+async fn create_user(
+    database: &crate::database::Database,
+    email: &str,
+    roles: &[RoleArg],
+    password: Option<String>,
+) -> anyhow::Result<()> {
+    database.prepare(keel_auth::DATABASE, keel_auth::MIGRATIONS).await?;
+    let config = AuthConfig::from_args(["keel"])?;
+    let auth = keel_auth::Auth::build(&config, &database.url(keel_auth::DATABASE)?).await?;
+
+    let generated = password.is_none();
+    let password = match password {
+        Some(password) => password,
+        None => domain::OpaqueToken::generate()?.expose().to_owned(),
+    };
+    let email = domain::Email::parse(email).map_err(|v| anyhow::anyhow!("email {}", v.description))?;
+    let password = domain::Password::parse("password", password).map_err(|v| anyhow::anyhow!("password {}", v.description))?;
+    let roles = std::iter::once(Role::User)
+        .chain(roles.iter().map(|r| match r {
+            RoleArg::User => Role::User,
+            RoleArg::Admin => Role::Admin,
+        }))
+        .collect();
+    let roles = domain::Roles::new(roles).map_err(|v| anyhow::anyhow!("roles {}", v.description))?;
+    let user = auth
+        .create_user(&email, &password, &roles, None)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    println!("created user {} <{}> with roles {}", user.id, user.email, roles.names().join(", "));
+    if generated {
+        println!("password: {}", String::from_utf8_lossy(password.expose()));
+    }
+    Ok(())
+}
+
+async fn rotate(database: &crate::database::Database) -> anyhow::Result<()> {
+    database.prepare(keel_auth::DATABASE, keel_auth::MIGRATIONS).await?;
+    let kid = keel_auth::keys::rotate(&database.url(keel_auth::DATABASE)?).await?;
+    println!("new signing key {kid}; auth signs with it within 30 s, the previous key stays published");
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! `keel bench ...`: load generators that measure the code on this machine.
+//! Figures are only comparable within one run: each bench measures its
+//! baseline and the service back to back and prints the ratio.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use argon2::{
+    Algorithm, Argon2, Params, Version,
+    password_hash::{PasswordHasher as _, PasswordVerifier as _},
+};
+use clap::{Args, Subcommand};
+use keel::auth::v1::{GetJwksRequest, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient};
+use keel_auth::{AuthConfig, password::HashCost};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::database::DatabaseArgs;
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Login throughput against the raw argon2id verify rate with the same
+    /// parameters, and GetJwks latency while Login is saturated.
+    Login(LoginBench),
+}
+
+/// `keel bench login`.
+#[derive(Debug, Args)]
+pub struct LoginBench {
+    /// How long each phase runs (seconds).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+
+    /// Concurrent Login callers (default: four per CPU, enough to keep every
+    /// hashing slot busy).
+    #[arg(long)]
+    concurrency: Option<usize>,
+
+    /// An auth service that is already running (e.g. http://127.0.0.1:50051);
+    /// unset, the bench starts one in-process on a scratch database.
+    #[arg(long)]
+    target: Option<String>,
+
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+const BENCH_DATABASE: &str = "keel_bench_auth";
+const PASSWORD: &str = "benchmark password, long enough";
+
+impl BenchCommand {
+    /// Runs the bench.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            BenchCommand::Login(bench) => bench.run().await,
+        }
+    }
+}
+
+impl LoginBench {
+    async fn run(self) -> anyhow::Result<()> {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let concurrency = self.concurrency.unwrap_or(cpus * 4);
+        let phase = Duration::from_secs(self.seconds);
+        let cost = HashCost::default();
+
+        println!("keel bench login: {cpus} CPUs, {}s per phase", self.seconds);
+        let raw = raw_verify_rate(cost, cpus, phase).await?;
+        println!(
+            "  raw argon2id verify (m={} KiB, t={}, p={}), {cpus} threads: {raw:.1}/s",
+            cost.memory_kib, cost.iterations, cost.parallelism
+        );
+
+        match &self.target {
+            Some(target) => {
+                let channel = Channel::from_shared(target.clone())?.connect().await?;
+                measure_login(channel, concurrency, phase, raw).await
+            }
+            None => {
+                let database = self.database.open().await?;
+                let result = with_scratch_auth(&database, |channel| measure_login(channel, concurrency, phase, raw)).await;
+                database.close();
+                result
+            }
+        }
+    }
+}
+
+/// Verifies one hash on `threads` OS threads for `phase`; verifications/s.
+async fn raw_verify_rate(cost: HashCost, threads: usize, phase: Duration) -> anyhow::Result<f64> {
+    tokio::task::spawn_blocking(move || {
+        let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+            .map_err(|err| anyhow::anyhow!("argon2 parameters: {err}"))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let hash = argon2
+            .hash_password(PASSWORD.as_bytes())
+            .map_err(|err| anyhow::anyhow!("hashing: {err}"))?
+            .to_string();
+        let done = AtomicU64::new(0);
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    while start.elapsed() < phase {
+                        if argon2.verify_password(PASSWORD.as_bytes(), hash.as_str()).is_ok() {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    })
+    .await?
+}
+
+/// Runs `work` against an auth service started in-process on a scratch
+/// database that is dropped afterwards.
+async fn with_scratch_auth<F, Fut>(database: &crate::database::Database, work: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Channel) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let server = database.url("postgres")?;
+    keel_platform::db::drop_database(&server, BENCH_DATABASE).await?;
+    database.prepare(BENCH_DATABASE, keel_auth::MIGRATIONS).await?;
+    let config = AuthConfig::from_args(["keel", "--auth-listen", "127.0.0.1:0"])?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let server_task = tokio::spawn(keel_auth::run(config, database.url(BENCH_DATABASE)?, listener, shutdown.clone()));
+    let channel = Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
+    let result = work(channel).await;
+    shutdown.cancel();
+    server_task.await.context("auth panicked")??;
+    keel_platform::db::drop_database(&server, BENCH_DATABASE).await?;
+    result
+}
+
+async fn measure_login(channel: Channel, concurrency: usize, phase: Duration, raw: f64) -> anyhow::Result<()> {
+    let mut client = AuthServiceClient::new(channel.clone());
+    let email = format!("bench-{}@example.com", uuid::Uuid::now_v7().simple());
+    // The service may still be starting: retry registration for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let registered = client
+            .register(RegisterRequest {
+                request_id: email.clone(),
+                email: email.clone(),
+                password: PASSWORD.into(),
+            })
+            .await;
+        match registered {
+            Ok(_) => break,
+            Err(status) if Instant::now() < deadline => {
+                tracing::debug!(%status, "waiting for auth");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => return Err(status).context("registering the bench user"),
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let logins = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..concurrency {
+        let (mut client, stop, logins, failures, email) = (
+            AuthServiceClient::new(channel.clone()),
+            stop.clone(),
+            logins.clone(),
+            failures.clone(),
+            email.clone(),
+        );
+        callers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let request = LoginRequest {
+                    email: email.clone(),
+                    password: PASSWORD.into(),
+                };
+                match client.login(request).await {
+                    Ok(_) => logins.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failures.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+
+    // Let the callers fill every hashing slot before measuring.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (start_count, start) = (logins.load(Ordering::Relaxed), Instant::now());
+    let mut latencies = Vec::new();
+    let mut probe = AuthServiceClient::new(channel);
+    while start.elapsed() < phase {
+        let sent = Instant::now();
+        probe.get_jwks(GetJwksRequest {}).await.context("GetJwks failed under load")?;
+        latencies.push(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let rate = (logins.load(Ordering::Relaxed) - start_count) as f64 / elapsed;
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        caller.await?;
+    }
+
+    latencies.sort();
+    let percentile = |p: f64| {
+        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[index].as_secs_f64() * 1000.0
+    };
+    println!(
+        "  Login, {concurrency} concurrent callers: {rate:.1}/s = {:.2} of the raw verify rate (target >= 0.90); {} failed calls",
+        rate / raw,
+        failures.load(Ordering::Relaxed)
+    );
+    println!(
+        "  GetJwks while Login is saturated (n={}): p50 {:.2} ms, p99 {:.2} ms (target < 10 ms), max {:.2} ms",
+        latencies.len(),
+        percentile(0.50),
+        percentile(0.99),
+        percentile(1.0)
+    );
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Where the suite's databases live: a server given by URL, or a private
+//! cluster that Keel starts from the machine's PostgreSQL binaries.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use keel_platform::{
+    db,
+    local_postgres::{Durability, LocalPostgres},
+};
+
+/// How to reach Postgres.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// A Postgres server to use (each service gets its own database on it);
+    /// unset, Keel runs a private cluster.
+    #[arg(long, env = "KEEL_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Where the private cluster keeps its data.
+    #[arg(long, env = "KEEL_DATA_DIR", default_value_os_t = crate::cli::default_data_dir())]
+    pub data_dir: PathBuf,
+}
+
+/// An open connection to the suite's Postgres.
+#[derive(Debug)]
+pub struct Database {
+    server_url: String,
+    cluster: Option<LocalPostgres>,
+}
+
+impl DatabaseArgs {
+    /// Reaches the configured server, or starts (or reuses) the private
+    /// cluster.
+    pub async fn open(&self) -> anyhow::Result<Database> {
+        if let Some(url) = &self.database_url {
+            return Ok(Database {
+                server_url: url.clone(),
+                cluster: None,
+            });
+        }
+        let root = self.data_dir.join("postgres");
+        let cluster = tokio::task::spawn_blocking(move || LocalPostgres::start(&root, Durability::Durable))
+            .await
+            .context("starting the private cluster")??;
+        Ok(Database {
+            server_url: cluster.url("postgres"),
+            cluster: Some(cluster),
+        })
+    }
+}
+
+impl Database {
+    /// The URL of the service database `name`.
+    pub fn url(&self, name: &str) -> anyhow::Result<String> {
+        db::with_database(&self.server_url, name)
+    }
+
+    /// The private cluster, when Keel runs one.
+    pub fn cluster(&self) -> Option<&LocalPostgres> {
+        self.cluster.as_ref()
+    }
+
+    /// Creates and migrates every service database.
+    pub async fn prepare_all(&self) -> anyhow::Result<()> {
+        self.prepare(keel_auth::DATABASE, keel_auth::MIGRATIONS).await
+    }
+
+    /// Creates database `name` if missing and applies `migrations`.
+    pub async fn prepare(&self, name: &str, migrations: diesel_migrations::EmbeddedMigrations) -> anyhow::Result<()> {
+        db::ensure_database(&self.server_url, name).await?;
+        db::migrate(&self.url(name)?, migrations).await
+    }
+
+    /// Stops the private cluster if this process started it.
+    pub fn close(self) {
+        if let Some(cluster) = self.cluster
+            && cluster.started_here()
+            && let Err(err) = cluster.stop()
+        {
+            eprintln!("warning: the private Postgres did not stop cleanly: {err:#}");
+        }
+    }
+}
