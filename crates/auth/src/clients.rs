@@ -57,7 +57,9 @@ impl FromStr for ServiceClient {
             return Err("expected client_id:secret:scope scope ...".into());
         };
         if id.is_empty() || secret.len() < 16 {
-            return Err(format!("client {id:?}: needs an id and a secret of at least 16 characters"));
+            return Err(format!(
+                "client {id:?}: needs an id and a secret of at least 16 characters"
+            ));
         }
         let scopes: Vec<&str> = scopes.split_whitespace().collect();
         Ok(ServiceClient::new(id, secret, &scopes))
@@ -90,14 +92,22 @@ mod tests {
 
     #[test]
     fn parses_and_authenticates() {
-        let client: ServiceClient = "orders:0123456789abcdef0123:accounts.debit accounts.refund".parse().expect("valid");
+        let client: ServiceClient = "orders:0123456789abcdef0123:accounts.debit accounts.refund"
+            .parse()
+            .expect("valid");
         let clients = ServiceClients::new(vec![client]);
         assert!(clients.authenticate("orders", "0123456789abcdef0123").is_some());
         assert!(clients.authenticate("orders", "wrong-secret-0123456").is_none());
         assert!(clients.authenticate("billing", "0123456789abcdef0123").is_none());
         let orders = clients.authenticate("orders", "0123456789abcdef0123").expect("known");
-        assert_eq!(orders.grant(&[]).ok(), Some(vec!["accounts.debit".into(), "accounts.refund".into()]));
-        assert_eq!(orders.grant(&["accounts.deposit".into()]).err(), Some("accounts.deposit".into()));
+        assert_eq!(
+            orders.grant(&[]).ok(),
+            Some(vec!["accounts.debit".into(), "accounts.refund".into()])
+        );
+        assert_eq!(
+            orders.grant(&["accounts.deposit".into()]).err(),
+            Some("accounts.deposit".into())
+        );
     }
 
     #[test]

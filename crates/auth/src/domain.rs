@@ -163,7 +163,11 @@ impl OpaqueToken {
             Some(bytes) if bytes.len() == 32 => Ok(OpaqueToken(raw.trim().to_owned())),
             _ => Err(FieldViolation {
                 field: field.into(),
-                description: if raw.is_empty() { "is required".into() } else { "is not a valid token".into() },
+                description: if raw.is_empty() {
+                    "is required".into()
+                } else {
+                    "is not a valid token".into()
+                },
             }),
         }
     }
@@ -197,7 +201,17 @@ mod tests {
 
     #[test]
     fn malformed_emails_are_refused() {
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.com", "ada@-x.com", "ada@x..com"] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a da@example.com",
+            "a@b@c.com",
+            "ada@-x.com",
+            "ada@x..com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
         }
         let long_local = format!("{}@example.com", "a".repeat(65));

@@ -38,8 +38,10 @@ impl NewKey {
     /// Generates a fresh Ed25519 key pair.
     pub fn generate() -> anyhow::Result<Self> {
         let rng = aws_lc_rs::rand::SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("generating an Ed25519 key failed"))?;
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow::anyhow!("reading the new key failed"))?;
+        let pkcs8 =
+            Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("generating an Ed25519 key failed"))?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow::anyhow!("reading the new key failed"))?;
         let public_key = pair.public_key().as_ref().to_vec();
         Ok(NewKey {
             kid: thumbprint(&public_key),
@@ -51,7 +53,10 @@ impl NewKey {
 
 /// The RFC 7638 JWK thumbprint of an Ed25519 public key.
 fn thumbprint(public_key: &[u8]) -> String {
-    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, URL_SAFE_NO_PAD.encode(public_key));
+    let canonical = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(public_key)
+    );
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
 
@@ -120,15 +125,25 @@ impl KeyRing {
     }
 
     /// Signs an access token for a user's session.
-    pub async fn user_token(&self, user_id: Uuid, session_id: Uuid, roles: &Roles) -> anyhow::Result<(String, DateTime<Utc>)> {
+    pub async fn user_token(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        roles: &Roles,
+    ) -> anyhow::Result<(String, DateTime<Utc>)> {
         self.sign(user_id.to_string(), roles.names(), Some(session_id.to_string()), None)
             .await
     }
 
     /// Signs an access token for a service with `scopes`.
     pub async fn service_token(&self, client_id: &str, scopes: &[String]) -> anyhow::Result<(String, DateTime<Utc>)> {
-        self.sign(format!("{SERVICE_SUBJECT_PREFIX}{client_id}"), Vec::new(), None, Some(scopes.join(" ")))
-            .await
+        self.sign(
+            format!("{SERVICE_SUBJECT_PREFIX}{client_id}"),
+            Vec::new(),
+            None,
+            Some(scopes.join(" ")),
+        )
+        .await
     }
 
     async fn sign(

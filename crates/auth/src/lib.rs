@@ -185,7 +185,12 @@ impl KeySource for LocalKeys {
 
 /// Serves auth on `listener` until `shutdown` is cancelled. The database at
 /// `url` must exist; it is migrated first.
-pub async fn run(config: AuthConfig, url: String, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: AuthConfig,
+    url: String,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     db::migrate(&url, MIGRATIONS).await.context("migrating keel_auth")?;
     let auth = Auth::build(&config, &url).await?;
     let verifier = auth.verifier(&config.tokens);

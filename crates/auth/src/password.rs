@@ -85,14 +85,18 @@ impl Hasher {
         let stored: Arc<str> = stored.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let password = password.clone();
         let params = self.params.clone();
-        let verdict = self.run(move || verify_blocking(&params, password.expose(), &stored)).await??;
+        let verdict = self
+            .run(move || verify_blocking(&params, password.expose(), &stored))
+            .await??;
         Ok(if known { verdict } else { Verdict::Invalid })
     }
 
     /// Runs `work` on the blocking pool once a permit is free.
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
         let _permit = self.permits.acquire().await.context("the hasher is closed")?;
-        tokio::task::spawn_blocking(work).await.context("the hashing task failed")
+        tokio::task::spawn_blocking(work)
+            .await
+            .context("the hashing task failed")
     }
 }
 
@@ -153,11 +157,17 @@ mod tests {
         let hash = hasher.hash(&password("correct horse")).await.expect("hash");
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
         assert_eq!(
-            hasher.verify(&password("correct horse"), Some(&hash)).await.expect("verify"),
+            hasher
+                .verify(&password("correct horse"), Some(&hash))
+                .await
+                .expect("verify"),
             Verdict::Valid { needs_rehash: false }
         );
         assert_eq!(
-            hasher.verify(&password("wrong horse"), Some(&hash)).await.expect("verify"),
+            hasher
+                .verify(&password("wrong horse"), Some(&hash))
+                .await
+                .expect("verify"),
             Verdict::Invalid
         );
     }
@@ -178,7 +188,10 @@ mod tests {
         let hash = old.hash(&password("correct horse")).await.expect("hash");
         let current = Hasher::new(HashCost::default(), 1).expect("hasher");
         assert_eq!(
-            current.verify(&password("correct horse"), Some(&hash)).await.expect("verify"),
+            current
+                .verify(&password("correct horse"), Some(&hash))
+                .await
+                .expect("verify"),
             Verdict::Valid { needs_rehash: true }
         );
     }

@@ -82,8 +82,13 @@ impl AuthService for Auth {
     async fn logout(&self, request: Request<pb::LogoutRequest>) -> Reply<pb::LogoutResponse> {
         let token = OpaqueToken::parse("refresh_token", &request.into_inner().refresh_token).map_err(invalid)?;
         let mut conn = self.pool.get().await.map_err(Error::from)?;
-        if let Some((_, session)) = store::lock_refresh_token(&mut conn, &token.hash()).await.map_err(Error::from)? {
-            store::revoke_session(&mut conn, session.id, "logout").await.map_err(Error::from)?;
+        if let Some((_, session)) = store::lock_refresh_token(&mut conn, &token.hash())
+            .await
+            .map_err(Error::from)?
+        {
+            store::revoke_session(&mut conn, session.id, "logout")
+                .await
+                .map_err(Error::from)?;
         }
         Ok(Response::new(pb::LogoutResponse {}))
     }
@@ -148,7 +153,8 @@ impl AuthService for Auth {
             let expires = Utc::now() + RESET_TOKEN_TTL;
             conn.transaction::<_, Error, _>(async |conn| {
                 store::expire_one_time_tokens(conn, user.id, TokenPurpose::PasswordReset).await?;
-                store::insert_one_time_token(conn, &token.hash(), user.id, TokenPurpose::PasswordReset, expires).await?;
+                store::insert_one_time_token(conn, &token.hash(), user.id, TokenPurpose::PasswordReset, expires)
+                    .await?;
                 outbox::enqueue(
                     conn,
                     SOURCE,
@@ -230,9 +236,16 @@ impl AuthService for Auth {
             .authenticate(&request.client_id, &request.client_secret)
             .ok_or_else(|| Error::unauthenticated("INVALID_CLIENT", "unknown client id or wrong secret"))?;
         let scopes = client.grant(&request.scopes).map_err(|scope| {
-            Error::permission_denied("SCOPE_NOT_ALLOWED", format!("client {} may not have scope {scope}", client.id))
+            Error::permission_denied(
+                "SCOPE_NOT_ALLOWED",
+                format!("client {} may not have scope {scope}", client.id),
+            )
         })?;
-        let (token, expires) = self.keys.service_token(&client.id, &scopes).await.map_err(Error::from)?;
+        let (token, expires) = self
+            .keys
+            .service_token(&client.id, &scopes)
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(pb::IssueServiceTokenResponse {
             access_token: token,
             expire_time: Some(timestamp(expires)),
@@ -272,7 +285,11 @@ impl AuthService for Auth {
         let admin = principal(&request)?.admin()?.clone();
         let user_id = parse_id("user_id", &request.into_inner().user_id)?;
         if user_id == admin.user_id {
-            return Err(Error::failed_precondition("CANNOT_DISABLE_SELF", "an administrator cannot disable themselves").into());
+            return Err(Error::failed_precondition(
+                "CANNOT_DISABLE_SELF",
+                "an administrator cannot disable themselves",
+            )
+            .into());
         }
         let mut conn = self.pool.get().await.map_err(Error::from)?;
         let user = conn
@@ -292,7 +309,10 @@ impl AuthService for Auth {
 
 impl Auth {
     async fn do_register(&self, request: pb::RegisterRequest) -> Result<pb::User, Error> {
-        let (email, password) = collect(Email::parse(&request.email), Password::parse("password", request.password))?;
+        let (email, password) = collect(
+            Email::parse(&request.email),
+            Password::parse("password", request.password),
+        )?;
         let request_id = match request.request_id.trim() {
             "" => None,
             id if id.len() > 128 => return Err(Error::invalid_field("request_id", "must be at most 128 bytes")),
@@ -358,7 +378,9 @@ impl Auth {
                     expire_time: Some(timestamp(verification_expires)),
                 });
                 for payload in [registered, verify] {
-                    outbox::enqueue(conn, SOURCE, payload).await.map_err(RegisterFailure::Other)?;
+                    outbox::enqueue(conn, SOURCE, payload)
+                        .await
+                        .map_err(RegisterFailure::Other)?;
                 }
                 Ok(user)
             })
@@ -391,8 +413,15 @@ impl Auth {
         }
     }
 
-    async fn do_login(&self, request: pb::LoginRequest, client: &ClientInfo) -> Result<(pb::User, pb::TokenPair), Error> {
-        let (email, password) = collect(Email::parse(&request.email), Password::for_check("password", request.password))?;
+    async fn do_login(
+        &self,
+        request: pb::LoginRequest,
+        client: &ClientInfo,
+    ) -> Result<(pb::User, pb::TokenPair), Error> {
+        let (email, password) = collect(
+            Email::parse(&request.email),
+            Password::for_check("password", request.password),
+        )?;
         let account_subject = format!("account:{}", email.as_str());
         let address_subject = client.address.map(|ip| format!("address:{ip}"));
         let subjects: Vec<&str> = std::iter::once(account_subject.as_str())
@@ -448,7 +477,12 @@ impl Auth {
         Ok(())
     }
 
-    async fn start_session(&self, conn: &mut AsyncPgConnection, user: &UserRow, client: &ClientInfo) -> Result<pb::TokenPair, Error> {
+    async fn start_session(
+        &self,
+        conn: &mut AsyncPgConnection,
+        user: &UserRow,
+        client: &ClientInfo,
+    ) -> Result<pb::TokenPair, Error> {
         let session_id = Uuid::now_v7();
         let refresh = OpaqueToken::generate()?;
         let refresh_expires = Utc::now() + REFRESH_TOKEN_TTL;
@@ -471,7 +505,13 @@ impl Auth {
         .await?;
         let roles = Roles::from_names(&user.roles);
         let (access, access_expires) = self.keys.user_token(user.id, session_id, &roles).await?;
-        Ok(token_pair(access, access_expires, &refresh, refresh_expires, session_id))
+        Ok(token_pair(
+            access,
+            access_expires,
+            &refresh,
+            refresh_expires,
+            session_id,
+        ))
     }
 
     async fn do_refresh(&self, raw: &str) -> Result<pb::TokenPair, Error> {
@@ -530,7 +570,11 @@ impl Auth {
         Ok(token_pair(access, access_expires, &next, next_expires, session_id))
     }
 
-    async fn do_change_password(&self, caller: &UserPrincipal, request: pb::ChangePasswordRequest) -> Result<usize, Error> {
+    async fn do_change_password(
+        &self,
+        caller: &UserPrincipal,
+        request: pb::ChangePasswordRequest,
+    ) -> Result<usize, Error> {
         let (current, new) = collect(
             Password::for_check("current_password", request.current_password),
             Password::parse("new_password", request.new_password),
@@ -558,7 +602,9 @@ impl Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("throttle", &self.throttle).finish_non_exhaustive()
+        f.debug_struct("Auth")
+            .field("throttle", &self.throttle)
+            .finish_non_exhaustive()
     }
 }
 
@@ -691,4 +737,3 @@ fn session_pb(session: &SessionRow, current: Uuid) -> pb::Session {
         current: session.id == current,
     }
 }
-

@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods as _, JoinOnDsl as _, OptionalExtension as _, QueryDsl as _,
-    Queryable, Selectable, SelectableHelper as _,
+    ExpressionMethods as _, JoinOnDsl as _, OptionalExtension as _, QueryDsl as _, Queryable, Selectable,
+    SelectableHelper as _,
     result::{DatabaseErrorKind, Error as DieselError},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
@@ -116,7 +116,10 @@ pub async fn find_user_by_email(conn: &mut AsyncPgConnection, email: &str) -> Qu
         .optional()
 }
 
-pub async fn find_user_by_register_request(conn: &mut AsyncPgConnection, request_id: &str) -> QueryResult<Option<UserRow>> {
+pub async fn find_user_by_register_request(
+    conn: &mut AsyncPgConnection,
+    request_id: &str,
+) -> QueryResult<Option<UserRow>> {
     users::table
         .filter(users::register_request_id.eq(request_id))
         .select(UserRow::as_select())
@@ -133,7 +136,11 @@ pub async fn set_password_hash(conn: &mut AsyncPgConnection, user_id: Uuid, hash
     Ok(())
 }
 
-pub async fn set_roles(conn: &mut AsyncPgConnection, user_id: Uuid, roles: Vec<String>) -> QueryResult<Option<UserRow>> {
+pub async fn set_roles(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    roles: Vec<String>,
+) -> QueryResult<Option<UserRow>> {
     diesel::update(users::table.find(user_id))
         .set((users::roles.eq(roles), users::updated_at.eq(diesel::dsl::now)))
         .returning(UserRow::as_returning())
@@ -225,9 +232,16 @@ pub async fn spend_refresh_token(conn: &mut AsyncPgConnection, token_hash: &[u8]
     Ok(())
 }
 
-pub async fn extend_session(conn: &mut AsyncPgConnection, session_id: Uuid, expires_at: DateTime<Utc>) -> QueryResult<()> {
+pub async fn extend_session(
+    conn: &mut AsyncPgConnection,
+    session_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> QueryResult<()> {
     diesel::update(sessions::table.find(session_id))
-        .set((sessions::last_used_at.eq(diesel::dsl::now), sessions::expires_at.eq(expires_at)))
+        .set((
+            sessions::last_used_at.eq(diesel::dsl::now),
+            sessions::expires_at.eq(expires_at),
+        ))
         .execute(conn)
         .await?;
     Ok(())
@@ -236,7 +250,10 @@ pub async fn extend_session(conn: &mut AsyncPgConnection, session_id: Uuid, expi
 /// Ends a session (a no-op if it has ended). Returns whether it was active.
 pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid, reason: &str) -> QueryResult<bool> {
     let changed = diesel::update(sessions::table.find(session_id).filter(sessions::revoked_at.is_null()))
-        .set((sessions::revoked_at.eq(diesel::dsl::now), sessions::revoke_reason.eq(reason)))
+        .set((
+            sessions::revoked_at.eq(diesel::dsl::now),
+            sessions::revoke_reason.eq(reason),
+        ))
         .execute(conn)
         .await?;
     Ok(changed > 0)
@@ -253,9 +270,17 @@ pub async fn revoke_user_sessions(
         .filter(sessions::user_id.eq(user_id))
         .filter(sessions::revoked_at.is_null())
         .filter(sessions::expires_at.gt(diesel::dsl::now));
-    let set = (sessions::revoked_at.eq(diesel::dsl::now), sessions::revoke_reason.eq(reason));
+    let set = (
+        sessions::revoked_at.eq(diesel::dsl::now),
+        sessions::revoke_reason.eq(reason),
+    );
     match keep {
-        Some(keep) => diesel::update(active.filter(sessions::id.ne(keep))).set(set).execute(conn).await,
+        Some(keep) => {
+            diesel::update(active.filter(sessions::id.ne(keep)))
+                .set(set)
+                .execute(conn)
+                .await
+        }
         None => diesel::update(active).set(set).execute(conn).await,
     }
 }
@@ -363,7 +388,11 @@ pub async fn use_one_time_token(
 }
 
 /// Ends every live token of a purpose for a user (a new one replaces them).
-pub async fn expire_one_time_tokens(conn: &mut AsyncPgConnection, user_id: Uuid, purpose: TokenPurpose) -> QueryResult<()> {
+pub async fn expire_one_time_tokens(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    purpose: TokenPurpose,
+) -> QueryResult<()> {
     diesel::update(
         one_time_tokens::table
             .filter(one_time_tokens::user_id.eq(user_id))
@@ -443,4 +472,3 @@ pub async fn insert_signing_key(conn: &mut AsyncPgConnection, key: &NewKey) -> Q
         .await?;
     Ok(())
 }
-

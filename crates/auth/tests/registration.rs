@@ -30,7 +30,10 @@ async fn register(suite: &Suite, request: pb::RegisterRequest) -> Result<pb::Use
 }
 
 fn reason(status: &Status) -> String {
-    status.get_details_error_info().map(|info| info.reason).unwrap_or_default()
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default()
 }
 
 fn violated_fields(status: &Status) -> Vec<String> {
@@ -144,9 +147,12 @@ async fn registered_email_is_already_exists_email_taken() -> anyhow::Result<()> 
     let suite = keel_testkit::spawn_suite().await?;
     register(&suite, register_request("first", "taken@example.com", PASSWORD)).await?;
     // Another request id, and another spelling of the same address.
-    let status = register(&suite, register_request("second", " TAKEN@example.com", "another password"))
-        .await
-        .expect_err("the email is taken");
+    let status = register(
+        &suite,
+        register_request("second", " TAKEN@example.com", "another password"),
+    )
+    .await
+    .expect_err("the email is taken");
     assert_eq!(status.code(), Code::AlreadyExists);
     assert_eq!(reason(&status), "EMAIL_TAKEN");
     assert_eq!(user_count(&suite).await?, 1);
@@ -196,7 +202,10 @@ async fn concurrent_retries_with_one_request_id_create_one_user() -> anyhow::Res
         .collect::<Result<Vec<_>, _>>()?;
 
     assert_eq!(ids.len(), 8);
-    assert!(ids.iter().all(|id| *id == ids[0]), "every retry returns the first user: {ids:?}");
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "every retry returns the first user: {ids:?}"
+    );
     assert_eq!(user_count(&suite).await?, 1);
     assert_eq!(outbox_events(&suite, "user.registered").await?.len(), 1);
     suite.stop().await
@@ -241,6 +250,9 @@ async fn refused_registrations_write_no_events() -> anyhow::Result<()> {
         .expect_err("duplicate");
     register(&suite, register_request("a", "dup@example.com", PASSWORD)).await?;
     assert_eq!(outbox_events(&suite, "user.registered").await?.len(), 1);
-    assert_eq!(outbox_events(&suite, "user.email_verification_requested").await?.len(), 1);
+    assert_eq!(
+        outbox_events(&suite, "user.email_verification_requested").await?.len(),
+        1
+    );
     suite.stop().await
 }

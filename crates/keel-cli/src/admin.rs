@@ -82,7 +82,8 @@ async fn create_user(
         None => domain::OpaqueToken::generate()?.expose().to_owned(),
     };
     let email = domain::Email::parse(email).map_err(|v| anyhow::anyhow!("email {}", v.description))?;
-    let password = domain::Password::parse("password", password).map_err(|v| anyhow::anyhow!("password {}", v.description))?;
+    let password =
+        domain::Password::parse("password", password).map_err(|v| anyhow::anyhow!("password {}", v.description))?;
     let roles = std::iter::once(Role::User)
         .chain(roles.iter().map(|r| match r {
             RoleArg::User => Role::User,
@@ -94,7 +95,12 @@ async fn create_user(
         .create_user(&email, &password, &roles, None)
         .await
         .map_err(|err| anyhow::anyhow!("{err}"))?;
-    println!("created user {} <{}> with roles {}", user.id, user.email, roles.names().join(", "));
+    println!(
+        "created user {} <{}> with roles {}",
+        user.id,
+        user.email,
+        roles.names().join(", ")
+    );
     if generated {
         println!("password: {}", String::from_utf8_lossy(password.expose()));
     }

@@ -85,7 +85,8 @@ impl LoginBench {
             }
             None => {
                 let database = self.database.open().await?;
-                let result = with_scratch_auth(&database, |channel| measure_login(channel, concurrency, phase, raw)).await;
+                let result =
+                    with_scratch_auth(&database, |channel| measure_login(channel, concurrency, phase, raw)).await;
                 database.close();
                 result
             }
@@ -135,7 +136,12 @@ where
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let server_task = tokio::spawn(keel_auth::run(config, database.url(BENCH_DATABASE)?, listener, shutdown.clone()));
+    let server_task = tokio::spawn(keel_auth::run(
+        config,
+        database.url(BENCH_DATABASE)?,
+        listener,
+        shutdown.clone(),
+    ));
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
     let result = work(channel).await;
     shutdown.cancel();
@@ -200,7 +206,10 @@ async fn measure_login(channel: Channel, concurrency: usize, phase: Duration, ra
     let mut probe = AuthServiceClient::new(channel);
     while start.elapsed() < phase {
         let sent = Instant::now();
-        probe.get_jwks(GetJwksRequest {}).await.context("GetJwks failed under load")?;
+        probe
+            .get_jwks(GetJwksRequest {})
+            .await
+            .context("GetJwks failed under load")?;
         latencies.push(sent.elapsed());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

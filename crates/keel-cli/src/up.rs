@@ -17,7 +17,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Err(err) = &result {
         tracing::error!(error = format!("{err:#}"), "keel up failed");
     } else {
-        println!("Keel stopped.");
+        say("Keel stopped.\n");
     }
     result
 }
@@ -52,7 +52,7 @@ async fn serve_all(args: &UpArgs, database: &crate::database::Database) -> anyho
 
     tokio::select! {
         () = keel_platform::server::shutdown_signal() => {
-            println!("\nStopping…");
+            say("\nStopping…\n");
         }
         exited = &mut auth => return Err(exited_early("auth", exited)),
     }
@@ -74,7 +74,9 @@ async fn wait_until_serving(addr: SocketAddr, service: &str) -> anyhow::Result<(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let status = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .map(|r| r.into_inner().status);
         if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
@@ -99,29 +101,38 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 fn print_banner(args: &UpArgs, database: &crate::database::Database) {
+    use std::fmt::Write as _;
     let auth = loopback(args.auth.listen);
-    println!();
-    println!("Keel is up.");
-    println!();
-    println!("  {:<10} {:<28} {}", "SERVICE", "ENDPOINT", "HEALTH");
-    println!("  {:<10} {:<28} {}", "auth", format!("grpc://{auth}"), "SERVING");
-    println!();
-    match database.cluster() {
-        Some(cluster) => println!(
-            "Postgres: private cluster on 127.0.0.1:{}, data in {}{}",
+    let postgres = match database.cluster() {
+        Some(cluster) => format!(
+            "private cluster on 127.0.0.1:{}, data in {}{}",
             cluster.port(),
             cluster.root().join("data").display(),
-            if cluster.started_here() { " (stops with Keel)" } else { " (already running; left running)" }
+            if cluster.started_here() {
+                " (stops with Keel)"
+            } else {
+                " (already running; left running)"
+            }
         ),
-        None => println!(
-            "Postgres: {}",
-            keel_platform::db::redact(args.database.database_url.as_deref().unwrap_or_default())
-        ),
-    }
-    println!();
-    println!("Try it:");
-    println!("  buf curl --protocol grpc --http2-prior-knowledge http://{auth}/keel.auth.v1.AuthService/GetJwks");
-    println!("  grpcurl -plaintext -d '{{}}' {auth} keel.auth.v1.AuthService/GetJwks");
-    println!();
-    println!("Ctrl-C stops everything.");
+        None => keel_platform::db::redact(args.database.database_url.as_deref().unwrap_or_default()),
+    };
+    let mut text = String::new();
+    let _ = write!(
+        text,
+        "\nKeel is up.\n\n  {:<10} {:<28} HEALTH\n  {:<10} {:<28} SERVING\n\nPostgres: {postgres}\n\n\
+         Try it:\n  buf curl --protocol grpc --http2-prior-knowledge http://{auth}/keel.auth.v1.AuthService/GetJwks\n  \
+         grpcurl -plaintext -d '{{}}' {auth} keel.auth.v1.AuthService/GetJwks\n\nCtrl-C stops everything.\n",
+        "SERVICE",
+        "ENDPOINT",
+        "auth",
+        format!("grpc://{auth}"),
+    );
+    say(&text);
+}
+
+/// Writes to stdout; a closed stdout (`keel up | head`) must not stop Keel.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }

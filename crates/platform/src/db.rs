@@ -88,17 +88,23 @@ pub async fn drop_database(url: &str, database: &str) -> anyhow::Result<()> {
     let mut conn = AsyncPgConnection::establish(&admin_url)
         .await
         .with_context(|| format!("connecting to {}", redact(&admin_url)))?;
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database)))
-        .execute(&mut conn)
-        .await
-        .with_context(|| format!("dropping database {database}"))?;
+    diesel::sql_query(format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(database)
+    ))
+    .execute(&mut conn)
+    .await
+    .with_context(|| format!("dropping database {database}"))?;
     Ok(())
 }
 
 /// Waits until the database answers a trivial query.
 pub async fn ping(pool: &Pool) -> anyhow::Result<()> {
     let mut conn = pool.get().await.context("taking a connection")?;
-    diesel::sql_query("SELECT 1").execute(&mut conn).await.context("SELECT 1")?;
+    diesel::sql_query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .context("SELECT 1")?;
     Ok(())
 }
 
@@ -149,7 +155,9 @@ mod tests {
     #[test]
     fn replaces_the_database_and_keeps_the_query() {
         assert_eq!(
-            with_database("postgres://u:p@h:5432/a?sslmode=disable", "b").ok().as_deref(),
+            with_database("postgres://u:p@h:5432/a?sslmode=disable", "b")
+                .ok()
+                .as_deref(),
             Some("postgres://u:p@h:5432/b?sslmode=disable")
         );
         assert_eq!(

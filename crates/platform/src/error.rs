@@ -216,7 +216,11 @@ mod tests {
 
     #[test]
     fn too_many_carries_retry_info() {
-        let status = Status::from(Error::too_many("TOO_MANY_ATTEMPTS", "slow down", Duration::from_secs(90)));
+        let status = Status::from(Error::too_many(
+            "TOO_MANY_ATTEMPTS",
+            "slow down",
+            Duration::from_secs(90),
+        ));
         assert_eq!(status.code(), Code::ResourceExhausted);
         let retry = status.get_details_retry_info().expect("retry info");
         assert_eq!(retry.retry_delay, Some(Duration::from_secs(90)));

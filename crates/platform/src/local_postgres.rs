@@ -101,7 +101,10 @@ impl LocalPostgres {
     /// Stops the server (fast shutdown: open sessions are ended).
     pub fn stop(&self) -> anyhow::Result<()> {
         let data = self.data_dir();
-        let output = self.pg_command("pg_ctl", &["stop", "-m", "fast", "-w", "-t", "10", "-D", path_str(&data)?])?;
+        let output = self.pg_command(
+            "pg_ctl",
+            &["stop", "-m", "fast", "-w", "-t", "10", "-D", path_str(&data)?],
+        )?;
         check(&output, "pg_ctl stop")
     }
 
@@ -139,7 +142,17 @@ impl LocalPostgres {
         // socket inside the data folder, which only its owner can reach.
         let output = self.pg_command(
             "initdb",
-            &["-D", path_str(&data)?, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"],
+            &[
+                "-D",
+                path_str(&data)?,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ],
         )?;
         check(&output, "initdb")
     }
@@ -162,7 +175,18 @@ impl LocalPostgres {
         }
         let output = self.pg_command(
             "pg_ctl",
-            &["start", "-w", "-t", "60", "-D", path_str(&data)?, "-l", path_str(&log)?, "-o", &options],
+            &[
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                path_str(&data)?,
+                "-l",
+                path_str(&log)?,
+                "-o",
+                &options,
+            ],
         )?;
         check(&output, "pg_ctl start").with_context(|| format!("see {}", log.display()))
     }
@@ -232,7 +256,8 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn path_str(path: &Path) -> anyhow::Result<&str> {
-    path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 fn check(output: &Output, what: &str) -> anyhow::Result<()> {

@@ -140,7 +140,10 @@ impl Principal {
         if user.is_admin() {
             Ok(user)
         } else {
-            Err(Error::permission_denied("ADMIN_REQUIRED", "this call needs the admin role"))
+            Err(Error::permission_denied(
+                "ADMIN_REQUIRED",
+                "this call needs the admin role",
+            ))
         }
     }
 

@@ -49,9 +49,7 @@ impl GrpcServer {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_status(&reporter, &self.service_names, ServingStatus::NotServing).await;
 
-        let reflection_v1 = reflection()
-            .build_v1()
-            .context("building the reflection service")?;
+        let reflection_v1 = reflection().build_v1().context("building the reflection service")?;
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .context("building the reflection service")?;
@@ -184,12 +182,7 @@ async fn set_status(reporter: &HealthReporter, names: &[&'static str], status: S
 }
 
 /// SERVING while the database answers, NOT_SERVING while it does not.
-async fn track_readiness(
-    reporter: HealthReporter,
-    names: Vec<&'static str>,
-    pool: Pool,
-    shutdown: CancellationToken,
-) {
+async fn track_readiness(reporter: HealthReporter, names: Vec<&'static str>, pool: Pool, shutdown: CancellationToken) {
     let mut serving = false;
     loop {
         let healthy = match db::ping(&pool).await {
@@ -204,11 +197,19 @@ async fn track_readiness(
         }
         if healthy != serving {
             serving = healthy;
-            let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if healthy {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             set_status(&reporter, &names, status).await;
             tracing::info!(?status, "health changed");
         }
-        let wait = if healthy { READINESS_INTERVAL } else { Duration::from_millis(200) };
+        let wait = if healthy {
+            READINESS_INTERVAL
+        } else {
+            Duration::from_millis(200)
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,

@@ -136,7 +136,10 @@ impl Verifier {
         }
         let jwks = self.source.fetch().await.map_err(|err| {
             tracing::warn!(error = format!("{err:#}"), "fetching the signing keys failed");
-            Error::unavailable("KEYS_UNAVAILABLE", "the token signing keys are unavailable; retry later")
+            Error::unavailable(
+                "KEYS_UNAVAILABLE",
+                "the token signing keys are unavailable; retry later",
+            )
         })?;
         *last_fetch = Some(Instant::now());
         let keys: HashMap<String, DecodingKey> = jwks

@@ -44,7 +44,9 @@ pub fn server_url() -> anyhow::Result<String> {
 }
 
 fn test_cluster_root() -> PathBuf {
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(0);
     std::env::temp_dir().join(format!("keel-test-postgres-{uid}"))
 }
 
@@ -62,7 +64,10 @@ pub struct Schema {
 
 impl std::fmt::Debug for Schema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Schema").field("name", &self.name).field("dir", &self.dir).finish()
+        f.debug_struct("Schema")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -81,10 +86,14 @@ impl TestDatabase {
         let template = ensure_template(&server, schema).await?;
         let name = format!("test_{}_{}", schema.name, uuid::Uuid::now_v7().simple());
         let mut conn = AsyncPgConnection::establish(&server).await?;
-        diesel::sql_query(format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(&name), quote_ident(&template)))
-            .execute(&mut conn)
-            .await
-            .with_context(|| format!("cloning {template}"))?;
+        diesel::sql_query(format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            quote_ident(&name),
+            quote_ident(&template)
+        ))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("cloning {template}"))?;
         let url = db::with_database(&server, &name)?;
         Ok(TestDatabase { name, url, server })
     }
@@ -100,7 +109,10 @@ impl Drop for TestDatabase {
         let (server, name) = (self.server.clone(), self.name.clone());
         // Drop runs outside async; use a short-lived runtime of its own.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             runtime.block_on(db::drop_database(&server, &name)).ok()
         })
         .join();
@@ -147,10 +159,12 @@ async fn ensure_template(server: &str, schema: Schema) -> anyhow::Result<String>
         anyhow::Ok(())
     }
     .await;
-    let _: i64 = diesel::dsl::select(diesel::dsl::sql::<BigInt>(&format!("pg_advisory_unlock({lock_key})::int8")))
-        .get_result(&mut conn)
-        .await
-        .unwrap_or(0);
+    let _: i64 = diesel::dsl::select(diesel::dsl::sql::<BigInt>(&format!(
+        "pg_advisory_unlock({lock_key})::int8"
+    )))
+    .get_result(&mut conn)
+    .await
+    .unwrap_or(0);
     result.with_context(|| format!("preparing the {template} template"))?;
     Ok(template)
 }

@@ -153,7 +153,8 @@ impl Suite {
     pub async fn create_user(&self, email: &str, password: &str, roles: &[Role]) -> anyhow::Result<UserRow> {
         let auth = keel_auth::Auth::build(&self.auth_config, self.auth_db.url()).await?;
         let email = domain::Email::parse(email).map_err(|v| anyhow::anyhow!(v.description))?;
-        let password = domain::Password::parse("password", password.into()).map_err(|v| anyhow::anyhow!(v.description))?;
+        let password =
+            domain::Password::parse("password", password.into()).map_err(|v| anyhow::anyhow!(v.description))?;
         let roles = domain::Roles::new(roles.to_vec()).map_err(|v| anyhow::anyhow!(v.description))?;
         auth.create_user(&email, &password, &roles, None)
             .await
@@ -186,7 +187,10 @@ impl Suite {
             if let Some(task) = self.tasks.iter().find(|t| t.is_finished()) {
                 anyhow::bail!("a service exited while starting ({task:?})");
             }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "auth did not become SERVING: {status:?}");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "auth did not become SERVING: {status:?}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

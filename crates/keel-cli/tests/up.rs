@@ -1,0 +1,80 @@
+//! `keel up` as a user runs it: a private Postgres, auth SERVING, and Ctrl-C
+//! stopping everything cleanly.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use keel::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn postgres_running_in(dir: &std::path::Path) -> bool {
+    let out = Command::new("pgrep").args(["-f", &dir.display().to_string()]).output();
+    matches!(out, Ok(out) if out.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
+    let data_dir = std::env::temp_dir().join(format!("keel-up-test-{}", uuid::Uuid::now_v7().simple()));
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["up", "--auth-listen", &format!("127.0.0.1:{port}")])
+        .env("KEEL_DATA_DIR", &data_dir)
+        .env_remove("KEEL_DATABASE_URL")
+        .env_remove("KEEL_AUTH_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+
+    // Wait for the banner.
+    let stdout = child.stdout.take().expect("stdout");
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("Ctrl-C stops everything") {
+                break;
+            }
+        }
+        seen
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(120), banner).await??;
+    assert!(banner.contains("SERVING"), "{banner}");
+    assert!(banner.contains(&format!("grpc://127.0.0.1:{port}")), "{banner}");
+    assert!(
+        banner.contains(&data_dir.display().to_string()),
+        "the banner says where the data lives: {banner}"
+    );
+    assert!(postgres_running_in(&data_dir));
+
+    let mut auth = AuthServiceClient::connect(format!("http://127.0.0.1:{port}")).await?;
+    assert_eq!(auth.get_jwks(GetJwksRequest {}).await?.into_inner().keys.len(), 1);
+
+    let sigint = Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
+    assert!(sigint.success());
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "keel up did not stop within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "keel up exited with {status}");
+    assert!(!postgres_running_in(&data_dir), "the private Postgres is still running");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
