@@ -13,6 +13,13 @@
 //! ```
 
 #![allow(missing_docs)]
+// The generated code carries the protos' comments as they are written.
+#![allow(
+    clippy::doc_lazy_continuation,
+    rustdoc::invalid_html_tags,
+    rustdoc::bare_urls,
+    rustdoc::broken_intra_doc_links
+)]
 
 /// The encoded `FileDescriptorSet` of every Keel proto and its imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keel_descriptor.bin"));

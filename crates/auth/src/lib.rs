@@ -159,7 +159,10 @@ impl Auth {
         Arc::new(Verifier::new(
             &tokens.token_issuer,
             &tokens.token_audience,
-            Arc::new(LocalKeys(self.keys.clone())),
+            Arc::new(LocalKeys {
+                keys: self.keys.clone(),
+                pool: self.pool.clone(),
+            }),
         ))
     }
 
@@ -174,12 +177,25 @@ impl Auth {
     }
 }
 
-#[derive(Debug)]
-struct LocalKeys(KeyRing);
+/// Auth's own keys for its verifier. Asked only when a token names an unknown
+/// key, so it re-reads the database first: another replica may have rotated.
+struct LocalKeys {
+    keys: KeyRing,
+    pool: db::Pool,
+}
+
+impl std::fmt::Debug for LocalKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalKeys").finish_non_exhaustive()
+    }
+}
 
 impl KeySource for LocalKeys {
     fn fetch(&self) -> KeysFuture<'_> {
-        Box::pin(async move { Ok::<Vec<Jwk>, anyhow::Error>(self.0.jwks().await) })
+        Box::pin(async move {
+            self.keys.reload(&self.pool).await?;
+            Ok::<Vec<Jwk>, anyhow::Error>(self.keys.jwks().await)
+        })
     }
 }
 

@@ -1,17 +1,18 @@
 //! Password hashing with argon2id, off the async runtime.
 //!
-//! Hashing is deliberately expensive, so it runs on the blocking pool behind
-//! a semaphore sized to the machine: the async workers stay free for cheap
+//! Hashing is deliberately expensive, so it runs on a pool of its own: one
+//! thread per CPU by default, at the lowest scheduling priority, fed by a
+//! bounded queue. The async workers stay free (and win the CPU) for cheap
 //! calls, and a flood of logins queues instead of exhausting memory.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use argon2::{
     Algorithm, Argon2, Params, Version,
     password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::Password;
 
@@ -49,24 +50,40 @@ pub enum Verdict {
     Invalid,
 }
 
-/// Hashes and verifies passwords on a bounded blocking pool.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Jobs waiting for a hashing thread, per thread.
+const QUEUE_PER_THREAD: usize = 64;
+
+/// Hashes and verifies passwords on a bounded pool of low-priority threads.
 #[derive(Debug, Clone)]
 pub struct Hasher {
     params: Params,
-    permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
     /// A hash of nothing, checked for unknown accounts so they cost the same.
     dummy_hash: Arc<str>,
 }
 
 impl Hasher {
-    /// A hasher with `cost`, running at most `concurrency` hashes at once.
-    pub fn new(cost: HashCost, concurrency: usize) -> anyhow::Result<Self> {
+    /// A hasher with `cost`, on `threads` hashing threads. The threads end
+    /// when the last clone of the hasher is dropped.
+    pub fn new(cost: HashCost, threads: usize) -> anyhow::Result<Self> {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
             .map_err(|err| anyhow::anyhow!("invalid argon2 parameters: {err}"))?;
         let dummy = hash_blocking(&params, b"keel-dummy-password-for-unknown-accounts")?;
+        let threads = threads.max(1);
+        let (jobs, queue) = mpsc::channel::<Job>(threads * QUEUE_PER_THREAD);
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("keel-hash-{index}"))
+                .spawn(move || hashing_thread(&queue))
+                .context("starting a hashing thread")?;
+        }
         Ok(Self {
             params,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            jobs,
             dummy_hash: dummy.into(),
         })
     }
@@ -91,12 +108,36 @@ impl Hasher {
         Ok(if known { verdict } else { Verdict::Invalid })
     }
 
-    /// Runs `work` on the blocking pool once a permit is free.
+    /// Runs `work` on a hashing thread, waiting for room in the queue.
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
-        let _permit = self.permits.acquire().await.context("the hasher is closed")?;
-        tokio::task::spawn_blocking(work)
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            // The caller may have gone (a cancelled call); nothing to tell it.
+            let _ = done.send(work());
+        });
+        self.jobs
+            .send(job)
             .await
-            .context("the hashing task failed")
+            .map_err(|_| anyhow::anyhow!("the hashing threads have stopped"))?;
+        result.await.context("a hashing job was dropped")
+    }
+}
+
+/// One hashing thread: lowest priority, so that when the CPUs are busy
+/// hashing, the async workers still get them at once for cheap calls.
+fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
+    if let Err(err) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
+        tracing::warn!(error = ?err, "cannot lower the hashing thread's priority");
+    }
+    loop {
+        let job = match queue.lock() {
+            Ok(mut queue) => queue.blocking_recv(),
+            Err(_) => return,
+        };
+        match job {
+            Some(job) => job(),
+            None => return,
+        }
     }
 }
 

@@ -342,7 +342,7 @@ impl Auth {
             return Err(email_taken());
         }
 
-        let password_hash = self.hasher.hash(&password).await?;
+        let password_hash = self.hasher.hash(password).await?;
         let verification = OpaqueToken::generate()?;
         let verification_expires = Utc::now() + VERIFICATION_TOKEN_TTL;
         let inserted = conn
@@ -429,7 +429,7 @@ impl Auth {
             .collect();
 
         let mut conn = self.pool.get().await?;
-        self.check_throttle(&mut conn, &subjects).await?;
+        let had_failures = self.check_throttle(&mut conn, &subjects).await?;
         let user = store::find_user_by_email(&mut conn, email.as_str()).await?;
         // Unknown emails are checked against a dummy hash: the same cost, the
         // same answer.
@@ -454,17 +454,20 @@ impl Auth {
         if user.disabled {
             return Err(Error::unauthenticated("USER_DISABLED", "this account is disabled"));
         }
-        store::clear_failures(&mut conn, &account_subject).await?;
+        if had_failures {
+            store::clear_failures(&mut conn, &account_subject).await?;
+        }
         let tokens = self.start_session(&mut conn, &user, client).await?;
         Ok((user_pb(&user), tokens))
     }
 
-    /// RESOURCE_EXHAUSTED when any subject has too many recent failures.
-    async fn check_throttle(&self, conn: &mut AsyncPgConnection, subjects: &[&str]) -> Result<(), Error> {
+    /// RESOURCE_EXHAUSTED when any subject has too many recent failures;
+    /// otherwise whether any of them has failures at all.
+    async fn check_throttle(&self, conn: &mut AsyncPgConnection, subjects: &[&str]) -> Result<bool, Error> {
         let since = Utc::now() - self.throttle.window;
-        for subject in subjects {
-            let (count, oldest) = store::recent_failures(conn, subject, since).await?;
-            if count >= self.throttle.max_failures {
+        let failures = store::recent_failures(conn, subjects, since).await?;
+        for (_, count, oldest) in &failures {
+            if *count >= self.throttle.max_failures {
                 let free_at = oldest.unwrap_or_else(Utc::now) + self.throttle.window;
                 let wait = (free_at - Utc::now()).to_std().unwrap_or(StdDuration::from_secs(1));
                 return Err(Error::too_many(
@@ -474,7 +477,7 @@ impl Auth {
                 ));
             }
         }
-        Ok(())
+        Ok(!failures.is_empty())
     }
 
     async fn start_session(
@@ -583,6 +586,9 @@ impl Auth {
         let user = store::find_user(&mut conn, caller.user_id)
             .await?
             .ok_or_else(|| Error::not_found("user"))?;
+        if user.disabled {
+            return Err(Error::unauthenticated("USER_DISABLED", "this account is disabled"));
+        }
         let account_subject = format!("account:{}", user.email);
         self.check_throttle(&mut conn, &[&account_subject]).await?;
         if self.hasher.verify(&current, Some(&user.password_hash)).await? == Verdict::Invalid {

@@ -405,17 +405,23 @@ pub async fn expire_one_time_tokens(
     Ok(())
 }
 
-/// How many failures `subject` had since `since`, and when the oldest was.
+/// For each of `subjects` with failures since `since`: how many, and when the
+/// oldest was. One query, since every login asks.
 pub async fn recent_failures(
     conn: &mut AsyncPgConnection,
-    subject: &str,
+    subjects: &[&str],
     since: DateTime<Utc>,
-) -> QueryResult<(i64, Option<DateTime<Utc>>)> {
+) -> QueryResult<Vec<(String, i64, Option<DateTime<Utc>>)>> {
     login_failures::table
-        .filter(login_failures::subject.eq(subject))
+        .filter(login_failures::subject.eq_any(subjects))
         .filter(login_failures::failed_at.gt(since))
-        .select((diesel::dsl::count_star(), diesel::dsl::min(login_failures::failed_at)))
-        .first(conn)
+        .group_by(login_failures::subject)
+        .select((
+            login_failures::subject,
+            diesel::dsl::count_star(),
+            diesel::dsl::min(login_failures::failed_at),
+        ))
+        .load(conn)
         .await
 }
 

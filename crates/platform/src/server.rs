@@ -5,7 +5,6 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -96,7 +95,9 @@ impl GrpcServer {
                 tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
             }
         };
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping);
+        // No Nagle: small gRPC frames must not wait for the peer's delayed ACK.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = router.serve_with_incoming_shutdown(incoming, stopping);
         let grace = self.config.shutdown_grace();
         let drain_deadline = async {
             shutdown.cancelled().await;

@@ -1,0 +1,144 @@
+//! What every Keel server offers besides its own RPCs: gRPC health and
+//! server reflection (both versions that tools speak).
+
+use keel_testkit::Suite;
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_reflection::pb::{v1, v1alpha};
+
+async fn health(suite: &Suite, service: &str) -> Result<i32, tonic::Status> {
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    Ok(suite.auth_health().check(request).await?.into_inner().status)
+}
+
+/// The services v1 reflection lists.
+async fn list_services_v1(suite: &Suite) -> anyhow::Result<Vec<String>> {
+    use v1::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse};
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(suite.auth_channel());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let response = responses
+        .message()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no reflection answer"))?;
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
+        other => anyhow::bail!("unexpected reflection answer: {other:?}"),
+    }
+}
+
+/// The services v1alpha reflection lists (grpcurl and older tools ask this).
+async fn list_services_v1alpha(suite: &Suite) -> anyhow::Result<Vec<String>> {
+    use v1alpha::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse};
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(suite.auth_channel());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let response = responses
+        .message()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no reflection answer"))?;
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
+        other => anyhow::bail!("unexpected reflection answer: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_v1_lists_the_auth_service() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let services = list_services_v1(&suite).await?;
+    assert!(services.iter().any(|s| s == keel_auth::SERVICE_NAME), "{services:?}");
+    assert!(services.iter().any(|s| s == "grpc.health.v1.Health"), "{services:?}");
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_v1alpha_lists_the_auth_service() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let services = list_services_v1alpha(&suite).await?;
+    assert!(services.iter().any(|s| s == keel_auth::SERVICE_NAME), "{services:?}");
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_describes_the_auth_service() -> anyhow::Result<()> {
+    use v1::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse};
+    let suite = keel_testkit::spawn_suite().await?;
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(suite.auth_channel());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(keel_auth::SERVICE_NAME.into())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let response = responses
+        .message()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no reflection answer"))?;
+    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+        anyhow::bail!("unexpected reflection answer: {:?}", response.message_response);
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_serving_for_auth_and_the_whole_server() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    assert_eq!(
+        health(&suite, keel_auth::SERVICE_NAME).await?,
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(health(&suite, "").await?, ServingStatus::Serving as i32);
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_of_an_unknown_service_is_not_found() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let status = health(&suite, "keel.nothing.v1.NoService").await.expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_call_gets_a_request_id_back() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let request_id = |response: &tonic::Response<_>| {
+        response
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let check = || HealthCheckRequest {
+        service: keel_auth::SERVICE_NAME.into(),
+    };
+
+    // The caller's own id is kept...
+    let mut request = tonic::Request::new(check());
+    request.metadata_mut().insert("x-request-id", "probe-1".parse()?);
+    let response = suite.auth_health().check(request).await?;
+    assert_eq!(request_id(&response).as_deref(), Some("probe-1"));
+    // ...and a call without one gets a fresh one.
+    let response = suite.auth_health().check(check()).await?;
+    let generated = request_id(&response).expect("a generated request id");
+    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+    suite.stop().await
+}
