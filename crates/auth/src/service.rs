@@ -490,21 +490,17 @@ impl Auth {
         let refresh = OpaqueToken::generate()?;
         let refresh_expires = Utc::now() + REFRESH_TOKEN_TTL;
         let address = client.address.map(|ip| ip.to_string()).unwrap_or_default();
-        conn.transaction::<_, Error, _>(async |conn| {
-            store::insert_session(
-                conn,
-                NewSession {
-                    id: session_id,
-                    user_id: user.id,
-                    expires_at: refresh_expires,
-                    user_agent: &client.user_agent,
-                    client_address: &address,
-                },
-            )
-            .await?;
-            store::insert_refresh_token(conn, &refresh.hash(), session_id, refresh_expires).await?;
-            Ok(())
-        })
+        store::insert_session(
+            conn,
+            NewSession {
+                id: session_id,
+                user_id: user.id,
+                expires_at: refresh_expires,
+                user_agent: &client.user_agent,
+                client_address: &address,
+            },
+            &refresh.hash(),
+        )
         .await?;
         let roles = Roles::from_names(&user.roles);
         let (access, access_expires) = self.keys.user_token(user.id, session_id, &roles).await?;

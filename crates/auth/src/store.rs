@@ -177,17 +177,29 @@ pub struct NewSession<'a> {
     pub client_address: &'a str,
 }
 
-pub async fn insert_session(conn: &mut AsyncPgConnection, session: NewSession<'_>) -> QueryResult<()> {
-    diesel::insert_into(sessions::table)
-        .values((
-            sessions::id.eq(session.id),
-            sessions::user_id.eq(session.user_id),
-            sessions::expires_at.eq(session.expires_at),
-            sessions::user_agent.eq(session.user_agent),
-            sessions::client_address.eq(session.client_address),
-        ))
-        .execute(conn)
-        .await?;
+/// Starts a session with its first refresh token, in one statement (so one
+/// round trip, atomic without an explicit transaction: sign-in is hot).
+pub async fn insert_session(
+    conn: &mut AsyncPgConnection,
+    session: NewSession<'_>,
+    refresh_token_hash: &[u8],
+) -> QueryResult<()> {
+    use diesel::sql_types::{Bytea, Text, Timestamptz, Uuid as SqlUuid};
+    diesel::sql_query(
+        "WITH session AS ( \
+             INSERT INTO sessions (id, user_id, expires_at, user_agent, client_address) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id, expires_at) \
+         INSERT INTO refresh_tokens (token_hash, session_id, expires_at) \
+         SELECT $6, id, expires_at FROM session",
+    )
+    .bind::<SqlUuid, _>(session.id)
+    .bind::<SqlUuid, _>(session.user_id)
+    .bind::<Timestamptz, _>(session.expires_at)
+    .bind::<Text, _>(session.user_agent)
+    .bind::<Text, _>(session.client_address)
+    .bind::<Bytea, _>(refresh_token_hash)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

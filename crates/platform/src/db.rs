@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use diesel::{ConnectionError, ConnectionResult};
 use diesel_async::{
     AsyncConnection as _, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl as _,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, deadpool},
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _};
 use futures::FutureExt as _;
@@ -24,6 +24,9 @@ pub type Connection = deadpool::Object<AsyncPgConnection>;
 pub fn pool(url: &str, config: &PoolConfig) -> anyhow::Result<Pool> {
     let statement_timeout = config.db_statement_timeout_ms;
     let mut manager_config = ManagerConfig::default();
+    // Trust a pooled connection unless it reported itself broken: a test
+    // query on every checkout would double the round trips of short calls.
+    manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(move |url| {
         async move {
             let mut conn = AsyncPgConnection::establish(url).await?;
