@@ -13,6 +13,7 @@ use keel::auth::v1::{Jwk, auth_service_server::AuthServiceServer};
 use keel_platform::{
     config::{PoolConfig, ServerConfig, TokenConfig},
     db,
+    relay::{Relay, RelayConfig, Subscriber, TokenFuture, TokenProvider},
     server::GrpcServer,
     verifier::{KeySource, KeysFuture, Verifier},
 };
@@ -77,6 +78,14 @@ pub struct AuthConfig {
     /// The failed-login window (seconds).
     #[arg(long, env = "KEEL_LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900)]
     pub login_failure_window_secs: u32,
+
+    /// Where accounts serves gRPC; auth's outbox relay delivers
+    /// UserRegistered there. Unset, events stay in the outbox.
+    #[arg(long, env = "KEEL_ACCOUNTS_URL")]
+    pub accounts_url: Option<String>,
+
+    #[command(flatten)]
+    pub relay: RelayConfig,
 
     /// argon2id memory cost (KiB); never below OWASP's 19456.
     #[arg(long, env = "KEEL_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
@@ -199,6 +208,25 @@ impl KeySource for LocalKeys {
     }
 }
 
+/// Tokens for auth's own relay, signed in-process (auth is the issuer).
+#[derive(Debug)]
+struct OwnServiceTokens(KeyRing);
+
+impl TokenProvider for OwnServiceTokens {
+    fn token(&self) -> TokenFuture<'_> {
+        Box::pin(async move {
+            let scopes = [keel_platform::events::DELIVER_SCOPE.to_owned()];
+            Ok(self.0.service_token(SERVICE_CLIENT_ID, &scopes).await?.0)
+        })
+    }
+}
+
+/// The client id auth's relay presents.
+const SERVICE_CLIENT_ID: &str = "auth";
+
+/// The event types auth's subscribers receive.
+const ACCOUNTS_EVENTS: &[&str] = &["user.registered"];
+
 /// Serves auth on `listener` until `shutdown` is cancelled. The database at
 /// `url` must exist; it is migrated first.
 pub async fn run(
@@ -226,6 +254,27 @@ pub async fn run(
         })
     };
 
+    let relay = match &config.accounts_url {
+        Some(accounts_url) => {
+            let accounts = tonic::transport::Channel::from_shared(accounts_url.clone())
+                .context("KEEL_ACCOUNTS_URL is not a URL")?
+                .connect_lazy();
+            let relay = Relay::new(
+                url.clone(),
+                auth.pool.clone(),
+                vec![Subscriber {
+                    name: "accounts",
+                    channel: accounts,
+                    event_types: ACCOUNTS_EVENTS,
+                }],
+                Arc::new(OwnServiceTokens(auth.keys.clone())),
+                config.relay.clone(),
+            );
+            Some(tokio::spawn(relay.run(shutdown.clone())))
+        }
+        None => None,
+    };
+
     let server = GrpcServer {
         service_names: vec![SERVICE_NAME],
         routes: tonic::service::Routes::new(AuthServiceServer::new(auth.clone())),
@@ -235,5 +284,11 @@ pub async fn run(
     };
     let result = server.run(listener, shutdown).await;
     reload.abort();
+    // The relay stops after its current batch; give it a moment to finish.
+    if let Some(relay) = relay
+        && tokio::time::timeout(StdDuration::from_secs(2), relay).await.is_err()
+    {
+        tracing::warn!("the outbox relay did not stop in time");
+    }
     result
 }

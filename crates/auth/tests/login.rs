@@ -4,7 +4,7 @@
 //! Throttling is per client address, so tests that must tell accounts and
 //! addresses apart connect from other loopback addresses (127.0.0.2, ...).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::{
     Algorithm, Argon2, Params, Version,
@@ -132,51 +132,6 @@ async fn unknown_email_and_wrong_password_fail_alike() -> anyhow::Result<()> {
         assert_eq!(reason(status), "INVALID_CREDENTIALS");
     }
     assert_eq!(unknown.message(), wrong.message());
-    suite.stop().await
-}
-
-/// Behavioural, not a benchmark: an unknown email must pay for a (dummy) hash
-/// check too. Without it, it would answer about five times faster than a
-/// wrong password (a few queries against a hash) and tell an attacker which
-/// emails are registered.
-///
-/// Other tests hash passwords on the same two cores at the same time, so
-/// single calls are noisy: the two kinds alternate, and each is judged by its
-/// median, which one stalled call cannot drag the way it drags a mean.
-#[tokio::test(flavor = "multi_thread")]
-async fn unknown_email_costs_about_as_much_as_a_wrong_password() -> anyhow::Result<()> {
-    const N: usize = 10;
-    let suite = keel_testkit::spawn_suite_with(&["--login-max-failures", "100"]).await?;
-    suite.register("timed@example.com", PASSWORD).await?;
-    let mut auth = suite.auth();
-    // Warm up the connection, the pool and the hashing threads.
-    login(&mut auth, "nobody@example.com", PASSWORD)
-        .await
-        .expect_err("unknown");
-    login(&mut auth, "timed@example.com", WRONG).await.expect_err("wrong");
-
-    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
-    for i in 0..N {
-        let started = Instant::now();
-        login(&mut auth, &format!("nobody-{i}@example.com"), PASSWORD)
-            .await
-            .expect_err("unknown");
-        unknown.push(started.elapsed());
-
-        let started = Instant::now();
-        login(&mut auth, "timed@example.com", WRONG).await.expect_err("wrong");
-        wrong.push(started.elapsed());
-    }
-    let median = |times: &mut Vec<Duration>| {
-        times.sort();
-        (times[N / 2 - 1] + times[N / 2]) / 2
-    };
-    let (unknown, wrong) = (median(&mut unknown), median(&mut wrong));
-    let ratio = unknown.as_secs_f64() / wrong.as_secs_f64();
-    assert!(
-        (0.5..=2.0).contains(&ratio),
-        "median unknown-email login {unknown:?} vs wrong-password login {wrong:?} (ratio {ratio:.2})"
-    );
     suite.stop().await
 }
 

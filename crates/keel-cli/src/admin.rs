@@ -24,6 +24,12 @@ pub enum AdminCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Check that every account's balance equals the sum of its ledger
+    /// entries; exits non-zero and lists the accounts that differ.
+    VerifyLedger {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Generate a new token signing key. Running auth replicas start signing
     /// with it within 30 s; the previous key stays published.
     RotateSigningKey {
@@ -53,6 +59,12 @@ impl AdminCommand {
             } => {
                 let database = database.open().await?;
                 let result = create_user(&database, &email, &roles, password).await;
+                database.close();
+                result
+            }
+            AdminCommand::VerifyLedger { database } => {
+                let database = database.open().await?;
+                let result = verify_ledger(&database).await;
                 database.close();
                 result
             }
@@ -105,6 +117,25 @@ async fn create_user(
         println!("password: {}", String::from_utf8_lossy(password.expose()));
     }
     Ok(())
+}
+
+async fn verify_ledger(database: &crate::database::Database) -> anyhow::Result<()> {
+    database
+        .prepare(keel_accounts::DATABASE, keel_accounts::MIGRATIONS)
+        .await?;
+    let (checked, mismatches) = keel_accounts::verify_ledger(&database.url(keel_accounts::DATABASE)?).await?;
+    for m in &mismatches {
+        println!(
+            "account {}: balance {} but ledger sums to {} ({} entries, sequence at {})",
+            m.account_id, m.balance_minor, m.ledger_sum_minor, m.entry_count, m.ledger_seq
+        );
+    }
+    if mismatches.is_empty() {
+        println!("ledger verified: {checked} accounts, every balance equals the sum of its ledger");
+        Ok(())
+    } else {
+        anyhow::bail!("{} of {checked} accounts differ from their ledger", mismatches.len())
+    }
 }
 
 async fn rotate(database: &crate::database::Database) -> anyhow::Result<()> {

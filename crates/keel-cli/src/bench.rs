@@ -150,7 +150,9 @@ where
     let server = database.url("postgres")?;
     keel_platform::db::drop_database(&server, BENCH_DATABASE).await?;
     database.prepare(BENCH_DATABASE, keel_auth::MIGRATIONS).await?;
-    let config = AuthConfig::from_args(["keel", "--auth-listen", "127.0.0.1:0"])?;
+    // Generous failure limits: the bench's own failed-login probe must not lock
+    // itself out.
+    let config = AuthConfig::from_args(["keel", "--login-max-failures", "1000000"])?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
@@ -210,7 +212,56 @@ async fn measure_login(channel: Channel, plan: Plan) -> anyhow::Result<()> {
         percentile(0.99),
         percentile(1.0)
     );
+    let (unknown, wrong) = failed_login_latency(&channel, &email).await?;
+    println!(
+        "Failed Login, one caller (median of {FAILED_LOGIN_SAMPLES} each): unknown email {:.1} ms, wrong password {:.1} ms \
+         (ratio {:.2}; about 1 means an unknown email is indistinguishable)",
+        unknown.as_secs_f64() * 1000.0,
+        wrong.as_secs_f64() * 1000.0,
+        unknown.as_secs_f64() / wrong.as_secs_f64()
+    );
     Ok(())
+}
+
+const FAILED_LOGIN_SAMPLES: usize = 20;
+
+/// Median latency of failed logins with an unknown email and with a wrong
+/// password, alternating so drift hurts both alike. Each attempt uses a fresh
+/// email so the per-account lock never kicks in; a server with the default
+/// per-address limit will lock this client, so the in-process server allows
+/// more failures.
+async fn failed_login_latency(channel: &Channel, email: &str) -> anyhow::Result<(Duration, Duration)> {
+    let mut client = AuthServiceClient::new(channel.clone());
+    let wrong_email = format!("wrong-{email}");
+    client
+        .register(RegisterRequest {
+            request_id: wrong_email.clone(),
+            email: wrong_email.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .context("registering the wrong-password user")?;
+    let mut attempt = async |email: String, password: &str| {
+        let started = Instant::now();
+        let refused = client
+            .login(LoginRequest {
+                email,
+                password: password.into(),
+            })
+            .await;
+        match refused {
+            Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(started.elapsed()),
+            other => Err(anyhow::anyhow!("expected UNAUTHENTICATED, got {other:?}")),
+        }
+    };
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    for i in 0..FAILED_LOGIN_SAMPLES {
+        unknown.push(attempt(format!("nobody-{i}-{email}"), PASSWORD).await?);
+        wrong.push(attempt(wrong_email.clone(), "not the password at all").await?);
+    }
+    unknown.sort();
+    wrong.sort();
+    Ok((unknown[FAILED_LOGIN_SAMPLES / 2], wrong[FAILED_LOGIN_SAMPLES / 2]))
 }
 
 async fn register_bench_user(channel: &Channel) -> anyhow::Result<String> {

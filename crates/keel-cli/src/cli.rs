@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use keel_accounts::AccountsConfig;
 use keel_auth::AuthConfig;
 use keel_platform::config::TelemetryConfig;
 
@@ -43,20 +44,40 @@ enum Command {
     },
 }
 
-/// `keel up`.
+/// `keel up`. Each service reads the rest of its settings from the
+/// environment, as `keel serve <service> --help` lists them.
 #[derive(Debug, Args)]
 pub struct UpArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
-    #[command(flatten)]
-    pub auth: AuthConfig,
+    /// Where auth listens.
+    #[arg(long, env = "KEEL_AUTH_LISTEN", default_value = "127.0.0.1:50051")]
+    pub auth_listen: std::net::SocketAddr,
+
+    /// Where accounts listens.
+    #[arg(long, env = "KEEL_ACCOUNTS_LISTEN", default_value = "127.0.0.1:50052")]
+    pub accounts_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
 enum ServeCommand {
     /// The auth service.
     Auth(AuthServeArgs),
+    /// The accounts service.
+    Accounts(AccountsServeArgs),
+}
+
+/// `keel serve accounts`.
+#[derive(Debug, Args)]
+pub struct AccountsServeArgs {
+    /// The Postgres server; accounts uses its `keel_accounts` database (or
+    /// set KEEL_ACCOUNTS_DATABASE_URL).
+    #[arg(long, env = "KEEL_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    #[command(flatten)]
+    pub accounts: AccountsConfig,
 }
 
 /// `keel serve auth`.
@@ -84,6 +105,12 @@ impl Cli {
             } => {
                 let _telemetry = keel_platform::telemetry::init("keel-auth", &self.telemetry)?;
                 serve::auth(args).await
+            }
+            Command::Serve {
+                service: ServeCommand::Accounts(args),
+            } => {
+                let _telemetry = keel_platform::telemetry::init("keel-accounts", &self.telemetry)?;
+                serve::accounts(args).await
             }
             Command::Migrate(args) => {
                 let _telemetry = keel_platform::telemetry::init("keel", &self.telemetry)?;

@@ -64,7 +64,8 @@ impl Database {
 
     /// Creates and migrates every service database.
     pub async fn prepare_all(&self) -> anyhow::Result<()> {
-        self.prepare(keel_auth::DATABASE, keel_auth::MIGRATIONS).await
+        self.prepare(keel_auth::DATABASE, keel_auth::MIGRATIONS).await?;
+        self.prepare(keel_accounts::DATABASE, keel_accounts::MIGRATIONS).await
     }
 
     /// Creates database `name` if missing and applies `migrations`.

@@ -3,10 +3,13 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
+use keel_accounts::AccountsConfig;
+use keel_auth::AuthConfig;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::cli::UpArgs;
+use crate::{cli::UpArgs, database::Database};
 
 /// Starts Postgres (unless a URL is given), migrates, serves every
 /// implemented service, and stops it all on Ctrl-C or SIGTERM.
@@ -22,42 +25,94 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve_all(args: &UpArgs, database: &crate::database::Database) -> anyhow::Result<()> {
+/// One service of the suite, running.
+struct Service {
+    name: &'static str,
+    grpc_name: &'static str,
+    addr: SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
     database.prepare_all().await?;
     let shutdown = CancellationToken::new();
+    let auth_addr = loopback(args.auth_listen);
+    let accounts_addr = loopback(args.accounts_listen);
 
-    let auth_addr = args.auth.listen;
-    let auth_listener = keel_platform::server::bind(auth_addr).await?;
-    let auth_url = match &args.auth.auth_database_url {
+    // Each service reads the rest of its settings from the environment.
+    let auth_config = AuthConfig::from_args([
+        "keel",
+        "--auth-listen",
+        &args.auth_listen.to_string(),
+        "--accounts-url",
+        &format!("http://{accounts_addr}"),
+    ])?;
+    let accounts_config = AccountsConfig::from_args([
+        "keel",
+        "--accounts-listen",
+        &args.accounts_listen.to_string(),
+        "--auth-url",
+        &format!("http://{auth_addr}"),
+    ])?;
+    let auth_url = match &auth_config.auth_database_url {
         Some(url) => url.clone(),
         None => database.url(keel_auth::DATABASE)?,
     };
-    let mut auth = tokio::spawn(keel_auth::run(
-        args.auth.clone(),
-        auth_url,
-        auth_listener,
-        shutdown.clone(),
-    ));
-
-    let ready = tokio::select! {
-        ready = wait_until_serving(auth_addr, keel_auth::SERVICE_NAME) => ready,
-        exited = &mut auth => return Err(exited_early("auth", exited)),
-        () = keel_platform::server::shutdown_signal() => {
-            shutdown.cancel();
-            return auth.await.context("auth panicked")?;
-        }
+    let accounts_url = match &accounts_config.accounts_database_url {
+        Some(url) => url.clone(),
+        None => database.url(keel_accounts::DATABASE)?,
     };
-    ready?;
-    print_banner(args, database);
 
-    tokio::select! {
-        () = keel_platform::server::shutdown_signal() => {
-            say("\nStopping…\n");
+    let auth_listener = keel_platform::server::bind(args.auth_listen).await?;
+    let accounts_listener = keel_platform::server::bind(args.accounts_listen).await?;
+    let mut services = vec![
+        Service {
+            name: "auth",
+            grpc_name: keel_auth::SERVICE_NAME,
+            addr: auth_addr,
+            task: tokio::spawn(keel_auth::run(auth_config, auth_url, auth_listener, shutdown.clone())),
+        },
+        Service {
+            name: "accounts",
+            grpc_name: keel_accounts::SERVICE_NAME,
+            addr: accounts_addr,
+            task: tokio::spawn(keel_accounts::run(
+                accounts_config,
+                accounts_url,
+                accounts_listener,
+                shutdown.clone(),
+            )),
+        },
+    ];
+
+    let ready = async {
+        for service in &services {
+            wait_until_serving(service.addr, service.grpc_name).await?;
         }
-        exited = &mut auth => return Err(exited_early("auth", exited)),
+        anyhow::Ok(())
+    };
+    let outcome = tokio::select! {
+        ready = ready => ready.map(|()| true),
+        () = keel_platform::server::shutdown_signal() => Ok(false),
+    };
+    if matches!(outcome, Ok(true)) {
+        print_banner(&services, database);
+        tokio::select! {
+            () = keel_platform::server::shutdown_signal() => say("\nStopping…\n"),
+            (exited, index, _) = futures::future::select_all(services.iter_mut().map(|s| &mut s.task)) => {
+                shutdown.cancel();
+                return Err(exited_early(services[index].name, exited));
+            }
+        }
     }
     shutdown.cancel();
-    auth.await.context("auth panicked")?
+    for service in services {
+        service
+            .task
+            .await
+            .with_context(|| format!("{} panicked", service.name))??;
+    }
+    outcome.map(|_| ())
 }
 
 fn exited_early(service: &str, exited: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
@@ -69,7 +124,7 @@ fn exited_early(service: &str, exited: Result<anyhow::Result<()>, tokio::task::J
 }
 
 async fn wait_until_serving(addr: SocketAddr, service: &str) -> anyhow::Result<()> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", loopback(addr)))?.connect_lazy();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
     let mut health = HealthClient::new(channel);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -100,9 +155,8 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn print_banner(args: &UpArgs, database: &crate::database::Database) {
+fn print_banner(services: &[Service], database: &Database) {
     use std::fmt::Write as _;
-    let auth = loopback(args.auth.listen);
     let postgres = match database.cluster() {
         Some(cluster) => format!(
             "private cluster on 127.0.0.1:{}, data in {}{}",
@@ -114,18 +168,24 @@ fn print_banner(args: &UpArgs, database: &crate::database::Database) {
                 " (already running; left running)"
             }
         ),
-        None => keel_platform::db::redact(args.database.database_url.as_deref().unwrap_or_default()),
+        None => keel_platform::db::redact(&database.url("postgres").unwrap_or_default()),
     };
-    let mut text = String::new();
+    let mut text = String::from("\nKeel is up.\n\n");
+    let _ = writeln!(text, "  {:<10} {:<28} HEALTH", "SERVICE", "ENDPOINT");
+    for service in services {
+        let _ = writeln!(
+            text,
+            "  {:<10} {:<28} SERVING",
+            service.name,
+            format!("grpc://{}", service.addr)
+        );
+    }
+    let auth = services[0].addr;
     let _ = write!(
         text,
-        "\nKeel is up.\n\n  {:<10} {:<28} HEALTH\n  {:<10} {:<28} SERVING\n\nPostgres: {postgres}\n\n\
-         Try it:\n  buf curl --protocol grpc --http2-prior-knowledge http://{auth}/keel.auth.v1.AuthService/GetJwks\n  \
-         grpcurl -plaintext -d '{{}}' {auth} keel.auth.v1.AuthService/GetJwks\n\nCtrl-C stops everything.\n",
-        "SERVICE",
-        "ENDPOINT",
-        "auth",
-        format!("grpc://{auth}"),
+        "\nPostgres: {postgres}\n\nTry it:\n  \
+         buf curl --protocol grpc --http2-prior-knowledge http://{auth}/keel.auth.v1.AuthService/GetJwks\n  \
+         grpcurl -plaintext -d '{{}}' {auth} keel.auth.v1.AuthService/GetJwks\n\nCtrl-C stops everything.\n"
     );
     say(&text);
 }

@@ -6,10 +6,12 @@
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod local_postgres;
 pub mod outbox;
 pub mod paging;
 pub mod principal;
+pub mod relay;
 pub mod server;
 pub mod telemetry;
 pub mod verifier;

@@ -39,6 +39,24 @@ pub fn encode_token(last: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(last.as_bytes())
 }
 
+/// Reads a `page_token` that carries a position in a sequence.
+pub fn decode_position(token: &str) -> Result<Option<i64>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+        .map(|bytes| Some(i64::from_be_bytes(bytes)))
+        .ok_or_else(|| Error::invalid_field("page_token", "is not a token from a previous page"))
+}
+
+/// The `next_page_token` after a page ending at sequence position `last`.
+pub fn encode_position(last: i64) -> String {
+    URL_SAFE_NO_PAD.encode(last.to_be_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +75,7 @@ mod tests {
         assert_eq!(decode_token(&encode_token(id)).ok(), Some(Some(id)));
         assert_eq!(decode_token("").ok(), Some(None));
         assert!(decode_token("garbage!").is_err());
+        assert_eq!(decode_position(&encode_position(42)).ok(), Some(Some(42)));
+        assert!(decode_position(&encode_token(Uuid::now_v7())).is_err());
     }
 }

@@ -13,4 +13,4 @@ pub mod database;
 pub mod suite;
 
 pub use database::{TestDatabase, server_url};
-pub use suite::{Suite, authorized, spawn_suite, spawn_suite_with};
+pub use suite::{Suite, SuiteOptions, authorized, spawn_suite, spawn_suite_with, spawn_suite_with_options};

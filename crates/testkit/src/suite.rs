@@ -4,7 +4,11 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use keel::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
+use keel::{
+    accounts::v1::accounts_service_client::AccountsServiceClient,
+    auth::v1::{self as pb, auth_service_client::AuthServiceClient},
+};
+use keel_accounts::AccountsConfig;
 use keel_auth::{AuthConfig, domain, store::UserRow};
 use keel_platform::Role;
 use tokio::task::JoinHandle;
@@ -28,6 +32,41 @@ pub const AUTH_SCHEMA: Schema = Schema {
     dir: keel_auth::MIGRATIONS_DIR,
 };
 
+/// The accounts schema.
+pub const ACCOUNTS_SCHEMA: Schema = Schema {
+    name: "accounts",
+    migrations: || keel_accounts::MIGRATIONS,
+    dir: keel_accounts::MIGRATIONS_DIR,
+};
+
+/// How to start a suite.
+#[derive(Debug, Clone)]
+pub struct SuiteOptions {
+    /// Extra `keel serve auth` flags.
+    pub auth_args: Vec<String>,
+    /// Extra `keel serve accounts` flags.
+    pub accounts_args: Vec<String>,
+    /// Whether accounts starts with the suite (else: [`Suite::start_accounts`]).
+    pub start_accounts: bool,
+}
+
+impl Default for SuiteOptions {
+    fn default() -> Self {
+        Self {
+            auth_args: Vec::new(),
+            accounts_args: Vec::new(),
+            start_accounts: true,
+        }
+    }
+}
+
+/// A running service.
+#[derive(Debug)]
+struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
 /// A running suite; dropping it shuts every service down.
 #[derive(Debug)]
 pub struct Suite {
@@ -35,43 +74,88 @@ pub struct Suite {
     auth_channel: Channel,
     auth_db: TestDatabase,
     auth_config: AuthConfig,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    auth: Option<Running>,
+    accounts_addr: SocketAddr,
+    accounts_channel: Channel,
+    accounts_db: TestDatabase,
+    accounts_config: AccountsConfig,
+    accounts: Option<Running>,
 }
 
 /// Starts the suite with default settings.
 pub async fn spawn_suite() -> anyhow::Result<Suite> {
-    spawn_suite_with(&[]).await
+    spawn_suite_with_options(SuiteOptions::default()).await
 }
 
 /// Starts the suite; `auth_args` are extra `keel serve auth` flags.
 pub async fn spawn_suite_with(auth_args: &[&str]) -> anyhow::Result<Suite> {
-    let auth_db = TestDatabase::create(AUTH_SCHEMA).await?;
-    let clients = format!("{TEST_CLIENT_ID}:{TEST_CLIENT_SECRET}:{TEST_CLIENT_SCOPES}");
-    let args = ["keel", "--service-clients", &clients, "--db-pool-size", "8"]
-        .into_iter()
-        .chain(auth_args.iter().copied());
-    let auth_config = AuthConfig::from_args(args).context("auth test flags")?;
+    spawn_suite_with_options(SuiteOptions {
+        auth_args: auth_args.iter().map(|a| (*a).to_owned()).collect(),
+        ..SuiteOptions::default()
+    })
+    .await
+}
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let auth_addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(keel_auth::run(
-        auth_config.clone(),
-        auth_db.url().to_owned(),
-        listener,
-        shutdown.clone(),
-    ));
-    let auth_channel = Channel::from_shared(format!("http://{auth_addr}"))?.connect_lazy();
-    let suite = Suite {
+/// Starts the suite as `options` say.
+pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<Suite> {
+    let (auth_db, accounts_db) =
+        tokio::try_join!(TestDatabase::create(AUTH_SCHEMA), TestDatabase::create(ACCOUNTS_SCHEMA))?;
+    let auth_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let auth_addr = auth_listener.local_addr()?;
+    let accounts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let accounts_addr = accounts_listener.local_addr()?;
+
+    let clients = format!("{TEST_CLIENT_ID}:{TEST_CLIENT_SECRET}:{TEST_CLIENT_SCOPES}");
+    let accounts_url = format!("http://{accounts_addr}");
+    let auth_args = [
+        "keel",
+        "--service-clients",
+        &clients,
+        "--db-pool-size",
+        "8",
+        "--accounts-url",
+        &accounts_url,
+        // Quick retries: tests stop and start services.
+        "--relay-poll-ms",
+        "200",
+        "--relay-max-backoff-ms",
+        "400",
+    ]
+    .into_iter()
+    .chain(options.auth_args.iter().map(String::as_str));
+    let auth_config = AuthConfig::from_args(auth_args).context("auth test flags")?;
+    let auth_url = format!("http://{auth_addr}");
+    let accounts_args = ["keel", "--auth-url", &auth_url, "--db-pool-size", "8"]
+        .into_iter()
+        .chain(options.accounts_args.iter().map(String::as_str));
+    let accounts_config = AccountsConfig::from_args(accounts_args).context("accounts test flags")?;
+
+    let auth_shutdown = CancellationToken::new();
+    let auth = Running {
+        task: tokio::spawn(keel_auth::run(
+            auth_config.clone(),
+            auth_db.url().to_owned(),
+            auth_listener,
+            auth_shutdown.clone(),
+        )),
+        shutdown: auth_shutdown,
+    };
+    let mut suite = Suite {
         auth_addr,
-        auth_channel,
+        auth_channel: Channel::from_shared(auth_url)?.connect_lazy(),
         auth_db,
         auth_config,
-        shutdown,
-        tasks: vec![task],
+        auth: Some(auth),
+        accounts_addr,
+        accounts_channel: Channel::from_shared(accounts_url)?.connect_lazy(),
+        accounts_db,
+        accounts_config,
+        accounts: None,
     };
-    suite.wait_until_serving().await?;
+    wait_until_serving(&suite.auth_channel, keel_auth::SERVICE_NAME).await?;
+    if options.start_accounts {
+        suite.start_accounts_on(accounts_listener).await?;
+    }
     Ok(suite)
 }
 
@@ -106,6 +190,49 @@ impl Suite {
         &self.auth_config
     }
 
+    /// A client for accounts.
+    pub fn accounts(&self) -> AccountsServiceClient<Channel> {
+        AccountsServiceClient::new(self.accounts_channel.clone())
+    }
+
+    /// The channel to accounts (its AccountsService and EventSink).
+    pub fn accounts_channel(&self) -> Channel {
+        self.accounts_channel.clone()
+    }
+
+    /// Accounts' database.
+    pub fn accounts_database_url(&self) -> &str {
+        self.accounts_db.url()
+    }
+
+    /// Starts accounts (again) on its address.
+    pub async fn start_accounts(&mut self) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.accounts_addr).await?;
+        self.start_accounts_on(listener).await
+    }
+
+    async fn start_accounts_on(&mut self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        anyhow::ensure!(self.accounts.is_none(), "accounts is already running");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(keel_accounts::run(
+            self.accounts_config.clone(),
+            self.accounts_db.url().to_owned(),
+            listener,
+            shutdown.clone(),
+        ));
+        self.accounts = Some(Running { shutdown, task });
+        wait_until_serving(&self.accounts_channel, keel_accounts::SERVICE_NAME).await
+    }
+
+    /// Stops accounts and waits for it to exit.
+    pub async fn stop_accounts(&mut self) -> anyhow::Result<()> {
+        if let Some(running) = self.accounts.take() {
+            running.shutdown.cancel();
+            running.task.await.context("accounts panicked")??;
+        }
+        Ok(())
+    }
+
     /// Registers a user through the API.
     pub async fn register(&self, email: &str, password: &str) -> anyhow::Result<pb::User> {
         let response = self
@@ -117,6 +244,11 @@ impl Suite {
             })
             .await?;
         response.into_inner().user.context("no user in the response")
+    }
+
+    /// Registers a user through the API (owned strings, for many at once).
+    pub async fn register_as(&self, email: String, password: &str) -> anyhow::Result<pb::User> {
+        self.register(&email, password).await
     }
 
     /// Logs in through the API.
@@ -149,6 +281,21 @@ impl Suite {
         Ok((login.user.context("no user")?, login.tokens.context("no tokens")?))
     }
 
+    /// A service token for the test client with `scopes` (all of its scopes
+    /// when empty).
+    pub async fn service_token(&self, scopes: &[&str]) -> anyhow::Result<String> {
+        Ok(self
+            .auth()
+            .issue_service_token(pb::IssueServiceTokenRequest {
+                client_id: TEST_CLIENT_ID.into(),
+                client_secret: TEST_CLIENT_SECRET.into(),
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            })
+            .await?
+            .into_inner()
+            .access_token)
+    }
+
     /// Creates a user with `roles` straight through the service's code.
     pub async fn create_user(&self, email: &str, password: &str, roles: &[Role]) -> anyhow::Result<UserRow> {
         let auth = keel_auth::Auth::build(&self.auth_config, self.auth_db.url()).await?;
@@ -163,42 +310,43 @@ impl Suite {
 
     /// Stops every service and waits for them to exit.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        for task in self.tasks.drain(..) {
-            task.await.context("a service panicked")??;
+        self.stop_accounts().await?;
+        if let Some(running) = self.auth.take() {
+            running.shutdown.cancel();
+            running.task.await.context("auth panicked")??;
         }
         Ok(())
-    }
-
-    async fn wait_until_serving(&self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self
-                .auth_health()
-                .check(HealthCheckRequest {
-                    service: keel_auth::SERVICE_NAME.into(),
-                })
-                .await
-                .map(|r| r.into_inner().status)
-                .map_err(|status| status.code());
-            if status == Ok(ServingStatus::Serving as i32) {
-                return Ok(());
-            }
-            if let Some(task) = self.tasks.iter().find(|t| t.is_finished()) {
-                anyhow::bail!("a service exited while starting ({task:?})");
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "auth did not become SERVING: {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
     }
 }
 
 impl Drop for Suite {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        for running in [self.auth.take(), self.accounts.take()].into_iter().flatten() {
+            running.shutdown.cancel();
+            running.task.abort();
+        }
+    }
+}
+
+async fn wait_until_serving(channel: &Channel, service: &str) -> anyhow::Result<()> {
+    let mut health = HealthClient::new(channel.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .map_err(|status| status.code());
+        if status == Ok(ServingStatus::Serving as i32) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{service} did not become SERVING: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

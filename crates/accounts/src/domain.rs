@@ -1,0 +1,197 @@
+//! Accounts' input types, valid by construction.
+
+use keel::common::v1::Money;
+use keel_platform::error::FieldViolation;
+
+fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
+    FieldViolation {
+        field: field.into(),
+        description: description.into(),
+    }
+}
+
+/// An ISO 4217 alphabetic currency code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Currency(String);
+
+impl Currency {
+    /// Accepts three upper-case ASCII letters.
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
+        if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(Currency(raw.to_owned()))
+        } else {
+            Err(violation(field, "must be an ISO 4217 code such as USD"))
+        }
+    }
+
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The largest amount one movement may carry (10^15 minor units), far below
+/// where sums could overflow.
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
+
+/// A positive amount of money in minor units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Amount {
+    /// Minor units, > 0.
+    pub minor: i64,
+    /// Its currency.
+    pub currency: Currency,
+}
+
+impl Amount {
+    /// Reads a `Money` that must be positive.
+    pub fn parse(field: &str, money: Option<&Money>) -> Result<Self, FieldViolation> {
+        let money = money.ok_or_else(|| violation(field, "is required"))?;
+        if money.amount_minor <= 0 {
+            return Err(violation(&format!("{field}.amount_minor"), "must be positive"));
+        }
+        if money.amount_minor > MAX_AMOUNT_MINOR {
+            return Err(violation(
+                &format!("{field}.amount_minor"),
+                format!("must be at most {MAX_AMOUNT_MINOR}"),
+            ));
+        }
+        let currency = Currency::parse(&format!("{field}.currency_code"), &money.currency_code)?;
+        Ok(Amount {
+            minor: money.amount_minor,
+            currency,
+        })
+    }
+}
+
+/// What a ledger entry does to the balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Money in, from an administrator or a payment.
+    Deposit,
+    /// Money out, for a purchase.
+    Debit,
+    /// Money back, for a cancelled purchase.
+    Refund,
+}
+
+impl Kind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deposit => "deposit",
+            Kind::Debit => "debit",
+            Kind::Refund => "refund",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "deposit" => Some(Kind::Deposit),
+            "debit" => Some(Kind::Debit),
+            "refund" => Some(Kind::Refund),
+            _ => None,
+        }
+    }
+
+    /// The signed change for `amount` minor units.
+    pub fn delta(self, amount: i64) -> i64 {
+        match self {
+            Kind::Debit => -amount,
+            Kind::Deposit | Kind::Refund => amount,
+        }
+    }
+}
+
+/// An idempotency key: 1 to 128 printable characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// Accepts a key of 1 to 128 bytes without control characters.
+    pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(violation(
+                "request_id",
+                "is required: retries with the same key apply once",
+            ));
+        }
+        if raw.len() > 128 || raw.chars().any(char::is_control) {
+            return Err(violation("request_id", "must be at most 128 printable bytes"));
+        }
+        Ok(RequestId(raw.to_owned()))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A short free text (reference, reason): at most 256 bytes, no control
+/// characters.
+pub fn note(field: &str, raw: &str) -> Result<String, FieldViolation> {
+    if raw.len() > 256 || raw.chars().any(char::is_control) {
+        return Err(violation(field, "must be at most 256 printable bytes"));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A display name: trimmed, at most 100 characters, no control characters.
+pub fn display_name(raw: &str) -> Result<String, FieldViolation> {
+    let name = raw.trim();
+    if name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(violation(
+            "account.display_name",
+            "must be at most 100 printable characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn money(amount_minor: i64, currency_code: &str) -> Money {
+        Money {
+            amount_minor,
+            currency_code: currency_code.into(),
+        }
+    }
+
+    #[test]
+    fn amounts_are_positive_and_bounded_with_a_real_currency() {
+        assert!(Amount::parse("amount", Some(&money(100, "USD"))).is_ok());
+        assert!(Amount::parse("amount", Some(&money(0, "USD"))).is_err());
+        assert!(Amount::parse("amount", Some(&money(-5, "USD"))).is_err());
+        assert!(Amount::parse("amount", Some(&money(MAX_AMOUNT_MINOR + 1, "USD"))).is_err());
+        assert!(Amount::parse("amount", Some(&money(100, "usd"))).is_err());
+        assert!(Amount::parse("amount", Some(&money(100, "EURO"))).is_err());
+        assert!(Amount::parse("amount", None).is_err());
+    }
+
+    #[test]
+    fn kinds_sign_their_delta() {
+        assert_eq!(Kind::Debit.delta(5), -5);
+        assert_eq!(Kind::Refund.delta(5), 5);
+        for kind in [Kind::Deposit, Kind::Debit, Kind::Refund] {
+            assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+        }
+    }
+
+    #[test]
+    fn request_ids_and_names_are_bounded() {
+        assert!(RequestId::parse("").is_err());
+        assert!(RequestId::parse(&"x".repeat(129)).is_err());
+        assert_eq!(
+            RequestId::parse(" a ").map(|r| r.as_str().to_owned()).ok().as_deref(),
+            Some("a")
+        );
+        assert!(display_name(&"n".repeat(101)).is_err());
+        assert_eq!(display_name("  Ada ").ok().as_deref(), Some("Ada"));
+        assert!(note("reason", "line\nbreak").is_err());
+    }
+}

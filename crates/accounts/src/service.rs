@@ -1,0 +1,439 @@
+//! `keel.accounts.v1.AccountsService` and the accounts EventSink.
+
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection as _;
+use keel::{
+    accounts::v1::{self as pb, accounts_service_server::AccountsService},
+    common::v1::Money,
+    events::v1::{BalanceChanged, DeliverRequest, DeliverResponse, event::Payload, event_sink_server::EventSink},
+};
+use keel_platform::{
+    Error, Principal,
+    db::Pool,
+    error::FieldViolation,
+    events, outbox, paging,
+    principal::{UserPrincipal, principal},
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    domain::{self, Amount, Currency, Kind, RequestId},
+    store::{self, AccountRow, EntryRow, NewEntry},
+};
+
+/// The event source name of accounts.
+pub const SOURCE: &str = "accounts";
+/// The scope a service needs to deposit.
+pub const DEPOSIT_SCOPE: &str = "accounts.deposit";
+/// The scope a service needs to debit.
+pub const DEBIT_SCOPE: &str = "accounts.debit";
+/// The scope a service needs to refund.
+pub const REFUND_SCOPE: &str = "accounts.refund";
+
+/// The accounts service.
+#[derive(Clone)]
+pub struct Accounts {
+    pub(crate) pool: Pool,
+    pub(crate) currency: Currency,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts")
+            .field("currency", &self.currency)
+            .finish_non_exhaustive()
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// Whose account a call may touch.
+enum Target {
+    /// The caller's own account (created on first access).
+    Own(Uuid),
+    /// Any account, for an administrator.
+    Any(Uuid),
+}
+
+/// Resolves `account_id` ("me" or an id) for the caller. A user may name only
+/// their own account: another id is PERMISSION_DENIED whether or not it
+/// exists (the id alone decides, so nothing is revealed).
+fn target(principal: &Principal, account_id: &str) -> Result<Target, Error> {
+    let user: &UserPrincipal = principal.user()?;
+    let id = if account_id == "me" {
+        user.user_id
+    } else {
+        Uuid::parse_str(account_id).map_err(|_| Error::invalid_field("account_id", "must be a UUID or \"me\""))?
+    };
+    if id == user.user_id {
+        Ok(Target::Own(id))
+    } else if user.is_admin() {
+        Ok(Target::Any(id))
+    } else {
+        Err(Error::permission_denied(
+            "NOT_ACCOUNT_OWNER",
+            "a user may only see and change their own account",
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl AccountsService for Accounts {
+    async fn get_account(&self, request: Request<pb::GetAccountRequest>) -> Reply<pb::GetAccountResponse> {
+        let target = target(principal(&request)?, &request.get_ref().account_id)?;
+        let account = self.account(target).await?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(account_pb(&account)),
+        }))
+    }
+
+    async fn update_profile(&self, request: Request<pb::UpdateProfileRequest>) -> Reply<pb::UpdateProfileResponse> {
+        let caller = principal(&request)?.clone();
+        let request = request.into_inner();
+        let account = request
+            .account
+            .ok_or_else(|| Error::invalid_field("account", "is required"))?;
+        let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
+        if let Some(path) = paths.iter().find(|p| p.as_str() != "display_name") {
+            return Err(Error::invalid_field("update_mask", format!("{path} cannot be updated")).into());
+        }
+        let display_name = domain::display_name(&account.display_name).map_err(invalid)?;
+        let expected = match account.etag.as_str() {
+            "" => None,
+            etag => Some(parse_etag(etag)?),
+        };
+        let target = target(&caller, &account.id)?;
+        let current = self.account(target).await?;
+        let mut conn = self.pool.get().await.map_err(Error::from)?;
+        let updated = store::update_display_name(&mut conn, current.id, &display_name, expected)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| {
+                Error::aborted(
+                    "ETAG_MISMATCH",
+                    "the account changed since it was read; read it again and retry",
+                )
+            })?;
+        Ok(Response::new(pb::UpdateProfileResponse {
+            account: Some(account_pb(&updated)),
+        }))
+    }
+
+    async fn list_accounts(&self, request: Request<pb::ListAccountsRequest>) -> Reply<pb::ListAccountsResponse> {
+        principal(&request)?.admin()?;
+        let request = request.into_inner();
+        let limit = paging::page_size(request.page_size)?;
+        let after = paging::decode_token(&request.page_token)?;
+        let mut conn = self.pool.get().await.map_err(Error::from)?;
+        let rows = store::list_accounts(&mut conn, after, limit + 1)
+            .await
+            .map_err(Error::from)?;
+        let (page, next_page_token) = page(rows, limit, |row| paging::encode_token(row.id));
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: page.iter().map(account_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn deposit(&self, request: Request<pb::DepositRequest>) -> Reply<pb::DepositResponse> {
+        let caller = principal(&request)?;
+        if caller.admin().is_err() {
+            caller.service_with_scope(DEPOSIT_SCOPE)?;
+        }
+        let r = request.into_inner();
+        let entry = self
+            .move_money(
+                Kind::Deposit,
+                &r.account_id,
+                r.amount.as_ref(),
+                &r.request_id,
+                &r.reference,
+                &r.reason,
+            )
+            .await?;
+        Ok(Response::new(pb::DepositResponse {
+            transaction: Some(entry_pb(&entry)),
+        }))
+    }
+
+    async fn debit(&self, request: Request<pb::DebitRequest>) -> Reply<pb::DebitResponse> {
+        principal(&request)?.service_with_scope(DEBIT_SCOPE)?;
+        let r = request.into_inner();
+        let entry = self
+            .move_money(
+                Kind::Debit,
+                &r.account_id,
+                r.amount.as_ref(),
+                &r.request_id,
+                &r.reference,
+                &r.reason,
+            )
+            .await?;
+        Ok(Response::new(pb::DebitResponse {
+            transaction: Some(entry_pb(&entry)),
+        }))
+    }
+
+    async fn refund(&self, request: Request<pb::RefundRequest>) -> Reply<pb::RefundResponse> {
+        principal(&request)?.service_with_scope(REFUND_SCOPE)?;
+        let r = request.into_inner();
+        let entry = self
+            .move_money(
+                Kind::Refund,
+                &r.account_id,
+                r.amount.as_ref(),
+                &r.request_id,
+                &r.reference,
+                &r.reason,
+            )
+            .await?;
+        Ok(Response::new(pb::RefundResponse {
+            transaction: Some(entry_pb(&entry)),
+        }))
+    }
+
+    async fn get_balance(&self, request: Request<pb::GetBalanceRequest>) -> Reply<pb::GetBalanceResponse> {
+        let target = target(principal(&request)?, &request.get_ref().account_id)?;
+        let account = self.account(target).await?;
+        Ok(Response::new(pb::GetBalanceResponse {
+            balance: Some(pb::Balance {
+                account_id: account.id.to_string(),
+                balance: Some(money(account.balance_minor, &account.currency)),
+                update_time: Some(timestamp(account.updated_at)),
+            }),
+        }))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Reply<pb::ListTransactionsResponse> {
+        let target = target(principal(&request)?, &request.get_ref().account_id)?;
+        let request = request.into_inner();
+        let limit = paging::page_size(request.page_size)?;
+        let before = paging::decode_position(&request.page_token)?;
+        let account = self.account(target).await?;
+        let mut conn = self.pool.get().await.map_err(Error::from)?;
+        let rows = store::entries(&mut conn, account.id, before, limit + 1)
+            .await
+            .map_err(Error::from)?;
+        let (page, next_page_token) = page(rows, limit, |row| paging::encode_position(row.seq));
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions: page.iter().map(entry_pb).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl EventSink for Accounts {
+    async fn deliver(&self, request: Request<DeliverRequest>) -> Reply<DeliverResponse> {
+        let delivery = events::delivery(request)?;
+        let mut conn = self.pool.get().await.map_err(Error::from)?;
+        let currency = self.currency.as_str();
+        let first = conn
+            .transaction::<_, Error, _>(async |conn| {
+                if !events::first_delivery(conn, delivery.event_id).await? {
+                    return Ok(false);
+                }
+                if let Payload::UserRegistered(registered) = &delivery.payload {
+                    let user_id = Uuid::parse_str(&registered.user_id)
+                        .map_err(|_| Error::invalid_field("event.user_registered.user_id", "must be a UUID"))?;
+                    store::ensure_account(conn, user_id, &registered.email, currency).await?;
+                }
+                Ok(true)
+            })
+            .await?;
+        Ok(Response::new(DeliverResponse { duplicate: !first }))
+    }
+}
+
+impl Accounts {
+    /// The target account; the caller's own is created on first access, so a
+    /// user who has just registered never gets NOT_FOUND for it.
+    async fn account(&self, target: Target) -> Result<AccountRow, Error> {
+        let mut conn = self.pool.get().await?;
+        match target {
+            Target::Own(id) => Ok(store::ensure_account(&mut conn, id, "", self.currency.as_str()).await?),
+            Target::Any(id) => store::find_account(&mut conn, id)
+                .await?
+                .ok_or_else(|| Error::not_found("account")),
+        }
+    }
+
+    /// Applies one movement, once per `request_id`, atomically: the account
+    /// is locked, a repeated key returns the first result, the balance never
+    /// goes below zero, and the ledger entry, the new balance and the
+    /// BalanceChanged event commit together.
+    async fn move_money(
+        &self,
+        kind: Kind,
+        account_id: &str,
+        amount: Option<&Money>,
+        request_id: &str,
+        reference: &str,
+        reason: &str,
+    ) -> Result<EntryRow, Error> {
+        let account_id = Uuid::parse_str(account_id).map_err(|_| FieldViolation {
+            field: "account_id".into(),
+            description: "must be a UUID".into(),
+        });
+        let mut violations = Vec::new();
+        let account_id = account_id.map_err(|v| violations.push(v)).ok();
+        let amount = Amount::parse("amount", amount).map_err(|v| violations.push(v)).ok();
+        let request_id = RequestId::parse(request_id).map_err(|v| violations.push(v)).ok();
+        let reference = domain::note("reference", reference)
+            .map_err(|v| violations.push(v))
+            .ok();
+        let reason = domain::note("reason", reason).map_err(|v| violations.push(v)).ok();
+        let (Some(account_id), Some(amount), Some(request_id), Some(reference), Some(reason)) =
+            (account_id, amount, request_id, reference, reason)
+        else {
+            return Err(Error::invalid_fields(violations));
+        };
+
+        let mut conn = self.pool.get().await?;
+        conn.transaction::<_, Error, _>(async |conn| {
+            let account = store::lock_account(conn, account_id)
+                .await?
+                .ok_or_else(|| Error::not_found("account"))?;
+            if let Some(first) = store::find_entry_by_request(conn, account_id, request_id.as_str()).await? {
+                return replay(first, kind, &amount);
+            }
+            if amount.currency.as_str() != account.currency {
+                return Err(Error::failed_precondition(
+                    "CURRENCY_MISMATCH",
+                    format!(
+                        "the account holds {}, not {}",
+                        account.currency,
+                        amount.currency.as_str()
+                    ),
+                ));
+            }
+            let delta = kind.delta(amount.minor);
+            let balance_after = account
+                .balance_minor
+                .checked_add(delta)
+                .ok_or_else(|| Error::failed_precondition("BALANCE_OVERFLOW", "the balance would overflow"))?;
+            if balance_after < 0 {
+                return Err(Error::failed_precondition(
+                    "INSUFFICIENT_FUNDS",
+                    "the balance is lower than the amount to debit",
+                ));
+            }
+            let entry = store::append_entry(
+                conn,
+                NewEntry {
+                    id: Uuid::now_v7(),
+                    account_id,
+                    seq: account.ledger_seq + 1,
+                    kind: kind.as_str(),
+                    amount_minor: amount.minor,
+                    delta_minor: delta,
+                    currency: &account.currency,
+                    balance_after_minor: balance_after,
+                    request_id: request_id.as_str(),
+                    reference: &reference,
+                    reason: &reason,
+                },
+            )
+            .await?;
+            outbox::enqueue(
+                conn,
+                SOURCE,
+                Payload::BalanceChanged(BalanceChanged {
+                    account_id: account_id.to_string(),
+                    transaction_id: entry.id.to_string(),
+                    delta: Some(money(delta, &account.currency)),
+                    balance: Some(money(balance_after, &account.currency)),
+                }),
+            )
+            .await?;
+            Ok(entry)
+        })
+        .await
+    }
+}
+
+/// The first result of a request id, if the retry asks for the same thing.
+fn replay(first: EntryRow, kind: Kind, amount: &Amount) -> Result<EntryRow, Error> {
+    let same = Kind::parse(&first.kind) == Some(kind)
+        && first.amount_minor == amount.minor
+        && first.currency == amount.currency.as_str();
+    if same {
+        Ok(first)
+    } else {
+        Err(Error::failed_precondition(
+            "REQUEST_ID_REUSED",
+            "this request_id was used for a different movement; use a new one",
+        ))
+    }
+}
+
+fn parse_etag(etag: &str) -> Result<i64, Error> {
+    etag.trim_matches('"')
+        .parse()
+        .map_err(|_| Error::invalid_field("account.etag", "is not an etag from this service"))
+}
+
+fn invalid(violation: FieldViolation) -> Error {
+    Error::invalid_fields(vec![violation])
+}
+
+/// The first `limit` rows and the token of the next page, if there is one.
+fn page<T>(mut rows: Vec<T>, limit: i64, token: impl Fn(&T) -> String) -> (Vec<T>, String) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(&token).unwrap_or_default();
+        (rows, next)
+    } else {
+        (rows, String::new())
+    }
+}
+
+fn money(amount_minor: i64, currency: &str) -> Money {
+    Money {
+        amount_minor,
+        currency_code: currency.to_owned(),
+    }
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn account_pb(account: &AccountRow) -> pb::Account {
+    pb::Account {
+        id: account.id.to_string(),
+        email: account.email.clone(),
+        display_name: account.display_name.clone(),
+        etag: format!("\"{}\"", account.version),
+        create_time: Some(timestamp(account.created_at)),
+        update_time: Some(timestamp(account.updated_at)),
+    }
+}
+
+fn entry_pb(entry: &EntryRow) -> pb::Transaction {
+    let kind = match Kind::parse(&entry.kind) {
+        Some(Kind::Deposit) => pb::TransactionKind::Deposit,
+        Some(Kind::Debit) => pb::TransactionKind::Debit,
+        Some(Kind::Refund) => pb::TransactionKind::Refund,
+        None => pb::TransactionKind::Unspecified,
+    };
+    pb::Transaction {
+        id: entry.id.to_string(),
+        account_id: entry.account_id.to_string(),
+        kind: kind as i32,
+        amount: Some(money(entry.amount_minor, &entry.currency)),
+        balance_after: Some(money(entry.balance_after_minor, &entry.currency)),
+        request_id: entry.request_id.clone(),
+        reference: entry.reference.clone(),
+        reason: entry.reason.clone(),
+        create_time: Some(timestamp(entry.created_at)),
+    }
+}

@@ -1,0 +1,279 @@
+//! The outbox relay: delivers a service's committed events to every
+//! subscriber's `keel.events.v1.EventSink/Deliver`, at least once.
+//!
+//! It wakes on the outbox's NOTIFY and polls as a fallback. Rows are claimed
+//! with `FOR UPDATE SKIP LOCKED` inside the transaction that marks them
+//! delivered, so several relays (replicas) can run at once without two of
+//! them sending the same row at the same time. A failed delivery is retried
+//! with exponential backoff and jitter; other events do not wait for it.
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use clap::Args;
+use diesel::{ExpressionMethods as _, QueryDsl as _};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use futures::StreamExt as _;
+use keel::events::v1::{DeliverRequest, Event, event_sink_client::EventSinkClient};
+use prost::Message as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::{
+    db::Pool,
+    outbox::{self, NOTIFY_CHANNEL, outbox as table},
+};
+
+/// The boxed future a [`TokenProvider`] returns.
+pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<String>> + Send + 'a>>;
+
+/// Supplies the service token the relay presents (scope `events.deliver`).
+pub trait TokenProvider: Send + Sync + fmt::Debug {
+    /// A token valid for at least the next minute.
+    fn token(&self) -> TokenFuture<'_>;
+}
+
+/// How the relay paces itself.
+#[derive(Debug, Clone, Args)]
+pub struct RelayConfig {
+    /// How often the relay looks for events when no NOTIFY wakes it (ms).
+    #[arg(long, env = "KEEL_RELAY_POLL_MS", default_value_t = 1_000)]
+    pub relay_poll_ms: u64,
+
+    /// The longest wait before retrying a failed delivery (ms); waits double
+    /// from 100 ms up to it, with jitter.
+    #[arg(long, env = "KEEL_RELAY_MAX_BACKOFF_MS", default_value_t = 60_000)]
+    pub relay_max_backoff_ms: u64,
+
+    /// Events claimed per transaction.
+    #[arg(long, env = "KEEL_RELAY_BATCH", default_value_t = 64)]
+    pub relay_batch: i64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            relay_poll_ms: 1_000,
+            relay_max_backoff_ms: 60_000,
+            relay_batch: 64,
+        }
+    }
+}
+
+/// A service that receives events.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// Its name, for logs.
+    pub name: &'static str,
+    /// Where its EventSink listens.
+    pub channel: Channel,
+    /// The event types it wants (see [`outbox::event_type`]); others are not
+    /// sent to it, so secrets in events reach only who needs them.
+    pub event_types: &'static [&'static str],
+}
+
+/// Delivers one service's outbox.
+#[derive(Clone)]
+pub struct Relay {
+    database_url: String,
+    pool: Pool,
+    subscribers: Vec<Subscriber>,
+    tokens: Arc<dyn TokenProvider>,
+    config: RelayConfig,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("subscribers", &self.subscribers)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Each delivery attempt waits at most this long.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Relay {
+    /// A relay over the outbox in the database at `database_url`.
+    pub fn new(
+        database_url: String,
+        pool: Pool,
+        subscribers: Vec<Subscriber>,
+        tokens: Arc<dyn TokenProvider>,
+        config: RelayConfig,
+    ) -> Self {
+        Self {
+            database_url,
+            pool,
+            subscribers,
+            tokens,
+            config,
+        }
+    }
+
+    /// Delivers until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(self.database_url.clone(), wake.clone(), shutdown.clone()));
+        let poll = Duration::from_millis(self.config.relay_poll_ms);
+        loop {
+            let claimed = match self.deliver_batch().await {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), "outbox relay pass failed");
+                    0
+                }
+            };
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // A full batch means more may be waiting: go again at once.
+            if claimed < self.config.relay_batch as usize {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+        listener.abort();
+    }
+
+    /// Claims a batch of due events, delivers each, and records the outcome.
+    /// Returns how many were claimed.
+    pub async fn deliver_batch(&self) -> anyhow::Result<usize> {
+        let token = self.tokens.token().await.context("getting a service token")?;
+        let mut conn = self.pool.get().await.context("taking a connection")?;
+        conn.transaction::<_, anyhow::Error, _>(async |conn| {
+            let rows: Vec<(Uuid, Vec<u8>, i32)> = table::table
+                .filter(table::published_at.is_null())
+                .filter(table::next_attempt_at.le(diesel::dsl::now))
+                .order((table::created_at, table::id))
+                .limit(self.config.relay_batch)
+                .select((table::id, table::payload, table::attempts))
+                .for_update()
+                .skip_locked()
+                .load(conn)
+                .await?;
+            for (id, payload, attempts) in &rows {
+                let outcome = match Event::decode(payload.as_slice()) {
+                    Ok(event) => self.deliver(&event, &token).await,
+                    Err(err) => Err(anyhow::anyhow!("undecodable event: {err}")),
+                };
+                match outcome {
+                    Ok(()) => {
+                        diesel::update(table::table.find(id))
+                            .set((table::published_at.eq(diesel::dsl::now), table::last_error.eq(None::<String>)))
+                            .execute(conn)
+                            .await?;
+                    }
+                    Err(err) => {
+                        let wait = backoff(*attempts, Duration::from_millis(self.config.relay_max_backoff_ms));
+                        tracing::warn!(event_id = %id, attempts = attempts + 1, ?wait, error = format!("{err:#}"), "event delivery failed; will retry");
+                        let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                        diesel::update(table::table.find(id))
+                            .set((
+                                table::attempts.eq(attempts + 1),
+                                table::next_attempt_at.eq(next),
+                                table::last_error.eq(Some(format!("{err:#}"))),
+                            ))
+                            .execute(conn)
+                            .await?;
+                    }
+                }
+            }
+            Ok(rows.len())
+        })
+        .await
+    }
+
+    /// Sends `event` to every subscriber that wants it; all must accept.
+    async fn deliver(&self, event: &Event, token: &str) -> anyhow::Result<()> {
+        let Some(payload) = &event.payload else {
+            return Ok(());
+        };
+        let event_type = outbox::event_type(payload);
+        for subscriber in self.subscribers.iter().filter(|s| s.event_types.contains(&event_type)) {
+            let mut request = tonic::Request::new(DeliverRequest {
+                event: Some(event.clone()),
+            });
+            request.set_timeout(DELIVERY_TIMEOUT);
+            let metadata = request.metadata_mut();
+            metadata.insert(
+                "authorization",
+                format!("Bearer {token}").parse().context("a token that is not ASCII")?,
+            );
+            // Continue the producer's trace in the consumer.
+            for (key, value) in &event.trace_context {
+                if let (Ok(key), Ok(value)) = (
+                    tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                    tonic::metadata::MetadataValue::try_from(value.as_str()),
+                ) {
+                    metadata.insert(key, value);
+                }
+            }
+            EventSinkClient::new(subscriber.channel.clone())
+                .deliver(request)
+                .await
+                .with_context(|| format!("delivering {event_type} {} to {}", event.id, subscriber.name))?;
+        }
+        Ok(())
+    }
+}
+
+/// 100 ms doubled per attempt, capped at `max`, with "equal jitter": half the
+/// wait is fixed, half random, so retries of many events spread out.
+pub fn backoff(attempts: i32, max: Duration) -> Duration {
+    let exponent = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+    let full = Duration::from_millis(100).saturating_mul(1u32 << exponent).min(max);
+    full / 2 + full.mul_f64(rand::random::<f64>() / 2.0)
+}
+
+/// Wakes the relay on every NOTIFY of the outbox channel; reconnects on error.
+async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        if let Err(err) = listen_once(&url, &wake).await {
+            tracing::debug!(error = format!("{err:#}"), "outbox listener lost its connection");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn listen_once(url: &str, wake: &Notify) -> anyhow::Result<()> {
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}"))
+        .execute(&mut conn)
+        .await?;
+    // Rows committed before LISTEN took effect are found by this first pass.
+    wake.notify_one();
+    let mut notifications = std::pin::pin!(conn.notifications_stream());
+    while let Some(notification) = notifications.next().await {
+        notification?;
+        wake.notify_one();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_cap() {
+        let max = Duration::from_secs(60);
+        for attempts in 0..8 {
+            let full = Duration::from_millis(100 * (1 << attempts));
+            let wait = backoff(attempts, max);
+            assert!(wait >= full / 2 && wait <= full, "attempt {attempts}: {wait:?}");
+        }
+        assert!(backoff(30, max) <= max);
+        assert!(backoff(30, max) >= max / 2);
+    }
+}
