@@ -105,16 +105,21 @@ impl AccountsService for Accounts {
         };
         let target = target(&caller, &account.id)?;
         let current = self.account(target).await?;
+        // Without a mask only the fields set in `account` change (AIP-134), and
+        // an empty string is proto3's "unset": then there is nothing to change.
+        if paths.is_empty() && display_name.is_empty() {
+            if expected.is_some_and(|version| version != current.version) {
+                return Err(etag_mismatch().into());
+            }
+            return Ok(Response::new(pb::UpdateProfileResponse {
+                account: Some(account_pb(&current)),
+            }));
+        }
         let mut conn = self.pool.get().await.map_err(Error::from)?;
         let updated = store::update_display_name(&mut conn, current.id, &display_name, expected)
             .await
             .map_err(Error::from)?
-            .ok_or_else(|| {
-                Error::aborted(
-                    "ETAG_MISMATCH",
-                    "the account changed since it was read; read it again and retry",
-                )
-            })?;
+            .ok_or_else(etag_mismatch)?;
         Ok(Response::new(pb::UpdateProfileResponse {
             account: Some(account_pb(&updated)),
         }))
@@ -196,11 +201,24 @@ impl AccountsService for Accounts {
     async fn get_balance(&self, request: Request<pb::GetBalanceRequest>) -> Reply<pb::GetBalanceResponse> {
         let target = target(principal(&request)?, &request.get_ref().account_id)?;
         let account = self.account(target).await?;
+        // The balance last changed with the newest ledger entry (the account's
+        // updated_at also moves with profile changes); never, without one.
+        let newest = match account.ledger_seq {
+            0 => None,
+            _ => {
+                let mut conn = self.pool.get().await.map_err(Error::from)?;
+                store::entries(&mut conn, account.id, None, 1)
+                    .await
+                    .map_err(Error::from)?
+                    .into_iter()
+                    .next()
+            }
+        };
         Ok(Response::new(pb::GetBalanceResponse {
             balance: Some(pb::Balance {
                 account_id: account.id.to_string(),
                 balance: Some(money(account.balance_minor, &account.currency)),
-                update_time: Some(timestamp(account.updated_at)),
+                update_time: newest.map(|entry| timestamp(entry.created_at)),
             }),
         }))
     }
@@ -255,7 +273,10 @@ impl Accounts {
     async fn account(&self, target: Target) -> Result<AccountRow, Error> {
         let mut conn = self.pool.get().await?;
         match target {
-            Target::Own(id) => Ok(store::ensure_account(&mut conn, id, "", self.currency.as_str()).await?),
+            Target::Own(id) => match store::find_account(&mut conn, id).await? {
+                Some(account) => Ok(account),
+                None => Ok(store::ensure_account(&mut conn, id, "", self.currency.as_str()).await?),
+            },
             Target::Any(id) => store::find_account(&mut conn, id)
                 .await?
                 .ok_or_else(|| Error::not_found("account")),
@@ -299,7 +320,7 @@ impl Accounts {
                 .await?
                 .ok_or_else(|| Error::not_found("account"))?;
             if let Some(first) = store::find_entry_by_request(conn, account_id, request_id.as_str()).await? {
-                return replay(first, kind, &amount);
+                return replay(first, kind, &amount, &reference);
             }
             if amount.currency.as_str() != account.currency {
                 return Err(Error::failed_precondition(
@@ -356,11 +377,13 @@ impl Accounts {
     }
 }
 
-/// The first result of a request id, if the retry asks for the same thing.
-fn replay(first: EntryRow, kind: Kind, amount: &Amount) -> Result<EntryRow, Error> {
+/// The first result of a request id, if the retry asks for the same thing
+/// (kind, amount and reference).
+fn replay(first: EntryRow, kind: Kind, amount: &Amount, reference: &str) -> Result<EntryRow, Error> {
     let same = Kind::parse(&first.kind) == Some(kind)
         && first.amount_minor == amount.minor
-        && first.currency == amount.currency.as_str();
+        && first.currency == amount.currency.as_str()
+        && first.reference == reference;
     if same {
         Ok(first)
     } else {
@@ -369,6 +392,13 @@ fn replay(first: EntryRow, kind: Kind, amount: &Amount) -> Result<EntryRow, Erro
             "this request_id was used for a different movement; use a new one",
         ))
     }
+}
+
+fn etag_mismatch() -> Error {
+    Error::aborted(
+        "ETAG_MISMATCH",
+        "the account changed since it was read; read it again and retry",
+    )
 }
 
 fn parse_etag(etag: &str) -> Result<i64, Error> {

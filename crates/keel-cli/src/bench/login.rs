@@ -1,6 +1,4 @@
-//! `keel bench ...`: load generators that measure the code on this machine.
-//! Figures are only comparable within one run: each bench measures its
-//! baseline and the service back to back and prints the ratio.
+//! `keel bench login`: sign-in against the raw password-hashing rate.
 
 use std::{
     sync::{
@@ -15,21 +13,13 @@ use argon2::{
     Algorithm, Argon2, Params, Version,
     password_hash::{PasswordHasher as _, PasswordVerifier as _},
 };
-use clap::{Args, Subcommand};
+use clap::Args;
 use keel::auth::v1::{GetJwksRequest, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient};
 use keel_auth::{AuthConfig, password::HashCost};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::database::DatabaseArgs;
-
-/// The benchmarks.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Login throughput against the raw argon2id verify rate with the same
-    /// parameters, and GetJwks latency while Login is saturated.
-    Login(LoginBench),
-}
 
 /// `keel bench login`.
 #[derive(Debug, Args)]
@@ -60,17 +50,9 @@ pub struct LoginBench {
 const BENCH_DATABASE: &str = "keel_bench_auth";
 const PASSWORD: &str = "benchmark password, long enough";
 
-impl BenchCommand {
+impl LoginBench {
     /// Runs the bench.
     pub async fn run(self) -> anyhow::Result<()> {
-        match self {
-            BenchCommand::Login(bench) => bench.run().await,
-        }
-    }
-}
-
-impl LoginBench {
-    async fn run(self) -> anyhow::Result<()> {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let concurrency = self.concurrency.unwrap_or(cpus * 4);
         let phase = Duration::from_secs(self.seconds);
@@ -188,22 +170,17 @@ async fn measure_login(channel: Channel, plan: Plan) -> anyhow::Result<()> {
         failures += login.failures;
     }
 
-    ratios.sort_by(f64::total_cmp);
+    let median_ratio = super::median(&mut ratios);
     latencies.sort();
     let percentile = |p: f64| {
         let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[index].as_secs_f64() * 1000.0
+        super::ms(latencies[index])
     };
     let cost = plan.cost;
     println!(
         "Login throughput / raw argon2id verify rate (m={} KiB, t={}, p={}, {} threads; {} callers): median {:.2} \
          (target >= 0.90); {failures} failed calls",
-        cost.memory_kib,
-        cost.iterations,
-        cost.parallelism,
-        plan.cpus,
-        plan.concurrency,
-        ratios[ratios.len() / 2]
+        cost.memory_kib, cost.iterations, cost.parallelism, plan.cpus, plan.concurrency, median_ratio
     );
     println!(
         "GetJwks while Login is saturated (n={}): p50 {:.2} ms, p99 {:.2} ms (target < 10 ms), max {:.2} ms",
@@ -216,8 +193,8 @@ async fn measure_login(channel: Channel, plan: Plan) -> anyhow::Result<()> {
     println!(
         "Failed Login, one caller (median of {FAILED_LOGIN_SAMPLES} each): unknown email {:.1} ms, wrong password {:.1} ms \
          (ratio {:.2}; about 1 means an unknown email is indistinguishable)",
-        unknown.as_secs_f64() * 1000.0,
-        wrong.as_secs_f64() * 1000.0,
+        super::ms(unknown),
+        super::ms(wrong),
         unknown.as_secs_f64() / wrong.as_secs_f64()
     );
     Ok(())

@@ -1,0 +1,421 @@
+//! `keel bench accounts`: the ledger's reads and writes against what the same
+//! Postgres does on its own (pgbench), at the same concurrency.
+
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use keel::{
+    accounts::v1::{
+        DebitRequest, DepositRequest, GetAccountRequest, GetBalanceRequest,
+        accounts_service_client::AccountsServiceClient,
+    },
+    auth::v1::{IssueServiceTokenRequest, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
+    common::v1::Money,
+};
+use keel_accounts::AccountsConfig;
+use keel_auth::AuthConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::median;
+use crate::database::{Database, DatabaseArgs};
+
+/// `keel bench accounts`.
+#[derive(Debug, Args)]
+pub struct AccountsBench {
+    /// How long each phase runs (seconds).
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+
+    /// Rounds; each runs all four phases, alternating Keel and pgbench, and
+    /// the summary takes the median ratio.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+
+    /// Concurrent clients, for Keel and pgbench alike.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+const AUTH_DB: &str = "keel_bench_auth";
+const ACCOUNTS_DB: &str = "keel_bench_accounts";
+const PGBENCH_DB: &str = "keel_bench_pgbench";
+const CLIENT_SECRET: &str = "bench-client-secret-0123456789";
+const PASSWORD: &str = "benchmark password, long enough";
+
+impl AccountsBench {
+    /// Runs the bench.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let database = self.database.open().await?;
+        let result = self.run_on(&database).await;
+        let server = database.url("postgres");
+        if let Ok(server) = server {
+            for name in [AUTH_DB, ACCOUNTS_DB, PGBENCH_DB] {
+                let _ = keel_platform::db::drop_database(&server, name).await;
+            }
+        }
+        database.close();
+        result
+    }
+
+    async fn run_on(&self, database: &Database) -> anyhow::Result<()> {
+        let server = database.url("postgres")?;
+        for name in [AUTH_DB, ACCOUNTS_DB, PGBENCH_DB] {
+            keel_platform::db::drop_database(&server, name).await?;
+        }
+        database.prepare(AUTH_DB, keel_auth::MIGRATIONS).await?;
+        database.prepare(ACCOUNTS_DB, keel_accounts::MIGRATIONS).await?;
+        keel_platform::db::ensure_database(&server, PGBENCH_DB).await?;
+        let pgbench = Pgbench::new(database.url(PGBENCH_DB)?, self.concurrency)?;
+        println!(
+            "keel bench accounts: {} clients, {} rounds of {}s phases; pgbench scale {}",
+            self.concurrency, self.rounds, self.seconds, self.concurrency
+        );
+        pgbench.initialize()?;
+
+        let suite = Services::start(database).await?;
+        let result = self.measure(&suite, &pgbench).await;
+        suite.stop().await?;
+        result
+    }
+
+    async fn measure(&self, suite: &Services, pgbench: &Pgbench) -> anyhow::Result<()> {
+        let clients = suite.clients(self.concurrency).await?;
+        let phase = Duration::from_secs(self.seconds);
+        let (mut reads, mut writes) = (Vec::new(), Vec::new());
+        for round in 1..=self.rounds.max(1) {
+            let select_only = pgbench.run(&["-S"], self.seconds)?;
+            let balances = throughput(&clients, phase, Op::GetBalance).await?;
+            let tpcb = pgbench.run(&[], self.seconds)?;
+            let debits = throughput(&clients, phase, Op::Debit).await?;
+            println!(
+                "  round {round}: GetBalance {balances:.0}/s vs pgbench -S {select_only:.0} tps -> {:.2}; \
+                 Debit {debits:.0}/s vs pgbench tpcb-like {tpcb:.0} tps -> {:.2}",
+                balances / select_only,
+                debits / tpcb
+            );
+            reads.push(balances / select_only);
+            writes.push(debits / tpcb);
+        }
+        println!(
+            "GetBalance (authenticated, over gRPC) / pgbench -S: median {:.2} (target >= 0.50)",
+            median(&mut reads)
+        );
+        println!(
+            "Debit (idempotent ledger entry + outbox event) / pgbench tpcb-like: median {:.2} (target >= 0.50)",
+            median(&mut writes)
+        );
+        let (checked, mismatches) = keel_accounts::verify_ledger(&suite.accounts_url).await?;
+        println!(
+            "ledger check after the run: {checked} accounts, {} differences",
+            mismatches.len()
+        );
+        Ok(())
+    }
+}
+
+/// The pgbench client on the same server.
+struct Pgbench {
+    binary: std::path::PathBuf,
+    url: String,
+    clients: usize,
+}
+
+impl Pgbench {
+    fn new(url: String, clients: usize) -> anyhow::Result<Self> {
+        let binary = keel_platform::local_postgres::find_binaries()?.join("pgbench");
+        anyhow::ensure!(
+            binary.is_file(),
+            "pgbench was not found beside initdb ({})",
+            binary.display()
+        );
+        Ok(Self {
+            binary,
+            url,
+            clients: clients.max(1),
+        })
+    }
+
+    /// `pgbench -i` at scale = clients, so tpcb-like's branch rows are not a
+    /// single hot spot.
+    fn initialize(&self) -> anyhow::Result<()> {
+        let output = Command::new(&self.binary)
+            .args(["-i", "-q", "-s", &self.clients.to_string(), &self.url])
+            .output()
+            .context("running pgbench -i")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    /// Runs pgbench for `seconds` with `extra` flags; returns its tps.
+    fn run(&self, extra: &[&str], seconds: u64) -> anyhow::Result<f64> {
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(self.clients);
+        let output = Command::new(&self.binary)
+            .args(extra)
+            .args([
+                "-c",
+                &self.clients.to_string(),
+                "-j",
+                &threads.to_string(),
+                "-T",
+                &seconds.to_string(),
+                "-n",
+                &self.url,
+            ])
+            .output()
+            .context("running pgbench")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        anyhow::ensure!(
+            output.status.success(),
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("tps = "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|tps| tps.parse().ok())
+            .with_context(|| format!("no tps in pgbench's output: {stdout}"))
+    }
+}
+
+/// Auth and accounts, in-process on scratch databases.
+struct Services {
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    auth: Channel,
+    accounts: Channel,
+    accounts_addr: String,
+    accounts_url: String,
+}
+
+impl Services {
+    async fn start(database: &Database) -> anyhow::Result<Self> {
+        let auth_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let accounts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let (auth_addr, accounts_addr) = (auth_listener.local_addr()?, accounts_listener.local_addr()?);
+        let clients = format!("bench:{CLIENT_SECRET}:accounts.debit accounts.deposit");
+        let auth_config = AuthConfig::from_args(["keel", "--service-clients", &clients])?;
+        let auth_url = format!("http://{auth_addr}");
+        let accounts_config = AccountsConfig::from_args(["keel", "--auth-url", &auth_url])?;
+        let accounts_url = database.url(ACCOUNTS_DB)?;
+        let shutdown = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(keel_auth::run(
+                auth_config,
+                database.url(AUTH_DB)?,
+                auth_listener,
+                shutdown.clone(),
+            )),
+            tokio::spawn(keel_accounts::run(
+                accounts_config,
+                accounts_url.clone(),
+                accounts_listener,
+                shutdown.clone(),
+            )),
+        ];
+        Ok(Self {
+            shutdown,
+            tasks,
+            auth: Channel::from_shared(auth_url)?.connect_lazy(),
+            accounts: Channel::from_shared(format!("http://{accounts_addr}"))?.connect_lazy(),
+            accounts_addr: format!("http://{accounts_addr}"),
+            accounts_url,
+        })
+    }
+
+    /// One signed-in user per client, each with a funded account, and a
+    /// service token for debits.
+    async fn clients(&self, count: usize) -> anyhow::Result<Vec<Client>> {
+        let mut auth = AuthServiceClient::new(self.auth.clone());
+        let service_token = retry(|| async {
+            let mut auth = auth.clone();
+            Ok(auth
+                .issue_service_token(IssueServiceTokenRequest {
+                    client_id: "bench".into(),
+                    client_secret: CLIENT_SECRET.into(),
+                    scopes: Vec::new(),
+                })
+                .await?
+                .into_inner()
+                .access_token)
+        })
+        .await?;
+        let mut accounts = AccountsServiceClient::new(self.accounts.clone());
+        let mut clients = Vec::new();
+        for i in 0..count {
+            let email = format!("bench-{i}-{}@example.com", uuid::Uuid::now_v7().simple());
+            auth.register(RegisterRequest {
+                request_id: email.clone(),
+                email: email.clone(),
+                password: PASSWORD.into(),
+            })
+            .await?;
+            let login = auth
+                .login(LoginRequest {
+                    email,
+                    password: PASSWORD.into(),
+                })
+                .await?
+                .into_inner();
+            let user = login.user.context("no user")?;
+            let token = login.tokens.context("no tokens")?.access_token;
+            retry(|| async {
+                let mut accounts = accounts.clone();
+                accounts
+                    .get_account(bearer(
+                        GetAccountRequest {
+                            account_id: "me".into(),
+                        },
+                        &token,
+                    )?)
+                    .await?;
+                Ok(())
+            })
+            .await?;
+            accounts
+                .deposit(bearer(
+                    DepositRequest {
+                        account_id: user.id.clone(),
+                        amount: Some(usd(1_000_000_000)),
+                        request_id: format!("bench-fund-{}", user.id),
+                        ..Default::default()
+                    },
+                    &service_token,
+                )?)
+                .await?;
+            // One connection per client, as pgbench has.
+            let connection = Channel::from_shared(self.accounts_addr.clone())?.connect().await?;
+            clients.push(Client {
+                accounts: AccountsServiceClient::new(connection),
+                account_id: user.id,
+                user_token: token,
+                service_token: service_token.clone(),
+            });
+        }
+        Ok(clients)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            task.await.context("a service panicked")??;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct Client {
+    accounts: AccountsServiceClient<Channel>,
+    account_id: String,
+    user_token: String,
+    service_token: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    GetBalance,
+    Debit,
+}
+
+/// Calls per second of `op`, one loop per client, for `phase`.
+async fn throughput(clients: &[Client], phase: Duration, op: Op) -> anyhow::Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let loops: Vec<_> = clients
+        .iter()
+        .cloned()
+        .map(|mut client| {
+            let (stop, done) = (stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    match op {
+                        Op::GetBalance => {
+                            let request = GetBalanceRequest {
+                                account_id: client.account_id.clone(),
+                            };
+                            client
+                                .accounts
+                                .get_balance(bearer(request, &client.user_token)?)
+                                .await?;
+                        }
+                        Op::Debit => {
+                            let request = DebitRequest {
+                                account_id: client.account_id.clone(),
+                                amount: Some(usd(1)),
+                                request_id: format!("bench-{}", uuid::Uuid::now_v7()),
+                                ..Default::default()
+                            };
+                            client.accounts.debit(bearer(request, &client.service_token)?).await?;
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(n)
+            })
+        })
+        .collect();
+    tokio::time::sleep(phase).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for task in loops {
+        task.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+}
+
+fn usd(amount_minor: i64) -> Money {
+    Money {
+        amount_minor,
+        currency_code: "USD".into(),
+    }
+}
+
+fn bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
+}
+
+/// Retries `call` for up to 30 s: the services may still be starting.
+async fn retry<T, F, Fut>(mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(err) if Instant::now() < deadline => {
+                tracing::debug!(error = format!("{err:#}"), "waiting for the services");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
