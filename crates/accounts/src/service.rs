@@ -143,8 +143,12 @@ impl AccountsService for Accounts {
 
     async fn deposit(&self, request: Request<pb::DepositRequest>) -> Reply<pb::DepositResponse> {
         let caller = principal(&request)?;
-        if caller.admin().is_err() {
-            caller.service_with_scope(DEPOSIT_SCOPE)?;
+        if caller.admin().is_err() && caller.service_with_scope(DEPOSIT_SCOPE).is_err() {
+            return Err(Error::permission_denied(
+                "DEPOSIT_NOT_ALLOWED",
+                format!("deposits need the admin role or a service token with scope {DEPOSIT_SCOPE}"),
+            )
+            .into());
         }
         let r = request.into_inner();
         let entry = self
@@ -201,13 +205,13 @@ impl AccountsService for Accounts {
     async fn get_balance(&self, request: Request<pb::GetBalanceRequest>) -> Reply<pb::GetBalanceResponse> {
         let target = target(principal(&request)?, &request.get_ref().account_id)?;
         let account = self.account(target).await?;
-        // The balance last changed with the newest ledger entry (the account's
-        // updated_at also moves with profile changes); never, without one.
+        // The balance last changed with the ledger entry it was read at (the
+        // account's updated_at also moves with profile changes); never, without one.
         let newest = match account.ledger_seq {
             0 => None,
-            _ => {
+            seq => {
                 let mut conn = self.pool.get().await.map_err(Error::from)?;
-                store::entries(&mut conn, account.id, None, 1)
+                store::entries(&mut conn, account.id, Some(seq + 1), 1)
                     .await
                     .map_err(Error::from)?
                     .into_iter()

@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keel::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
+use keel::{
+    accounts::v1::{GetAccountRequest, accounts_service_client::AccountsServiceClient},
+    auth::v1::{GetJwksRequest, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
+};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -25,9 +28,15 @@ fn postgres_running_in(dir: &std::path::Path) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
     let data_dir = std::env::temp_dir().join(format!("keel-up-test-{}", uuid::Uuid::now_v7().simple()));
-    let port = free_port();
+    let (port, accounts_port) = (free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["up", "--auth-listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "up",
+            "--auth-listen",
+            &format!("127.0.0.1:{port}"),
+            "--accounts-listen",
+            &format!("127.0.0.1:{accounts_port}"),
+        ])
         .env("KEEL_DATA_DIR", &data_dir)
         .env_remove("KEEL_DATABASE_URL")
         .env_remove("KEEL_AUTH_DATABASE_URL")
@@ -52,6 +61,10 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
     assert!(banner.contains("SERVING"), "{banner}");
     assert!(banner.contains(&format!("grpc://127.0.0.1:{port}")), "{banner}");
     assert!(
+        banner.contains(&format!("grpc://127.0.0.1:{accounts_port}")),
+        "{banner}"
+    );
+    assert!(
         banner.contains(&data_dir.display().to_string()),
         "the banner says where the data lives: {banner}"
     );
@@ -59,6 +72,37 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
 
     let mut auth = AuthServiceClient::connect(format!("http://127.0.0.1:{port}")).await?;
     assert_eq!(auth.get_jwks(GetJwksRequest {}).await?.into_inner().keys.len(), 1);
+
+    // A user registered through auth can read their own account at once.
+    auth.register(RegisterRequest {
+        request_id: "up-test".into(),
+        email: "up@example.com".into(),
+        password: "correct horse battery".into(),
+    })
+    .await?;
+    let tokens = auth
+        .login(LoginRequest {
+            email: "up@example.com".into(),
+            password: "correct horse battery".into(),
+        })
+        .await?
+        .into_inner()
+        .tokens
+        .expect("tokens");
+    let mut accounts = AccountsServiceClient::connect(format!("http://127.0.0.1:{accounts_port}")).await?;
+    let mut request = tonic::Request::new(GetAccountRequest {
+        account_id: "me".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {}", tokens.access_token).parse()?);
+    let account = accounts
+        .get_account(request)
+        .await?
+        .into_inner()
+        .account
+        .expect("an account");
+    assert!(!account.id.is_empty());
 
     let sigint = Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
     assert!(sigint.success());
