@@ -1,6 +1,5 @@
 //! `keel.accounts.v1.AccountsService` and the accounts EventSink.
 
-use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
 use keel::{
     accounts::v1::{self as pb, accounts_service_server::AccountsService},
@@ -13,6 +12,7 @@ use keel_platform::{
     error::FieldViolation,
     events, outbox, paging,
     principal::{UserPrincipal, principal},
+    proto::timestamp,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -431,13 +431,6 @@ fn money(amount_minor: i64, currency: &str) -> Money {
     Money {
         amount_minor,
         currency_code: currency.to_owned(),
-    }
-}
-
-fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
     }
 }
 

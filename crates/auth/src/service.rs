@@ -16,6 +16,7 @@ use keel_platform::{
     error::FieldViolation,
     outbox, paging,
     principal::{UserPrincipal, principal},
+    proto::timestamp,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -684,13 +685,6 @@ fn collect<A, B>(a: Result<A, FieldViolation>, b: Result<B, FieldViolation>) -> 
 
 fn parse_id(field: &str, raw: &str) -> Result<Uuid, Error> {
     Uuid::parse_str(raw).map_err(|_| Error::invalid_field(field, "must be a UUID"))
-}
-
-fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    }
 }
 
 fn token_pair(

@@ -11,6 +11,7 @@ pub mod local_postgres;
 pub mod outbox;
 pub mod paging;
 pub mod principal;
+pub mod proto;
 pub mod relay;
 pub mod server;
 pub mod telemetry;
