@@ -57,7 +57,7 @@ pub struct AccountsConfig {
 
     /// Accounts' database (default: a `keel_accounts` database on the server
     /// of KEEL_DATABASE_URL).
-    #[arg(long, env = "KEEL_ACCOUNTS_DATABASE_URL")]
+    #[arg(long, env = "KEEL_ACCOUNTS_DATABASE_URL", hide_env_values = true)]
     pub accounts_database_url: Option<String>,
 
     /// Where auth serves gRPC (for its token signing keys).
@@ -134,7 +134,7 @@ pub async fn run(
         service_names: vec![SERVICE_NAME, EVENT_SINK_NAME],
         routes,
         verifier,
-        pool: accounts.pool.clone(),
+        database_url: url.clone(),
         config: config.server.clone(),
     };
     server.run(listener, shutdown).await

@@ -54,7 +54,7 @@ impl FromStr for ServiceClient {
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let mut parts = spec.trim().splitn(3, ':');
         let (Some(id), Some(secret), Some(scopes)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err("expected client_id:secret:scope scope ...".into());
+            return Err("a client is written client_id:secret:scope scope ...".into());
         };
         if id.is_empty() || secret.len() < 16 {
             return Err(format!(

@@ -62,13 +62,15 @@ pub struct AuthConfig {
 
     /// Auth's database (default: a `keel_auth` database on the server of
     /// KEEL_DATABASE_URL).
-    #[arg(long, env = "KEEL_AUTH_DATABASE_URL")]
+    #[arg(long, env = "KEEL_AUTH_DATABASE_URL", hide_env_values = true)]
     pub auth_database_url: Option<String>,
 
     /// Services that may get tokens: `client_id:secret:scope scope ...`,
     /// several separated by `;`.
-    #[arg(long, env = "KEEL_SERVICE_CLIENTS", value_delimiter = ';')]
-    pub service_clients: Vec<ServiceClient>,
+    /// (Parsed by [`AuthConfig::service_clients`], whose errors never repeat
+    /// a secret.)
+    #[arg(long, env = "KEEL_SERVICE_CLIENTS", value_delimiter = ';', hide_env_values = true)]
+    pub service_clients: Vec<String>,
 
     /// Failed logins allowed per account, and per client address, within the
     /// window; further attempts are refused until it passes.
@@ -123,6 +125,18 @@ impl AuthConfig {
         Ok(AuthArgs::try_parse_from(args)?.auth)
     }
 
+    /// The configured service clients.
+    pub fn service_clients(&self) -> anyhow::Result<Vec<ServiceClient>> {
+        self.service_clients
+            .iter()
+            .filter(|spec| !spec.trim().is_empty())
+            .map(|spec| {
+                spec.parse()
+                    .map_err(|err| anyhow::anyhow!("KEEL_SERVICE_CLIENTS: {err}"))
+            })
+            .collect()
+    }
+
     /// The argon2id cost, refusing anything weaker than OWASP's minimum.
     pub fn hash_cost(&self) -> anyhow::Result<HashCost> {
         let minimum = HashCost::default();
@@ -154,7 +168,7 @@ impl Auth {
             pool,
             hasher: Hasher::new(config.hash_cost()?, concurrency)?,
             keys,
-            clients: Arc::new(ServiceClients::new(config.service_clients.clone())),
+            clients: Arc::new(ServiceClients::new(config.service_clients()?)),
             throttle: Throttle {
                 max_failures: i64::from(config.login_max_failures),
                 window: chrono::Duration::seconds(i64::from(config.login_failure_window_secs)),
@@ -279,12 +293,12 @@ pub async fn run(
         service_names: vec![SERVICE_NAME],
         routes: tonic::service::Routes::new(AuthServiceServer::new(auth.clone())),
         verifier,
-        pool: auth.pool.clone(),
+        database_url: url.clone(),
         config: config.server.clone(),
     };
     let result = server.run(listener, shutdown).await;
     reload.abort();
-    // The relay stops after its current batch; give it a moment to finish.
+    // The relay releases what it has not sent and stops; give it a moment.
     if let Some(relay) = relay
         && tokio::time::timeout(StdDuration::from_secs(2), relay).await.is_err()
     {

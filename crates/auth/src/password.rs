@@ -112,8 +112,11 @@ impl Hasher {
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
-            // The caller may have gone (a cancelled call); nothing to tell it.
-            let _ = done.send(work());
+            // A caller that gave up (a cancelled call) gets no hash: under
+            // overload the CPU goes to callers still waiting.
+            if !done.is_closed() {
+                let _ = done.send(work());
+            }
         });
         self.jobs
             .send(job)

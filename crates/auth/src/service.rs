@@ -188,7 +188,10 @@ impl AuthService for Auth {
             .await
             .map_err(Error::from)?
             .ok_or_else(invalid_token)?;
+        // No connection is held while hashing.
+        drop(conn);
         let password_hash = self.hasher.hash(&password).await.map_err(Error::from)?;
+        let mut conn = self.pool.get().await.map_err(Error::from)?;
         conn.transaction::<_, Error, _>(async |conn| {
             let user_id = store::use_one_time_token(conn, &hash, TokenPurpose::PasswordReset)
                 .await?
@@ -343,7 +346,10 @@ impl Auth {
             return Err(email_taken());
         }
 
+        // No connection is held while hashing.
+        drop(conn);
         let password_hash = self.hasher.hash(password).await?;
+        let mut conn = self.pool.get().await?;
         let verification = OpaqueToken::generate()?;
         let verification_expires = Utc::now() + VERIFICATION_TOKEN_TTL;
         let inserted = conn
@@ -429,36 +435,49 @@ impl Auth {
             .chain(address_subject.as_deref())
             .collect();
 
-        let mut conn = self.pool.get().await?;
-        let had_failures = self.check_throttle(&mut conn, &subjects).await?;
-        let user = store::find_user_by_email(&mut conn, email.as_str()).await?;
+        let since = Utc::now() - self.throttle.window;
+        let (had_failures, attempt, user) = {
+            let mut conn = self.pool.get().await?;
+            let had_failures = self.check_throttle(&mut conn, &subjects).await?;
+            // The attempt counts as a failure until it succeeds, so guesses sent
+            // at once cannot all pass the check while their hashes run.
+            let attempt = store::record_failure(&mut conn, &subjects, since).await?;
+            let user = store::find_user_by_email(&mut conn, email.as_str()).await?;
+            (had_failures, attempt, user)
+            // The connection goes back to the pool for the hashing.
+        };
         // Unknown emails are checked against a dummy hash: the same cost, the
         // same answer.
         let verdict = self
             .hasher
             .verify(&password, user.as_ref().map(|u| u.password_hash.as_str()))
             .await?;
-        let user = match (verdict, user) {
-            (Verdict::Valid { needs_rehash }, Some(user)) => {
-                if needs_rehash {
-                    let upgraded = self.hasher.hash(&password).await?;
-                    store::set_password_hash(&mut conn, user.id, &upgraded).await?;
-                    tracing::info!(user_id = %user.id, "password hash upgraded to the current cost");
-                }
-                user
+        let (user, needs_rehash) = match (verdict, user) {
+            (Verdict::Valid { needs_rehash }, Some(user)) if !user.disabled => (user, needs_rehash),
+            (Verdict::Valid { .. }, Some(_)) => {
+                return Err(Error::unauthenticated("USER_DISABLED", "this account is disabled"));
             }
-            _ => {
-                store::record_failure(&mut conn, &subjects, Utc::now() - self.throttle.window).await?;
-                return Err(invalid_credentials());
-            }
+            _ => return Err(invalid_credentials()),
         };
-        if user.disabled {
-            return Err(Error::unauthenticated("USER_DISABLED", "this account is disabled"));
+        let upgraded = match needs_rehash {
+            true => Some(self.hasher.hash(&password).await?),
+            false => None,
+        };
+
+        let mut conn = self.pool.get().await?;
+        let mut verified_hash = user.password_hash.clone();
+        if let Some(upgraded) = upgraded {
+            if !store::upgrade_password_hash(&mut conn, user.id, &user.password_hash, &upgraded).await? {
+                return Err(credentials_changed());
+            }
+            tracing::info!(user_id = %user.id, "password hash upgraded to the current cost");
+            verified_hash = upgraded;
         }
+        store::forget_failures(&mut conn, &attempt).await?;
         if had_failures {
             store::clear_failures(&mut conn, &account_subject).await?;
         }
-        let tokens = self.start_session(&mut conn, &user, client).await?;
+        let tokens = self.start_session(&mut conn, &user, &verified_hash, client).await?;
         Ok((user_pb(&user), tokens))
     }
 
@@ -481,17 +500,20 @@ impl Auth {
         Ok(!failures.is_empty())
     }
 
+    /// Starts a session for `user`, provided their password hash still is
+    /// `verified_hash` and they are not disabled.
     async fn start_session(
         &self,
         conn: &mut AsyncPgConnection,
         user: &UserRow,
+        verified_hash: &str,
         client: &ClientInfo,
     ) -> Result<pb::TokenPair, Error> {
         let session_id = Uuid::now_v7();
         let refresh = OpaqueToken::generate()?;
         let refresh_expires = Utc::now() + REFRESH_TOKEN_TTL;
         let address = client.address.map(|ip| ip.to_string()).unwrap_or_default();
-        store::insert_session(
+        let started = store::insert_session(
             conn,
             NewSession {
                 id: session_id,
@@ -500,9 +522,13 @@ impl Auth {
                 user_agent: &client.user_agent,
                 client_address: &address,
             },
+            verified_hash,
             &refresh.hash(),
         )
         .await?;
+        if !started {
+            return Err(credentials_changed());
+        }
         let roles = Roles::from_names(&user.roles);
         let (access, access_expires) = self.keys.user_token(user.id, session_id, &roles).await?;
         Ok(token_pair(
@@ -588,14 +614,22 @@ impl Auth {
         }
         let account_subject = format!("account:{}", user.email);
         self.check_throttle(&mut conn, &[&account_subject]).await?;
+        // Counts as a failure until the password checks out (see do_login).
+        let since = Utc::now() - self.throttle.window;
+        let attempt = store::record_failure(&mut conn, &[&account_subject], since).await?;
+        drop(conn);
         if self.hasher.verify(&current, Some(&user.password_hash)).await? == Verdict::Invalid {
-            store::record_failure(&mut conn, &[&account_subject], Utc::now() - self.throttle.window).await?;
             return Err(Error::invalid_field("current_password", "is not the current password"));
         }
         let password_hash = self.hasher.hash(&new).await?;
+        let mut conn = self.pool.get().await?;
+        store::forget_failures(&mut conn, &attempt).await?;
         let ended = conn
             .transaction::<_, Error, _>(async |conn| {
-                store::set_password_hash(conn, user.id, &password_hash).await?;
+                // Only over the password just checked: a concurrent change wins.
+                if !store::upgrade_password_hash(conn, user.id, &user.password_hash, &password_hash).await? {
+                    return Err(credentials_changed());
+                }
                 Ok(store::revoke_user_sessions(conn, user.id, Some(caller.session_id), "password_changed").await?)
             })
             .await?;
@@ -665,6 +699,13 @@ fn replay(user: UserRow, email: &Email) -> Result<UserRow, Error> {
 
 fn email_taken() -> Error {
     Error::already_exists("EMAIL_TAKEN", "a user with this email is already registered")
+}
+
+fn credentials_changed() -> Error {
+    Error::unauthenticated(
+        "CREDENTIALS_CHANGED",
+        "the password or the account changed during sign-in; log in again",
+    )
 }
 
 fn invalid_credentials() -> Error {

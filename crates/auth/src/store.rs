@@ -128,6 +128,22 @@ pub async fn find_user_by_register_request(
         .optional()
 }
 
+/// Replaces the password hash only if it still is `old` (a login upgrading
+/// the hash must not undo a concurrent password change). Returns whether it
+/// did.
+pub async fn upgrade_password_hash(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    old: &str,
+    new: &str,
+) -> QueryResult<bool> {
+    let changed = diesel::update(users::table.find(user_id).filter(users::password_hash.eq(old)))
+        .set((users::password_hash.eq(new), users::updated_at.eq(diesel::dsl::now)))
+        .execute(conn)
+        .await?;
+    Ok(changed == 1)
+}
+
 pub async fn set_password_hash(conn: &mut AsyncPgConnection, user_id: Uuid, hash: &str) -> QueryResult<()> {
     diesel::update(users::table.find(user_id))
         .set((users::password_hash.eq(hash), users::updated_at.eq(diesel::dsl::now)))
@@ -177,30 +193,38 @@ pub struct NewSession<'a> {
     pub client_address: &'a str,
 }
 
-/// Starts a session with its first refresh token, in one statement (so one
-/// round trip, atomic without an explicit transaction: sign-in is hot).
+/// Starts a session with its first refresh token, in one statement (one
+/// round trip: sign-in is hot), but only while the user still has the
+/// password hash that was just verified and is not disabled. The user row is
+/// share-locked, so a concurrent password change or disabling either waits
+/// for this session (and then ends it) or makes this insert find nothing.
+/// Returns whether the session was created.
 pub async fn insert_session(
     conn: &mut AsyncPgConnection,
     session: NewSession<'_>,
+    verified_password_hash: &str,
     refresh_token_hash: &[u8],
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     use diesel::sql_types::{Bytea, Text, Timestamptz, Uuid as SqlUuid};
-    diesel::sql_query(
+    let inserted = diesel::sql_query(
         "WITH session AS ( \
              INSERT INTO sessions (id, user_id, expires_at, user_agent, client_address) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id, expires_at) \
+             SELECT $1, id, $3, $4, $5 FROM users \
+             WHERE id = $2 AND password_hash = $6 AND NOT disabled FOR SHARE \
+             RETURNING id, expires_at) \
          INSERT INTO refresh_tokens (token_hash, session_id, expires_at) \
-         SELECT $6, id, expires_at FROM session",
+         SELECT $7, id, expires_at FROM session",
     )
     .bind::<SqlUuid, _>(session.id)
     .bind::<SqlUuid, _>(session.user_id)
     .bind::<Timestamptz, _>(session.expires_at)
     .bind::<Text, _>(session.user_agent)
     .bind::<Text, _>(session.client_address)
+    .bind::<Text, _>(verified_password_hash)
     .bind::<Bytea, _>(refresh_token_hash)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(inserted == 1)
 }
 
 pub async fn insert_refresh_token(
@@ -437,12 +461,18 @@ pub async fn recent_failures(
         .await
 }
 
-/// Records one failure for each subject, and forgets theirs older than `since`.
-pub async fn record_failure(conn: &mut AsyncPgConnection, subjects: &[&str], since: DateTime<Utc>) -> QueryResult<()> {
+/// Records one failure for each subject (returning their row ids), and
+/// forgets the subjects' failures older than `since`.
+pub async fn record_failure(
+    conn: &mut AsyncPgConnection,
+    subjects: &[&str],
+    since: DateTime<Utc>,
+) -> QueryResult<Vec<i64>> {
     let rows: Vec<_> = subjects.iter().map(|s| login_failures::subject.eq(*s)).collect();
-    diesel::insert_into(login_failures::table)
+    let ids = diesel::insert_into(login_failures::table)
         .values(rows)
-        .execute(conn)
+        .returning(login_failures::id)
+        .get_results(conn)
         .await?;
     diesel::delete(
         login_failures::table
@@ -451,6 +481,14 @@ pub async fn record_failure(conn: &mut AsyncPgConnection, subjects: &[&str], sin
     )
     .execute(conn)
     .await?;
+    Ok(ids)
+}
+
+/// Forgets failures recorded for an attempt that turned out to succeed.
+pub async fn forget_failures(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<()> {
+    diesel::delete(login_failures::table.filter(login_failures::id.eq_any(ids)))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -73,7 +73,7 @@ enum ServeCommand {
 pub struct AccountsServeArgs {
     /// The Postgres server; accounts uses its `keel_accounts` database (or
     /// set KEEL_ACCOUNTS_DATABASE_URL).
-    #[arg(long, env = "KEEL_DATABASE_URL")]
+    #[arg(long, env = "KEEL_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     #[command(flatten)]
@@ -85,7 +85,7 @@ pub struct AccountsServeArgs {
 pub struct AuthServeArgs {
     /// The Postgres server; auth uses its `keel_auth` database (or set
     /// KEEL_AUTH_DATABASE_URL).
-    #[arg(long, env = "KEEL_DATABASE_URL")]
+    #[arg(long, env = "KEEL_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     #[command(flatten)]

@@ -15,7 +15,7 @@ use keel_platform::{
 pub struct DatabaseArgs {
     /// A Postgres server to use (each service gets its own database on it);
     /// unset, Keel runs a private cluster.
-    #[arg(long, env = "KEEL_DATABASE_URL")]
+    #[arg(long, env = "KEEL_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// Where the private cluster keeps its data.

@@ -101,16 +101,6 @@ pub async fn drop_database(url: &str, database: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the database answers a trivial query.
-pub async fn ping(pool: &Pool) -> anyhow::Result<()> {
-    let mut conn = pool.get().await.context("taking a connection")?;
-    diesel::sql_query("SELECT 1")
-        .execute(&mut conn)
-        .await
-        .context("SELECT 1")?;
-    Ok(())
-}
-
 /// `url` with its path replaced by `database`.
 pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     let (base, query) = match url.split_once('?') {

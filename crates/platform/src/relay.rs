@@ -2,10 +2,12 @@
 //! subscriber's `keel.events.v1.EventSink/Deliver`, at least once.
 //!
 //! It wakes on the outbox's NOTIFY and polls as a fallback. Rows are claimed
-//! with `FOR UPDATE SKIP LOCKED` inside the transaction that marks them
-//! delivered, so several relays (replicas) can run at once without two of
-//! them sending the same row at the same time. A failed delivery is retried
-//! with exponential backoff and jitter; other events do not wait for it.
+//! with `FOR UPDATE SKIP LOCKED` and leased for the time of their delivery,
+//! so several relays (replicas) can run at once without two of them sending
+//! the same row at the same time, and no transaction stays open while
+//! subscribers are called. A failed delivery is retried with exponential
+//! backoff and jitter; other events do not wait for it. A relay that dies
+//! mid-batch leaves its leased rows to be sent again when the lease ends.
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -48,8 +50,8 @@ pub struct RelayConfig {
     #[arg(long, env = "KEEL_RELAY_MAX_BACKOFF_MS", default_value_t = 60_000)]
     pub relay_max_backoff_ms: u64,
 
-    /// Events claimed per transaction.
-    #[arg(long, env = "KEEL_RELAY_BATCH", default_value_t = 64)]
+    /// Events claimed per pass.
+    #[arg(long, env = "KEEL_RELAY_BATCH", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..=1000))]
     pub relay_batch: i64,
 }
 
@@ -96,6 +98,9 @@ impl fmt::Debug for Relay {
 
 /// Each delivery attempt waits at most this long.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long claimed events stay reserved for the relay that claimed them:
+/// room for a whole batch of slow deliveries.
+const LEASE: Duration = Duration::from_secs(300);
 
 impl Relay {
     /// A relay over the outbox in the database at `database_url`.
@@ -121,7 +126,7 @@ impl Relay {
         let listener = tokio::spawn(listen(self.database_url.clone(), wake.clone(), shutdown.clone()));
         let poll = Duration::from_millis(self.config.relay_poll_ms);
         loop {
-            let claimed = match self.deliver_batch().await {
+            let claimed = match self.deliver_batch(&shutdown).await {
                 Ok(claimed) => claimed,
                 Err(err) => {
                     tracing::warn!(error = format!("{err:#}"), "outbox relay pass failed");
@@ -145,57 +150,104 @@ impl Relay {
 
     /// Claims a batch of due events, delivers each, and records the outcome.
     /// Returns how many were claimed.
-    pub async fn deliver_batch(&self) -> anyhow::Result<usize> {
+    ///
+    /// Claiming is a short transaction that leases the rows (pushes their
+    /// `next_attempt_at` past the delivery time), so no transaction or row
+    /// lock is held while subscribers are called, and another relay skips
+    /// them until the lease runs out.
+    /// On shutdown, the rows not yet delivered are released at once.
+    pub async fn deliver_batch(&self, shutdown: &CancellationToken) -> anyhow::Result<usize> {
         let token = self.tokens.token().await.context("getting a service token")?;
         let mut conn = self.pool.get().await.context("taking a connection")?;
-        conn.transaction::<_, anyhow::Error, _>(async |conn| {
-            let rows: Vec<(Uuid, Vec<u8>, i32)> = table::table
-                .filter(table::published_at.is_null())
-                .filter(table::next_attempt_at.le(diesel::dsl::now))
-                .order((table::created_at, table::id))
-                .limit(self.config.relay_batch)
-                .select((table::id, table::payload, table::attempts))
-                .for_update()
-                .skip_locked()
-                .load(conn)
-                .await?;
-            for (id, payload, attempts) in &rows {
-                let outcome = match Event::decode(payload.as_slice()) {
+        let lease = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
+        let batch = self.config.relay_batch.max(1);
+        let rows: Vec<(Uuid, Vec<u8>, i32)> = conn
+            .transaction::<_, anyhow::Error, _>(async |conn| {
+                let rows: Vec<(Uuid, Vec<u8>, i32)> = table::table
+                    .filter(table::published_at.is_null())
+                    .filter(table::next_attempt_at.le(diesel::dsl::now))
+                    .order((table::created_at, table::id))
+                    .limit(batch)
+                    .select((table::id, table::payload, table::attempts))
+                    .for_update()
+                    .skip_locked()
+                    .load(conn)
+                    .await?;
+                let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
+                diesel::update(table::table.filter(table::id.eq_any(&ids)))
+                    .set(table::next_attempt_at.eq(lease))
+                    .execute(conn)
+                    .await?;
+                Ok(rows)
+            })
+            .await?;
+        for (index, (id, payload, attempts)) in rows.iter().enumerate() {
+            let delivery = async {
+                match Event::decode(payload.as_slice()) {
                     Ok(event) => self.deliver(&event, &token).await,
                     Err(err) => Err(anyhow::anyhow!("undecodable event: {err}")),
-                };
-                match outcome {
-                    Ok(()) => {
-                        diesel::update(table::table.find(id))
-                            .set((table::published_at.eq(diesel::dsl::now), table::last_error.eq(None::<String>)))
-                            .execute(conn)
-                            .await?;
-                    }
-                    Err(err) => {
-                        let wait = backoff(*attempts, Duration::from_millis(self.config.relay_max_backoff_ms));
-                        tracing::warn!(event_id = %id, attempts = attempts + 1, ?wait, error = format!("{err:#}"), "event delivery failed; will retry");
-                        let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                        diesel::update(table::table.find(id))
-                            .set((
-                                table::attempts.eq(attempts + 1),
-                                table::next_attempt_at.eq(next),
-                                table::last_error.eq(Some(format!("{err:#}"))),
-                            ))
-                            .execute(conn)
-                            .await?;
-                    }
+                }
+            };
+            let outcome = tokio::select! {
+                outcome = delivery => outcome,
+                () = shutdown.cancelled() => {
+                    // At least once: whatever was in flight is sent again later.
+                    let unsent: Vec<Uuid> = rows[index..].iter().map(|(id, _, _)| *id).collect();
+                    diesel::update(table::table.filter(table::id.eq_any(&unsent)))
+                        .set(table::next_attempt_at.eq(diesel::dsl::now))
+                        .execute(&mut conn)
+                        .await?;
+                    return Ok(index);
+                }
+            };
+            match outcome {
+                Ok(0) => {
+                    // Nobody subscribes to this type (yet): it stays on record.
+                    diesel::update(table::table.find(id))
+                        .set((
+                            table::published_at.eq(diesel::dsl::now),
+                            table::last_error.eq(None::<String>),
+                        ))
+                        .execute(&mut conn)
+                        .await?;
+                }
+                Ok(_) => {
+                    // Delivered: the payload may carry secrets (reset tokens),
+                    // so it is not kept.
+                    diesel::update(table::table.find(id))
+                        .set((
+                            table::published_at.eq(diesel::dsl::now),
+                            table::payload.eq(Vec::<u8>::new()),
+                            table::last_error.eq(None::<String>),
+                        ))
+                        .execute(&mut conn)
+                        .await?;
+                }
+                Err(err) => {
+                    let wait = backoff(*attempts, Duration::from_millis(self.config.relay_max_backoff_ms));
+                    tracing::warn!(event_id = %id, attempts = attempts + 1, ?wait, error = format!("{err:#}"), "event delivery failed; will retry");
+                    let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                    diesel::update(table::table.find(id))
+                        .set((
+                            table::attempts.eq(attempts + 1),
+                            table::next_attempt_at.eq(next),
+                            table::last_error.eq(Some(format!("{err:#}"))),
+                        ))
+                        .execute(&mut conn)
+                        .await?;
                 }
             }
-            Ok(rows.len())
-        })
-        .await
+        }
+        Ok(rows.len())
     }
 
     /// Sends `event` to every subscriber that wants it; all must accept.
-    async fn deliver(&self, event: &Event, token: &str) -> anyhow::Result<()> {
+    /// Returns how many received it.
+    async fn deliver(&self, event: &Event, token: &str) -> anyhow::Result<usize> {
         let Some(payload) = &event.payload else {
-            return Ok(());
+            return Ok(0);
         };
+        let mut delivered = 0;
         let event_type = outbox::event_type(payload);
         for subscriber in self.subscribers.iter().filter(|s| s.event_types.contains(&event_type)) {
             let mut request = tonic::Request::new(DeliverRequest {
@@ -220,8 +272,9 @@ impl Relay {
                 .deliver(request)
                 .await
                 .with_context(|| format!("delivering {event_type} {} to {}", event.id, subscriber.name))?;
+            delivered += 1;
         }
-        Ok(())
+        Ok(delivered)
     }
 }
 

@@ -15,9 +15,10 @@ use tower_http::{
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+
 use crate::{
     config::ServerConfig,
-    db::{self, Pool},
     telemetry::HeaderExtractor,
     verifier::{AuthenticateLayer, Verifier},
 };
@@ -34,8 +35,9 @@ pub struct GrpcServer {
     pub routes: Routes,
     /// Verifies bearer tokens on every call.
     pub verifier: Arc<Verifier>,
-    /// The service's database: SERVING only while it answers.
-    pub pool: Pool,
+    /// The service's database: SERVING only while it answers. Checked on a
+    /// connection of its own, so a busy pool does not read as an outage.
+    pub database_url: String,
     /// Timeouts and limits.
     pub config: ServerConfig,
 }
@@ -56,7 +58,7 @@ impl GrpcServer {
         let readiness = tokio::spawn(track_readiness(
             reporter.clone(),
             self.service_names.clone(),
-            self.pool.clone(),
+            self.database_url.clone(),
             shutdown.clone(),
         ));
 
@@ -89,16 +91,21 @@ impl GrpcServer {
             let reporter = reporter.clone();
             let names = self.service_names.clone();
             let shutdown = shutdown.clone();
+            let delay = self.config.shutdown_delay();
             async move {
                 shutdown.cancelled().await;
                 set_status(&reporter, &names, ServingStatus::NotServing).await;
-                tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+                // Keep accepting for a moment, so load balancers see
+                // NOT_SERVING before connections are refused.
+                tracing::info!(?delay, "shutting down: NOT_SERVING");
+                tokio::time::sleep(delay).await;
+                tracing::info!("draining in-flight calls");
             }
         };
         // No Nagle: small gRPC frames must not wait for the peer's delayed ACK.
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let serve = router.serve_with_incoming_shutdown(incoming, stopping);
-        let grace = self.config.shutdown_grace();
+        let grace = self.config.shutdown_delay() + self.config.shutdown_grace();
         let drain_deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
@@ -183,12 +190,19 @@ async fn set_status(reporter: &HealthReporter, names: &[&'static str], status: S
 }
 
 /// SERVING while the database answers, NOT_SERVING while it does not.
-async fn track_readiness(reporter: HealthReporter, names: Vec<&'static str>, pool: Pool, shutdown: CancellationToken) {
+async fn track_readiness(
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+    database_url: String,
+    shutdown: CancellationToken,
+) {
     let mut serving = false;
+    let mut conn: Option<AsyncPgConnection> = None;
     loop {
-        let healthy = match db::ping(&pool).await {
+        let healthy = match ping(&mut conn, &database_url).await {
             Ok(()) => true,
             Err(err) => {
+                conn = None;
                 tracing::warn!(error = format!("{err:#}"), "database check failed");
                 false
             }
@@ -216,4 +230,21 @@ async fn track_readiness(reporter: HealthReporter, names: Vec<&'static str>, poo
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// `SELECT 1` on the readiness connection, (re)connecting as needed, within
+/// a few seconds.
+async fn ping(conn: &mut Option<AsyncPgConnection>, url: &str) -> anyhow::Result<()> {
+    let check = async {
+        if conn.is_none() {
+            *conn = Some(AsyncPgConnection::establish(url).await.context("connecting")?);
+        }
+        if let Some(conn) = conn.as_mut() {
+            diesel::sql_query("SELECT 1").execute(conn).await.context("SELECT 1")?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(3), check)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 3 s")))
 }

@@ -60,6 +60,8 @@ impl KeySource for GrpcKeySource {
 const MAX_CACHE_TTL: Duration = Duration::from_secs(300);
 /// The least time between two refetches triggered by unknown key ids.
 const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest a key fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many verified tokens are remembered.
 const CACHE_CAPACITY: usize = 16_384;
 
@@ -134,14 +136,18 @@ impl Verifier {
         if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
             return Ok(None);
         }
-        let jwks = self.source.fetch().await.map_err(|err| {
+        // Failures count too: a down auth must not be asked once per call.
+        *last_fetch = Some(Instant::now());
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.source.fetch())
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {FETCH_TIMEOUT:?}")));
+        let jwks = fetched.map_err(|err| {
             tracing::warn!(error = format!("{err:#}"), "fetching the signing keys failed");
             Error::unavailable(
                 "KEYS_UNAVAILABLE",
                 "the token signing keys are unavailable; retry later",
             )
         })?;
-        *last_fetch = Some(Instant::now());
         let keys: HashMap<String, DecodingKey> = jwks
             .iter()
             .filter(|jwk| jwk.kty == "OKP" && jwk.crv == "Ed25519" && jwk.alg == "EdDSA")
