@@ -435,15 +435,13 @@ impl Auth {
             .chain(address_subject.as_deref())
             .collect();
 
-        let since = Utc::now() - self.throttle.window;
-        let (had_failures, attempt, user) = {
+        let (attempt, user) = {
             let mut conn = self.pool.get().await?;
-            let had_failures = self.check_throttle(&mut conn, &subjects).await?;
             // The attempt counts as a failure until it succeeds, so guesses sent
             // at once cannot all pass the check while their hashes run.
-            let attempt = store::record_failure(&mut conn, &subjects, since).await?;
+            let attempt = self.admit_attempt(&mut conn, &subjects).await?;
             let user = store::find_user_by_email(&mut conn, email.as_str()).await?;
-            (had_failures, attempt, user)
+            (attempt, user)
             // The connection goes back to the pool for the hashing.
         };
         // Unknown emails are checked against a dummy hash: the same cost, the
@@ -457,7 +455,11 @@ impl Auth {
             (Verdict::Valid { .. }, Some(_)) => {
                 return Err(Error::unauthenticated("USER_DISABLED", "this account is disabled"));
             }
-            _ => return Err(invalid_credentials()),
+            _ => {
+                let mut conn = self.pool.get().await?;
+                store::prune_failures(&mut conn, &subjects, Utc::now() - self.throttle.window).await?;
+                return Err(invalid_credentials());
+            }
         };
         let upgraded = match needs_rehash {
             true => Some(self.hasher.hash(&password).await?),
@@ -473,31 +475,36 @@ impl Auth {
             tracing::info!(user_id = %user.id, "password hash upgraded to the current cost");
             verified_hash = upgraded;
         }
-        store::forget_failures(&mut conn, &attempt).await?;
-        if had_failures {
+        store::forget_failures(&mut conn, &attempt.ids).await?;
+        if attempt.had_failures {
             store::clear_failures(&mut conn, &account_subject).await?;
         }
         let tokens = self.start_session(&mut conn, &user, &verified_hash, client).await?;
         Ok((user_pb(&user), tokens))
     }
 
-    /// RESOURCE_EXHAUSTED when any subject has too many recent failures;
-    /// otherwise whether any of them has failures at all.
-    async fn check_throttle(&self, conn: &mut AsyncPgConnection, subjects: &[&str]) -> Result<bool, Error> {
+    /// Records an attempt for `subjects`, or refuses it with
+    /// RESOURCE_EXHAUSTED (and a RetryInfo delay) when any of them already
+    /// has too many recent failures.
+    async fn admit_attempt(&self, conn: &mut AsyncPgConnection, subjects: &[&str]) -> Result<Attempt, Error> {
         let since = Utc::now() - self.throttle.window;
-        let failures = store::recent_failures(conn, subjects, since).await?;
-        for (_, count, oldest) in &failures {
-            if *count >= self.throttle.max_failures {
-                let free_at = oldest.unwrap_or_else(Utc::now) + self.throttle.window;
-                let wait = (free_at - Utc::now()).to_std().unwrap_or(StdDuration::from_secs(1));
-                return Err(Error::too_many(
-                    "TOO_MANY_ATTEMPTS",
-                    format!("too many failed logins; retry in {} s", wait.as_secs().max(1)),
-                    wait,
-                ));
-            }
+        let recorded = store::record_attempt(conn, subjects, since).await?;
+        let ids: Vec<i64> = recorded.iter().map(|r| r.id).collect();
+        if let Some(limited) = recorded.iter().find(|r| r.prior_failures >= self.throttle.max_failures) {
+            // A refused attempt is no attempt: it does not extend the lock.
+            store::forget_failures(conn, &ids).await?;
+            let free_at = limited.oldest.unwrap_or_else(Utc::now) + self.throttle.window;
+            let wait = (free_at - Utc::now()).to_std().unwrap_or(StdDuration::from_secs(1));
+            return Err(Error::too_many(
+                "TOO_MANY_ATTEMPTS",
+                format!("too many failed logins; retry in {} s", wait.as_secs().max(1)),
+                wait,
+            ));
         }
-        Ok(!failures.is_empty())
+        Ok(Attempt {
+            had_failures: recorded.iter().any(|r| r.prior_failures > 0),
+            ids,
+        })
     }
 
     /// Starts a session for `user`, provided their password hash still is
@@ -613,17 +620,15 @@ impl Auth {
             return Err(Error::unauthenticated("USER_DISABLED", "this account is disabled"));
         }
         let account_subject = format!("account:{}", user.email);
-        self.check_throttle(&mut conn, &[&account_subject]).await?;
         // Counts as a failure until the password checks out (see do_login).
-        let since = Utc::now() - self.throttle.window;
-        let attempt = store::record_failure(&mut conn, &[&account_subject], since).await?;
+        let attempt = self.admit_attempt(&mut conn, &[&account_subject]).await?;
         drop(conn);
         if self.hasher.verify(&current, Some(&user.password_hash)).await? == Verdict::Invalid {
             return Err(Error::invalid_field("current_password", "is not the current password"));
         }
         let password_hash = self.hasher.hash(&new).await?;
         let mut conn = self.pool.get().await?;
-        store::forget_failures(&mut conn, &attempt).await?;
+        store::forget_failures(&mut conn, &attempt.ids).await?;
         let ended = conn
             .transaction::<_, Error, _>(async |conn| {
                 // Only over the password just checked: a concurrent change wins.
@@ -643,6 +648,14 @@ impl std::fmt::Debug for Auth {
             .field("throttle", &self.throttle)
             .finish_non_exhaustive()
     }
+}
+
+/// A login attempt admitted past the throttle.
+struct Attempt {
+    /// Its failure rows, deleted if it succeeds.
+    ids: Vec<i64>,
+    /// Whether the account or address had failed before.
+    had_failures: bool,
 }
 
 /// Why the registration transaction rolled back.
