@@ -84,7 +84,7 @@ async fn two_relays_at_once_apply_each_event_once() -> anyhow::Result<()> {
     register_many(&suite, "twice", 40).await?;
 
     // A second relay over auth's outbox, besides the one inside auth.
-    let token = suite.service_token(&["events.deliver"]).await?;
+    let token = suite.auth_relay_token().await?;
     let pool = keel_platform::db::pool(suite.auth_database_url(), &Default::default())?;
     let relay = Relay::new(
         suite.auth_database_url().to_owned(),

@@ -175,9 +175,29 @@ async fn deliver_without_the_deliver_scope_is_denied() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_service_cannot_deliver_another_services_events() -> anyhow::Result<()> {
+    let suite = spawn_suite().await?;
+    // The test client holds events.deliver, but it is not auth.
+    let token = suite.service_token(&["events.deliver"]).await?;
+    let user_id = Uuid::now_v7();
+
+    let status = deliver(
+        &suite,
+        &token,
+        user_registered(&Uuid::now_v7().to_string(), &user_id.to_string(), "forged@example.com"),
+    )
+    .await
+    .expect_err("a forged UserRegistered");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status).as_deref(), Some("EVENT_SOURCE_MISMATCH"));
+    assert_eq!(stored_account(&suite, user_id).await?, None);
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn user_registered_creates_the_account() -> anyhow::Result<()> {
     let suite = spawn_suite().await?;
-    let token = suite.service_token(&["events.deliver"]).await?;
+    let token = suite.auth_relay_token().await?;
     let (event_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
 
     let duplicate = deliver(
@@ -214,7 +234,7 @@ async fn user_registered_creates_the_account() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_event_is_a_duplicate_and_changes_nothing() -> anyhow::Result<()> {
     let suite = spawn_suite().await?;
-    let token = suite.service_token(&["events.deliver"]).await?;
+    let token = suite.auth_relay_token().await?;
     let (event_id, user_id) = (Uuid::now_v7().to_string(), Uuid::now_v7());
     let first = user_registered(&event_id, &user_id.to_string(), "first@example.com");
     assert!(!deliver(&suite, &token, first.clone()).await?);
@@ -239,7 +259,7 @@ async fn a_redelivered_event_is_a_duplicate_and_changes_nothing() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_with_a_malformed_id_is_invalid() -> anyhow::Result<()> {
     let suite = spawn_suite().await?;
-    let token = suite.service_token(&["events.deliver"]).await?;
+    let token = suite.auth_relay_token().await?;
     let user_id = Uuid::now_v7();
 
     for event_id in ["not-a-uuid", ""] {
@@ -260,7 +280,7 @@ async fn an_event_with_a_malformed_id_is_invalid() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_registered_with_a_malformed_user_id_is_invalid_and_not_recorded() -> anyhow::Result<()> {
     let suite = spawn_suite().await?;
-    let token = suite.service_token(&["events.deliver"]).await?;
+    let token = suite.auth_relay_token().await?;
     let event_id = Uuid::now_v7();
 
     let status = deliver(
@@ -282,7 +302,7 @@ async fn a_user_registered_with_a_malformed_user_id_is_invalid_and_not_recorded(
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_without_a_payload_is_invalid() -> anyhow::Result<()> {
     let suite = spawn_suite().await?;
-    let token = suite.service_token(&["events.deliver"]).await?;
+    let token = suite.auth_relay_token().await?;
 
     let mut request = event(
         &Uuid::now_v7().to_string(),
@@ -304,7 +324,7 @@ async fn an_event_without_a_payload_is_invalid() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_irrelevant_event_is_accepted_and_recorded() -> anyhow::Result<()> {
     let suite = spawn_suite().await?;
-    let token = suite.service_token(&["events.deliver"]).await?;
+    let token = suite.auth_relay_token().await?;
     let event_id = Uuid::now_v7();
     let shipped = event(
         &event_id.to_string(),
@@ -343,7 +363,7 @@ async fn user_registered_fills_in_the_email_of_an_account_created_on_first_acces
     assert_eq!(first.email, "", "created on first access, before the event");
 
     // The event the relay would have delivered.
-    let token = suite.service_token(&["events.deliver"]).await?;
+    let token = suite.auth_relay_token().await?;
     let duplicate = deliver(
         &suite,
         &token,
@@ -360,7 +380,7 @@ async fn user_registered_fills_in_the_email_of_an_account_created_on_first_acces
 #[tokio::test(flavor = "multi_thread")]
 async fn user_registered_never_overwrites_a_known_email() -> anyhow::Result<()> {
     let suite = spawn_suite().await?;
-    let token = suite.service_token(&["events.deliver"]).await?;
+    let token = suite.auth_relay_token().await?;
     let user_id = Uuid::now_v7().to_string();
     deliver(
         &suite,

@@ -19,8 +19,8 @@ diesel::table! {
     }
 }
 
-/// A delivered event, checked: the caller holds `events.deliver`, and the
-/// event has an id and a payload.
+/// A delivered event, checked: the caller holds `events.deliver` and is the
+/// event's source, and the event has an id and a payload.
 #[derive(Debug)]
 pub struct Delivery {
     /// The event's id, the consumer's idempotency key.
@@ -31,11 +31,22 @@ pub struct Delivery {
 
 /// Reads and authorizes a Deliver call.
 pub fn delivery(request: tonic::Request<DeliverRequest>) -> Result<Delivery, Error> {
-    principal(&request)?.service_with_scope(DELIVER_SCOPE)?;
+    let producer = principal(&request)?
+        .service_with_scope(DELIVER_SCOPE)?
+        .client_id
+        .clone();
     let event = request
         .into_inner()
         .event
         .ok_or_else(|| Error::invalid_field("event", "is required"))?;
+    // A service delivers only its own events: holding `events.deliver` does
+    // not let one service speak for another.
+    if event.source != producer {
+        return Err(Error::permission_denied(
+            "EVENT_SOURCE_MISMATCH",
+            format!("client {producer} may only deliver its own events"),
+        ));
+    }
     let event_id = Uuid::parse_str(&event.id).map_err(|_| Error::invalid_field("event.id", "must be a UUID"))?;
     let payload = event
         .payload

@@ -25,6 +25,12 @@ pub const TEST_CLIENT_SECRET: &str = "test-relay-secret-0123456789";
 /// Its scopes.
 pub const TEST_CLIENT_SCOPES: &str = "events.deliver accounts.deposit accounts.debit accounts.refund";
 
+/// A client that may speak for auth's relay (as auth's own relay does), for
+/// tests that deliver auth's events themselves.
+pub const AUTH_RELAY_CLIENT_ID: &str = "auth";
+/// Its secret.
+pub const AUTH_RELAY_CLIENT_SECRET: &str = "auth-relay-secret-0123456789";
+
 /// The auth schema.
 pub const AUTH_SCHEMA: Schema = Schema {
     name: "auth",
@@ -105,7 +111,10 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
     let accounts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let accounts_addr = accounts_listener.local_addr()?;
 
-    let clients = format!("{TEST_CLIENT_ID}:{TEST_CLIENT_SECRET}:{TEST_CLIENT_SCOPES}");
+    let clients = format!(
+        "{TEST_CLIENT_ID}:{TEST_CLIENT_SECRET}:{TEST_CLIENT_SCOPES};\
+         {AUTH_RELAY_CLIENT_ID}:{AUTH_RELAY_CLIENT_SECRET}:events.deliver"
+    );
     let accounts_url = format!("http://{accounts_addr}");
     let auth_args = [
         "keel",
@@ -290,6 +299,20 @@ impl Suite {
                 client_id: TEST_CLIENT_ID.into(),
                 client_secret: TEST_CLIENT_SECRET.into(),
                 scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            })
+            .await?
+            .into_inner()
+            .access_token)
+    }
+
+    /// A token to deliver events whose source is auth.
+    pub async fn auth_relay_token(&self) -> anyhow::Result<String> {
+        Ok(self
+            .auth()
+            .issue_service_token(pb::IssueServiceTokenRequest {
+                client_id: AUTH_RELAY_CLIENT_ID.into(),
+                client_secret: AUTH_RELAY_CLIENT_SECRET.into(),
+                scopes: Vec::new(),
             })
             .await?
             .into_inner()
