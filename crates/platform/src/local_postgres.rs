@@ -43,6 +43,14 @@ impl LocalPostgres {
         let bin_dir = find_binaries()?;
         let run_as = running_as_root().then(|| "postgres".to_owned());
         fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        // A folder someone else made (under a shared /tmp, say) could hold a
+        // cluster of theirs: never reuse it.
+        let owner = fs::metadata(root)?.uid();
+        anyhow::ensure!(
+            owner == current_uid(),
+            "{} belongs to another user (uid {owner}); choose another data folder",
+            root.display()
+        );
         if run_as.is_some() {
             // The server's user must reach the data folder below it.
             fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
@@ -80,7 +88,15 @@ impl LocalPostgres {
 
     /// The URL of `database` on this cluster.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        // Clusters made before passwords were used have none (trust).
+        match fs::read_to_string(self.root.join(PASSWORD_FILE)) {
+            Ok(password) => format!(
+                "postgres://postgres:{}@127.0.0.1:{}/{database}",
+                password.trim(),
+                self.port
+            ),
+            Err(_) => format!("postgres://postgres@127.0.0.1:{}/{database}", self.port),
+        }
     }
 
     /// The TCP port the server listens on (loopback only).
@@ -138,8 +154,22 @@ impl LocalPostgres {
                 .context("running chown")?;
             check(&output, "chown of the data folder")?;
         }
-        // Trust on loopback only: the server listens on 127.0.0.1 and a unix
-        // socket inside the data folder, which only its owner can reach.
+        // Password authentication even on loopback: other users of this
+        // machine must not reach the cluster. The password lives beside the
+        // data, readable by its owner only; initdb reads it from a file the
+        // server's user owns, removed right after.
+        let password = generate_password()?;
+        write_private(&self.root.join(PASSWORD_FILE), &password)?;
+        let pwfile = self.root.join("initdb-password");
+        write_private(&pwfile, &password)?;
+        if let Some(user) = &self.run_as {
+            let output = Command::new("chown")
+                .args([&format!("{user}:"), path_str(&pwfile)?])
+                .output()
+                .context("running chown")?;
+            check(&output, "chown of the password file")?;
+        }
+        let pwfile_arg = format!("--pwfile={}", path_str(&pwfile)?);
         let output = self.pg_command(
             "initdb",
             &[
@@ -147,14 +177,16 @@ impl LocalPostgres {
                 path_str(&data)?,
                 "-U",
                 "postgres",
+                &pwfile_arg,
                 "-A",
-                "trust",
+                "scram-sha-256",
                 "-E",
                 "UTF8",
                 "--no-locale",
             ],
-        )?;
-        check(&output, "initdb")
+        );
+        let _ = fs::remove_file(&pwfile);
+        check(&output?, "initdb")
     }
 
     fn launch(&self, durability: Durability) -> anyhow::Result<()> {
@@ -246,8 +278,35 @@ fn version_of(dir: &Path) -> u32 {
         .unwrap_or(0)
 }
 
+/// The file beside the data folder that holds the superuser's password.
+const PASSWORD_FILE: &str = "password";
+
+fn current_uid() -> u32 {
+    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+}
+
 fn running_as_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    current_uid() == 0
+}
+
+/// 128 random bits, hex: safe in a URL without escaping.
+fn generate_password() -> anyhow::Result<String> {
+    let bytes: [u8; 16] = rand::random();
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `contents` to a new file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
