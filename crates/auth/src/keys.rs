@@ -2,8 +2,10 @@
 //!
 //! Keys are generated on first start and kept in the database, so every
 //! replica signs with the same key and a restart keeps tokens valid. The
-//! newest key signs; the newest two are published, so tokens signed just
-//! before a rotation still verify.
+//! newest two keys are published; the newest signs once it has been published
+//! for a minute (until then the previous one does), so tokens signed just
+//! before a rotation still verify and no replica sees a key it cannot check.
+//! Rotations should be at least 15 minutes (one access token's life) apart.
 
 use std::sync::Arc;
 
@@ -22,6 +24,10 @@ use crate::{domain::Roles, store};
 
 /// How long an access token lives.
 pub const ACCESS_TOKEN_TTL: Duration = Duration::minutes(15);
+
+/// How long a new key is published before it signs: longer than replicas
+/// take to re-read the keys.
+pub const PUBLISH_BEFORE_SIGNING: Duration = Duration::seconds(60);
 
 /// A newly generated key pair.
 #[derive(Debug)]
@@ -69,6 +75,8 @@ pub struct StoredKey {
     pub private_key: Vec<u8>,
     /// Raw public key.
     pub public_key: Vec<u8>,
+    /// When it was generated.
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug)]
@@ -112,9 +120,15 @@ impl KeyRing {
             keys = store::newest_signing_keys(&mut conn, 2).await?;
         }
         let newest = keys.first().context("no signing key after generating one")?;
+        // A new key is published for a while before it signs, so every
+        // replica's JWKS (re-read every 30 s) knows it before any token names it.
+        let signer = match keys.get(1) {
+            Some(previous) if Utc::now() - newest.created_at < PUBLISH_BEFORE_SIGNING => previous,
+            _ => newest,
+        };
         Ok(Active {
-            kid: newest.kid.clone(),
-            signing: EncodingKey::from_ed_der(&newest.private_key),
+            kid: signer.kid.clone(),
+            signing: EncodingKey::from_ed_der(&signer.private_key),
             published: keys.iter().map(jwk).collect(),
         })
     }

@@ -408,7 +408,7 @@ async fn token_signed_with_a_foreign_key_is_refused() -> anyhow::Result<()> {
 // Key rotation.
 
 #[tokio::test(flavor = "multi_thread")]
-async fn after_a_rotation_the_new_key_signs_and_the_previous_still_verifies() -> anyhow::Result<()> {
+async fn after_a_rotation_the_new_key_is_published_then_signs_and_the_previous_still_verifies() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let (user, before) = suite.signed_in_user().await?;
     let (old_kid, _) = real_signing_key(&suite).await?;
@@ -435,7 +435,25 @@ async fn after_a_rotation_the_new_key_signs_and_the_previous_still_verifies() ->
         anyhow::bail!("a user token");
     };
     assert_eq!(principal.user_id.to_string(), user.id);
-    // Signed after it, with the new key.
+    let roles = keel_auth::domain::Roles::from_names(&["user".into()]);
+
+    // Freshly published, the new key does not sign yet: replicas that have
+    // not re-read the keys must still verify what is issued.
+    let (meanwhile, _) = ring.user_token(principal.user_id, principal.session_id, &roles).await?;
+    assert_eq!(
+        jsonwebtoken::decode_header(&meanwhile)?.kid.as_deref(),
+        Some(old_kid.as_str())
+    );
+
+    // Once it has been published long enough, it signs.
+    diesel::sql_query(
+        "UPDATE signing_keys SET created_at = CASE WHEN kid = $1 \
+             THEN now() - interval '2 minutes' ELSE now() - interval '10 minutes' END",
+    )
+    .bind::<diesel::sql_types::Text, _>(&new_key.kid)
+    .execute(&mut conn)
+    .await?;
+    ring.reload(&pool).await?;
     let (after, _) = ring
         .user_token(
             principal.user_id,

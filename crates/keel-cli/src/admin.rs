@@ -31,7 +31,7 @@ pub enum AdminCommand {
         database: DatabaseArgs,
     },
     /// Generate a new token signing key. Running auth replicas start signing
-    /// with it within 30 s; the previous key stays published.
+    /// with it after a minute of being published; the previous key stays published.
     RotateSigningKey {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -141,6 +141,6 @@ async fn verify_ledger(database: &crate::database::Database) -> anyhow::Result<(
 async fn rotate(database: &crate::database::Database) -> anyhow::Result<()> {
     database.prepare(keel_auth::DATABASE, keel_auth::MIGRATIONS).await?;
     let kid = keel_auth::keys::rotate(&database.url(keel_auth::DATABASE)?).await?;
-    println!("new signing key {kid}; auth signs with it within 30 s, the previous key stays published");
+    println!("new signing key {kid}: published now, signing within 90 s; the previous key stays published");
     Ok(())
 }
