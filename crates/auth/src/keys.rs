@@ -29,8 +29,7 @@ pub const ACCESS_TOKEN_TTL: Duration = Duration::minutes(15);
 /// take to re-read the keys.
 pub const PUBLISH_BEFORE_SIGNING: Duration = Duration::seconds(60);
 
-/// A newly generated key pair.
-#[derive(Debug)]
+/// A newly generated key pair. Its `Debug` leaves the private key out.
 pub struct NewKey {
     /// RFC 7638 thumbprint of the public key.
     pub kid: String,
@@ -57,6 +56,12 @@ impl NewKey {
     }
 }
 
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
 /// The RFC 7638 JWK thumbprint of an Ed25519 public key.
 fn thumbprint(public_key: &[u8]) -> String {
     let canonical = format!(
@@ -66,8 +71,9 @@ fn thumbprint(public_key: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
 
-/// A stored key.
-#[derive(Debug, Clone)]
+/// A stored key. Its `Debug` leaves the private key out.
+#[derive(Clone, diesel::Queryable, diesel::Selectable)]
+#[diesel(table_name = crate::schema::signing_keys)]
 pub struct StoredKey {
     /// Its id.
     pub kid: String,
@@ -77,6 +83,15 @@ pub struct StoredKey {
     pub public_key: Vec<u8>,
     /// When it was generated.
     pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]

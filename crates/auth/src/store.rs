@@ -510,26 +510,12 @@ pub async fn clear_failures(conn: &mut AsyncPgConnection, subject: &str) -> Quer
 }
 
 pub async fn newest_signing_keys(conn: &mut AsyncPgConnection, count: i64) -> QueryResult<Vec<StoredKey>> {
-    let rows: Vec<(String, Vec<u8>, Vec<u8>, DateTime<Utc>)> = signing_keys::table
-        .select((
-            signing_keys::kid,
-            signing_keys::private_key,
-            signing_keys::public_key,
-            signing_keys::created_at,
-        ))
+    signing_keys::table
+        .select(StoredKey::as_select())
         .order(signing_keys::created_at.desc())
         .limit(count)
         .load(conn)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(kid, private_key, public_key, created_at)| StoredKey {
-            kid,
-            private_key,
-            public_key,
-            created_at,
-        })
-        .collect())
+        .await
 }
 
 pub async fn insert_signing_key(conn: &mut AsyncPgConnection, key: &NewKey) -> QueryResult<()> {
