@@ -150,17 +150,8 @@ impl AccountsService for Accounts {
             )
             .into());
         }
-        let r = request.into_inner();
-        let entry = self
-            .move_money(
-                Kind::Deposit,
-                &r.account_id,
-                r.amount.as_ref(),
-                &r.request_id,
-                &r.reference,
-                &r.reason,
-            )
-            .await?;
+        let request = request.into_inner();
+        let entry = self.move_money(Kind::Deposit, Movement::from(&request)).await?;
         Ok(Response::new(pb::DepositResponse {
             transaction: Some(entry_pb(&entry)),
         }))
@@ -168,17 +159,8 @@ impl AccountsService for Accounts {
 
     async fn debit(&self, request: Request<pb::DebitRequest>) -> Reply<pb::DebitResponse> {
         principal(&request)?.service_with_scope(DEBIT_SCOPE)?;
-        let r = request.into_inner();
-        let entry = self
-            .move_money(
-                Kind::Debit,
-                &r.account_id,
-                r.amount.as_ref(),
-                &r.request_id,
-                &r.reference,
-                &r.reason,
-            )
-            .await?;
+        let request = request.into_inner();
+        let entry = self.move_money(Kind::Debit, Movement::from(&request)).await?;
         Ok(Response::new(pb::DebitResponse {
             transaction: Some(entry_pb(&entry)),
         }))
@@ -186,17 +168,8 @@ impl AccountsService for Accounts {
 
     async fn refund(&self, request: Request<pb::RefundRequest>) -> Reply<pb::RefundResponse> {
         principal(&request)?.service_with_scope(REFUND_SCOPE)?;
-        let r = request.into_inner();
-        let entry = self
-            .move_money(
-                Kind::Refund,
-                &r.account_id,
-                r.amount.as_ref(),
-                &r.request_id,
-                &r.reference,
-                &r.reason,
-            )
-            .await?;
+        let request = request.into_inner();
+        let entry = self.move_money(Kind::Refund, Movement::from(&request)).await?;
         Ok(Response::new(pb::RefundResponse {
             transaction: Some(entry_pb(&entry)),
         }))
@@ -291,15 +264,14 @@ impl Accounts {
     /// is locked, a repeated key returns the first result, the balance never
     /// goes below zero, and the ledger entry, the new balance and the
     /// BalanceChanged event commit together.
-    async fn move_money(
-        &self,
-        kind: Kind,
-        account_id: &str,
-        amount: Option<&Money>,
-        request_id: &str,
-        reference: &str,
-        reason: &str,
-    ) -> Result<EntryRow, Error> {
+    async fn move_money(&self, kind: Kind, movement: Movement<'_>) -> Result<EntryRow, Error> {
+        let Movement {
+            account_id,
+            amount,
+            request_id,
+            reference,
+            reason,
+        } = movement;
         let account_id = Uuid::parse_str(account_id).map_err(|_| FieldViolation {
             field: "account_id".into(),
             description: "must be a UUID".into(),
@@ -380,6 +352,33 @@ impl Accounts {
         .await
     }
 }
+
+/// The fields every movement request (Deposit, Debit, Refund) carries.
+struct Movement<'a> {
+    account_id: &'a str,
+    amount: Option<&'a Money>,
+    request_id: &'a str,
+    reference: &'a str,
+    reason: &'a str,
+}
+
+macro_rules! movement_from {
+    ($($request:ty),*) => {$(
+        impl<'a> From<&'a $request> for Movement<'a> {
+            fn from(request: &'a $request) -> Self {
+                Movement {
+                    account_id: &request.account_id,
+                    amount: request.amount.as_ref(),
+                    request_id: &request.request_id,
+                    reference: &request.reference,
+                    reason: &request.reason,
+                }
+            }
+        }
+    )*};
+}
+
+movement_from!(pb::DepositRequest, pb::DebitRequest, pb::RefundRequest);
 
 /// The first result of a request id, if the retry asks for the same thing
 /// (kind, amount and reference).
