@@ -3,4 +3,5 @@
 //! set, never from a hand-written list.
 
 pub mod routes;
+pub mod status;
 pub mod template;
