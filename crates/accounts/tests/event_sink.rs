@@ -13,21 +13,10 @@ use keel::{
 };
 use keel_accounts::schema::accounts;
 use keel_platform::{events::processed_events, outbox::outbox};
+use keel_testkit::status::{reason, violated_fields};
 use keel_testkit::{Suite, SuiteOptions, authorized, spawn_suite, spawn_suite_with_options};
 use tonic::{Code, Status};
-use tonic_types::StatusExt as _;
 use uuid::Uuid;
-
-fn reason(status: &Status) -> Option<String> {
-    status.get_details_error_info().map(|info| info.reason)
-}
-
-fn violated_fields(status: &Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
 
 /// An event envelope from auth.
 fn event(id: &str, payload: Payload) -> DeliverRequest {
@@ -148,7 +137,7 @@ async fn deliver_with_a_user_token_is_denied() -> anyhow::Result<()> {
     .await
     .expect_err("even an admin is not a relay");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert_eq!(reason(&status).as_deref(), Some("SCOPE_REQUIRED"));
+    assert_eq!(reason(&status), "SCOPE_REQUIRED");
     assert_eq!(stored_account(&suite, user_id).await?, None);
     suite.stop().await
 }
@@ -169,7 +158,7 @@ async fn deliver_without_the_deliver_scope_is_denied() -> anyhow::Result<()> {
     .await
     .expect_err("no events.deliver scope");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert_eq!(reason(&status).as_deref(), Some("SCOPE_REQUIRED"));
+    assert_eq!(reason(&status), "SCOPE_REQUIRED");
     assert_eq!(stored_account(&suite, user_id).await?, None);
     suite.stop().await
 }
@@ -189,7 +178,7 @@ async fn a_service_cannot_deliver_another_services_events() -> anyhow::Result<()
     .await
     .expect_err("a forged UserRegistered");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert_eq!(reason(&status).as_deref(), Some("EVENT_SOURCE_MISMATCH"));
+    assert_eq!(reason(&status), "EVENT_SOURCE_MISMATCH");
     assert_eq!(stored_account(&suite, user_id).await?, None);
     suite.stop().await
 }

@@ -2,6 +2,7 @@
 //! a movement invalid, idempotency by request id, reading the balance and the
 //! ledger, and the BalanceChanged event each movement commits with.
 
+use keel_testkit::status::{reason, violated_fields};
 use std::collections::HashSet;
 
 use diesel::{ExpressionMethods as _, QueryDsl as _};
@@ -15,7 +16,6 @@ use keel_platform::outbox::outbox;
 use keel_testkit::{Suite, authorized, spawn_suite};
 use prost::Message as _;
 use tonic::{Code, Status};
-use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
 fn money(amount_minor: i64, currency_code: &str) -> Option<Money> {
@@ -27,17 +27,6 @@ fn money(amount_minor: i64, currency_code: &str) -> Option<Money> {
 
 fn usd(amount_minor: i64) -> Option<Money> {
     money(amount_minor, "USD")
-}
-
-fn reason(status: &Status) -> Option<String> {
-    status.get_details_error_info().map(|info| info.reason)
-}
-
-fn violated_fields(status: &Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
 }
 
 fn minor(money: Option<&Money>) -> Option<i64> {
@@ -186,7 +175,7 @@ async fn assert_ledger_consistent(suite: &Suite) -> anyhow::Result<()> {
 
 fn assert_refused(status: &Status, code: Code, expected_reason: &str) {
     assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(reason(status).as_deref(), Some(expected_reason), "{status:?}");
+    assert_eq!(reason(status), expected_reason, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,7 @@
 //! who may read and change which account, optimistic concurrency with etags,
 //! and the admin listing.
 
+use keel_testkit::status::{reason, violated_fields};
 use std::{collections::HashSet, time::Duration};
 
 use diesel::{ExpressionMethods as _, QueryDsl as _};
@@ -12,21 +13,7 @@ use keel_platform::outbox::outbox;
 use keel_testkit::{Suite, SuiteOptions, authorized, spawn_suite, spawn_suite_with_options};
 use prost_types::FieldMask;
 use tonic::{Code, Status};
-use tonic_types::StatusExt as _;
 use uuid::Uuid;
-
-/// The ErrorInfo reason of a failed call.
-fn reason(status: &Status) -> Option<String> {
-    status.get_details_error_info().map(|info| info.reason)
-}
-
-/// The fields a failed call's BadRequest names.
-fn violated_fields(status: &Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
 
 /// A suite with one signed-in user whose UserRegistered event never reaches
 /// accounts: it is registered while accounts is down, and its event is then
@@ -183,7 +170,7 @@ async fn another_users_account_is_denied_whether_or_not_it_exists() -> anyhow::R
             .await
             .expect_err("someone else's account");
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-        assert_eq!(reason(&status).as_deref(), Some("NOT_ACCOUNT_OWNER"));
+        assert_eq!(reason(&status), "NOT_ACCOUNT_OWNER");
     }
     suite.stop().await
 }
@@ -309,7 +296,7 @@ async fn update_profile_with_a_stale_etag_is_aborted_and_changes_nothing() -> an
         .await
         .expect_err("the etag is stale");
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
-    assert_eq!(reason(&status).as_deref(), Some("ETAG_MISMATCH"));
+    assert_eq!(reason(&status), "ETAG_MISMATCH");
     assert_eq!(get_account(&suite, &token, "me").await?, theirs);
     suite.stop().await
 }
@@ -369,7 +356,7 @@ async fn a_user_cannot_update_another_users_profile() -> anyhow::Result<()> {
         .await
         .expect_err("not my account");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert_eq!(reason(&status).as_deref(), Some("NOT_ACCOUNT_OWNER"));
+    assert_eq!(reason(&status), "NOT_ACCOUNT_OWNER");
     assert_eq!(get_account(&suite, &their_token, "me").await?, before);
     suite.stop().await
 }
@@ -395,7 +382,7 @@ async fn list_accounts_is_for_admins_only() -> anyhow::Result<()> {
         .await
         .expect_err("users may not list");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert_eq!(reason(&status).as_deref(), Some("ADMIN_REQUIRED"));
+    assert_eq!(reason(&status), "ADMIN_REQUIRED");
     suite.stop().await
 }
 

@@ -342,8 +342,13 @@ impl Auth {
         {
             return replay(user, email);
         }
-        if store::find_user_by_email(&mut conn, email.as_str()).await?.is_some() {
-            return Err(email_taken());
+        if let Some(existing) = store::find_user_by_email(&mut conn, email.as_str()).await? {
+            // A concurrent retry with the same key may have committed since
+            // the lookup above.
+            return match (&request_id, &existing.register_request_id) {
+                (Some(ours), Some(theirs)) if ours == theirs => Ok(existing),
+                _ => Err(email_taken()),
+            };
         }
 
         // No connection is held while hashing.

@@ -2,28 +2,14 @@
 //! (IssueServiceToken).
 
 use keel::auth::v1::{self as pb};
+use keel_testkit::status::{reason, violated_fields};
 use keel_testkit::{
     Suite, authorized,
     suite::{TEST_CLIENT_ID, TEST_CLIENT_SCOPES, TEST_CLIENT_SECRET},
 };
 use tonic::{Code, Status};
-use tonic_types::StatusExt as _;
 
 const PASSWORD: &str = "correct horse battery staple";
-
-fn reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
-}
-
-fn violated_fields(status: &Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|details| details.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
 
 fn maybe_authorized<T>(message: T, access_token: Option<&str>) -> tonic::Request<T> {
     match access_token {

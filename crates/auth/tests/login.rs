@@ -4,6 +4,7 @@
 //! Throttling is per client address, so tests that must tell accounts and
 //! addresses apart connect from other loopback addresses (127.0.0.2, ...).
 
+use keel_testkit::status::reason;
 use std::time::Duration;
 
 use argon2::{
@@ -40,13 +41,6 @@ async fn login(
         password: password.into(),
     };
     Ok(client.login(request).await?.into_inner())
-}
-
-fn reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
 }
 
 async fn database(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {

@@ -10,26 +10,12 @@ use keel::{
 use keel_auth::schema::one_time_tokens;
 use keel_platform::outbox::outbox;
 use keel_testkit::Suite;
+use keel_testkit::status::{reason, violated_fields};
 use prost::Message as _;
 use tonic::{Code, Status};
-use tonic_types::StatusExt as _;
 
 const PASSWORD: &str = "correct horse battery staple";
 const NEW_PASSWORD: &str = "a brand new passphrase";
-
-fn reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
-}
-
-fn violated_fields(status: &Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|details| details.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
 
 async fn database(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {
     Ok(AsyncPgConnection::establish(suite.auth_database_url()).await?)

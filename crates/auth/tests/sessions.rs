@@ -2,26 +2,12 @@
 //! revoking, and changing the password.
 
 use keel::auth::v1::{self as pb};
+use keel_testkit::status::{reason, violated_fields};
 use keel_testkit::{Suite, authorized};
 use tonic::{Code, Status};
-use tonic_types::StatusExt as _;
 
 const PASSWORD: &str = "correct horse battery staple";
 const NEW_PASSWORD: &str = "an even better passphrase";
-
-fn reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
-}
-
-fn violated_fields(status: &Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|details| details.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
 
 /// Registers `email` and signs in `sessions` times; the tokens, oldest first.
 async fn user_with_sessions(suite: &Suite, email: &str, sessions: usize) -> anyhow::Result<Vec<pb::TokenPair>> {

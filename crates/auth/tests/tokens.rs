@@ -1,6 +1,7 @@
 //! Refresh tokens (rotation, reuse detection, logout) and access tokens (what
 //! the verifier refuses, and key rotation).
 
+use keel_testkit::status::reason;
 use std::sync::Arc;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -21,13 +22,6 @@ use keel_platform::{
 use keel_testkit::{Suite, authorized};
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
-
-fn reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
-}
 
 async fn refresh(suite: &Suite, refresh_token: &str) -> Result<pb::TokenPair, Status> {
     let request = pb::RefreshRequest {

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod database;
+pub mod status;
 pub mod suite;
 
 pub use database::{TestDatabase, server_url};
