@@ -78,18 +78,11 @@ pub struct AccountsConfig {
     pub server: ServerConfig,
 }
 
-#[derive(clap::Parser)]
-struct AccountsArgs {
-    #[command(flatten)]
-    accounts: AccountsConfig,
-}
-
 impl AccountsConfig {
     /// Parses `args` (the first is the program name), with the environment
     /// filling in what they leave out.
     pub fn from_args<'a>(args: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Self> {
-        use clap::Parser as _;
-        Ok(AccountsArgs::try_parse_from(args)?.accounts)
+        keel_platform::config::from_args(args)
     }
 }
 

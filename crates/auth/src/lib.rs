@@ -111,18 +111,11 @@ pub struct AuthConfig {
     pub server: ServerConfig,
 }
 
-#[derive(clap::Parser)]
-struct AuthArgs {
-    #[command(flatten)]
-    auth: AuthConfig,
-}
-
 impl AuthConfig {
     /// Parses `args` (the first is the program name), with the environment
     /// filling in what they leave out.
     pub fn from_args<'a>(args: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Self> {
-        use clap::Parser as _;
-        Ok(AuthArgs::try_parse_from(args)?.auth)
+        keel_platform::config::from_args(args)
     }
 
     /// The configured service clients.

@@ -60,19 +60,6 @@ async fn service_token(
     Ok(suite.auth().issue_service_token(request).await?.into_inner())
 }
 
-async fn refresh(suite: &Suite, refresh_token: &str) -> Result<pb::TokenPair, Status> {
-    let request = pb::RefreshRequest {
-        refresh_token: refresh_token.into(),
-    };
-    Ok(suite
-        .auth()
-        .refresh(request)
-        .await?
-        .into_inner()
-        .tokens
-        .expect("tokens"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_rpcs_without_a_token_are_unauthenticated() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
@@ -110,7 +97,7 @@ async fn admin_rpcs_with_a_user_token_are_permission_denied() -> anyhow::Result<
     // Nothing changed.
     let login = suite.login("plain@example.com", PASSWORD).await?;
     assert_eq!(login.user.expect("a user").roles, vec![pb::Role::User as i32]);
-    refresh(&suite, &victim_tokens.refresh_token).await?;
+    suite.refresh(&victim_tokens.refresh_token).await?;
     suite.stop().await
 }
 
@@ -140,7 +127,7 @@ async fn admin_sets_roles_which_apply_from_the_next_token() -> anyhow::Result<()
         .await
         .expect_err("the old token is a user's");
     assert_eq!(status.code(), Code::PermissionDenied);
-    let after = refresh(&suite, &before.refresh_token).await?;
+    let after = suite.refresh(&before.refresh_token).await?;
     let demoted = set_roles(&suite, Some(&after.access_token), &user.id, &[pb::Role::User]).await?;
     assert_eq!(demoted.roles, vec![pb::Role::User as i32]);
     suite.stop().await
@@ -215,9 +202,7 @@ async fn admin_disables_a_user_ending_their_sessions_and_logins() -> anyhow::Res
     assert_eq!(disabled.id, user.id);
 
     for session in &sessions {
-        let status = refresh(&suite, &session.refresh_token)
-            .await
-            .expect_err("session ended");
+        let status = suite.refresh(&session.refresh_token).await.expect_err("session ended");
         assert_eq!(status.code(), Code::Unauthenticated);
     }
     let status = suite.login("rogue@example.com", PASSWORD).await.expect_err("disabled");
@@ -251,7 +236,7 @@ async fn admin_cannot_disable_themselves() -> anyhow::Result<()> {
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(reason(&status), "CANNOT_DISABLE_SELF");
     // Still an active administrator.
-    refresh(&suite, &admin.refresh_token).await?;
+    suite.refresh(&admin.refresh_token).await?;
     suite.stop().await
 }
 

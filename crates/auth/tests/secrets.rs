@@ -152,19 +152,6 @@ async fn login(suite: &Suite, email: &str, password: &str) -> Result<pb::TokenPa
     Ok(suite.auth().login(request).await?.into_inner().tokens.expect("tokens"))
 }
 
-async fn refresh(suite: &Suite, refresh_token: &str) -> Result<pb::TokenPair, Status> {
-    let request = pb::RefreshRequest {
-        refresh_token: refresh_token.into(),
-    };
-    Ok(suite
-        .auth()
-        .refresh(request)
-        .await?
-        .into_inner()
-        .tokens
-        .expect("tokens"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sign_in_flows_log_no_passwords_tokens_or_hashes() -> anyhow::Result<()> {
     logs();
@@ -177,8 +164,8 @@ async fn sign_in_flows_log_no_passwords_tokens_or_hashes() -> anyhow::Result<()>
         .await
         .expect_err("unknown email");
     let first = login(&suite, email, password).await?;
-    let second = refresh(&suite, &first.refresh_token).await?;
-    refresh(&suite, &first.refresh_token).await.expect_err("reuse");
+    let second = suite.refresh(&first.refresh_token).await?;
+    suite.refresh(&first.refresh_token).await.expect_err("reuse");
     let other = login(&suite, email, password).await?;
     let request = pb::ChangePasswordRequest {
         current_password: password.into(),

@@ -41,19 +41,6 @@ async fn session_ids(suite: &Suite, access_token: &str) -> anyhow::Result<Vec<St
     Ok(page.sessions.into_iter().map(|s| s.id).collect())
 }
 
-async fn refresh(suite: &Suite, refresh_token: &str) -> Result<pb::TokenPair, Status> {
-    let request = pb::RefreshRequest {
-        refresh_token: refresh_token.into(),
-    };
-    Ok(suite
-        .auth()
-        .refresh(request)
-        .await?
-        .into_inner()
-        .tokens
-        .expect("tokens"))
-}
-
 async fn revoke(suite: &Suite, access_token: &str, session_id: &str) -> Result<(), Status> {
     let request = pb::RevokeSessionRequest {
         session_id: session_id.into(),
@@ -194,13 +181,13 @@ async fn revoking_an_own_session_ends_it() -> anyhow::Result<()> {
 
     revoke(&suite, &laptop.access_token, &phone.session_id).await?;
 
-    let status = refresh(&suite, &phone.refresh_token).await.expect_err("revoked");
+    let status = suite.refresh(&phone.refresh_token).await.expect_err("revoked");
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(
         session_ids(&suite, &laptop.access_token).await?,
         vec![laptop.session_id.clone()]
     );
-    refresh(&suite, &laptop.refresh_token).await?;
+    suite.refresh(&laptop.refresh_token).await?;
     suite.stop().await
 }
 
@@ -221,7 +208,7 @@ async fn revoking_another_users_session_is_not_found() -> anyhow::Result<()> {
     assert_eq!(missing.code(), Code::NotFound);
     assert_eq!(missing.message(), status.message());
     // The victim's session lives on.
-    refresh(&suite, &victim.refresh_token).await?;
+    suite.refresh(&victim.refresh_token).await?;
 
     let status = revoke(&suite, &mallory.access_token, "not-a-uuid")
         .await
@@ -283,14 +270,14 @@ async fn change_password_ends_the_other_sessions_and_keeps_this_one() -> anyhow:
     assert_eq!(ended, 2);
 
     for other in others {
-        let status = refresh(&suite, &other.refresh_token).await.expect_err("ended");
+        let status = suite.refresh(&other.refresh_token).await.expect_err("ended");
         assert_eq!(status.code(), Code::Unauthenticated);
     }
     assert_eq!(
         session_ids(&suite, &here.access_token).await?,
         vec![here.session_id.clone()]
     );
-    refresh(&suite, &here.refresh_token).await?;
+    suite.refresh(&here.refresh_token).await?;
 
     let status = suite
         .login("mover@example.com", PASSWORD)

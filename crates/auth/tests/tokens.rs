@@ -23,19 +23,6 @@ use keel_testkit::{Suite, authorized};
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
-async fn refresh(suite: &Suite, refresh_token: &str) -> Result<pb::TokenPair, Status> {
-    let request = pb::RefreshRequest {
-        refresh_token: refresh_token.into(),
-    };
-    Ok(suite
-        .auth()
-        .refresh(request)
-        .await?
-        .into_inner()
-        .tokens
-        .expect("tokens"))
-}
-
 async fn logout(suite: &Suite, refresh_token: &str) -> Result<(), Status> {
     let request = pb::LogoutRequest {
         refresh_token: refresh_token.into(),
@@ -110,7 +97,7 @@ impl KeySource for StaticKeys {
 async fn refresh_rotates_the_refresh_token() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let (_, first) = suite.signed_in_user().await?;
-    let second = refresh(&suite, &first.refresh_token).await?;
+    let second = suite.refresh(&first.refresh_token).await?;
 
     assert_ne!(second.refresh_token, first.refresh_token);
     assert_ne!(second.access_token, first.access_token);
@@ -119,7 +106,7 @@ async fn refresh_rotates_the_refresh_token() -> anyhow::Result<()> {
     let sessions = list_sessions(&suite, &second.access_token).await?.sessions;
     assert_eq!(sessions.len(), 1);
     // The new refresh token is good for one more turn.
-    refresh(&suite, &second.refresh_token).await?;
+    suite.refresh(&second.refresh_token).await?;
     suite.stop().await
 }
 
@@ -127,16 +114,14 @@ async fn refresh_rotates_the_refresh_token() -> anyhow::Result<()> {
 async fn reusing_a_spent_refresh_token_revokes_the_whole_family() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let (_, first) = suite.signed_in_user().await?;
-    let second = refresh(&suite, &first.refresh_token).await?;
+    let second = suite.refresh(&first.refresh_token).await?;
 
-    let status = refresh(&suite, &first.refresh_token).await.expect_err("spent");
+    let status = suite.refresh(&first.refresh_token).await.expect_err("spent");
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(reason(&status), "REFRESH_TOKEN_REUSED");
 
     // The thief may hold the newest token; it dies with the family.
-    let status = refresh(&suite, &second.refresh_token)
-        .await
-        .expect_err("family revoked");
+    let status = suite.refresh(&second.refresh_token).await.expect_err("family revoked");
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(list_sessions(&suite, &second.access_token).await?.sessions.len(), 0);
     suite.stop().await
@@ -170,7 +155,7 @@ async fn logout_ends_the_session() -> anyhow::Result<()> {
     let (_, tokens) = suite.signed_in_user().await?;
     logout(&suite, &tokens.refresh_token).await?;
 
-    let status = refresh(&suite, &tokens.refresh_token).await.expect_err("logged out");
+    let status = suite.refresh(&tokens.refresh_token).await.expect_err("logged out");
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(list_sessions(&suite, &tokens.access_token).await?.sessions.len(), 0);
     // A retry is harmless.
@@ -182,9 +167,9 @@ async fn logout_ends_the_session() -> anyhow::Result<()> {
 async fn logout_with_an_older_token_of_the_session_ends_it_too() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let (_, first) = suite.signed_in_user().await?;
-    let second = refresh(&suite, &first.refresh_token).await?;
+    let second = suite.refresh(&first.refresh_token).await?;
     logout(&suite, &first.refresh_token).await?;
-    let status = refresh(&suite, &second.refresh_token).await.expect_err("logged out");
+    let status = suite.refresh(&second.refresh_token).await.expect_err("logged out");
     assert_eq!(status.code(), Code::Unauthenticated);
     suite.stop().await
 }
@@ -199,9 +184,7 @@ async fn logout_of_an_unknown_token_succeeds() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_refresh_token_is_unauthenticated() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
-    let status = refresh(&suite, &random_refresh_token())
-        .await
-        .expect_err("never issued");
+    let status = suite.refresh(&random_refresh_token()).await.expect_err("never issued");
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(reason(&status), "INVALID_REFRESH_TOKEN");
     suite.stop().await
@@ -211,7 +194,7 @@ async fn unknown_refresh_token_is_unauthenticated() -> anyhow::Result<()> {
 async fn malformed_refresh_token_is_invalid_argument() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     for malformed in ["", "not-a-token", "c2hvcnQ", "!!!!"] {
-        let status = refresh(&suite, malformed).await.expect_err("malformed");
+        let status = suite.refresh(malformed).await.expect_err("malformed");
         assert_eq!(status.code(), Code::InvalidArgument, "{malformed:?}");
         let fields: Vec<_> = status
             .get_details_bad_request()

@@ -7,7 +7,6 @@ use keel_accounts::AccountsConfig;
 use keel_auth::AuthConfig;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::{cli::UpArgs, database::Database};
 
@@ -125,24 +124,7 @@ fn exited_early(service: &str, exited: Result<anyhow::Result<()>, tokio::task::J
 
 async fn wait_until_serving(addr: SocketAddr, service: &str) -> anyhow::Result<()> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
-    let mut health = HealthClient::new(channel);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .map(|r| r.into_inner().status);
-        if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{service} did not report SERVING within a minute"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    keel_platform::server::wait_until_serving(channel, service, Duration::from_secs(60)).await
 }
 
 /// The address to dial for a listener bound to `addr` (an unspecified

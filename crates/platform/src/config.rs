@@ -133,3 +133,12 @@ impl Default for TokenConfig {
         }
     }
 }
+
+/// Parses one settings group from `args` (the first is the program name),
+/// with the environment filling in what they leave out: how a process that
+/// runs several services builds each one's settings.
+pub fn from_args<'a, T: Args>(args: impl IntoIterator<Item = &'a str>) -> anyhow::Result<T> {
+    let command = T::augment_args(clap::Command::new("keel"));
+    let matches = command.try_get_matches_from(args)?;
+    Ok(T::from_arg_matches(&matches)?)
+}

@@ -129,6 +129,35 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("listening on {addr} (is another process using the port?)"))
 }
 
+/// Polls the standard health service at `channel` until `service` reports
+/// SERVING, or fails after `timeout`.
+pub async fn wait_until_serving(
+    channel: tonic::transport::Channel,
+    service: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response, health_client::HealthClient};
+    let mut health = HealthClient::new(channel);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .map_err(|status| status.code());
+        if status == Ok(health_check_response::ServingStatus::Serving as i32) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{service} did not report SERVING within {timeout:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();

@@ -14,7 +14,7 @@ use keel_platform::Role;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::database::{Schema, TestDatabase};
 
@@ -272,6 +272,15 @@ impl Suite {
             .into_inner())
     }
 
+    /// Refreshes through the API; the presented token is spent.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<pb::TokenPair, tonic::Status> {
+        let request = pb::RefreshRequest {
+            refresh_token: refresh_token.into(),
+        };
+        let tokens = self.auth().refresh(request).await?.into_inner().tokens;
+        tokens.ok_or_else(|| tonic::Status::internal("Refresh answered without tokens"))
+    }
+
     /// Registers and logs in a new user; returns the user and its tokens.
     pub async fn signed_in_user(&self) -> anyhow::Result<(pb::User, pb::TokenPair)> {
         let email = format!("user-{}@example.com", uuid::Uuid::now_v7().simple());
@@ -352,25 +361,7 @@ impl Drop for Suite {
 }
 
 async fn wait_until_serving(channel: &Channel, service: &str) -> anyhow::Result<()> {
-    let mut health = HealthClient::new(channel.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .map(|r| r.into_inner().status)
-            .map_err(|status| status.code());
-        if status == Ok(ServingStatus::Serving as i32) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{service} did not become SERVING: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    keel_platform::server::wait_until_serving(channel.clone(), service, Duration::from_secs(30)).await
 }
 
 /// `message` with `authorization: Bearer <token>`.
