@@ -6,15 +6,14 @@ use diesel::{ExpressionMethods as _, QueryDsl as _};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use keel::{
     accounts::v1 as pb,
-    auth::v1 as pb_auth,
     events::v1::{
         DeliverRequest, Event, OrderShipped, UserRegistered, event::Payload, event_sink_client::EventSinkClient,
     },
 };
 use keel_accounts::schema::accounts;
-use keel_platform::{events::processed_events, outbox::outbox};
+use keel_platform::events::processed_events;
 use keel_testkit::status::{reason, violated_fields};
-use keel_testkit::{Suite, SuiteOptions, authorized, spawn_suite, spawn_suite_with_options};
+use keel_testkit::{Suite, authorized, spawn_suite};
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -80,30 +79,6 @@ async fn is_processed(suite: &Suite, event_id: Uuid) -> anyhow::Result<bool> {
 async fn account_count(suite: &Suite) -> anyhow::Result<i64> {
     let mut conn = db(suite).await?;
     Ok(accounts::table.count().get_result(&mut conn).await?)
-}
-
-/// A suite with one signed-in user whose UserRegistered event never reaches
-/// accounts: it is registered while accounts is down, and its event is then
-/// marked delivered in auth's outbox.
-async fn suite_with_withheld_registration() -> anyhow::Result<(Suite, pb_auth::User, pb_auth::TokenPair)> {
-    let mut suite = spawn_suite_with_options(SuiteOptions {
-        start_accounts: false,
-        ..SuiteOptions::default()
-    })
-    .await?;
-    let (user, tokens) = suite.signed_in_user().await?;
-    let mut auth = AsyncPgConnection::establish(suite.auth_database_url()).await?;
-    let withheld = diesel::update(
-        outbox::table
-            .filter(outbox::published_at.is_null())
-            .filter(outbox::event_type.eq("user.registered")),
-    )
-    .set(outbox::published_at.eq(Some(chrono::Utc::now())))
-    .execute(&mut auth)
-    .await?;
-    assert_eq!(withheld, 1, "the user's UserRegistered was still pending");
-    suite.start_accounts().await?;
-    Ok((suite, user, tokens))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -336,7 +311,7 @@ async fn an_irrelevant_event_is_accepted_and_recorded() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn user_registered_fills_in_the_email_of_an_account_created_on_first_access() -> anyhow::Result<()> {
-    let (suite, user, tokens) = suite_with_withheld_registration().await?;
+    let (suite, user, tokens) = keel_testkit::spawn_suite_with_withheld_registration().await?;
     let get_me = || {
         let mut accounts = suite.accounts();
         let token = tokens.access_token.clone();

@@ -2,43 +2,17 @@
 //! who may read and change which account, optimistic concurrency with etags,
 //! and the admin listing.
 
-use keel_testkit::status::{reason, violated_fields};
 use std::{collections::HashSet, time::Duration};
 
-use diesel::{ExpressionMethods as _, QueryDsl as _};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use futures::future::join_all;
-use keel::{accounts::v1 as pb, auth::v1 as pb_auth};
-use keel_platform::outbox::outbox;
-use keel_testkit::{Suite, SuiteOptions, authorized, spawn_suite, spawn_suite_with_options};
+use keel::accounts::v1 as pb;
+use keel_testkit::{
+    Suite, authorized, spawn_suite,
+    status::{reason, violated_fields},
+};
 use prost_types::FieldMask;
 use tonic::{Code, Status};
 use uuid::Uuid;
-
-/// A suite with one signed-in user whose UserRegistered event never reaches
-/// accounts: it is registered while accounts is down, and its event is then
-/// marked delivered in auth's outbox. Whatever accounts knows about the user
-/// it learns on first access.
-async fn suite_with_withheld_registration() -> anyhow::Result<(Suite, pb_auth::User, pb_auth::TokenPair)> {
-    let mut suite = spawn_suite_with_options(SuiteOptions {
-        start_accounts: false,
-        ..SuiteOptions::default()
-    })
-    .await?;
-    let (user, tokens) = suite.signed_in_user().await?;
-    let mut auth = AsyncPgConnection::establish(suite.auth_database_url()).await?;
-    let withheld = diesel::update(
-        outbox::table
-            .filter(outbox::published_at.is_null())
-            .filter(outbox::event_type.eq("user.registered")),
-    )
-    .set(outbox::published_at.eq(Some(chrono::Utc::now())))
-    .execute(&mut auth)
-    .await?;
-    assert_eq!(withheld, 1, "the user's UserRegistered was still pending");
-    suite.start_accounts().await?;
-    Ok((suite, user, tokens))
-}
 
 async fn get_account(suite: &Suite, token: &str, account_id: &str) -> Result<pb::Account, Status> {
     let response = suite
@@ -114,7 +88,7 @@ async fn user_with_account(suite: &Suite) -> anyhow::Result<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn get_account_me_right_after_registration_returns_the_users_account() -> anyhow::Result<()> {
     // No UserRegistered ever arrives: the first call alone must create it.
-    let (suite, user, tokens) = suite_with_withheld_registration().await?;
+    let (suite, user, tokens) = keel_testkit::spawn_suite_with_withheld_registration().await?;
 
     let account = get_account(&suite, &tokens.access_token, "me").await?;
     assert_eq!(account.id, user.id);

@@ -14,4 +14,7 @@ pub mod status;
 pub mod suite;
 
 pub use database::{TestDatabase, server_url};
-pub use suite::{Suite, SuiteOptions, authorized, spawn_suite, spawn_suite_with, spawn_suite_with_options};
+pub use suite::{
+    Suite, SuiteOptions, authorized, spawn_suite, spawn_suite_with, spawn_suite_with_options,
+    spawn_suite_with_withheld_registration,
+};

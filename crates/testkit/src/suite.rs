@@ -168,6 +168,35 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
     Ok(suite)
 }
 
+/// A suite with one signed-in user whose UserRegistered event never reaches
+/// accounts: the user registers while accounts is down, and the event is then
+/// marked delivered in auth's outbox. Whatever accounts knows of the user, it
+/// learns on the user's first call.
+pub async fn spawn_suite_with_withheld_registration() -> anyhow::Result<(Suite, pb::User, pb::TokenPair)> {
+    use diesel::{ExpressionMethods as _, QueryDsl as _};
+    use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+    use keel_platform::outbox::outbox;
+
+    let mut suite = spawn_suite_with_options(SuiteOptions {
+        start_accounts: false,
+        ..SuiteOptions::default()
+    })
+    .await?;
+    let (user, tokens) = suite.signed_in_user().await?;
+    let mut auth = diesel_async::AsyncPgConnection::establish(suite.auth_database_url()).await?;
+    let withheld = diesel::update(
+        outbox::table
+            .filter(outbox::published_at.is_null())
+            .filter(outbox::event_type.eq("user.registered")),
+    )
+    .set(outbox::published_at.eq(diesel::dsl::now))
+    .execute(&mut auth)
+    .await?;
+    anyhow::ensure!(withheld == 1, "the user's UserRegistered was not pending");
+    suite.start_accounts().await?;
+    Ok((suite, user, tokens))
+}
+
 impl Suite {
     /// A client for auth.
     pub fn auth(&self) -> AuthServiceClient<Channel> {
