@@ -1,7 +1,209 @@
-//! Keel's REST/JSON gateway (being built; see docs/architecture.md): the
-//! route table comes from the `google.api.http` annotations in the descriptor
-//! set, never from a hand-written list.
+//! Keel's REST/JSON gateway. Every RPC with a `google.api.http` annotation is
+//! a route, read from the descriptor set at start; requests are bound into
+//! the RPC's request message (proto3 JSON mapping), checked at the edge
+//! (bearer token, per-client rate limit, body size) and forwarded over gRPC
+//! with the caller's token, so the services check it again.
 
+use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use keel_platform::{
+    config::{ShutdownConfig, TokenConfig},
+    verifier::{GrpcKeySource, Verifier},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub mod bind;
+pub mod codec;
+pub mod descriptors;
+pub mod edge;
+pub mod error;
+pub mod handler;
+pub mod openapi;
+pub mod respond;
 pub mod routes;
 pub mod status;
 pub mod template;
+pub mod upstream;
+
+use descriptors::Descriptors;
+use edge::ClientLimiter;
+use routes::RouteTable;
+use upstream::Upstreams;
+
+/// The gateway's settings.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayConfig {
+    /// Where the gateway listens for HTTP.
+    #[arg(
+        long = "gateway-listen",
+        env = "KEEL_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Where auth serves gRPC.
+    #[arg(long, env = "KEEL_AUTH_URL", default_value = "http://127.0.0.1:50051")]
+    pub auth_url: String,
+
+    /// Where accounts serves gRPC.
+    #[arg(long, env = "KEEL_ACCOUNTS_URL", default_value = "http://127.0.0.1:50052")]
+    pub accounts_url: String,
+
+    /// Where orders serves gRPC; unset, its routes are not offered.
+    #[arg(long, env = "KEEL_ORDERS_URL")]
+    pub orders_url: Option<String>,
+
+    /// Where notifications serves gRPC; unset, its routes are not offered.
+    #[arg(long, env = "KEEL_NOTIFICATIONS_URL")]
+    pub notifications_url: Option<String>,
+
+    /// Requests per minute each client may make (by token subject, else by
+    /// address); 0 turns the limit off.
+    #[arg(long, env = "KEEL_GATEWAY_RATE_LIMIT_PER_MINUTE", default_value_t = 600)]
+    pub rate_limit_per_minute: u32,
+
+    /// How many requests a client may make at once above its steady rate.
+    #[arg(long, env = "KEEL_GATEWAY_RATE_LIMIT_BURST", default_value_t = 60)]
+    pub rate_limit_burst: u32,
+
+    /// The largest request body accepted (bytes); larger ones get 413.
+    #[arg(long, env = "KEEL_GATEWAY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// How long the gateway waits for a service's reply (ms); longer gets 504.
+    #[arg(long, env = "KEEL_GATEWAY_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
+    pub upstream_timeout_ms: u64,
+
+    /// Origins browsers may call from (comma-separated, or `*`); empty turns
+    /// CORS off.
+    #[arg(long, env = "KEEL_GATEWAY_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+    pub cors_allow_origins: Vec<String>,
+
+    #[command(flatten)]
+    pub tokens: TokenConfig,
+
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
+}
+
+impl GatewayConfig {
+    /// Parses `args` (the first is the program name), with the environment
+    /// filling in what they leave out.
+    pub fn from_args<'a>(args: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Self> {
+        keel_platform::config::from_args(args)
+    }
+
+    /// The upstream timeout.
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_timeout_ms)
+    }
+}
+
+/// Everything a request needs, built once at start.
+#[derive(Debug)]
+pub struct Gateway {
+    descriptors: Descriptors,
+    routes: RouteTable,
+    upstreams: Upstreams,
+    verifier: Arc<Verifier>,
+    limiter: Option<ClientLimiter>,
+    openapi: bytes::Bytes,
+    max_body_bytes: usize,
+    upstream_timeout: Duration,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl Gateway {
+    /// Reads the routes and connects (lazily) to the configured services.
+    pub fn build(config: &GatewayConfig) -> anyhow::Result<Self> {
+        let descriptors = Descriptors::load()?;
+        let mut upstreams = Upstreams::default();
+        upstreams.add("auth", &config.auth_url)?;
+        upstreams.add("accounts", &config.accounts_url)?;
+        if let Some(url) = &config.orders_url {
+            upstreams.add("orders", url)?;
+        }
+        if let Some(url) = &config.notifications_url {
+            upstreams.add("notifications", url)?;
+        }
+        let mut routes = RouteTable::from_descriptors(&descriptors)?;
+        routes.retain(|route| upstreams.serves(route.area()));
+        let auth = tonic::transport::Channel::from_shared(config.auth_url.clone())
+            .context("KEEL_AUTH_URL is not a URL")?
+            .connect_lazy();
+        let verifier = Arc::new(Verifier::new(
+            &config.tokens.token_issuer,
+            &config.tokens.token_audience,
+            Arc::new(GrpcKeySource::new(auth)),
+        ));
+        let limiter = NonZeroU32::new(config.rate_limit_per_minute).map(|rate| {
+            let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
+            ClientLimiter::new(rate, burst)
+        });
+        let openapi = serde_json::to_vec(&openapi::document(&routes)).context("rendering the OpenAPI document")?;
+        Ok(Gateway {
+            descriptors,
+            routes,
+            upstreams,
+            verifier,
+            limiter,
+            openapi: openapi.into(),
+            max_body_bytes: config.max_body_bytes,
+            upstream_timeout: config.upstream_timeout(),
+            ready: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// The routes served.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled: then
+/// `/readyz` fails at once, new connections are refused after the shutdown
+/// delay, and open requests (streams too) get the grace period to finish.
+pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let gateway = Arc::new(Gateway::build(&config)?);
+    if let Some(limiter) = gateway.limiter.clone() {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => limiter.prune(),
+                    () = stop.cancelled() => break,
+                }
+            }
+        });
+    }
+    let router = handler::router(gateway.clone(), &config.cors_allow_origins)?;
+    let address = listener.local_addr().context("reading the gateway's address")?;
+    tracing::info!(%address, routes = gateway.routes.routes().len(), "gateway serving HTTP");
+
+    let stopping = CancellationToken::new();
+    let drain = {
+        let (gateway, stopping, shutdown) = (gateway.clone(), stopping.clone(), shutdown.clone());
+        let delay = config.shutdown.delay();
+        async move {
+            shutdown.cancelled().await;
+            gateway.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            stopping.cancel();
+        }
+    };
+    tokio::spawn(drain);
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(stopping.clone().cancelled_owned());
+    let grace = config.shutdown.grace();
+    tokio::select! {
+        served = server.into_future() => served.context("serving HTTP")?,
+        () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("requests still open after the grace period were cut");
+        }
+    }
+    Ok(())
+}

@@ -2,10 +2,14 @@
 //! additional bindings), read from the descriptor set once at start.
 
 use anyhow::Context as _;
+use http::uri::PathAndQuery;
 use keel::google::api::{HttpRule, http_rule::Pattern};
-use prost_reflect::{DescriptorPool, Kind, MessageDescriptor, MethodDescriptor};
+use prost_reflect::{Kind, MessageDescriptor, MethodDescriptor};
 
-use crate::template::{Binding, PathTemplate};
+use crate::{
+    descriptors::Descriptors,
+    template::{Binding, PathTemplate},
+};
 
 /// One HTTP binding of one RPC.
 #[derive(Debug, Clone)]
@@ -20,12 +24,23 @@ pub struct Route {
     pub response_body: Option<String>,
     /// The RPC, e.g. `keel.auth.v1.AuthService.Login`.
     pub rpc: MethodDescriptor,
+    /// Callable without an access token (`keel.common.v1.anonymous`).
+    pub anonymous: bool,
+    /// The gRPC path to call, e.g. `/keel.auth.v1.AuthService/Login`.
+    pub grpc_path: PathAndQuery,
 }
 
 impl Route {
-    /// The gRPC path to call, e.g. `/keel.auth.v1.AuthService/Login`.
-    pub fn grpc_path(&self) -> String {
-        format!("/{}/{}", self.rpc.parent_service().full_name(), self.rpc.name())
+    /// The area whose service answers this route: `auth` for
+    /// `keel.auth.v1.AuthService`.
+    pub fn area(&self) -> &str {
+        let package = self.rpc.parent_service().package_name();
+        package.split('.').nth(1).unwrap_or(package)
+    }
+
+    /// Whether the RPC answers with a stream (served as Server-Sent Events).
+    pub fn is_streaming(&self) -> bool {
+        self.rpc.is_server_streaming()
     }
 }
 
@@ -34,8 +49,8 @@ impl Route {
 pub enum Resolved<'a> {
     /// A route, with the path's variable values.
     Route(&'a Route, Vec<Binding>),
-    /// The path exists, but not for this method (405).
-    MethodNotAllowed,
+    /// The path exists, but only for these other methods (405).
+    MethodNotAllowed(Vec<String>),
     /// No route has this path (404).
     NotFound,
 }
@@ -47,32 +62,57 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Reads the routes from an encoded `FileDescriptorSet`, checking that
-    /// every path variable and body field names a field of the request.
-    pub fn from_descriptor_set(bytes: &[u8]) -> anyhow::Result<Self> {
-        let pool = DescriptorPool::decode(bytes).context("decoding the descriptor set")?;
-        let http = pool
-            .get_extension_by_name("google.api.http")
-            .context("the descriptor set lacks google.api.http")?;
+    /// Reads the routes from the descriptors, checking that every path
+    /// variable and body field names a field of the request, and that no two
+    /// routes claim the same request.
+    pub fn from_descriptors(descriptors: &Descriptors) -> anyhow::Result<Self> {
         let mut routes = Vec::new();
-        for service in pool.services() {
+        for service in descriptors.pool().services() {
             for rpc in service.methods() {
                 let options = rpc.options();
-                if !options.has_extension(&http) {
+                if !options.has_extension(descriptors.http()) {
                     continue;
                 }
+                let anonymous = options.has_extension(descriptors.anonymous())
+                    && options.get_extension(descriptors.anonymous()).as_bool() == Some(true);
                 let rule: HttpRule = options
-                    .get_extension(&http)
+                    .get_extension(descriptors.http())
                     .as_message()
                     .context("google.api.http is not a message")?
                     .transcode_to()
                     .with_context(|| format!("reading the HTTP rule of {}", rpc.full_name()))?;
                 for rule in std::iter::once(&rule).chain(rule.additional_bindings.iter()) {
-                    routes.push(route(&rpc, rule)?);
+                    routes.push(route(&rpc, rule, anonymous)?);
                 }
             }
         }
-        Ok(RouteTable { routes })
+        let table = RouteTable { routes };
+        table.check_unambiguous()?;
+        Ok(table)
+    }
+
+    /// Keeps only the routes `keep` accepts (those with an upstream).
+    pub fn retain(&mut self, keep: impl FnMut(&Route) -> bool) {
+        self.routes.retain(keep);
+    }
+
+    /// Fails if one request could match two routes.
+    fn check_unambiguous(&self) -> anyhow::Result<()> {
+        for route in &self.routes {
+            let sample = route.template.as_str().replace(['{', '}'], "");
+            let claimants = self
+                .routes
+                .iter()
+                .filter(|other| other.method == route.method && other.template.matches(&sample).is_some())
+                .count();
+            anyhow::ensure!(
+                claimants <= 1,
+                "{} {} is claimed by more than one RPC",
+                route.method,
+                route.template.as_str()
+            );
+        }
+        Ok(())
     }
 
     /// All routes.
@@ -82,24 +122,24 @@ impl RouteTable {
 
     /// The route for `method` and `path` (percent-encoded, no query).
     pub fn resolve(&self, method: &str, path: &str) -> Resolved<'_> {
-        let mut path_known = false;
+        let mut allowed = Vec::new();
         for route in &self.routes {
             if let Some(bindings) = route.template.matches(path) {
                 if route.method.eq_ignore_ascii_case(method) {
                     return Resolved::Route(route, bindings);
                 }
-                path_known = true;
+                allowed.push(route.method.clone());
             }
         }
-        if path_known {
-            Resolved::MethodNotAllowed
-        } else {
+        if allowed.is_empty() {
             Resolved::NotFound
+        } else {
+            Resolved::MethodNotAllowed(allowed)
         }
     }
 }
 
-fn route(rpc: &MethodDescriptor, rule: &HttpRule) -> anyhow::Result<Route> {
+fn route(rpc: &MethodDescriptor, rule: &HttpRule, anonymous: bool) -> anyhow::Result<Route> {
     let (method, path) = match &rule.pattern {
         Some(Pattern::Get(path)) => ("GET", path.as_str()),
         Some(Pattern::Put(path)) => ("PUT", path.as_str()),
@@ -122,12 +162,25 @@ fn route(rpc: &MethodDescriptor, rule: &HttpRule) -> anyhow::Result<Route> {
             Some(field.to_owned())
         }
     };
+    let response_body = match rule.response_body.as_str() {
+        "" => None,
+        field => {
+            check_field_path(&rpc.output(), &[field.to_owned()])
+                .with_context(|| format!("{} response_body", rpc.full_name()))?;
+            Some(field.to_owned())
+        }
+    };
+    let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name())
+        .parse()
+        .with_context(|| format!("{} has no valid gRPC path", rpc.full_name()))?;
     Ok(Route {
         method: method.to_ascii_uppercase(),
         template,
         body,
-        response_body: Some(rule.response_body.clone()).filter(|b| !b.is_empty()),
+        response_body,
         rpc: rpc.clone(),
+        anonymous,
+        grpc_path,
     })
 }
 
@@ -153,7 +206,7 @@ mod tests {
     use super::*;
 
     fn table() -> RouteTable {
-        RouteTable::from_descriptor_set(keel::FILE_DESCRIPTOR_SET).expect("the contract's routes")
+        RouteTable::from_descriptors(&Descriptors::load().expect("descriptors")).expect("the contract's routes")
     }
 
     fn rpc_of(resolved: Resolved<'_>) -> Option<(String, Vec<(String, String)>)> {
@@ -213,36 +266,26 @@ mod tests {
             ))
         );
         let login = table.routes().iter().find(|r| r.rpc.name() == "Login").expect("login");
-        assert_eq!(login.grpc_path(), "/keel.auth.v1.AuthService/Login");
+        assert_eq!(login.grpc_path, "/keel.auth.v1.AuthService/Login");
         assert_eq!(login.body.as_deref(), Some("*"));
+        assert_eq!(login.area(), "auth");
+        assert!(login.anonymous);
+        let balance = table
+            .routes()
+            .iter()
+            .find(|r| r.rpc.name() == "GetBalance")
+            .expect("balance");
+        assert_eq!(balance.area(), "accounts");
+        assert!(!balance.anonymous);
     }
 
     #[test]
     fn unknown_paths_and_wrong_methods_are_told_apart() {
         let table = table();
         assert!(matches!(table.resolve("GET", "/v1/nothing"), Resolved::NotFound));
-        assert!(matches!(
-            table.resolve("DELETE", "/v1/auth:login"),
-            Resolved::MethodNotAllowed
-        ));
-    }
-
-    #[test]
-    fn no_two_routes_claim_the_same_request() {
-        let table = table();
-        for route in table.routes() {
-            let path = route.template.as_str().replace(['{', '}'], "");
-            let claimants = table
-                .routes()
-                .iter()
-                .filter(|other| other.method == route.method && other.template.matches(&path).is_some())
-                .count();
-            assert!(
-                claimants <= 1,
-                "{} {} is ambiguous",
-                route.method,
-                route.template.as_str()
-            );
+        match table.resolve("DELETE", "/v1/auth:login") {
+            Resolved::MethodNotAllowed(allowed) => assert_eq!(allowed, ["POST"]),
+            other => panic!("expected 405, got {other:?}"),
         }
     }
 }

@@ -17,31 +17,14 @@ pub struct ServerConfig {
     #[arg(long, env = "KEEL_CONCURRENCY_LIMIT", default_value_t = 1024)]
     pub concurrency_limit: usize,
 
-    /// How long a stopping server keeps accepting calls after it reports
-    /// NOT_SERVING, so load balancers stop sending first (ms; 5000 suits
-    /// Kubernetes).
-    #[arg(long, env = "KEEL_SHUTDOWN_DELAY_MS", default_value_t = 0)]
-    pub shutdown_delay_ms: u64,
-
-    /// How long shutdown waits for in-flight calls to finish (seconds).
-    #[arg(long, env = "KEEL_SHUTDOWN_GRACE_SECS", default_value_t = 4)]
-    pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
 }
 
 impl ServerConfig {
     /// The per-call timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
-    }
-
-    /// The pause between NOT_SERVING and refusing connections.
-    pub fn shutdown_delay(&self) -> Duration {
-        Duration::from_millis(self.shutdown_delay_ms)
-    }
-
-    /// The shutdown drain timeout.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
@@ -50,6 +33,40 @@ impl Default for ServerConfig {
         Self {
             request_timeout_secs: 30,
             concurrency_limit: 1024,
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// How a server stops: not ready first, then draining.
+#[derive(Debug, Clone, Args)]
+pub struct ShutdownConfig {
+    /// How long a stopping server keeps accepting requests after it reports
+    /// not ready, so load balancers stop sending first (ms; 5000 suits
+    /// Kubernetes).
+    #[arg(long, env = "KEEL_SHUTDOWN_DELAY_MS", default_value_t = 0)]
+    pub shutdown_delay_ms: u64,
+
+    /// How long shutdown waits for in-flight requests to finish (seconds).
+    #[arg(long, env = "KEEL_SHUTDOWN_GRACE_SECS", default_value_t = 4)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ShutdownConfig {
+    /// The pause between reporting not ready and refusing connections.
+    pub fn delay(&self) -> Duration {
+        Duration::from_millis(self.shutdown_delay_ms)
+    }
+
+    /// The drain timeout.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
             shutdown_delay_ms: 0,
             shutdown_grace_secs: 4,
         }

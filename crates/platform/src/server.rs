@@ -13,13 +13,12 @@ use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 
 use crate::{
     config::ServerConfig,
-    telemetry::HeaderExtractor,
+    telemetry::continue_remote_trace,
     verifier::{AuthenticateLayer, Verifier},
 };
 
@@ -91,7 +90,7 @@ impl GrpcServer {
             let reporter = reporter.clone();
             let names = self.service_names.clone();
             let shutdown = shutdown.clone();
-            let delay = self.config.shutdown_delay();
+            let delay = self.config.shutdown.delay();
             async move {
                 shutdown.cancelled().await;
                 set_status(&reporter, &names, ServingStatus::NotServing).await;
@@ -105,7 +104,7 @@ impl GrpcServer {
         // No Nagle: small gRPC frames must not wait for the peer's delayed ACK.
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let serve = router.serve_with_incoming_shutdown(incoming, stopping);
-        let grace = self.config.shutdown_delay() + self.config.shutdown_grace();
+        let grace = self.config.shutdown.delay() + self.config.shutdown.grace();
         let drain_deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
@@ -202,12 +201,7 @@ fn call_span<B>(request: &http::Request<B>) -> tracing::Span {
         rpc = %request.uri().path(),
         request_id = %request_id,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(request.headers()))
-    });
-    if let Err(err) = span.set_parent(parent) {
-        tracing::debug!(error = %err, "could not continue the caller's trace");
-    }
+    continue_remote_trace(&span, request.headers());
     span
 }
 

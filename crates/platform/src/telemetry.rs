@@ -98,6 +98,17 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// Makes `span` a child of the caller's W3C trace context in `headers`, so a
+/// request's spans join the trace it arrived with.
+pub fn continue_remote_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+    if let Err(err) = span.set_parent(parent) {
+        tracing::debug!(error = %err, "could not continue the caller's trace");
+    }
+}
+
 /// Writes W3C trace context into outgoing gRPC metadata.
 #[derive(Debug)]
 pub struct MetadataInjector<'a>(pub &'a mut tonic::metadata::MetadataMap);

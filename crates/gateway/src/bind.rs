@@ -1,0 +1,332 @@
+//! Request binding: the path variables, the query string and the JSON body
+//! become one request message, following the `google.api.http` rules.
+//!
+//! The three sources are merged into one JSON object (path values win) that
+//! the proto3 JSON mapping then reads in one pass, so every field, nested or
+//! not, is parsed and checked the same way, and unknown fields are refused.
+
+use http::StatusCode;
+use percent_encoding::percent_decode_str;
+use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{Map, Value};
+
+use crate::{error::ApiError, routes::Route, template::Binding};
+
+/// What a request brings to binding.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// The path variables the route matched.
+    pub bindings: Vec<Binding>,
+    /// The raw query string, if any.
+    pub query: Option<&'a str>,
+    /// The `content-type` header, if any.
+    pub content_type: Option<&'a str>,
+    /// The request body (empty when none was sent).
+    pub body: &'a [u8],
+}
+
+/// Builds the request message for `route` from `input`.
+pub fn bind(route: &Route, input: Input<'_>) -> Result<DynamicMessage, ApiError> {
+    let request = route.rpc.input();
+    let mut root = Map::new();
+    match route.body.as_deref() {
+        None => {}
+        Some("*") => {
+            if let Some(value) = body_json(&input)? {
+                match value {
+                    Value::Object(fields) => root = fields,
+                    _ => return Err(ApiError::bad_request("the request body must be a JSON object")),
+                }
+            }
+        }
+        Some(field) => {
+            if let Some(value) = body_json(&input)? {
+                let field = request
+                    .get_field_by_name(field)
+                    .ok_or_else(|| ApiError::bad_request(format!("the route's body field {field} is unknown")))?;
+                root.insert(field.json_name().to_owned(), value);
+            }
+        }
+    }
+
+    let mut bound: Vec<Vec<FieldDescriptor>> = Vec::new();
+    for binding in &input.bindings {
+        let path = resolve(&request, &binding.field_path)
+            .map_err(|description| ApiError::bad_field(&binding.field_path.join("."), description))?;
+        set(&mut root, &path, scalar(&path, &binding.value)?, false);
+        bound.push(path);
+    }
+
+    if let Some(query) = input.query.filter(|q| !q.is_empty()) {
+        if route.body.as_deref() == Some("*") {
+            return Err(ApiError::bad_request(
+                "this route takes its fields in the body; the query string must be empty",
+            ));
+        }
+        for (name, value) in query_pairs(query)? {
+            let segments: Vec<String> = name.split('.').map(str::to_owned).collect();
+            let path = resolve(&request, &segments).map_err(|description| ApiError::bad_field(&name, description))?;
+            if bound.iter().any(|b| same_field(b, &path)) {
+                return Err(ApiError::bad_field(&name, "is set by the path"));
+            }
+            if route.body.as_deref() == path.first().map(FieldDescriptor::name) {
+                return Err(ApiError::bad_field(&name, "is set by the body"));
+            }
+            set(&mut root, &path, scalar(&path, &value)?, true);
+        }
+    }
+
+    DynamicMessage::deserialize_with_options(request, Value::Object(root), &DeserializeOptions::new())
+        .map_err(|err| ApiError::bad_request(format!("invalid request: {err}")))
+}
+
+/// The body as JSON, or None when there is none.
+fn body_json(input: &Input<'_>) -> Result<Option<Value>, ApiError> {
+    if input.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    if !input.content_type.is_some_and(is_json) {
+        return Err(
+            ApiError::bad_request("request bodies must be JSON (content-type: application/json)")
+                .with_http_status(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        );
+    }
+    serde_json::from_slice(input.body)
+        .map(Some)
+        .map_err(|err| ApiError::bad_request(format!("the request body is not valid JSON: {err}")))
+}
+
+/// `application/json`, with or without parameters such as `charset=utf-8`.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// The fields a dotted path names, by proto or JSON name.
+fn resolve(message: &MessageDescriptor, segments: &[String]) -> Result<Vec<FieldDescriptor>, String> {
+    let mut current = message.clone();
+    let mut fields = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let field = current
+            .get_field_by_name(segment)
+            .or_else(|| current.get_field_by_json_name(segment))
+            .ok_or_else(|| format!("{} has no field {segment}", current.name()))?;
+        let last = i + 1 == segments.len();
+        match field.kind() {
+            Kind::Message(inner) if !last => current = inner,
+            Kind::Message(inner) if !is_string_like(&inner) => {
+                return Err(format!("{segment} is a message; name one of its fields"));
+            }
+            _ if !last => return Err(format!("{segment} has no fields")),
+            _ => {}
+        }
+        if field.is_map() {
+            return Err(format!("{segment} is a map and cannot be set here"));
+        }
+        if field.is_list() && !last {
+            return Err(format!("{segment} is repeated; its fields cannot be set here"));
+        }
+        fields.push(field);
+    }
+    Ok(fields)
+}
+
+/// Well-known types written as one JSON string.
+fn is_string_like(message: &MessageDescriptor) -> bool {
+    matches!(
+        message.full_name(),
+        "google.protobuf.Timestamp"
+            | "google.protobuf.Duration"
+            | "google.protobuf.FieldMask"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.BytesValue"
+    )
+}
+
+/// A path or query value as the JSON the field's mapping reads: booleans as
+/// JSON booleans, everything else as a string (proto3 JSON accepts numbers,
+/// enums, timestamps and field masks as strings).
+fn scalar(path: &[FieldDescriptor], value: &str) -> Result<Value, ApiError> {
+    let Some(field) = path.last() else {
+        return Ok(Value::String(value.to_owned()));
+    };
+    match field.kind() {
+        Kind::Bool => match value {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            _ => Err(ApiError::bad_field(
+                &dotted(path),
+                format!("must be true or false, not {value:?}"),
+            )),
+        },
+        _ => Ok(Value::String(value.to_owned())),
+    }
+}
+
+/// Sets the field at `path` in `root`, creating objects on the way and
+/// replacing whatever the body held there (under either of its names).
+/// Repeated fields collect every value when `append` is set.
+fn set(root: &mut Map<String, Value>, path: &[FieldDescriptor], value: Value, append: bool) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut object = root;
+    for field in parents {
+        let key = field.json_name().to_owned();
+        if field.name() != key
+            && let Some(value) = object.remove(field.name())
+        {
+            object.insert(key.clone(), value);
+        }
+        let entry = object.entry(key).or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        let Value::Object(inner) = entry else {
+            return;
+        };
+        object = inner;
+    }
+    let key = last.json_name().to_owned();
+    let previous = object.remove(last.name()).or_else(|| object.remove(&key));
+    let value = match (last.is_list(), append, previous) {
+        (true, true, Some(Value::Array(mut values))) => {
+            values.push(value);
+            Value::Array(values)
+        }
+        (true, _, _) => Value::Array(vec![value]),
+        (false, _, _) => value,
+    };
+    object.insert(key, value);
+}
+
+fn same_field(a: &[FieldDescriptor], b: &[FieldDescriptor]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.full_name() == y.full_name())
+}
+
+fn dotted(path: &[FieldDescriptor]) -> String {
+    path.iter().map(FieldDescriptor::name).collect::<Vec<_>>().join(".")
+}
+
+/// `application/x-www-form-urlencoded` pairs of a query string.
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(name)?, decode(value)?))
+        })
+        .collect()
+}
+
+fn decode(part: &str) -> Result<String, ApiError> {
+    let spaced = part.replace('+', " ");
+    percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| ApiError::bad_request("the query string is not valid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        descriptors::Descriptors,
+        routes::{Resolved, RouteTable},
+    };
+
+    fn call(method: &str, uri: &str, body: &str) -> Result<serde_json::Value, (StatusCode, String)> {
+        let table = RouteTable::from_descriptors(&Descriptors::load().expect("descriptors")).expect("routes");
+        let (path, query) = uri.split_once('?').map_or((uri, None), |(p, q)| (p, Some(q)));
+        let Resolved::Route(route, bindings) = table.resolve(method, path) else {
+            panic!("{method} {path} has no route");
+        };
+        let input = Input {
+            bindings,
+            query,
+            content_type: Some("application/json; charset=utf-8"),
+            body: body.as_bytes(),
+        };
+        let descriptors = Descriptors::load().expect("descriptors");
+        match bind(route, input) {
+            Ok(message) => Ok(serde_json::to_value(&message).expect("JSON")),
+            Err(err) => {
+                let code = err.code();
+                let response = err.into_response(&descriptors);
+                Err((response.status(), format!("{code:?}")))
+            }
+        }
+    }
+
+    #[test]
+    fn body_star_takes_the_whole_message_and_the_path_wins() {
+        let bound = call(
+            "POST",
+            "/v1/accounts/me:deposit",
+            r#"{"accountId":"other","amount":{"amountMinor":"250","currencyCode":"USD"},"request_id":"r1"}"#,
+        );
+        let bound = bound.expect("bound");
+        assert_eq!(bound["accountId"], "me");
+        assert_eq!(bound["requestId"], "r1");
+    }
+
+    #[test]
+    fn a_named_body_field_merges_with_nested_path_variables_and_query() {
+        let bound = call(
+            "PATCH",
+            "/v1/accounts/me?updateMask=displayName",
+            r#"{"displayName":"Ada"}"#,
+        )
+        .expect("bound");
+        assert_eq!(bound["account"]["id"], "me");
+        assert_eq!(bound["account"]["displayName"], "Ada");
+        assert_eq!(bound["updateMask"], "displayName");
+    }
+
+    #[test]
+    fn query_parameters_fill_get_requests_by_either_name() {
+        let bound = call("GET", "/v1/accounts/me/transactions?page_size=5&pageToken=abc", "").expect("bound");
+        assert_eq!(bound["pageSize"], 5);
+        assert_eq!(bound["pageToken"], "abc");
+    }
+
+    #[test]
+    fn bad_input_is_a_4xx_never_a_5xx() {
+        for (method, uri, body) in [
+            ("POST", "/v1/auth:login", "{not json"),
+            ("POST", "/v1/auth:login", "[1,2]"),
+            ("POST", "/v1/auth:login", r#"{"email":5}"#),
+            ("POST", "/v1/auth:login", r#"{"nosuchfield":"x"}"#),
+            ("POST", "/v1/auth:login?email=a", "{}"),
+            ("GET", "/v1/accounts/me/transactions?pageSize=many", ""),
+            ("GET", "/v1/accounts/me/transactions?nosuch=1", ""),
+            ("GET", "/v1/accounts/me/transactions?accountId=x", ""),
+            ("GET", "/v1/accounts/me/transactions?pageSize=99999999999999", ""),
+        ] {
+            let (status, code) = call(method, uri, body).expect_err(uri);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri} {body}: {code}");
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_415() {
+        let table = RouteTable::from_descriptors(&Descriptors::load().expect("descriptors")).expect("routes");
+        let Resolved::Route(route, bindings) = table.resolve("POST", "/v1/auth:login") else {
+            panic!("no login route");
+        };
+        let input = Input {
+            bindings,
+            query: None,
+            content_type: Some("text/plain"),
+            body: b"email=a",
+        };
+        let descriptors = Descriptors::load().expect("descriptors");
+        let response = bind(route, input).expect_err("text/plain").into_response(&descriptors);
+        assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+}

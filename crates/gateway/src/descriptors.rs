@@ -1,0 +1,74 @@
+//! The descriptors the gateway works from: Keel's contract, plus the
+//! `google.rpc` error detail messages so error bodies render their details.
+
+use anyhow::Context as _;
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, ExtensionDescriptor, MessageDescriptor};
+
+/// The descriptor pool and the few descriptors the gateway looks up often.
+#[derive(Debug, Clone)]
+pub struct Descriptors {
+    pool: DescriptorPool,
+    status: MessageDescriptor,
+    http: ExtensionDescriptor,
+    anonymous: ExtensionDescriptor,
+}
+
+impl Descriptors {
+    /// Keel's descriptor set with tonic-types' `google.rpc` messages added.
+    pub fn load() -> anyhow::Result<Self> {
+        Self::from_set(keel::FILE_DESCRIPTOR_SET)
+    }
+
+    /// An encoded descriptor set (which must import `google/api/annotations.proto`
+    /// and `keel/common/v1/options.proto`) with the `google.rpc` messages added.
+    pub fn from_set(bytes: &[u8]) -> anyhow::Result<Self> {
+        let mut pool = DescriptorPool::decode(bytes).context("decoding the descriptor set")?;
+        let rpc = prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .context("decoding the google.rpc descriptors")?;
+        // Files the contract already holds (e.g. google/protobuf/any.proto)
+        // would be added twice, so only the new ones go in.
+        let new_files: Vec<_> = rpc
+            .file
+            .into_iter()
+            .filter(|file| pool.get_file_by_name(file.name()).is_none())
+            .collect();
+        pool.add_file_descriptor_protos(new_files)
+            .context("adding the google.rpc descriptors")?;
+        let status = pool
+            .get_message_by_name("google.rpc.Status")
+            .context("google.rpc.Status is missing")?;
+        let http = pool
+            .get_extension_by_name("google.api.http")
+            .context("the descriptor set lacks google.api.http")?;
+        let anonymous = pool
+            .get_extension_by_name("keel.common.v1.anonymous")
+            .context("the descriptor set lacks keel.common.v1.anonymous")?;
+        Ok(Descriptors {
+            pool,
+            status,
+            http,
+            anonymous,
+        })
+    }
+
+    /// Every descriptor.
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
+    /// `google.rpc.Status`, the error body's type.
+    pub fn status(&self) -> &MessageDescriptor {
+        &self.status
+    }
+
+    /// The `google.api.http` method option.
+    pub fn http(&self) -> &ExtensionDescriptor {
+        &self.http
+    }
+
+    /// The `keel.common.v1.anonymous` method option.
+    pub fn anonymous(&self) -> &ExtensionDescriptor {
+        &self.anonymous
+    }
+}

@@ -1,0 +1,280 @@
+//! The HTTP side: the router, the one handler every API route goes through,
+//! and the operational endpoints.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{ConnectInfo, Request, State},
+    http::request::Parts,
+    response::{IntoResponse as _, Response},
+    routing::get,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt as _, Limited};
+use keel_platform::{principal::Principal, telemetry::continue_remote_trace, verifier::bearer_token};
+use tonic::{
+    Code,
+    metadata::{MetadataMap, MetadataValue},
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::{
+    Gateway,
+    bind::{Input, bind},
+    edge::ClientKey,
+    error::ApiError,
+    respond,
+    routes::Resolved,
+};
+
+/// Headers passed on to the services as they arrived.
+const FORWARDED: [&str; 4] = ["x-request-id", "traceparent", "tracestate", "user-agent"];
+
+/// The gateway's HTTP router.
+pub fn router(gateway: Arc<Gateway>, cors_origins: &[String]) -> anyhow::Result<Router> {
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .option_layer(cors(cors_origins)?);
+    Ok(Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .fallback(transcode)
+        .with_state(gateway)
+        .layer(layers))
+}
+
+fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+    let origins: Vec<&str> = origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|origin| HeaderValue::from_str(origin).with_context(|| format!("CORS origin {origin:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("traceparent"),
+                HeaderName::from_static("tracestate"),
+            ])
+            .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+fn request_span(request: &http::Request<Body>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "http",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+    );
+    continue_remote_trace(&span, request.headers());
+    span
+}
+
+/// The process is up.
+async fn healthz() -> Response {
+    json_status(StatusCode::OK, serde_json::json!({ "status": "SERVING" }))
+}
+
+/// Every upstream reports SERVING (and the gateway is not stopping).
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
+    let upstreams = gateway.upstreams.health(Duration::from_secs(2)).await;
+    let ready = gateway.ready.load(Ordering::SeqCst) && upstreams.values().all(|serving| *serving);
+    let body = serde_json::json!({
+        "status": if ready { "SERVING" } else { "NOT_SERVING" },
+        "upstreams": upstreams
+            .iter()
+            .map(|(area, serving)| (area.clone(), serde_json::Value::from(if *serving { "SERVING" } else { "NOT_SERVING" })))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_status(status, body)
+}
+
+async fn openapi(State(gateway): State<Arc<Gateway>>) -> Response {
+    let mut response = Response::new(Body::from(gateway.openapi.clone()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn json_status(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Every API request: resolve, authenticate, rate-limit, bind, forward,
+/// answer.
+async fn transcode(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match serve(&gateway, peer, parts, body).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(&gateway.descriptors),
+    }
+}
+
+async fn serve(gateway: &Gateway, peer: SocketAddr, parts: Parts, body: Body) -> Result<Response, ApiError> {
+    let (route, bindings) = match gateway.routes.resolve(parts.method.as_str(), parts.uri.path()) {
+        Resolved::Route(route, bindings) => (route, bindings),
+        Resolved::NotFound => {
+            return Err(ApiError::new(
+                Code::NotFound,
+                format!("no route for {} {}", parts.method, parts.uri.path()),
+            ));
+        }
+        Resolved::MethodNotAllowed(allowed) => {
+            let allow = HeaderValue::from_str(&allowed.join(", ")).unwrap_or(HeaderValue::from_static(""));
+            return Err(ApiError::new(
+                Code::Unimplemented,
+                format!("{} does not accept {}", parts.uri.path(), parts.method),
+            )
+            .with_http_status(StatusCode::METHOD_NOT_ALLOWED)
+            .with_header(header::ALLOW, allow));
+        }
+    };
+
+    let token = if route.anonymous {
+        None
+    } else {
+        Some(authenticate(gateway, &parts.headers).await)
+    };
+    let principal = match &token {
+        Some(Ok((_, principal))) => Some(principal),
+        _ => None,
+    };
+    if let Some(limiter) = &gateway.limiter {
+        limiter
+            .check(&ClientKey::of(principal, peer.ip()))
+            .map_err(ApiError::rate_limited)?;
+    }
+    let token = token.transpose()?.map(|(token, _)| token);
+
+    let body = read_body(gateway, &parts.headers, body).await?;
+    let input = Input {
+        bindings,
+        query: parts.uri.query(),
+        content_type: parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+        body: &body,
+    };
+    let message = bind(route, input)?;
+    let metadata = metadata(&parts.headers, token.as_deref(), peer);
+
+    if route.is_streaming() {
+        let replies = gateway
+            .upstreams
+            .server_streaming(route, message, metadata, gateway.upstream_timeout)
+            .await?;
+        return Ok(respond::event_stream(
+            route.clone(),
+            gateway.descriptors.clone(),
+            replies,
+        ));
+    }
+    let reply = gateway
+        .upstreams
+        .unary(route, message, metadata, gateway.upstream_timeout)
+        .await?;
+    Ok(respond::json(route, &reply)?)
+}
+
+/// The request's bearer token and who it names; 401 when it is missing or
+/// does not verify.
+async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<(String, Principal), ApiError> {
+    let token = bearer_token(headers)
+        .map_err(|err| ApiError::unauthenticated(tonic::Status::from(err).message(), true))?
+        .ok_or_else(|| {
+            ApiError::unauthenticated("this route needs an access token (authorization: Bearer …)", false)
+        })?;
+    let principal = gateway
+        .verifier
+        .verify(&token)
+        .await
+        .map_err(|err| ApiError::unauthenticated(tonic::Status::from(err).message(), true))?;
+    Ok((token, principal))
+}
+
+/// The body, refusing more than the limit (413) before reading it when the
+/// length is declared, and while reading it otherwise.
+async fn read_body(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = gateway.max_body_bytes;
+    let too_large = || {
+        ApiError::bad_request(format!("the request body is larger than {limit} bytes"))
+            .with_http_status(StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(err) => Err(ApiError::bad_request(format!("reading the request body: {err}"))),
+    }
+}
+
+/// What the services see: the caller's token (so they check it again), the
+/// request id, trace context and user agent as they arrived, and the
+/// client's address.
+fn metadata(headers: &HeaderMap, token: Option<&str>, peer: SocketAddr) -> MetadataMap {
+    let mut metadata = MetadataMap::with_capacity(FORWARDED.len() + 2);
+    if let Some(token) = token
+        && let Ok(value) = MetadataValue::try_from(format!("Bearer {token}"))
+    {
+        metadata.insert("authorization", value);
+    }
+    for name in FORWARDED {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok())
+            && let Ok(value) = MetadataValue::try_from(value)
+        {
+            metadata.insert(name, value);
+        }
+    }
+    if let Ok(value) = MetadataValue::try_from(peer.ip().to_string()) {
+        metadata.insert("x-forwarded-for", value);
+    }
+    metadata
+}
