@@ -5,13 +5,12 @@ use diesel::{ExpressionMethods as _, QueryDsl as _};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use keel::{
     auth::v1::{self as pb},
-    events::v1::{EmailVerificationRequested, Event, PasswordResetRequested, event::Payload},
+    events::v1::{EmailVerificationRequested, PasswordResetRequested, event::Payload},
 };
 use keel_auth::schema::one_time_tokens;
 use keel_platform::outbox::outbox;
 use keel_testkit::Suite;
 use keel_testkit::status::{reason, violated_fields};
-use prost::Message as _;
 use tonic::{Code, Status};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -21,26 +20,14 @@ async fn database(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {
     Ok(AsyncPgConnection::establish(suite.auth_database_url()).await?)
 }
 
-/// Every event in the outbox, oldest first.
-async fn events(suite: &Suite) -> anyhow::Result<Vec<Event>> {
-    let payloads: Vec<Vec<u8>> = outbox::table
-        .order(outbox::created_at.asc())
-        .select(outbox::payload)
-        .load(&mut database(suite).await?)
-        .await?;
-    Ok(payloads
-        .iter()
-        .map(|bytes| Event::decode(bytes.as_slice()))
-        .collect::<Result<_, _>>()?)
-}
-
 async fn reset_requests(suite: &Suite) -> anyhow::Result<Vec<PasswordResetRequested>> {
     let count: i64 = outbox::table
         .filter(outbox::event_type.eq("user.password_reset_requested"))
         .count()
         .get_result(&mut database(suite).await?)
         .await?;
-    let requests: Vec<_> = events(suite)
+    let requests: Vec<_> = suite
+        .auth_events(None)
         .await?
         .into_iter()
         .filter_map(|event| match event.payload {
@@ -53,7 +40,8 @@ async fn reset_requests(suite: &Suite) -> anyhow::Result<Vec<PasswordResetReques
 }
 
 async fn verification_requests(suite: &Suite) -> anyhow::Result<Vec<EmailVerificationRequested>> {
-    Ok(events(suite)
+    Ok(suite
+        .auth_events(None)
         .await?
         .into_iter()
         .filter_map(|event| match event.payload {

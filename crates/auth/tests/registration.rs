@@ -1,17 +1,16 @@
 //! Register: input rules, duplicates, idempotency by `request_id` (also under
 //! concurrency), and the events it writes to the outbox.
 
-use diesel::{ExpressionMethods as _, QueryDsl as _};
+use diesel::QueryDsl as _;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use keel::{
     auth::v1::{self as pb},
-    events::v1::{Event, event::Payload},
+    events::v1::event::Payload,
 };
 use keel_auth::schema::users;
 use keel_platform::outbox::outbox;
 use keel_testkit::Suite;
 use keel_testkit::status::{reason, violated_fields};
-use prost::Message as _;
 use tonic::{Code, Status};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -35,20 +34,6 @@ async fn database(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {
 
 async fn user_count(suite: &Suite) -> anyhow::Result<i64> {
     Ok(users::table.count().get_result(&mut database(suite).await?).await?)
-}
-
-/// The decoded outbox events of one type, oldest first.
-async fn outbox_events(suite: &Suite, event_type: &str) -> anyhow::Result<Vec<Event>> {
-    let payloads: Vec<Vec<u8>> = outbox::table
-        .filter(outbox::event_type.eq(event_type))
-        .order(outbox::created_at.asc())
-        .select(outbox::payload)
-        .load(&mut database(suite).await?)
-        .await?;
-    Ok(payloads
-        .iter()
-        .map(|bytes| Event::decode(bytes.as_slice()))
-        .collect::<Result<_, _>>()?)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -193,7 +178,7 @@ async fn concurrent_retries_with_one_request_id_create_one_user() -> anyhow::Res
         "every retry returns the first user: {ids:?}"
     );
     assert_eq!(user_count(&suite).await?, 1);
-    assert_eq!(outbox_events(&suite, "user.registered").await?.len(), 1);
+    assert_eq!(suite.auth_events(Some("user.registered")).await?.len(), 1);
     suite.stop().await
 }
 
@@ -207,7 +192,7 @@ async fn register_writes_registered_and_verification_events_to_the_outbox() -> a
     .await?;
     let user = register(&suite, register_request("events", "Events@Example.com", PASSWORD)).await?;
 
-    let registered = outbox_events(&suite, "user.registered").await?;
+    let registered = suite.auth_events(Some("user.registered")).await?;
     assert_eq!(registered.len(), 1);
     assert_eq!(registered[0].source, "auth");
     let Some(Payload::UserRegistered(payload)) = &registered[0].payload else {
@@ -216,7 +201,7 @@ async fn register_writes_registered_and_verification_events_to_the_outbox() -> a
     assert_eq!(payload.user_id, user.id);
     assert_eq!(payload.email, "events@example.com");
 
-    let verification = outbox_events(&suite, "user.email_verification_requested").await?;
+    let verification = suite.auth_events(Some("user.email_verification_requested")).await?;
     assert_eq!(verification.len(), 1);
     let Some(Payload::EmailVerificationRequested(payload)) = &verification[0].payload else {
         anyhow::bail!("expected EmailVerificationRequested, got {:?}", verification[0].payload);
@@ -240,9 +225,12 @@ async fn refused_registrations_write_no_events() -> anyhow::Result<()> {
         .await
         .expect_err("duplicate");
     register(&suite, register_request("a", "dup@example.com", PASSWORD)).await?;
-    assert_eq!(outbox_events(&suite, "user.registered").await?.len(), 1);
+    assert_eq!(suite.auth_events(Some("user.registered")).await?.len(), 1);
     assert_eq!(
-        outbox_events(&suite, "user.email_verification_requested").await?.len(),
+        suite
+            .auth_events(Some("user.email_verification_requested"))
+            .await?
+            .len(),
         1
     );
     suite.stop().await

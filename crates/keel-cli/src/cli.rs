@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use keel_accounts::AccountsConfig;
 use keel_auth::AuthConfig;
+use keel_gateway::GatewayConfig;
 use keel_platform::config::TelemetryConfig;
 
 use crate::{admin, bench, database::DatabaseArgs, serve, up};
@@ -58,6 +59,10 @@ pub struct UpArgs {
     /// Where accounts listens.
     #[arg(long, env = "KEEL_ACCOUNTS_LISTEN", default_value = "127.0.0.1:50052")]
     pub accounts_listen: std::net::SocketAddr,
+
+    /// Where the REST/JSON gateway listens.
+    #[arg(long, env = "KEEL_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub gateway_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +71,8 @@ enum ServeCommand {
     Auth(AuthServeArgs),
     /// The accounts service.
     Accounts(AccountsServeArgs),
+    /// The REST/JSON gateway in front of the services.
+    Gateway(GatewayConfig),
 }
 
 /// `keel serve accounts`.
@@ -111,6 +118,12 @@ impl Cli {
             } => {
                 let _telemetry = keel_platform::telemetry::init("keel-accounts", &self.telemetry)?;
                 serve::accounts(args).await
+            }
+            Command::Serve {
+                service: ServeCommand::Gateway(config),
+            } => {
+                let _telemetry = keel_platform::telemetry::init("keel-gateway", &self.telemetry)?;
+                serve::gateway(config).await
             }
             Command::Migrate(args) => {
                 let _telemetry = keel_platform::telemetry::init("keel", &self.telemetry)?;

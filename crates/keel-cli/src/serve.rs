@@ -35,6 +35,17 @@ pub async fn accounts(args: AccountsServeArgs) -> anyhow::Result<()> {
         .context("accounts stopped with an error")
 }
 
+/// Serves the gateway until SIGINT or SIGTERM.
+pub async fn gateway(config: keel_gateway::GatewayConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(addr = %config.listen, "gateway listening");
+    until_signal(|shutdown| keel_gateway::run(config, listener, shutdown))
+        .await
+        .context("the gateway stopped with an error")
+}
+
 /// The service's own URL, or its database on the shared server.
 fn database_url(service: &str, own: Option<&str>, server: Option<&str>, database: &str) -> anyhow::Result<String> {
     match (own, server) {

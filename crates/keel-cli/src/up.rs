@@ -5,6 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use keel_accounts::AccountsConfig;
 use keel_auth::AuthConfig;
+use keel_gateway::GatewayConfig;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +28,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// One service of the suite, running.
 struct Service {
     name: &'static str,
-    grpc_name: &'static str,
+    /// The gRPC service whose health says it is ready; None for the gateway,
+    /// which serves as soon as its socket is bound.
+    grpc_name: Option<&'static str>,
+    endpoint: String,
     addr: SocketAddr,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -37,6 +41,7 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let auth_addr = loopback(args.auth_listen);
     let accounts_addr = loopback(args.accounts_listen);
+    let gateway_addr = loopback(args.gateway_listen);
 
     // Each service reads the rest of its settings from the environment.
     let auth_config = AuthConfig::from_args([
@@ -53,6 +58,15 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
         "--auth-url",
         &format!("http://{auth_addr}"),
     ])?;
+    let gateway_config = GatewayConfig::from_args([
+        "keel",
+        "--gateway-listen",
+        &args.gateway_listen.to_string(),
+        "--auth-url",
+        &format!("http://{auth_addr}"),
+        "--accounts-url",
+        &format!("http://{accounts_addr}"),
+    ])?;
     let auth_url = match &auth_config.auth_database_url {
         Some(url) => url.clone(),
         None => database.url(keel_auth::DATABASE)?,
@@ -64,16 +78,19 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
 
     let auth_listener = keel_platform::server::bind(args.auth_listen).await?;
     let accounts_listener = keel_platform::server::bind(args.accounts_listen).await?;
+    let gateway_listener = keel_platform::server::bind(args.gateway_listen).await?;
     let mut services = vec![
         Service {
             name: "auth",
-            grpc_name: keel_auth::SERVICE_NAME,
+            grpc_name: Some(keel_auth::SERVICE_NAME),
+            endpoint: format!("grpc://{auth_addr}"),
             addr: auth_addr,
             task: tokio::spawn(keel_auth::run(auth_config, auth_url, auth_listener, shutdown.clone())),
         },
         Service {
             name: "accounts",
-            grpc_name: keel_accounts::SERVICE_NAME,
+            grpc_name: Some(keel_accounts::SERVICE_NAME),
+            endpoint: format!("grpc://{accounts_addr}"),
             addr: accounts_addr,
             task: tokio::spawn(keel_accounts::run(
                 accounts_config,
@@ -82,11 +99,20 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
                 shutdown.clone(),
             )),
         },
+        Service {
+            name: "gateway",
+            grpc_name: None,
+            endpoint: format!("http://{gateway_addr}"),
+            addr: gateway_addr,
+            task: tokio::spawn(keel_gateway::run(gateway_config, gateway_listener, shutdown.clone())),
+        },
     ];
 
     let ready = async {
         for service in &services {
-            wait_until_serving(service.addr, service.grpc_name).await?;
+            if let Some(grpc_name) = service.grpc_name {
+                wait_until_serving(service.addr, grpc_name).await?;
+            }
         }
         anyhow::Ok(())
     };
@@ -155,17 +181,15 @@ fn print_banner(services: &[Service], database: &Database) {
     let mut text = String::from("\nKeel is up.\n\n");
     let _ = writeln!(text, "  {:<10} {:<28} HEALTH", "SERVICE", "ENDPOINT");
     for service in services {
-        let _ = writeln!(
-            text,
-            "  {:<10} {:<28} SERVING",
-            service.name,
-            format!("grpc://{}", service.addr)
-        );
+        let _ = writeln!(text, "  {:<10} {:<28} SERVING", service.name, service.endpoint);
     }
     let auth = services[0].addr;
+    let gateway = services.iter().find(|s| s.grpc_name.is_none()).map_or(auth, |s| s.addr);
     let _ = write!(
         text,
         "\nPostgres: {postgres}\n\nTry it:\n  \
+         curl http://{gateway}/v1/auth/jwks\n  \
+         curl http://{gateway}/openapi.json\n  \
          buf curl --protocol grpc --http2-prior-knowledge http://{auth}/keel.auth.v1.AuthService/GetJwks\n  \
          grpcurl -plaintext -d '{{}}' {auth} keel.auth.v1.AuthService/GetJwks\n\nCtrl-C stops everything.\n"
     );

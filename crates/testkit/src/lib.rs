@@ -10,6 +10,7 @@
 //! ```
 
 pub mod database;
+pub mod http;
 pub mod status;
 pub mod suite;
 

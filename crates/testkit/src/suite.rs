@@ -233,6 +233,11 @@ impl Suite {
         AccountsServiceClient::new(self.accounts_channel.clone())
     }
 
+    /// Where accounts listens.
+    pub fn accounts_addr(&self) -> SocketAddr {
+        self.accounts_addr
+    }
+
     /// The channel to accounts (its AccountsService and EventSink).
     pub fn accounts_channel(&self) -> Channel {
         self.accounts_channel.clone()
@@ -367,6 +372,29 @@ impl Suite {
         auth.create_user(&email, &password, &roles, None)
             .await
             .map_err(|err| anyhow::anyhow!("{err}"))
+    }
+
+    /// Auth's outbox events of `event_type` (of every type when None),
+    /// oldest first.
+    pub async fn auth_events(&self, event_type: Option<&str>) -> anyhow::Result<Vec<keel::events::v1::Event>> {
+        use diesel::{ExpressionMethods as _, QueryDsl as _};
+        use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+        use keel_platform::outbox::outbox;
+        use prost::Message as _;
+
+        let mut conn = diesel_async::AsyncPgConnection::establish(self.auth_database_url()).await?;
+        let mut query = outbox::table
+            .order(outbox::created_at.asc())
+            .select(outbox::payload)
+            .into_boxed();
+        if let Some(event_type) = event_type {
+            query = query.filter(outbox::event_type.eq(event_type.to_owned()));
+        }
+        let payloads: Vec<Vec<u8>> = query.load(&mut conn).await?;
+        payloads
+            .iter()
+            .map(|bytes| keel::events::v1::Event::decode(bytes.as_slice()).context("decoding an outbox event"))
+            .collect()
     }
 
     /// Stops every service and waits for them to exit.
