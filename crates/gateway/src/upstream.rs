@@ -49,8 +49,11 @@ impl Upstreams {
             grpc.unary(request, route.grpc_path.clone(), DynamicCodec::new(route.rpc.output()))
                 .await
         };
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(timeout, call).await {
-            Ok(reply) => reply.map(tonic::Response::into_inner),
+            Ok(reply) => reply
+                .map(tonic::Response::into_inner)
+                .map_err(|status| timed_out(status, started, timeout)),
             Err(_) => Err(deadline(timeout)),
         }
     }
@@ -110,6 +113,16 @@ fn request(message: DynamicMessage, metadata: MetadataMap, timeout: Duration) ->
 
 fn unavailable(err: tonic::transport::Error) -> Status {
     Status::new(Code::Unavailable, format!("the service is unavailable: {err}"))
+}
+
+/// tonic's channel enforces the `grpc-timeout` it sends and reports it as
+/// CANCELLED; past the deadline, that is the upstream being too slow.
+fn timed_out(status: Status, started: tokio::time::Instant, timeout: Duration) -> Status {
+    if status.code() == Code::Cancelled && started.elapsed() >= timeout {
+        deadline(timeout)
+    } else {
+        status
+    }
 }
 
 fn deadline(timeout: Duration) -> Status {

@@ -29,25 +29,28 @@ impl Suite {
     /// Starts a gateway on port 0 in front of this suite's services; `args`
     /// are extra `keel serve gateway` flags.
     pub async fn spawn_gateway(&self, args: &[&str]) -> anyhow::Result<TestGateway> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let auth_url = format!("http://{}", self.auth_addr());
         let accounts_url = format!("http://{}", self.accounts_addr());
-        let config = GatewayConfig::from_args(
-            ["keel", "--auth-url", &auth_url, "--accounts-url", &accounts_url]
-                .into_iter()
-                .chain(args.iter().copied()),
-        )
-        .context("gateway test flags")?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(keel_gateway::run(config, listener, shutdown.clone()));
-        Ok(TestGateway {
-            addr,
-            client: HttpClient::new(format!("http://{addr}")),
-            shutdown,
-            task,
-        })
+        let urls = ["--auth-url", &auth_url, "--accounts-url", &accounts_url];
+        spawn_gateway(&[urls.as_slice(), args].concat()).await
     }
+}
+
+/// Starts a gateway on port 0 with `args` (`keel serve gateway` flags; the
+/// upstream URLs among them).
+pub async fn spawn_gateway(args: &[&str]) -> anyhow::Result<TestGateway> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let config =
+        GatewayConfig::from_args(std::iter::once("keel").chain(args.iter().copied())).context("gateway test flags")?;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(keel_gateway::run(config, listener, shutdown.clone()));
+    Ok(TestGateway {
+        addr,
+        client: HttpClient::new(format!("http://{addr}")),
+        shutdown,
+        task,
+    })
 }
 
 impl TestGateway {
