@@ -143,7 +143,8 @@ impl Gateway {
             let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
             ClientLimiter::new(rate, burst)
         });
-        let openapi = serde_json::to_vec(&openapi::document(&routes)).context("rendering the OpenAPI document")?;
+        let openapi =
+            serde_json::to_vec(&openapi::document(&descriptors, &routes)).context("rendering the OpenAPI document")?;
         Ok(Gateway {
             descriptors,
             routes,

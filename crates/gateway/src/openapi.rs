@@ -1,9 +1,494 @@
-//! The OpenAPI 3.1 document, generated from the same routes.
+//! The OpenAPI 3.1 document, generated from the same routes and descriptors
+//! the gateway serves, with the protos' comments as descriptions.
 
-use crate::routes::RouteTable;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// The OpenAPI document describing `routes`.
-pub fn document(routes: &RouteTable) -> serde_json::Value {
-    let _ = routes;
-    serde_json::json!({})
+use prost_reflect::{
+    DescriptorPool, ExtensionDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor, Value,
+};
+use serde_json::{Map, Value as Json, json};
+
+use crate::{
+    descriptors::Descriptors,
+    routes::{Route, RouteTable},
+};
+
+/// `google.api.FieldBehavior` values the document uses.
+const REQUIRED: i32 = 2;
+const OUTPUT_ONLY: i32 = 3;
+
+/// The OpenAPI document describing every route in `routes`.
+pub fn document(descriptors: &Descriptors, routes: &RouteTable) -> Json {
+    let mut builder = Builder::new(descriptors.pool());
+    let mut paths: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
+    let mut operation_ids: BTreeMap<String, usize> = BTreeMap::new();
+    let mut tags = BTreeMap::new();
+    for route in routes.routes() {
+        let service = route.rpc.parent_service();
+        tags.entry(service.name().to_owned())
+            .or_insert_with(|| comments(&service.parent_file(), service.path()));
+        let base_id = format!("{}_{}", service.name(), route.rpc.name());
+        let seen = operation_ids.entry(base_id.clone()).or_insert(0);
+        *seen += 1;
+        let operation_id = if *seen == 1 {
+            base_id
+        } else {
+            format!("{base_id}_{seen}")
+        };
+        let operation = builder.operation(route, operation_id);
+        paths
+            .entry(route.template.openapi_path())
+            .or_default()
+            .insert(route.method.to_ascii_lowercase(), operation);
+    }
+    let mut schemas = builder.finish();
+    schemas.insert("google.rpc.Status".to_owned(), status_schema());
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Keel API",
+            "version": "v1",
+            "description": "REST/JSON for Keel's services, transcoded to gRPC by the gateway. \
+                Bodies use the proto3 JSON mapping: lowerCamelCase names, 64-bit integers as strings, \
+                enum values by name, RFC 3339 timestamps. Errors are google.rpc.Status objects.",
+        },
+        "tags": tags
+            .into_iter()
+            .map(|(name, description)| json!({ "name": name, "description": description.unwrap_or_default() }))
+            .collect::<Vec<_>>(),
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "An access token from POST /v1/auth:login or /v1/auth:refresh.",
+                },
+            },
+        },
+    })
+}
+
+struct Builder {
+    field_behavior: Option<ExtensionDescriptor>,
+    /// Messages referenced so far, and those whose schema is written.
+    pending: Vec<MessageDescriptor>,
+    schemas: Map<String, Json>,
+    queued: BTreeSet<String>,
+}
+
+impl Builder {
+    fn new(pool: &DescriptorPool) -> Self {
+        Builder {
+            field_behavior: pool.get_extension_by_name("google.api.field_behavior"),
+            pending: Vec::new(),
+            schemas: Map::new(),
+            queued: BTreeSet::new(),
+        }
+    }
+
+    fn operation(&mut self, route: &Route, operation_id: String) -> Json {
+        let input = route.rpc.input();
+        let path_fields: Vec<Vec<String>> = route.template.field_paths().map(<[String]>::to_vec).collect();
+        let mut parameters = Vec::new();
+        for field_path in &path_fields {
+            let Some(field) = leaf(&input, field_path) else {
+                continue;
+            };
+            parameters.push(json!({
+                "name": field_path.join("_"),
+                "in": "path",
+                "required": true,
+                "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
+                "schema": self.field_schema(&field),
+            }));
+        }
+        if route.body.as_deref() != Some("*") {
+            let body_field = route.body.as_deref();
+            let mut query = Vec::new();
+            self.query_parameters(&input, &mut Vec::new(), &path_fields, body_field, &mut query);
+            parameters.extend(query);
+        }
+
+        let mut operation = Map::new();
+        operation.insert("operationId".into(), json!(operation_id));
+        operation.insert("tags".into(), json!([route.rpc.parent_service().name()]));
+        if let Some(text) = comments(&route.rpc.parent_file(), route.rpc.path()) {
+            let summary = text
+                .split(". ")
+                .next()
+                .unwrap_or(&text)
+                .trim_end_matches('.')
+                .to_owned();
+            operation.insert("summary".into(), json!(summary));
+            operation.insert("description".into(), json!(text));
+        }
+        if !parameters.is_empty() {
+            operation.insert("parameters".into(), Json::Array(parameters));
+        }
+        let body_schema = match route.body.as_deref() {
+            None => None,
+            Some("*") => Some(self.body_schema(&input, &path_fields)),
+            Some(name) => input.get_field_by_name(name).map(|field| self.value_schema(&field)),
+        };
+        if let Some(schema) = body_schema {
+            operation.insert(
+                "requestBody".into(),
+                json!({ "required": false, "content": { "application/json": { "schema": schema } } }),
+            );
+        }
+        let output = route.rpc.output();
+        let reply_schema = match &route.response_body {
+            Some(name) => output
+                .get_field_by_name(name)
+                .map_or(json!({}), |field| self.field_schema(&field)),
+            None => self.message_ref(&output),
+        };
+        let ok = if route.is_streaming() {
+            json!({
+                "description": "A stream of Server-Sent Events: each `data:` line holds one reply as JSON; \
+                    an `error` event holds a google.rpc.Status and ends the stream.",
+                "content": { "text/event-stream": { "schema": { "type": "string" } } },
+            })
+        } else {
+            json!({ "description": "OK", "content": { "application/json": { "schema": reply_schema } } })
+        };
+        operation.insert(
+            "responses".into(),
+            json!({
+                "200": ok,
+                "default": {
+                    "description": "An error: the HTTP status follows the gRPC code.",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/google.rpc.Status" } } },
+                },
+            }),
+        );
+        let security = if route.anonymous {
+            json!([])
+        } else {
+            json!([{ "bearer": [] }])
+        };
+        operation.insert("security".into(), security);
+        Json::Object(operation)
+    }
+
+    /// The `*` body: the request without the fields the path sets.
+    fn body_schema(&mut self, input: &MessageDescriptor, path_fields: &[Vec<String>]) -> Json {
+        let mut schema = self.object_schema(input);
+        let top_level: Vec<&str> = path_fields
+            .iter()
+            .filter(|path| path.len() == 1)
+            .map(|path| path[0].as_str())
+            .collect();
+        for name in top_level {
+            let Some(field) = input.get_field_by_name(name) else {
+                continue;
+            };
+            if let Some(Json::Object(properties)) = schema.get_mut("properties") {
+                properties.remove(field.json_name());
+            }
+            if let Some(Json::Array(required)) = schema.get_mut("required") {
+                required.retain(|r| r != field.json_name());
+            }
+        }
+        schema
+    }
+
+    /// Query parameters: every scalar (or repeated scalar) field reachable
+    /// from the request, except those the path or the body sets.
+    fn query_parameters(
+        &mut self,
+        message: &MessageDescriptor,
+        prefix: &mut Vec<String>,
+        path_fields: &[Vec<String>],
+        body_field: Option<&str>,
+        out: &mut Vec<Json>,
+    ) {
+        if prefix.len() > 3 {
+            return;
+        }
+        for field in message.fields() {
+            prefix.push(field.name().to_owned());
+            let top_is_body = prefix.len() == 1 && body_field == Some(field.name());
+            let bound = path_fields.iter().any(|p| p == prefix);
+            if !top_is_body && !bound && !field.is_map() && !self.output_only(&field) {
+                match field.kind() {
+                    Kind::Message(inner) if !well_known(&inner) => {
+                        if !field.is_list() {
+                            self.query_parameters(&inner, prefix, path_fields, body_field, out);
+                        }
+                    }
+                    _ => out.push(json!({
+                        "name": prefix.iter().map(|name| lower_camel(name)).collect::<Vec<_>>().join("."),
+                        "in": "query",
+                        "required": false,
+                        "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
+                        "schema": self.field_schema(&field),
+                        "explode": true,
+                    })),
+                }
+            }
+            prefix.pop();
+        }
+    }
+
+    fn output_only(&self, field: &FieldDescriptor) -> bool {
+        self.behaviors(field).contains(&OUTPUT_ONLY)
+    }
+
+    fn behaviors(&self, field: &FieldDescriptor) -> Vec<i32> {
+        let Some(extension) = &self.field_behavior else {
+            return Vec::new();
+        };
+        let options = field.options();
+        if !options.has_extension(extension) {
+            return Vec::new();
+        }
+        match options.get_extension(extension).as_ref() {
+            Value::List(values) => values.iter().filter_map(Value::as_enum_number).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A field's schema, lists and maps included.
+    fn field_schema(&mut self, field: &FieldDescriptor) -> Json {
+        if field.is_map() {
+            let Kind::Message(entry) = field.kind() else {
+                return json!({ "type": "object" });
+            };
+            let value = entry.map_entry_value_field();
+            return json!({ "type": "object", "additionalProperties": self.value_schema(&value) });
+        }
+        let item = self.value_schema(field);
+        if field.is_list() {
+            json!({ "type": "array", "items": item })
+        } else {
+            item
+        }
+    }
+
+    /// The schema of one value of `field` (an element, for lists).
+    fn value_schema(&mut self, field: &FieldDescriptor) -> Json {
+        match field.kind() {
+            Kind::Message(message) => self.message_ref(&message),
+            Kind::Enum(enumeration) => json!({
+                "type": "string",
+                "enum": enumeration.values().map(|v| v.name().to_owned()).collect::<Vec<_>>(),
+            }),
+            Kind::String => json!({ "type": "string" }),
+            Kind::Bytes => json!({ "type": "string", "contentEncoding": "base64" }),
+            Kind::Bool => json!({ "type": "boolean" }),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                json!({ "type": "integer", "format": "int32", "minimum": i32::MIN, "maximum": i32::MAX })
+            }
+            Kind::Uint32 | Kind::Fixed32 => {
+                json!({ "type": "integer", "format": "int32", "minimum": 0, "maximum": u32::MAX })
+            }
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+                json!({ "type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$" })
+            }
+            Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$" }),
+            Kind::Float | Kind::Double => json!({ "type": "number" }),
+        }
+    }
+
+    /// A reference to a message's schema (written once in components), or
+    /// the JSON form of a well-known type.
+    fn message_ref(&mut self, message: &MessageDescriptor) -> Json {
+        if let Some(schema) = well_known_schema(message) {
+            return schema;
+        }
+        let name = message.full_name().to_owned();
+        if self.queued.insert(name.clone()) {
+            self.pending.push(message.clone());
+        }
+        json!({ "$ref": format!("#/components/schemas/{name}") })
+    }
+
+    fn object_schema(&mut self, message: &MessageDescriptor) -> Json {
+        let mut properties = Map::new();
+        let mut required = Vec::new();
+        for field in message.fields() {
+            let mut schema = self.field_schema(&field);
+            let behaviors = self.behaviors(&field);
+            if let Json::Object(object) = &mut schema {
+                if let Some(text) = comments(&field.parent_file(), field.path()) {
+                    // A $ref takes no siblings in older tools; 3.1 allows them.
+                    object.insert("description".into(), json!(text));
+                }
+                if behaviors.contains(&OUTPUT_ONLY) {
+                    object.insert("readOnly".into(), json!(true));
+                }
+            }
+            if behaviors.contains(&REQUIRED) {
+                required.push(json!(field.json_name()));
+            }
+            properties.insert(field.json_name().to_owned(), schema);
+        }
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!("object"));
+        if let Some(text) = comments(&message.parent_file(), message.path()) {
+            schema.insert("description".into(), json!(text));
+        }
+        schema.insert("properties".into(), Json::Object(properties));
+        if !required.is_empty() {
+            schema.insert("required".into(), Json::Array(required));
+        }
+        schema.insert("additionalProperties".into(), json!(false));
+        Json::Object(schema)
+    }
+
+    /// Writes the schema of every referenced message.
+    fn finish(mut self) -> Map<String, Json> {
+        while let Some(message) = self.pending.pop() {
+            let schema = self.object_schema(&message);
+            self.schemas.insert(message.full_name().to_owned(), schema);
+        }
+        self.schemas
+    }
+}
+
+/// The field a dotted path names.
+fn leaf(message: &MessageDescriptor, path: &[String]) -> Option<FieldDescriptor> {
+    let (last, parents) = path.split_last()?;
+    let mut current = message.clone();
+    for name in parents {
+        match current.get_field_by_name(name)?.kind() {
+            Kind::Message(inner) => current = inner,
+            _ => return None,
+        }
+    }
+    current.get_field_by_name(last)
+}
+
+fn well_known(message: &MessageDescriptor) -> bool {
+    well_known_schema(message).is_some()
+}
+
+/// The proto3 JSON forms of the well-known types.
+fn well_known_schema(message: &MessageDescriptor) -> Option<Json> {
+    let schema = match message.full_name() {
+        "google.protobuf.Timestamp" => json!({ "type": "string", "format": "date-time" }),
+        "google.protobuf.Duration" => json!({ "type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$" }),
+        "google.protobuf.FieldMask" => {
+            json!({ "type": "string", "description": "Comma-separated lowerCamelCase field paths." })
+        }
+        "google.protobuf.Empty" => json!({ "type": "object", "additionalProperties": false }),
+        "google.protobuf.Struct" => json!({ "type": "object" }),
+        "google.protobuf.Value" => json!({}),
+        "google.protobuf.ListValue" => json!({ "type": "array" }),
+        "google.protobuf.StringValue" => json!({ "type": "string" }),
+        "google.protobuf.BoolValue" => json!({ "type": "boolean" }),
+        "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => json!({ "type": "integer" }),
+        "google.protobuf.Int64Value" | "google.protobuf.UInt64Value" => {
+            json!({ "type": "string", "pattern": "^-?[0-9]+$" })
+        }
+        "google.protobuf.FloatValue" | "google.protobuf.DoubleValue" => json!({ "type": "number" }),
+        "google.protobuf.BytesValue" => json!({ "type": "string", "contentEncoding": "base64" }),
+        "google.protobuf.Any" => json!({
+            "type": "object",
+            "properties": { "@type": { "type": "string" } },
+            "required": ["@type"],
+        }),
+        _ => return None,
+    };
+    Some(schema)
+}
+
+/// google.rpc.Status as the gateway writes it.
+fn status_schema() -> Json {
+    json!({
+        "type": "object",
+        "description": "An error: the gRPC status code, a message for developers, and typed details \
+            (google.rpc.ErrorInfo with a stable `reason`, BadRequest field violations, RetryInfo, ...).",
+        "properties": {
+            "code": { "type": "integer", "format": "int32", "description": "The google.rpc.Code value." },
+            "message": { "type": "string" },
+            "details": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": { "@type": { "type": "string" } },
+                    "required": ["@type"],
+                },
+            },
+        },
+        "required": ["code", "message", "details"],
+    })
+}
+
+/// The leading comment of the element at `path` in `file`, if any.
+fn comments(file: &FileDescriptor, path: &[i32]) -> Option<String> {
+    let info = file.file_descriptor_proto().source_code_info.as_ref()?;
+    let location = info.location.iter().find(|location| location.path == path)?;
+    let text = location.leading_comments.as_deref()?.trim();
+    let joined = text.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    (!joined.is_empty()).then_some(joined)
+}
+
+/// `page_size` → `pageSize`, as the proto3 JSON mapping names fields.
+fn lower_camel(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> Json {
+        let descriptors = Descriptors::load().expect("descriptors");
+        let routes = RouteTable::from_descriptors(&descriptors).expect("routes");
+        document(&descriptors, &routes)
+    }
+
+    #[test]
+    fn every_route_is_an_operation_with_its_security() {
+        let doc = doc();
+        let login = &doc["paths"]["/v1/auth:login"]["post"];
+        assert_eq!(login["operationId"], "AuthService_Login");
+        assert_eq!(login["security"], json!([]));
+        assert_eq!(
+            login["requestBody"]["content"]["application/json"]["schema"]["required"],
+            json!(["email", "password"])
+        );
+        let balance = &doc["paths"]["/v1/accounts/{account_id}/balance"]["get"];
+        assert_eq!(balance["security"], json!([{ "bearer": [] }]));
+        assert_eq!(balance["parameters"][0]["name"], "account_id");
+        assert_eq!(balance["parameters"][0]["in"], "path");
+        let update = &doc["paths"]["/v1/accounts/{account_id}"]["patch"];
+        let names: Vec<&str> = update["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(names, ["account_id", "updateMask"]);
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    }
+
+    #[test]
+    fn schemas_follow_the_proto3_json_mapping() {
+        let doc = doc();
+        let schemas = &doc["components"]["schemas"];
+        let money = &schemas["keel.common.v1.Money"]["properties"];
+        assert_eq!(money["amountMinor"]["type"], "string", "int64 is a string");
+        let transaction = &schemas["keel.accounts.v1.Transaction"]["properties"];
+        assert_eq!(transaction["kind"]["enum"][1], "TRANSACTION_KIND_DEPOSIT");
+        assert_eq!(transaction["createTime"]["format"], "date-time");
+        assert!(schemas["google.rpc.Status"].is_object());
+    }
 }

@@ -131,6 +131,28 @@ impl PathTemplate {
         &self.source
     }
 
+    /// The template as an OpenAPI path: each variable becomes `{field_path}`
+    /// (dots as underscores, since common tools read `{a.b}` as attribute
+    /// access; its pattern, if any, dropped).
+    pub fn openapi_path(&self) -> String {
+        let mut path = String::with_capacity(self.source.len());
+        let mut rest = self.source.as_str();
+        while let Some(open) = rest.find('{') {
+            path.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find('}') else {
+                break;
+            };
+            let variable = &rest[open + 1..open + close];
+            let name = variable.split_once('=').map_or(variable, |(name, _)| name);
+            path.push('{');
+            path.push_str(&name.replace('.', "_"));
+            path.push('}');
+            rest = &rest[open + close + 1..];
+        }
+        path.push_str(rest);
+        path
+    }
+
     /// The field paths its variables bind.
     pub fn field_paths(&self) -> impl Iterator<Item = &[String]> {
         self.variables.iter().map(|v| v.field_path.as_slice())
@@ -227,6 +249,12 @@ fn is_ident(part: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openapi_paths_drop_variable_patterns() {
+        let template = PathTemplate::parse("/v1/{name=shelves/*}/books/{book.id}:read").expect("parses");
+        assert_eq!(template.openapi_path(), "/v1/{name}/books/{book_id}:read");
+    }
 
     fn bind(template: &str, path: &str) -> Option<Vec<(String, String)>> {
         let template = PathTemplate::parse(template).expect("a valid template");

@@ -164,94 +164,69 @@ async fn bad_requests_get_clear_4xx_answers_never_5xx() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let gateway = suite.spawn_gateway(&["--max-body-bytes", "1024"]).await?;
     let http = gateway.http();
-    let json_type = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
-
-    let cases: Vec<(
-        &str,
-        Method,
-        &str,
-        Vec<(header::HeaderName, HeaderValue)>,
-        Bytes,
-        StatusCode,
-    )> = vec![
-        (
-            "malformed JSON",
-            Method::POST,
-            "/v1/auth:login",
-            json_type.to_vec(),
-            Bytes::from("{\"email\":"),
-            StatusCode::BAD_REQUEST,
-        ),
-        (
-            "unknown field",
-            Method::POST,
-            "/v1/auth:login",
-            json_type.to_vec(),
-            Bytes::from(r#"{"emial":"a@b.c"}"#),
-            StatusCode::BAD_REQUEST,
-        ),
-        (
-            "wrong type",
-            Method::POST,
-            "/v1/auth:login",
-            json_type.to_vec(),
-            Bytes::from(r#"{"email":["a"]}"#),
-            StatusCode::BAD_REQUEST,
-        ),
-        (
-            "not an object",
-            Method::POST,
-            "/v1/auth:login",
-            json_type.to_vec(),
-            Bytes::from("42"),
-            StatusCode::BAD_REQUEST,
-        ),
-        (
+    /// One bad request: what is sent and the status it must get.
+    struct Case {
+        name: &'static str,
+        method: Method,
+        path: &'static str,
+        content_type: Option<&'static str>,
+        body: Bytes,
+        expected: StatusCode,
+    }
+    let post = |name, content_type, body: &[u8], expected| Case {
+        name,
+        method: Method::POST,
+        path: "/v1/auth:login",
+        content_type: Some(content_type),
+        body: Bytes::copy_from_slice(body),
+        expected,
+    };
+    let get = |name, method, path, expected| Case {
+        name,
+        method,
+        path,
+        content_type: None,
+        body: Bytes::new(),
+        expected,
+    };
+    let json = "application/json";
+    let cases = [
+        post("malformed JSON", json, b"{\"email\":", StatusCode::BAD_REQUEST),
+        post("unknown field", json, br#"{"emial":"a@b.c"}"#, StatusCode::BAD_REQUEST),
+        post("wrong type", json, br#"{"email":["a"]}"#, StatusCode::BAD_REQUEST),
+        post("not an object", json, b"42", StatusCode::BAD_REQUEST),
+        post(
             "wrong content type",
-            Method::POST,
-            "/v1/auth:login",
-            vec![(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
-            Bytes::from("{}"),
+            "text/plain",
+            b"{}",
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ),
-        (
-            "too large",
-            Method::POST,
-            "/v1/auth:login",
-            json_type.to_vec(),
-            Bytes::from(vec![b' '; 4096]),
-            StatusCode::PAYLOAD_TOO_LARGE,
-        ),
-        (
-            "unknown route",
-            Method::GET,
-            "/v1/nothing/here",
-            vec![],
-            Bytes::new(),
-            StatusCode::NOT_FOUND,
-        ),
-        (
+        post("too large", json, &[b' '; 4096], StatusCode::PAYLOAD_TOO_LARGE),
+        get("unknown route", Method::GET, "/v1/nothing/here", StatusCode::NOT_FOUND),
+        get(
             "wrong method",
             Method::DELETE,
             "/v1/auth:login",
-            vec![],
-            Bytes::new(),
             StatusCode::METHOD_NOT_ALLOWED,
         ),
-        (
-            "bad query value",
+        get(
+            "unknown query field",
             Method::GET,
             "/v1/auth/jwks?nosuch=1",
-            vec![],
-            Bytes::new(),
             StatusCode::BAD_REQUEST,
         ),
     ];
-    for (name, method, path, headers, body, expected) in cases {
-        let response = http.send(method, path, None, &headers, body).await?;
+    for case in cases {
+        let headers: Vec<_> = case
+            .content_type
+            .map(|t| (header::CONTENT_TYPE, HeaderValue::from_static(t)))
+            .into_iter()
+            .collect();
+        let response = http.send(case.method, case.path, None, &headers, case.body).await?;
+        let name = case.name;
         assert_eq!(
             response.status,
-            expected,
+            case.expected,
             "{name}: {}",
             String::from_utf8_lossy(&response.body)
         );
