@@ -65,6 +65,12 @@ pub struct AuthConfig {
     #[arg(long, env = "KEEL_AUTH_DATABASE_URL", hide_env_values = true)]
     pub auth_database_url: Option<String>,
 
+    /// Proxies whose `x-forwarded-for` names the client (the gateway's
+    /// addresses, comma-separated): login throttling and sessions then see
+    /// the real client rather than the proxy.
+    #[arg(long, env = "KEEL_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Services that may get tokens: `client_id:secret:scope scope ...`,
     /// several separated by `;`.
     /// (Parsed by [`AuthConfig::service_clients`], whose errors never repeat
@@ -166,6 +172,7 @@ impl Auth {
                 max_failures: i64::from(config.login_max_failures),
                 window: chrono::Duration::seconds(i64::from(config.login_failure_window_secs)),
             },
+            trusted_proxies: config.trusted_proxies.clone().into(),
         })
     }
 

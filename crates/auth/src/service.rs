@@ -12,6 +12,7 @@ use keel::{
 };
 use keel_platform::{
     Error, Role,
+    client_address::{FORWARDED_FOR, client_address},
     db::Pool,
     error::FieldViolation,
     outbox, paging,
@@ -55,6 +56,8 @@ pub struct Auth {
     pub(crate) keys: KeyRing,
     pub(crate) clients: Arc<ServiceClients>,
     pub(crate) throttle: Throttle,
+    /// Peers whose `x-forwarded-for` is believed.
+    pub(crate) trusted_proxies: Arc<[IpAddr]>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -67,7 +70,7 @@ impl AuthService for Auth {
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
-        let client = ClientInfo::of(&request);
+        let client = ClientInfo::of(&request, &self.trusted_proxies);
         let (user, tokens) = self.do_login(request.into_inner(), &client).await?;
         Ok(Response::new(pb::LoginResponse {
             user: Some(user),
@@ -688,7 +691,7 @@ pub(crate) struct ClientInfo {
 }
 
 impl ClientInfo {
-    fn of<T>(request: &Request<T>) -> Self {
+    fn of<T>(request: &Request<T>, trusted_proxies: &[IpAddr]) -> Self {
         let user_agent = request
             .metadata()
             .get("user-agent")
@@ -698,7 +701,10 @@ impl ClientInfo {
             .take(256)
             .collect();
         ClientInfo {
-            address: request.remote_addr().map(|addr| addr.ip()),
+            address: request.remote_addr().map(|peer| {
+                let forwarded = request.metadata().get(FORWARDED_FOR).and_then(|v| v.to_str().ok());
+                client_address(peer.ip(), forwarded, trusted_proxies)
+            }),
             user_agent,
         }
     }

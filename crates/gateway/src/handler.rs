@@ -2,7 +2,7 @@
 //! and the operational endpoints.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -18,7 +18,12 @@ use axum::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
-use keel_platform::{principal::Principal, telemetry::continue_remote_trace, verifier::bearer_token};
+use keel_platform::{
+    client_address::{FORWARDED_FOR, client_address},
+    principal::Principal,
+    telemetry::continue_remote_trace,
+    verifier::bearer_token,
+};
 use tonic::{
     Code,
     metadata::{MetadataMap, MetadataValue},
@@ -148,13 +153,15 @@ async fn transcode(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    match serve(&gateway, peer, parts, body).await {
+    let forwarded = parts.headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    let client = client_address(peer.ip(), forwarded, &gateway.trusted_proxies);
+    match serve(&gateway, client, parts, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(&gateway.descriptors),
     }
 }
 
-async fn serve(gateway: &Gateway, peer: SocketAddr, parts: Parts, body: Body) -> Result<Response, ApiError> {
+async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> Result<Response, ApiError> {
     let (route, bindings) = match gateway.routes.resolve(parts.method.as_str(), parts.uri.path()) {
         Resolved::Route(route, bindings) => (route, bindings),
         Resolved::NotFound => {
@@ -185,7 +192,7 @@ async fn serve(gateway: &Gateway, peer: SocketAddr, parts: Parts, body: Body) ->
     };
     if let Some(limiter) = &gateway.limiter {
         limiter
-            .check(&ClientKey::of(principal, peer.ip()))
+            .check(&ClientKey::of(principal, client))
             .map_err(ApiError::rate_limited)?;
     }
     let token = token.transpose()?.map(|(token, _)| token);
@@ -198,7 +205,7 @@ async fn serve(gateway: &Gateway, peer: SocketAddr, parts: Parts, body: Body) ->
         body: &body,
     };
     let message = bind(route, input)?;
-    let metadata = metadata(&parts.headers, token.as_deref(), peer);
+    let metadata = metadata(&parts.headers, token.as_deref(), client);
 
     if route.is_streaming() {
         let replies = gateway
@@ -258,8 +265,8 @@ async fn read_body(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result
 
 /// What the services see: the caller's token (so they check it again), the
 /// request id, trace context and user agent as they arrived, and the
-/// client's address.
-fn metadata(headers: &HeaderMap, token: Option<&str>, peer: SocketAddr) -> MetadataMap {
+/// client's address (which auth believes when it trusts the gateway).
+fn metadata(headers: &HeaderMap, token: Option<&str>, client: IpAddr) -> MetadataMap {
     let mut metadata = MetadataMap::with_capacity(FORWARDED.len() + 2);
     if let Some(token) = token
         && let Ok(value) = MetadataValue::try_from(format!("Bearer {token}"))
@@ -273,8 +280,8 @@ fn metadata(headers: &HeaderMap, token: Option<&str>, peer: SocketAddr) -> Metad
             metadata.insert(name, value);
         }
     }
-    if let Ok(value) = MetadataValue::try_from(peer.ip().to_string()) {
-        metadata.insert("x-forwarded-for", value);
+    if let Ok(value) = MetadataValue::try_from(client.to_string()) {
+        metadata.insert(FORWARDED_FOR, value);
     }
     metadata
 }

@@ -82,6 +82,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "KEEL_GATEWAY_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
     pub cors_allow_origins: Vec<String>,
 
+    /// Proxies in front of the gateway (load balancers; comma-separated
+    /// addresses) whose `x-forwarded-for` names the client. The client's
+    /// address keys the rate limit and is forwarded to the services.
+    #[arg(long, env = "KEEL_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     #[command(flatten)]
     pub tokens: TokenConfig,
 
@@ -113,6 +119,7 @@ pub struct Gateway {
     openapi: bytes::Bytes,
     max_body_bytes: usize,
     upstream_timeout: Duration,
+    trusted_proxies: Vec<std::net::IpAddr>,
     ready: std::sync::atomic::AtomicBool,
 }
 
@@ -154,6 +161,7 @@ impl Gateway {
             openapi: openapi.into(),
             max_body_bytes: config.max_body_bytes,
             upstream_timeout: config.upstream_timeout(),
+            trusted_proxies: config.trusted_proxies.clone(),
             ready: std::sync::atomic::AtomicBool::new(true),
         })
     }

@@ -331,6 +331,56 @@ async fn each_client_is_rate_limited_on_its_own() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_each_client_address_counts_on_its_own() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    // The test itself plays the load balancer in front of the gateway.
+    let gateway = suite.spawn_gateway(&["--trusted-proxies", "127.0.0.1"]).await?;
+    let http = gateway.http();
+    for email in ["a@example.com", "b@example.com", "c@example.com"] {
+        suite.create_user(email, PASSWORD, &[Role::User]).await?;
+    }
+    let login_from = |address: &'static str, email: &'static str, password: &'static str| async move {
+        let headers = [
+            (
+                header::HeaderName::from_static("x-forwarded-for"),
+                HeaderValue::from_static(address),
+            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        ];
+        let body = json!({ "email": email, "password": password }).to_string();
+        http.send(Method::POST, "/v1/auth:login", None, &headers, Bytes::from(body))
+            .await
+    };
+
+    // One address guesses against several accounts until auth locks it out.
+    let mut locked = false;
+    for (i, email) in ["a@example.com", "b@example.com"].iter().cycle().take(12).enumerate() {
+        let response = login_from("203.0.113.7", email, "wrong guess").await?;
+        if response.status == StatusCode::TOO_MANY_REQUESTS {
+            locked = i >= 5;
+            break;
+        }
+    }
+    assert!(locked, "the guessing address is locked after its failures");
+    let refused = login_from("203.0.113.7", "c@example.com", PASSWORD).await?;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Another client behind the same proxy signs in, and its session shows
+    // its own address.
+    let signed_in = login_from("198.51.100.20", "c@example.com", PASSWORD).await?;
+    assert_eq!(signed_in.status, StatusCode::OK, "{}", signed_in.json());
+    let token = signed_in.json()["tokens"]["accessToken"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let sessions = http.get("/v1/auth/sessions", Some(&token)).await?.json();
+    assert_eq!(sessions["sessions"][0]["clientAddress"], "198.51.100.20");
+
+    gateway.stop().await?;
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn request_ids_are_kept_or_made_and_returned() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let gateway = suite.spawn_gateway(&[]).await?;

@@ -50,6 +50,9 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
         &args.auth_listen.to_string(),
         "--accounts-url",
         &format!("http://{accounts_addr}"),
+        // The gateway calls from loopback and names the client it serves.
+        "--trusted-proxies",
+        "127.0.0.1",
     ])?;
     let accounts_config = AccountsConfig::from_args([
         "keel",

@@ -3,6 +3,7 @@
 //! Postgres for development, token verification, the outbox, and the one
 //! error type that maps to `tonic::Status`.
 
+pub mod client_address;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -129,6 +129,9 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
         "200",
         "--relay-max-backoff-ms",
         "400",
+        // Test gateways call from loopback and name the client they serve.
+        "--trusted-proxies",
+        "127.0.0.1",
     ]
     .into_iter()
     .chain(options.auth_args.iter().map(String::as_str));
