@@ -3,10 +3,6 @@
 
 use std::{
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -49,8 +45,8 @@ pub struct AccountsBench {
     database: DatabaseArgs,
 }
 
-const AUTH_DB: &str = "keel_bench_auth";
-const ACCOUNTS_DB: &str = "keel_bench_accounts";
+pub(super) const AUTH_DB: &str = "keel_bench_auth";
+pub(super) const ACCOUNTS_DB: &str = "keel_bench_accounts";
 const PGBENCH_DB: &str = "keel_bench_pgbench";
 const CLIENT_SECRET: &str = "bench-client-secret-0123456789";
 const PASSWORD: &str = "benchmark password, long enough";
@@ -72,11 +68,7 @@ impl AccountsBench {
 
     async fn run_on(&self, database: &Database) -> anyhow::Result<()> {
         let server = database.url("postgres")?;
-        for name in [AUTH_DB, ACCOUNTS_DB, PGBENCH_DB] {
-            keel_platform::db::drop_database(&server, name).await?;
-        }
-        database.prepare(AUTH_DB, keel_auth::MIGRATIONS).await?;
-        database.prepare(ACCOUNTS_DB, keel_accounts::MIGRATIONS).await?;
+        keel_platform::db::drop_database(&server, PGBENCH_DB).await?;
         keel_platform::db::ensure_database(&server, PGBENCH_DB).await?;
         let pgbench = Pgbench::new(database.url(PGBENCH_DB)?, self.concurrency)?;
         println!(
@@ -198,17 +190,25 @@ impl Pgbench {
 }
 
 /// Auth and accounts, in-process on scratch databases.
-struct Services {
+pub(super) struct Services {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-    auth: Channel,
-    accounts: Channel,
-    accounts_addr: String,
-    accounts_url: String,
+    pub(super) auth: Channel,
+    pub(super) accounts: Channel,
+    pub(super) auth_addr: String,
+    pub(super) accounts_addr: String,
+    pub(super) accounts_url: String,
 }
 
 impl Services {
-    async fn start(database: &Database) -> anyhow::Result<Self> {
+    /// Starts both on fresh `keel_bench_*` databases.
+    pub(super) async fn start(database: &Database) -> anyhow::Result<Self> {
+        let server = database.url("postgres")?;
+        for name in [AUTH_DB, ACCOUNTS_DB] {
+            keel_platform::db::drop_database(&server, name).await?;
+        }
+        database.prepare(AUTH_DB, keel_auth::MIGRATIONS).await?;
+        database.prepare(ACCOUNTS_DB, keel_accounts::MIGRATIONS).await?;
         let auth_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let accounts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let (auth_addr, accounts_addr) = (auth_listener.local_addr()?, accounts_listener.local_addr()?);
@@ -235,7 +235,8 @@ impl Services {
         Ok(Self {
             shutdown,
             tasks,
-            auth: Channel::from_shared(auth_url)?.connect_lazy(),
+            auth: Channel::from_shared(auth_url.clone())?.connect_lazy(),
+            auth_addr: auth_url,
             accounts: Channel::from_shared(format!("http://{accounts_addr}"))?.connect_lazy(),
             accounts_addr: format!("http://{accounts_addr}"),
             accounts_url,
@@ -244,7 +245,7 @@ impl Services {
 
     /// One signed-in user per client, each with a funded account, and a
     /// service token for debits.
-    async fn clients(&self, count: usize) -> anyhow::Result<Vec<Client>> {
+    pub(super) async fn clients(&self, count: usize) -> anyhow::Result<Vec<Client>> {
         let mut auth = AuthServiceClient::new(self.auth.clone());
         let service_token = retry(|| async {
             let mut auth = auth.clone();
@@ -314,7 +315,7 @@ impl Services {
         Ok(clients)
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(super) async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         for task in self.tasks {
             task.await.context("a service panicked")??;
@@ -323,11 +324,13 @@ impl Services {
     }
 }
 
+/// One bench client: a signed-in user with a funded account and a
+/// connection of its own.
 #[derive(Clone)]
-struct Client {
-    accounts: AccountsServiceClient<Channel>,
-    account_id: String,
-    user_token: String,
+pub(super) struct Client {
+    pub(super) accounts: AccountsServiceClient<Channel>,
+    pub(super) account_id: String,
+    pub(super) user_token: String,
     service_token: String,
 }
 
@@ -339,51 +342,27 @@ enum Op {
 
 /// Calls per second of `op`, one loop per client, for `phase`.
 async fn throughput(clients: &[Client], phase: Duration, op: Op) -> anyhow::Result<f64> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let loops: Vec<_> = clients
-        .iter()
-        .cloned()
-        .map(|mut client| {
-            let (stop, done) = (stop.clone(), done.clone());
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    match op {
-                        Op::GetBalance => {
-                            let request = GetBalanceRequest {
-                                account_id: client.account_id.clone(),
-                            };
-                            client
-                                .accounts
-                                .get_balance(bearer(request, &client.user_token)?)
-                                .await?;
-                        }
-                        Op::Debit => {
-                            let request = DebitRequest {
-                                account_id: client.account_id.clone(),
-                                amount: Some(usd(1)),
-                                request_id: format!("bench-{}", uuid::Uuid::now_v7()),
-                                ..Default::default()
-                            };
-                            client.accounts.debit(bearer(request, &client.service_token)?).await?;
-                        }
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                anyhow::Ok(n)
-            })
-        })
-        .collect();
-    tokio::time::sleep(phase).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    for task in loops {
-        task.await??;
-    }
-    Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+    super::throughput(clients, phase, move |mut client: Client| async move {
+        match op {
+            Op::GetBalance => {
+                let request = GetBalanceRequest {
+                    account_id: client.account_id.clone(),
+                };
+                client.accounts.get_balance(bearer(request, &client.user_token)?).await?;
+            }
+            Op::Debit => {
+                let request = DebitRequest {
+                    account_id: client.account_id.clone(),
+                    amount: Some(usd(1)),
+                    request_id: format!("bench-{}", uuid::Uuid::now_v7()),
+                    ..Default::default()
+                };
+                client.accounts.debit(bearer(request, &client.service_token)?).await?;
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 fn usd(amount_minor: i64) -> Money {
@@ -393,7 +372,7 @@ fn usd(amount_minor: i64) -> Money {
     }
 }
 
-fn bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+pub(super) fn bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()

@@ -3,9 +3,16 @@
 //! baseline and the service back to back and prints the ratio.
 
 mod accounts;
+mod gateway;
 mod login;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use clap::Subcommand;
 
@@ -18,6 +25,9 @@ pub enum BenchCommand {
     /// GetBalance against `pgbench -S` and Debit against pgbench's tpcb-like
     /// transaction, at the same concurrency on the same Postgres.
     Accounts(accounts::AccountsBench),
+    /// GET /v1/accounts/me through the gateway against GetAccount made
+    /// directly over gRPC, at the same concurrency.
+    Gateway(gateway::GatewayBench),
 }
 
 impl BenchCommand {
@@ -26,6 +36,7 @@ impl BenchCommand {
         match self {
             BenchCommand::Login(bench) => bench.run().await,
             BenchCommand::Accounts(bench) => bench.run().await,
+            BenchCommand::Gateway(bench) => bench.run().await,
         }
     }
 }
@@ -39,4 +50,38 @@ fn median(values: &mut [f64]) -> f64 {
 /// Milliseconds, for printing.
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+/// Calls per second: one loop per client, each awaiting `call` on its own
+/// copy of the client until `phase` is over.
+async fn throughput<C, F, Fut>(clients: &[C], phase: Duration, call: F) -> anyhow::Result<f64>
+where
+    C: Clone + Send + 'static,
+    F: Fn(C) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let loops: Vec<_> = clients
+        .iter()
+        .cloned()
+        .map(|client| {
+            let (stop, done, call) = (stop.clone(), done.clone(), call.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    call(client.clone()).await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(phase).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for task in loops {
+        task.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
 }
