@@ -1,5 +1,5 @@
-//! `keel up` as a user runs it: a private Postgres, auth SERVING, and Ctrl-C
-//! stopping everything cleanly.
+//! `keel up` as a user runs it: a private Postgres, the services SERVING, the
+//! gateway answering, and Ctrl-C stopping everything cleanly.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -28,7 +28,7 @@ fn postgres_running_in(dir: &std::path::Path) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
     let data_dir = std::env::temp_dir().join(format!("keel-up-test-{}", uuid::Uuid::now_v7().simple()));
-    let (port, accounts_port) = (free_port(), free_port());
+    let (port, accounts_port, gateway_port) = (free_port(), free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args([
             "up",
@@ -36,6 +36,8 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
             &format!("127.0.0.1:{port}"),
             "--accounts-listen",
             &format!("127.0.0.1:{accounts_port}"),
+            "--gateway-listen",
+            &format!("127.0.0.1:{gateway_port}"),
         ])
         .env("KEEL_DATA_DIR", &data_dir)
         .env_remove("KEEL_DATABASE_URL")
@@ -64,6 +66,7 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
         banner.contains(&format!("grpc://127.0.0.1:{accounts_port}")),
         "{banner}"
     );
+    assert!(banner.contains(&format!("http://127.0.0.1:{gateway_port}")), "{banner}");
     assert!(
         banner.contains(&data_dir.display().to_string()),
         "the banner says where the data lives: {banner}"
@@ -103,6 +106,14 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
         .account
         .expect("an account");
     assert!(!account.id.is_empty());
+
+    // The same account through the gateway, and the gateway's own endpoints.
+    let http = keel_testkit::http::HttpClient::new(format!("http://127.0.0.1:{gateway_port}"));
+    let me = http.get("/v1/accounts/me", Some(&tokens.access_token)).await?;
+    assert_eq!(me.status, 200, "{:?}", me.body);
+    assert_eq!(me.json()["account"]["id"], account.id.as_str());
+    assert_eq!(http.get("/readyz", None).await?.status, 200);
+    assert_eq!(http.get("/openapi.json", None).await?.json()["openapi"], "3.1.0");
 
     let sigint = Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
     assert!(sigint.success());

@@ -348,7 +348,10 @@ async fn throughput(clients: &[Client], phase: Duration, op: Op) -> anyhow::Resu
                 let request = GetBalanceRequest {
                     account_id: client.account_id.clone(),
                 };
-                client.accounts.get_balance(bearer(request, &client.user_token)?).await?;
+                client
+                    .accounts
+                    .get_balance(bearer(request, &client.user_token)?)
+                    .await?;
             }
             Op::Debit => {
                 let request = DebitRequest {

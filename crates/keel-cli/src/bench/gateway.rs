@@ -136,7 +136,10 @@ async fn get_over_grpc(mut client: Client) -> anyhow::Result<()> {
     let request = GetAccountRequest {
         account_id: "me".into(),
     };
-    client.accounts.get_account(bearer(request, &client.user_token)?).await?;
+    client
+        .accounts
+        .get_account(bearer(request, &client.user_token)?)
+        .await?;
     Ok(())
 }
 

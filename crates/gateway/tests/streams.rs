@@ -1,0 +1,126 @@
+//! Server streams as Server-Sent Events, against a scripted notifications
+//! service (notifications itself is not built yet).
+
+use std::convert::Infallible;
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::{body::Frame, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keel::notifications::v1::{Notification, StreamNotificationsRequest, StreamNotificationsResponse};
+use keel_platform::Role;
+use keel_testkit::http::spawn_gateway;
+use prost::Message as _;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+/// One length-prefixed gRPC message.
+fn frame(message: &impl prost::Message) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(message.encoded_len()).expect("a small message"));
+    message.encode(&mut buf).expect("encodes");
+    buf.freeze()
+}
+
+/// Answers StreamNotifications with two notifications, then fails with
+/// FAILED_PRECONDITION; reports each request it gets.
+async fn scripted_notifications() -> anyhow::Result<(String, mpsc::UnboundedReceiver<StreamNotificationsRequest>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (seen, requests) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let seen = seen.clone();
+                async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    let _ = seen.send(
+                        StreamNotificationsRequest::decode(body.get(5..).unwrap_or_default()).unwrap_or_default(),
+                    );
+                    let notification = |id: &str| StreamNotificationsResponse {
+                        notification: Some(Notification {
+                            id: id.into(),
+                            event_type: "order.paid".into(),
+                            ..Default::default()
+                        }),
+                    };
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("9"));
+                    trailers.insert("grpc-message", HeaderValue::from_static("stream%20closed"));
+                    let frames = vec![
+                        Ok::<_, Infallible>(Frame::data(frame(&notification("n1")))),
+                        Ok(Frame::data(frame(&notification("n2")))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let response = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(StreamBody::new(futures::stream::iter(frames)))
+                        .expect("a response");
+                    Ok::<_, hyper::Error>(response)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    Ok((url, requests))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_streams_become_server_sent_events() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let (notifications, mut requests) = scripted_notifications().await?;
+    let auth_url = format!("http://{}", suite.auth_addr());
+    let accounts_url = format!("http://{}", suite.accounts_addr());
+    let gateway = spawn_gateway(&[
+        "--auth-url",
+        &auth_url,
+        "--accounts-url",
+        &accounts_url,
+        "--notifications-url",
+        &notifications,
+    ])
+    .await?;
+    let http = gateway.http();
+    suite
+        .create_user("ada@example.com", "correct horse battery", &[Role::User])
+        .await?;
+    let login = http
+        .post(
+            "/v1/auth:login",
+            None,
+            &json!({ "email": "ada@example.com", "password": "correct horse battery" }),
+        )
+        .await?
+        .json();
+    let token = login["tokens"]["accessToken"].as_str().expect("a token");
+
+    let stream = http
+        .get("/v1/notifications:stream?afterNotificationId=n0", Some(token))
+        .await?;
+    assert_eq!(stream.status, StatusCode::OK);
+    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+    let body = String::from_utf8(stream.body.to_vec())?;
+    let events: Vec<&str> = body.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "{body}");
+    let first: serde_json::Value = serde_json::from_str(events[0].strip_prefix("data: ").expect("a data event"))?;
+    assert_eq!(first["notification"]["id"], "n1");
+    assert_eq!(first["notification"]["eventType"], "order.paid");
+    let error = events[2].strip_prefix("event: error\ndata: ").expect("an error event");
+    let error: serde_json::Value = serde_json::from_str(error)?;
+    assert_eq!(error["code"], 9);
+    assert_eq!(error["message"], "stream closed");
+    assert_eq!(requests.recv().await.expect("a request").after_notification_id, "n0");
+
+    // With notifications configured, its routes are in the document too.
+    let document = http.get("/openapi.json", None).await?.json();
+    assert!(document["paths"]["/v1/notifications:stream"]["get"].is_object());
+
+    gateway.stop().await?;
+    suite.stop().await
+}
