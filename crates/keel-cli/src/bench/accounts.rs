@@ -22,24 +22,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::median;
+use super::{Phases, median};
 use crate::database::{Database, DatabaseArgs};
 
 /// `keel bench accounts`.
 #[derive(Debug, Args)]
 pub struct AccountsBench {
-    /// How long each phase runs (seconds).
-    #[arg(long, default_value_t = 4)]
-    seconds: u64,
-
-    /// Rounds; each runs all four phases, alternating Keel and pgbench, and
-    /// the summary takes the median ratio.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-
-    /// Concurrent clients, for Keel and pgbench alike.
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
+    #[command(flatten)]
+    phases: Phases,
 
     #[command(flatten)]
     database: DatabaseArgs,
@@ -70,10 +60,10 @@ impl AccountsBench {
         let server = database.url("postgres")?;
         keel_platform::db::drop_database(&server, PGBENCH_DB).await?;
         keel_platform::db::ensure_database(&server, PGBENCH_DB).await?;
-        let pgbench = Pgbench::new(database.url(PGBENCH_DB)?, self.concurrency)?;
+        let pgbench = Pgbench::new(database.url(PGBENCH_DB)?, self.phases.concurrency)?;
         println!(
             "keel bench accounts: {} clients, {} rounds of {}s phases; pgbench scale {}",
-            self.concurrency, self.rounds, self.seconds, self.concurrency
+            self.phases.concurrency, self.phases.rounds, self.phases.seconds, self.phases.concurrency
         );
         pgbench.initialize()?;
 
@@ -84,13 +74,13 @@ impl AccountsBench {
     }
 
     async fn measure(&self, suite: &Services, pgbench: &Pgbench) -> anyhow::Result<()> {
-        let clients = suite.clients(self.concurrency).await?;
-        let phase = Duration::from_secs(self.seconds);
+        let clients = suite.clients(self.phases.concurrency).await?;
+        let phase = self.phases.phase();
         let (mut reads, mut writes) = (Vec::new(), Vec::new());
-        for round in 1..=self.rounds.max(1) {
-            let select_only = pgbench.run(&["-S"], self.seconds)?;
+        for round in self.phases.rounds() {
+            let select_only = pgbench.run(&["-S"], self.phases.seconds)?;
             let balances = throughput(&clients, phase, Op::GetBalance).await?;
-            let tpcb = pgbench.run(&[], self.seconds)?;
+            let tpcb = pgbench.run(&[], self.phases.seconds)?;
             let debits = throughput(&clients, phase, Op::Debit).await?;
             println!(
                 "  round {round}: GetBalance {balances:.0}/s vs pgbench -S {select_only:.0} tps -> {:.2}; \

@@ -17,6 +17,7 @@ use keel_gateway::GatewayConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    Phases,
     accounts::{ACCOUNTS_DB, AUTH_DB, Client, Services, bearer},
     median, throughput,
 };
@@ -25,18 +26,8 @@ use crate::database::DatabaseArgs;
 /// `keel bench gateway`.
 #[derive(Debug, Args)]
 pub struct GatewayBench {
-    /// How long each phase runs (seconds).
-    #[arg(long, default_value_t = 4)]
-    seconds: u64,
-
-    /// Rounds; each measures gRPC then the gateway, and the summary takes the
-    /// median ratio.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-
-    /// Concurrent clients, for both paths.
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
+    #[command(flatten)]
+    phases: Phases,
 
     #[command(flatten)]
     database: DatabaseArgs,
@@ -87,22 +78,22 @@ impl GatewayBench {
         let shutdown = CancellationToken::new();
         let gateway = tokio::spawn(keel_gateway::run(config, listener, shutdown.clone()));
 
-        let grpc_clients = services.clients(self.concurrency).await?;
+        let grpc_clients = services.clients(self.phases.concurrency).await?;
         let rest_clients = grpc_clients
             .iter()
             .map(|client| rest_client(gateway_addr, client))
             .collect::<anyhow::Result<Vec<_>>>()?;
         println!(
             "keel bench gateway: {} clients, {} rounds of {}s phases; GET /v1/accounts/me vs gRPC GetAccount(me)",
-            self.concurrency, self.rounds, self.seconds
+            self.phases.concurrency, self.phases.rounds, self.phases.seconds
         );
         // Warm both paths (connections, token caches).
         throughput(&rest_clients, Duration::from_millis(500), get_over_http).await?;
         throughput(&grpc_clients, Duration::from_millis(500), get_over_grpc).await?;
 
-        let phase = Duration::from_secs(self.seconds);
+        let phase = self.phases.phase();
         let mut ratios = Vec::new();
-        for round in 1..=self.rounds.max(1) {
+        for round in self.phases.rounds() {
             let grpc = throughput(&grpc_clients, phase, get_over_grpc).await?;
             let rest = throughput(&rest_clients, phase, get_over_http).await?;
             println!(

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
@@ -38,6 +38,35 @@ impl BenchCommand {
             BenchCommand::Accounts(bench) => bench.run().await,
             BenchCommand::Gateway(bench) => bench.run().await,
         }
+    }
+}
+
+/// How long and how hard a comparison bench runs.
+#[derive(Debug, Clone, Args)]
+pub struct Phases {
+    /// How long each phase runs (seconds).
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+
+    /// Rounds; each measures the baseline and Keel back to back, and the
+    /// summary takes the median ratio.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+
+    /// Concurrent clients, for the baseline and Keel alike.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+impl Phases {
+    /// One phase's length.
+    fn phase(&self) -> Duration {
+        Duration::from_secs(self.seconds)
+    }
+
+    /// The rounds to run (at least one).
+    fn rounds(&self) -> std::ops::RangeInclusive<usize> {
+        1..=self.rounds.max(1)
     }
 }
 
