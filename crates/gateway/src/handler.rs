@@ -233,11 +233,16 @@ async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<(String,
         .ok_or_else(|| {
             ApiError::unauthenticated("this route needs an access token (authorization: Bearer …)", false)
         })?;
-    let principal = gateway
-        .verifier
-        .verify(&token)
-        .await
-        .map_err(|err| ApiError::unauthenticated(tonic::Status::from(err).message(), true))?;
+    // A token that does not verify is 401; keys that cannot be fetched
+    // (auth down) stay 503, so clients retry instead of signing in again.
+    let principal = gateway.verifier.verify(&token).await.map_err(|err| {
+        let status = tonic::Status::from(err);
+        if status.code() == Code::Unauthenticated {
+            ApiError::unauthenticated(status.message(), true)
+        } else {
+            ApiError::from(status)
+        }
+    })?;
     Ok((token, principal))
 }
 

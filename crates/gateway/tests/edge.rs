@@ -307,6 +307,22 @@ async fn protected_routes_need_a_valid_bearer_token() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn without_auth_s_keys_a_token_is_503_not_401() -> anyhow::Result<()> {
+    // Nothing listens on either upstream port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let url = format!("http://{closed}");
+    let gateway = spawn_gateway(&["--auth-url", &url, "--accounts-url", &url]).await?;
+    // A well-formed header naming a key the gateway would have to fetch.
+    let token = "eyJhbGciOiJFZERTQSIsImtpZCI6InVua25vd24ifQ.e30.c2ln";
+    let response = gateway.http().get("/v1/accounts/me", Some(token)).await?;
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&response).0, Code::Unavailable as i64);
+    let ready = gateway.http().get("/readyz", None).await?;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    gateway.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn each_client_is_rate_limited_on_its_own() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let gateway = suite

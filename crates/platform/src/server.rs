@@ -10,6 +10,7 @@ use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
 use tower_http::{
+    classify::GrpcFailureClass,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -67,7 +68,11 @@ impl GrpcServer {
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
             // One span per call, continuing the caller's W3C trace context.
-            .layer(TraceLayer::new_for_grpc().make_span_with(call_span))
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(call_span)
+                    .on_failure(log_failure),
+            )
             // Refuse work beyond the limit at once (RESOURCE_EXHAUSTED) rather
             // than queue it behind calls that may already be late.
             .load_shed()
@@ -203,6 +208,30 @@ fn call_span<B>(request: &http::Request<B>) -> tracing::Span {
     );
     continue_remote_trace(&span, request.headers());
     span
+}
+
+/// A caller's mistake (bad input, refused access, a missing resource, a
+/// throttled login) is the service doing its job and is logged at debug; a
+/// failure of the service itself at error.
+fn log_failure(class: GrpcFailureClass, latency: Duration, _span: &tracing::Span) {
+    let server_fault = match &class {
+        GrpcFailureClass::Status(status) => matches!(
+            tonic::Code::from_i32(status.code_raw()),
+            tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::DataLoss
+                | tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+        ),
+        // Transport errors, and whatever later versions add.
+        _ => true,
+    };
+    let latency_ms = latency.as_millis();
+    if server_fault {
+        tracing::error!(%class, latency_ms, "call failed");
+    } else {
+        tracing::debug!(%class, latency_ms, "call refused");
+    }
 }
 
 async fn set_status(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {
