@@ -1,12 +1,13 @@
 //! The edge's own protections: who the client is, and how fast it may call.
 
-use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
-
-use governor::{
-    Quota, RateLimiter,
-    clock::{Clock as _, DefaultClock},
-    state::keyed::HashMapStateStore,
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
+
 use keel_platform::principal::Principal;
 
 /// Who a request counts against: the token's subject when it carries a
@@ -33,35 +34,61 @@ impl ClientKey {
     }
 }
 
-/// A per-client rate limit (GCRA: a steady rate with a burst allowance).
+/// A per-client rate limit: GCRA (the generic cell rate algorithm), which
+/// keeps one instant per client, its theoretical arrival time, and allows a
+/// steady rate with a burst allowance. (governor implements the same, but it
+/// would bring a third hashbrown into the build.)
 #[derive(Debug, Clone)]
 pub struct ClientLimiter {
-    limiter: Arc<RateLimiter<ClientKey, HashMapStateStore<ClientKey>, DefaultClock>>,
-    clock: DefaultClock,
+    /// The time one request "costs": a minute over the rate.
+    interval: Duration,
+    /// How far ahead of now a client's arrival time may run: the burst.
+    tolerance: Duration,
+    arrivals: Arc<Mutex<HashMap<ClientKey, Instant>>>,
 }
 
 impl ClientLimiter {
     /// `per_minute` requests a minute per client, up to `burst` at once.
     pub fn new(per_minute: NonZeroU32, burst: NonZeroU32) -> Self {
-        let quota = Quota::per_minute(per_minute).allow_burst(burst);
+        let interval = Duration::from_secs(60) / per_minute.get();
         ClientLimiter {
-            limiter: Arc::new(RateLimiter::hashmap(quota)),
-            clock: DefaultClock::default(),
+            interval,
+            tolerance: interval * (burst.get() - 1),
+            arrivals: Arc::default(),
         }
     }
 
-    /// Ok if `key` may make a request now, else how long until it may.
+    /// Ok if `key` may make a request now (and counts it), else how long
+    /// until it may.
     pub fn check(&self, key: &ClientKey) -> Result<(), Duration> {
-        self.limiter
-            .check_key(key)
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        let now = Instant::now();
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(PoisonError::into_inner);
+        let arrival = arrivals.get(key).map_or(now, |&at| at.max(now));
+        let allowed_from = arrival.checked_sub(self.tolerance).unwrap_or(now);
+        if now < allowed_from {
+            return Err(allowed_from - now);
+        }
+        arrivals.insert(key.clone(), arrival + self.interval);
+        Ok(())
     }
 
     /// Forgets clients whose allowance is full again, so the table holds only
     /// recent callers; run now and then.
     pub fn prune(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        let now = Instant::now();
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(PoisonError::into_inner);
+        arrivals.retain(|_, arrival| *arrival > now);
+        arrivals.shrink_to_fit();
+    }
+
+    /// How many clients it remembers.
+    pub fn len(&self) -> usize {
+        self.arrivals.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Whether it remembers no client.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -79,6 +106,20 @@ mod tests {
         let wait = limiter.check(&a).expect_err("the burst is spent");
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
         assert!(limiter.check(&b).is_ok(), "another client is not affected");
+        assert_eq!(limiter.len(), 2);
+    }
+
+    #[test]
+    fn the_allowance_refills_at_the_rate_and_idle_clients_are_forgotten() {
+        // 600 a minute: one every 100 ms.
+        let limiter = ClientLimiter::new(NonZeroU32::new(600).expect("600"), NonZeroU32::MIN);
+        let a = ClientKey::Address(IpAddr::from([10, 0, 0, 1]));
+        assert!(limiter.check(&a).is_ok());
+        assert!(limiter.check(&a).is_err());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(limiter.check(&a).is_ok(), "one interval later, one more");
+        std::thread::sleep(Duration::from_millis(150));
         limiter.prune();
+        assert!(limiter.is_empty(), "a client whose allowance is full again is dropped");
     }
 }
