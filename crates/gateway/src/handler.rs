@@ -162,7 +162,16 @@ async fn transcode(
 }
 
 async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> Result<Response, ApiError> {
-    let (route, bindings) = match gateway.routes.resolve(parts.method.as_str(), parts.uri.path()) {
+    let resolved = gateway.routes.resolve(parts.method.as_str(), parts.uri.path());
+    if !matches!(resolved, Resolved::Route(..))
+        && let Some(limiter) = &gateway.limiter
+    {
+        // Probing for routes counts against the client's address too.
+        limiter
+            .check(&ClientKey::of(None, client))
+            .map_err(ApiError::rate_limited)?;
+    }
+    let (route, bindings) = match resolved {
         Resolved::Route(route, bindings) => (route, bindings),
         Resolved::NotFound => {
             return Err(ApiError::new(

@@ -1,6 +1,8 @@
 //! Replies as HTTP: one JSON object for a unary call, Server-Sent Events for
 //! a server stream.
 
+use std::time::Duration;
+
 use axum::{body::Body, response::Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
@@ -23,34 +25,57 @@ pub fn json(route: &Route, message: &DynamicMessage) -> Result<Response, Status>
     Ok(response)
 }
 
+/// How often an idle event stream gets a comment line, so proxies that cut
+/// silent connections leave it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 /// A server stream as `text/event-stream`: each reply is a `data:` event;
 /// an error ends the stream with an `error` event holding the
-/// `google.rpc.Status` JSON.
+/// `google.rpc.Status` JSON; a `: keep-alive` comment goes out every 15 s.
 pub fn event_stream(
     route: Route,
     descriptors: Descriptors,
     replies: impl Stream<Item = Result<DynamicMessage, Status>> + Send + 'static,
 ) -> Response {
+    enum Item {
+        Event(Bytes),
+        KeepAlive,
+        End,
+    }
     let events = replies
-        .map(move |reply| {
-            let event = match reply.and_then(|message| to_json(&route, &message)) {
-                Ok(json) => [b"data: ".as_slice(), &json, b"\n\n"].concat(),
-                Err(status) => [
+        .map(move |reply| match reply.and_then(|message| to_json(&route, &message)) {
+            Ok(json) => Ok(Bytes::from([b"data: ".as_slice(), &json, b"\n\n"].concat())),
+            Err(status) => Err(Bytes::from(
+                [
                     b"event: error\ndata: ".as_slice(),
                     &status_json(&descriptors, &status),
                     b"\n\n",
                 ]
                 .concat(),
-            };
-            Ok::<_, std::convert::Infallible>(Bytes::from(event))
+            )),
         })
         // The stream ends after its first error, as gRPC's does.
         .scan(false, |ended, event| {
-            let done = *ended;
-            *ended = event.as_ref().is_ok_and(|bytes| bytes.starts_with(b"event: error"));
-            futures::future::ready((!done).then_some(event))
+            if *ended {
+                return futures::future::ready(None);
+            }
+            *ended = event.is_err();
+            futures::future::ready(Some(Item::Event(event.unwrap_or_else(|error| error))))
+        })
+        .chain(futures::stream::once(futures::future::ready(Item::End)));
+    let keep_alive = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(KEEP_ALIVE).await;
+        Some((Item::KeepAlive, ()))
+    });
+    let body = futures::stream::select(events, keep_alive)
+        .take_while(|item| futures::future::ready(!matches!(item, Item::End)))
+        .map(|item| {
+            Ok::<_, std::convert::Infallible>(match item {
+                Item::Event(bytes) => bytes,
+                Item::KeepAlive | Item::End => Bytes::from_static(b": keep-alive\n\n"),
+            })
         });
-    let mut response = Response::new(Body::from_stream(events));
+    let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -348,6 +348,14 @@ async fn each_client_is_rate_limited_on_its_own() -> anyhow::Result<()> {
     // Another user has an allowance of their own, though both share an address.
     assert_eq!(http.get("/v1/accounts/me", Some(&bob)).await?.status, StatusCode::OK);
 
+    // Probing for routes counts against the address.
+    let mut probes = Vec::new();
+    for _ in 0..8 {
+        probes.push(http.get("/v1/no/such/route", None).await?.status);
+    }
+    assert!(probes.contains(&StatusCode::NOT_FOUND), "{probes:?}");
+    assert!(probes.contains(&StatusCode::TOO_MANY_REQUESTS), "{probes:?}");
+
     gateway.stop().await?;
     suite.stop().await
 }
