@@ -3,20 +3,16 @@
 use std::{sync::Arc, time::Duration};
 
 use diesel::{ExpressionMethods as _, QueryDsl as _};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::RunQueryDsl as _;
 use futures::future::join_all;
 use keel_accounts::schema::accounts;
 use keel_platform::relay::{Relay, RelayConfig, Subscriber, TokenFuture, TokenProvider};
 use keel_testkit::{Suite, SuiteOptions, spawn_suite_with_options};
 use tokio_util::sync::CancellationToken;
 
-async fn accounts_db(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {
-    Ok(AsyncPgConnection::establish(suite.accounts_database_url()).await?)
-}
-
 /// Waits until accounts holds `expected` accounts (or gives up after 30 s).
 async fn wait_for_accounts(suite: &Suite, expected: i64) -> anyhow::Result<i64> {
-    let mut conn = accounts_db(suite).await?;
+    let mut conn = suite.accounts_db().await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let count: i64 = accounts::table.count().get_result(&mut conn).await?;
@@ -50,7 +46,7 @@ async fn users_registered_while_accounts_is_down_all_arrive_once() -> anyhow::Re
     suite.start_accounts().await?;
     assert_eq!(wait_for_accounts(&suite, 50).await?, 50);
 
-    let mut conn = accounts_db(&suite).await?;
+    let mut conn = suite.accounts_db().await?;
     for id in &ids {
         let id = uuid::Uuid::parse_str(id)?;
         let emails: Vec<String> = accounts::table
@@ -110,13 +106,13 @@ async fn two_relays_at_once_apply_each_event_once() -> anyhow::Result<()> {
     second.await?;
 
     // Every UserRegistered event was applied once, and recorded once.
-    let mut conn = accounts_db(&suite).await?;
+    let mut conn = suite.accounts_db().await?;
     let processed: i64 = keel_platform::events::processed_events::table
         .count()
         .get_result(&mut conn)
         .await?;
     assert_eq!(processed, 40);
-    let mut auth = AsyncPgConnection::establish(suite.auth_database_url()).await?;
+    let mut auth = suite.auth_db().await?;
     let pending: i64 = keel_platform::outbox::outbox::table
         .filter(keel_platform::outbox::outbox::published_at.is_null())
         .filter(keel_platform::outbox::outbox::event_type.eq("user.registered"))

@@ -3,7 +3,7 @@
 //! effect.
 
 use diesel::{ExpressionMethods as _, QueryDsl as _};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::RunQueryDsl as _;
 use keel::{
     accounts::v1 as pb,
     events::v1::{
@@ -51,13 +51,9 @@ async fn deliver(suite: &Suite, token: &str, request: DeliverRequest) -> Result<
     Ok(sink.deliver(request).await?.into_inner().duplicate)
 }
 
-async fn db(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {
-    Ok(AsyncPgConnection::establish(suite.accounts_database_url()).await?)
-}
-
 /// The stored (email, display name) of an account, if it exists.
 async fn stored_account(suite: &Suite, id: Uuid) -> anyhow::Result<Option<(String, String)>> {
-    let mut conn = db(suite).await?;
+    let mut conn = suite.accounts_db().await?;
     let rows: Vec<(String, String)> = accounts::table
         .filter(accounts::id.eq(id))
         .select((accounts::email, accounts::display_name))
@@ -67,7 +63,7 @@ async fn stored_account(suite: &Suite, id: Uuid) -> anyhow::Result<Option<(Strin
 }
 
 async fn is_processed(suite: &Suite, event_id: Uuid) -> anyhow::Result<bool> {
-    let mut conn = db(suite).await?;
+    let mut conn = suite.accounts_db().await?;
     let count: i64 = processed_events::table
         .filter(processed_events::event_id.eq(event_id))
         .count()
@@ -77,7 +73,7 @@ async fn is_processed(suite: &Suite, event_id: Uuid) -> anyhow::Result<bool> {
 }
 
 async fn account_count(suite: &Suite) -> anyhow::Result<i64> {
-    let mut conn = db(suite).await?;
+    let mut conn = suite.accounts_db().await?;
     Ok(accounts::table.count().get_result(&mut conn).await?)
 }
 

@@ -6,7 +6,7 @@ use diesel::{
     result::{DatabaseErrorKind, Error as DieselError},
     sql_types,
 };
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use keel::{accounts::v1 as pb, common::v1::Money};
 use keel_testkit::{Suite, authorized, spawn_suite};
 use uuid::Uuid;
@@ -66,10 +66,6 @@ async fn fixture() -> anyhow::Result<Fixture> {
         account_id: Uuid::parse_str(&user.id)?,
         user: tokens.access_token,
     })
-}
-
-async fn raw_connection(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {
-    Ok(AsyncPgConnection::establish(suite.accounts_database_url()).await?)
 }
 
 /// Inserts a ledger entry straight into the table.
@@ -155,7 +151,7 @@ async fn assert_ledger_intact(fx: &Fixture) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn ledger_entries_cannot_be_updated() -> anyhow::Result<()> {
     let fx = fixture().await?;
-    let mut conn = raw_connection(&fx.suite).await?;
+    let mut conn = fx.suite.accounts_db().await?;
 
     let result = diesel::sql_query("UPDATE ledger_entries SET reason = 'rewritten' WHERE account_id = $1")
         .bind::<sql_types::Uuid, _>(fx.account_id)
@@ -177,7 +173,7 @@ async fn ledger_entries_cannot_be_updated() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn ledger_entries_cannot_be_deleted() -> anyhow::Result<()> {
     let fx = fixture().await?;
-    let mut conn = raw_connection(&fx.suite).await?;
+    let mut conn = fx.suite.accounts_db().await?;
 
     let result = diesel::sql_query("DELETE FROM ledger_entries").execute(&mut conn).await;
     assert_refused(result, "append-only");
@@ -188,7 +184,7 @@ async fn ledger_entries_cannot_be_deleted() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn ledger_entries_cannot_be_truncated() -> anyhow::Result<()> {
     let fx = fixture().await?;
-    let mut conn = raw_connection(&fx.suite).await?;
+    let mut conn = fx.suite.accounts_db().await?;
 
     let result = diesel::sql_query("TRUNCATE ledger_entries CASCADE")
         .execute(&mut conn)
@@ -201,7 +197,7 @@ async fn ledger_entries_cannot_be_truncated() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_entry_that_never_reaches_the_balance_is_refused_at_commit() -> anyhow::Result<()> {
     let fx = fixture().await?;
-    let mut conn = raw_connection(&fx.suite).await?;
+    let mut conn = fx.suite.accounts_db().await?;
 
     // Continues the chain correctly (seq 3, 700 + 50), but the account's
     // balance is left behind.
@@ -214,7 +210,7 @@ async fn an_entry_that_never_reaches_the_balance_is_refused_at_commit() -> anyho
 #[tokio::test(flavor = "multi_thread")]
 async fn a_balance_cannot_move_without_a_ledger_entry() -> anyhow::Result<()> {
     let fx = fixture().await?;
-    let mut conn = raw_connection(&fx.suite).await?;
+    let mut conn = fx.suite.accounts_db().await?;
 
     let result = diesel::sql_query("UPDATE accounts SET balance_minor = balance_minor + 100 WHERE id = $1")
         .bind::<sql_types::Uuid, _>(fx.account_id)
@@ -234,7 +230,7 @@ async fn a_balance_cannot_move_without_a_ledger_entry() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_entry_that_does_not_add_up_is_refused() -> anyhow::Result<()> {
     let fx = fixture().await?;
-    let mut conn = raw_connection(&fx.suite).await?;
+    let mut conn = fx.suite.accounts_db().await?;
 
     // 700 + 100 is not 5000.
     let result = insert_entry(&mut conn, fx.account_id, 3, "deposit", 100, 5_000).await;
@@ -249,7 +245,7 @@ async fn an_entry_that_does_not_add_up_is_refused() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_entry_that_overdraws_is_refused() -> anyhow::Result<()> {
     let fx = fixture().await?;
-    let mut conn = raw_connection(&fx.suite).await?;
+    let mut conn = fx.suite.accounts_db().await?;
 
     // 700 - 800 adds up to -100, which no balance may be.
     let result = insert_entry(&mut conn, fx.account_id, 3, "debit", 800, -100).await;
@@ -267,7 +263,7 @@ async fn an_entry_that_overdraws_is_refused() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_account_cannot_start_with_money() -> anyhow::Result<()> {
     let fx = fixture().await?;
-    let mut conn = raw_connection(&fx.suite).await?;
+    let mut conn = fx.suite.accounts_db().await?;
 
     let result = diesel::sql_query("INSERT INTO accounts (id, currency, balance_minor) VALUES ($1, 'USD', 1000000)")
         .bind::<sql_types::Uuid, _>(Uuid::now_v7())

@@ -6,7 +6,7 @@ use keel_testkit::status::{reason, violated_fields};
 use std::collections::HashSet;
 
 use diesel::{ExpressionMethods as _, QueryDsl as _};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::RunQueryDsl as _;
 use keel::{
     accounts::v1 as pb,
     common::v1::Money,
@@ -149,7 +149,7 @@ async fn ledger(suite: &Suite, token: &str, account_id: &str) -> anyhow::Result<
 
 /// Every BalanceChanged event in accounts' outbox, oldest first.
 async fn balance_events(suite: &Suite) -> anyhow::Result<Vec<BalanceChanged>> {
-    let mut conn = AsyncPgConnection::establish(suite.accounts_database_url()).await?;
+    let mut conn = suite.accounts_db().await?;
     let payloads: Vec<Vec<u8>> = outbox::table
         .filter(outbox::event_type.eq("balance.changed"))
         .order(outbox::id.asc())

@@ -12,7 +12,7 @@ use argon2::{
     password_hash::{PasswordHasher as _, phc::PasswordHash},
 };
 use diesel::{ExpressionMethods as _, QueryDsl as _};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::RunQueryDsl as _;
 use keel::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
 use keel_auth::schema::users;
 use keel_testkit::{Suite, authorized};
@@ -41,18 +41,6 @@ async fn login(
         password: password.into(),
     };
     Ok(client.login(request).await?.into_inner())
-}
-
-async fn database(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {
-    Ok(AsyncPgConnection::establish(suite.auth_database_url()).await?)
-}
-
-async fn stored_hash(suite: &Suite, email: &str) -> anyhow::Result<String> {
-    Ok(users::table
-        .filter(users::email.eq(email))
-        .select(users::password_hash)
-        .first(&mut database(suite).await?)
-        .await?)
 }
 
 fn assert_throttled(status: &Status) {
@@ -269,7 +257,7 @@ async fn refresh_checks_the_disabled_flag_itself() -> anyhow::Result<()> {
     // Disabled behind the service's back: the session is still active.
     diesel::update(users::table.filter(users::email.eq("flagged@example.com")))
         .set(users::disabled.eq(true))
-        .execute(&mut database(&suite).await?)
+        .execute(&mut suite.auth_db().await?)
         .await?;
 
     let status = suite
@@ -288,7 +276,7 @@ async fn refresh_checks_the_disabled_flag_itself() -> anyhow::Result<()> {
 async fn stored_hash_is_argon2id_at_least_at_owasp_cost() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     suite.register("hashed@example.com", PASSWORD).await?;
-    let stored = stored_hash(&suite, "hashed@example.com").await?;
+    let stored = suite.stored_password_hash("hashed@example.com").await?;
 
     let phc = PasswordHash::new(&stored).map_err(|err| anyhow::anyhow!("not a PHC string: {err}"))?;
     assert_eq!(phc.algorithm.as_str(), "argon2id");
@@ -311,17 +299,17 @@ async fn weaker_hash_is_upgraded_at_the_next_login() -> anyhow::Result<()> {
     assert!(weak.starts_with("$argon2id$v=19$m=4096,t=1,p=1$"), "{weak}");
     diesel::update(users::table.filter(users::email.eq("legacy@example.com")))
         .set(users::password_hash.eq(&weak))
-        .execute(&mut database(&suite).await?)
+        .execute(&mut suite.auth_db().await?)
         .await?;
 
     suite.login("legacy@example.com", PASSWORD).await?;
 
-    let upgraded = stored_hash(&suite, "legacy@example.com").await?;
+    let upgraded = suite.stored_password_hash("legacy@example.com").await?;
     assert!(upgraded.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{upgraded}");
     // And the upgraded hash still matches the password.
     suite.login("legacy@example.com", PASSWORD).await?;
     assert_eq!(
-        stored_hash(&suite, "legacy@example.com").await?,
+        suite.stored_password_hash("legacy@example.com").await?,
         upgraded,
         "no needless rehash"
     );

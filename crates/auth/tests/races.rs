@@ -3,7 +3,6 @@
 //! checked here directly.
 
 use chrono::Utc;
-use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel_auth::store::{self, NewSession};
 use keel_testkit::spawn_suite;
 
@@ -11,7 +10,7 @@ use keel_testkit::spawn_suite;
 async fn a_session_needs_the_password_hash_that_was_verified() -> anyhow::Result<()> {
     let suite = spawn_suite().await?;
     suite.register("race@example.com", "the first password").await?;
-    let mut conn = AsyncPgConnection::establish(suite.auth_database_url()).await?;
+    let mut conn = suite.auth_db().await?;
     let user = store::find_user_by_email(&mut conn, "race@example.com")
         .await?
         .expect("registered");
@@ -44,7 +43,7 @@ async fn a_session_needs_the_password_hash_that_was_verified() -> anyhow::Result
 async fn a_disabled_user_gets_no_session_even_with_the_right_hash() -> anyhow::Result<()> {
     let suite = spawn_suite().await?;
     suite.register("off@example.com", "the first password").await?;
-    let mut conn = AsyncPgConnection::establish(suite.auth_database_url()).await?;
+    let mut conn = suite.auth_db().await?;
     let user = store::find_user_by_email(&mut conn, "off@example.com")
         .await?
         .expect("registered");

@@ -2,7 +2,7 @@
 //! events, and the rules for using them.
 
 use diesel::{ExpressionMethods as _, QueryDsl as _};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::RunQueryDsl as _;
 use keel::{
     auth::v1::{self as pb},
     events::v1::{EmailVerificationRequested, PasswordResetRequested, event::Payload},
@@ -16,15 +16,11 @@ use tonic::{Code, Status};
 const PASSWORD: &str = "correct horse battery staple";
 const NEW_PASSWORD: &str = "a brand new passphrase";
 
-async fn database(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {
-    Ok(AsyncPgConnection::establish(suite.auth_database_url()).await?)
-}
-
 async fn reset_requests(suite: &Suite) -> anyhow::Result<Vec<PasswordResetRequested>> {
     let count: i64 = outbox::table
         .filter(outbox::event_type.eq("user.password_reset_requested"))
         .count()
-        .get_result(&mut database(suite).await?)
+        .get_result(&mut suite.auth_db().await?)
         .await?;
     let requests: Vec<_> = suite
         .auth_events(None)
@@ -186,7 +182,7 @@ async fn expired_reset_token_is_refused() -> anyhow::Result<()> {
     let token = reset_token_for(&suite, "late@example.com").await?;
     diesel::update(one_time_tokens::table.filter(one_time_tokens::purpose.eq("password_reset")))
         .set(one_time_tokens::expires_at.eq(diesel::dsl::sql("now() - interval '1 minute'")))
-        .execute(&mut database(&suite).await?)
+        .execute(&mut suite.auth_db().await?)
         .await?;
 
     assert_invalid_token(&reset_password(&suite, &token, NEW_PASSWORD).await.expect_err("expired"));

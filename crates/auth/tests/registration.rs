@@ -2,7 +2,7 @@
 //! concurrency), and the events it writes to the outbox.
 
 use diesel::QueryDsl as _;
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::RunQueryDsl as _;
 use keel::{
     auth::v1::{self as pb},
     events::v1::event::Payload,
@@ -28,12 +28,8 @@ async fn register(suite: &Suite, request: pb::RegisterRequest) -> Result<pb::Use
     Ok(response.user.expect("a registered user comes back"))
 }
 
-async fn database(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {
-    Ok(AsyncPgConnection::establish(suite.auth_database_url()).await?)
-}
-
 async fn user_count(suite: &Suite) -> anyhow::Result<i64> {
-    Ok(users::table.count().get_result(&mut database(suite).await?).await?)
+    Ok(users::table.count().get_result(&mut suite.auth_db().await?).await?)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -212,7 +208,7 @@ async fn register_writes_registered_and_verification_events_to_the_outbox() -> a
     assert!(payload.expire_time.is_some());
 
     // Nothing else was written.
-    let total: i64 = outbox::table.count().get_result(&mut database(&suite).await?).await?;
+    let total: i64 = outbox::table.count().get_result(&mut suite.auth_db().await?).await?;
     assert_eq!(total, 2);
     suite.stop().await
 }

@@ -13,13 +13,13 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use diesel::{ExpressionMethods as _, QueryDsl as _};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel::QueryDsl as _;
+use diesel_async::RunQueryDsl as _;
 use keel::{
     auth::v1::{self as pb},
     events::v1::{Event, event::Payload},
 };
-use keel_auth::schema::{signing_keys, users};
+use keel_auth::schema::signing_keys;
 use keel_platform::outbox::outbox;
 use keel_testkit::{
     Suite, authorized,
@@ -107,23 +107,11 @@ fn assert_not_logged(secrets: &[(&str, &[u8])]) {
     assert!(leaked.is_empty(), "secrets in the logs: {leaked:?}");
 }
 
-async fn database(suite: &Suite) -> anyhow::Result<AsyncPgConnection> {
-    Ok(AsyncPgConnection::establish(suite.auth_database_url()).await?)
-}
-
-async fn stored_hash(suite: &Suite, email: &str) -> anyhow::Result<String> {
-    Ok(users::table
-        .filter(users::email.eq(email))
-        .select(users::password_hash)
-        .first(&mut database(suite).await?)
-        .await?)
-}
-
 /// The private keys auth signs with (PKCS#8).
 async fn signing_keys(suite: &Suite) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(signing_keys::table
         .select(signing_keys::private_key)
-        .load(&mut database(suite).await?)
+        .load(&mut suite.auth_db().await?)
         .await?)
 }
 
@@ -131,7 +119,7 @@ async fn signing_keys(suite: &Suite) -> anyhow::Result<Vec<Vec<u8>>> {
 async fn mailed_tokens(suite: &Suite) -> anyhow::Result<Vec<String>> {
     let payloads: Vec<Vec<u8>> = outbox::table
         .select(outbox::payload)
-        .load(&mut database(suite).await?)
+        .load(&mut suite.auth_db().await?)
         .await?;
     let mut tokens = Vec::new();
     for bytes in payloads {
@@ -182,7 +170,7 @@ async fn sign_in_flows_log_no_passwords_tokens_or_hashes() -> anyhow::Result<()>
             refresh_token: last.refresh_token.clone(),
         })
         .await?;
-    let hash = stored_hash(&suite, email).await?;
+    let hash = suite.stored_password_hash(email).await?;
     let verification = mailed_tokens(&suite).await?;
     let keys = signing_keys(&suite).await?;
     suite.stop().await?;
@@ -240,7 +228,7 @@ async fn recovery_flows_log_no_tokens_or_passwords() -> anyhow::Result<()> {
             .verify_email(pb::VerifyEmailRequest { token: token.clone() })
             .await;
     }
-    let hash = stored_hash(&suite, email).await?;
+    let hash = suite.stored_password_hash(email).await?;
     suite.stop().await?;
 
     assert_not_logged(&[

@@ -13,49 +13,38 @@ async fn health(suite: &Suite, service: &str) -> Result<i32, tonic::Status> {
     Ok(suite.auth_health().check(request).await?.into_inner().status)
 }
 
-/// The services v1 reflection lists.
-async fn list_services_v1(suite: &Suite) -> anyhow::Result<Vec<String>> {
-    use v1::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse};
-    let mut client = v1::server_reflection_client::ServerReflectionClient::new(suite.auth_channel());
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+/// `async fn $name(suite) -> the services reflection version $version lists`.
+/// The two versions are the same protocol in two generated packages.
+macro_rules! list_services {
+    ($name:ident, $version:ident) => {
+        async fn $name(suite: &Suite) -> anyhow::Result<Vec<String>> {
+            use $version::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse};
+            let mut client = $version::server_reflection_client::ServerReflectionClient::new(suite.auth_channel());
+            let request = $version::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut responses = client
+                .server_reflection_info(tokio_stream::once(request))
+                .await?
+                .into_inner();
+            let response = responses
+                .message()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no reflection answer"))?;
+            match response.message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    Ok(list.service.into_iter().map(|s| s.name).collect())
+                }
+                other => anyhow::bail!("unexpected reflection answer: {other:?}"),
+            }
+        }
     };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await?
-        .into_inner();
-    let response = responses
-        .message()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no reflection answer"))?;
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
-        other => anyhow::bail!("unexpected reflection answer: {other:?}"),
-    }
 }
 
-/// The services v1alpha reflection lists (grpcurl and older tools ask this).
-async fn list_services_v1alpha(suite: &Suite) -> anyhow::Result<Vec<String>> {
-    use v1alpha::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse};
-    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(suite.auth_channel());
-    let request = v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await?
-        .into_inner();
-    let response = responses
-        .message()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no reflection answer"))?;
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
-        other => anyhow::bail!("unexpected reflection answer: {other:?}"),
-    }
-}
+list_services!(list_services_v1, v1);
+// grpcurl and older tools ask v1alpha.
+list_services!(list_services_v1alpha, v1alpha);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reflection_v1_lists_the_auth_service() -> anyhow::Result<()> {

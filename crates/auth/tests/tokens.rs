@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use diesel::{ExpressionMethods as _, QueryDsl as _};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::RunQueryDsl as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use keel::auth::v1::{self as pb, Jwk};
 use keel_auth::{
@@ -62,7 +62,7 @@ async fn real_signing_key(suite: &Suite) -> anyhow::Result<(String, EncodingKey)
     let (kid, private_key): (String, Vec<u8>) = signing_keys::table
         .order(signing_keys::created_at.desc())
         .select((signing_keys::kid, signing_keys::private_key))
-        .first(&mut AsyncPgConnection::establish(suite.auth_database_url()).await?)
+        .first(&mut suite.auth_db().await?)
         .await?;
     Ok((kid, EncodingKey::from_ed_der(&private_key)))
 }

@@ -177,7 +177,7 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
 /// learns on the user's first call.
 pub async fn spawn_suite_with_withheld_registration() -> anyhow::Result<(Suite, pb::User, pb::TokenPair)> {
     use diesel::{ExpressionMethods as _, QueryDsl as _};
-    use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+    use diesel_async::RunQueryDsl as _;
     use keel_platform::outbox::outbox;
 
     let mut suite = spawn_suite_with_options(SuiteOptions {
@@ -186,7 +186,7 @@ pub async fn spawn_suite_with_withheld_registration() -> anyhow::Result<(Suite, 
     })
     .await?;
     let (user, tokens) = suite.signed_in_user().await?;
-    let mut auth = diesel_async::AsyncPgConnection::establish(suite.auth_database_url()).await?;
+    let mut auth = suite.auth_db().await?;
     let withheld = diesel::update(
         outbox::table
             .filter(outbox::published_at.is_null())
@@ -377,15 +377,39 @@ impl Suite {
             .map_err(|err| anyhow::anyhow!("{err}"))
     }
 
+    /// A connection of its own to auth's database.
+    pub async fn auth_db(&self) -> anyhow::Result<diesel_async::AsyncPgConnection> {
+        use diesel_async::AsyncConnection as _;
+        Ok(diesel_async::AsyncPgConnection::establish(self.auth_database_url()).await?)
+    }
+
+    /// A connection of its own to accounts' database.
+    pub async fn accounts_db(&self) -> anyhow::Result<diesel_async::AsyncPgConnection> {
+        use diesel_async::AsyncConnection as _;
+        Ok(diesel_async::AsyncPgConnection::establish(self.accounts_database_url()).await?)
+    }
+
+    /// The password hash auth stores for `email`.
+    pub async fn stored_password_hash(&self, email: &str) -> anyhow::Result<String> {
+        use diesel::{ExpressionMethods as _, QueryDsl as _};
+        use diesel_async::RunQueryDsl as _;
+        use keel_auth::schema::users;
+        Ok(users::table
+            .filter(users::email.eq(email))
+            .select(users::password_hash)
+            .first(&mut self.auth_db().await?)
+            .await?)
+    }
+
     /// Auth's outbox events of `event_type` (of every type when None),
     /// oldest first.
     pub async fn auth_events(&self, event_type: Option<&str>) -> anyhow::Result<Vec<keel::events::v1::Event>> {
         use diesel::{ExpressionMethods as _, QueryDsl as _};
-        use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+        use diesel_async::RunQueryDsl as _;
         use keel_platform::outbox::outbox;
         use prost::Message as _;
 
-        let mut conn = diesel_async::AsyncPgConnection::establish(self.auth_database_url()).await?;
+        let mut conn = self.auth_db().await?;
         let mut query = outbox::table
             .order(outbox::created_at.asc())
             .select(outbox::payload)
