@@ -702,7 +702,11 @@ impl ClientInfo {
             .collect();
         ClientInfo {
             address: request.remote_addr().map(|peer| {
-                let forwarded = request.metadata().get(FORWARDED_FOR).and_then(|v| v.to_str().ok());
+                let forwarded = request
+                    .metadata()
+                    .get_all(FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok());
                 client_address(peer.ip(), forwarded, trusted_proxies)
             }),
             user_agent,

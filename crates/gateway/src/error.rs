@@ -47,16 +47,13 @@ impl ApiError {
         Self::new(Code::InvalidArgument, message)
     }
 
-    /// UNAUTHENTICATED with the `WWW-Authenticate` challenge RFC 6750 asks for.
-    pub fn unauthenticated(message: impl Into<String>, token_present: bool) -> Self {
-        let message = message.into();
-        let challenge = if token_present {
-            let description = message.replace(['"', '\\'], "'");
-            format!(r#"Bearer realm="keel", error="invalid_token", error_description="{description}""#)
-        } else {
-            r#"Bearer realm="keel""#.to_owned()
-        };
-        let mut error = Self::new(Code::Unauthenticated, message);
+    /// A token that did not verify: the verifier's status (its ErrorInfo
+    /// reason kept) with RFC 6750's `invalid_token` challenge. Other 401s get
+    /// the bare challenge when they become a response.
+    pub fn invalid_token(status: Status) -> Self {
+        let description = status.message().replace(['"', '\\'], "'");
+        let challenge = format!(r#"Bearer realm="keel", error="invalid_token", error_description="{description}""#);
+        let mut error = Self::from(status);
         if let Ok(value) = HeaderValue::try_from(challenge) {
             error.headers.push((header::WWW_AUTHENTICATE, value));
         }
@@ -103,6 +100,13 @@ impl ApiError {
         }
         for (name, value) in self.headers {
             headers.append(name, value);
+        }
+        // RFC 9110: every 401 carries a challenge.
+        if status == StatusCode::UNAUTHORIZED && !headers.contains_key(header::WWW_AUTHENTICATE) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="keel""#),
+            );
         }
         response
     }
@@ -189,14 +193,20 @@ mod tests {
 
     #[test]
     fn a_missing_token_gets_a_bare_challenge_and_a_bad_one_says_why() {
-        let (status, headers, _) = body_of(ApiError::unauthenticated("missing bearer token", false));
+        let (status, headers, _) = body_of(ApiError::new(Code::Unauthenticated, "missing bearer token"));
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(headers[header::WWW_AUTHENTICATE], r#"Bearer realm="keel""#);
-        let (_, headers, _) = body_of(ApiError::unauthenticated("the token has expired", true));
+        let expired = Status::with_error_details(
+            Code::Unauthenticated,
+            "the token has expired",
+            ErrorDetails::with_error_info("TOKEN_EXPIRED", "keel.dev", []),
+        );
+        let (_, headers, body) = body_of(ApiError::invalid_token(expired));
         assert_eq!(
             headers[header::WWW_AUTHENTICATE],
             r#"Bearer realm="keel", error="invalid_token", error_description="the token has expired""#
         );
+        assert_eq!(body["details"][0]["reason"], "TOKEN_EXPIRED", "the reason is kept");
     }
 
     #[test]

@@ -153,7 +153,11 @@ async fn transcode(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let forwarded = parts.headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    let forwarded = parts
+        .headers
+        .get_all(FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
     let client = client_address(peer.ip(), forwarded, &gateway.trusted_proxies);
     match serve(&gateway, client, parts, body).await {
         Ok(response) => response,
@@ -237,21 +241,23 @@ async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> R
 /// The request's bearer token and who it names; 401 when it is missing or
 /// does not verify.
 async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<(String, Principal), ApiError> {
-    let token = bearer_token(headers)
-        .map_err(|err| ApiError::unauthenticated(tonic::Status::from(err).message(), true))?
-        .ok_or_else(|| {
-            ApiError::unauthenticated("this route needs an access token (authorization: Bearer …)", false)
-        })?;
     // A token that does not verify is 401; keys that cannot be fetched
     // (auth down) stay 503, so clients retry instead of signing in again.
-    let principal = gateway.verifier.verify(&token).await.map_err(|err| {
+    let refused = |err: keel_platform::Error| {
         let status = tonic::Status::from(err);
         if status.code() == Code::Unauthenticated {
-            ApiError::unauthenticated(status.message(), true)
+            ApiError::invalid_token(status)
         } else {
             ApiError::from(status)
         }
+    };
+    let token = bearer_token(headers).map_err(refused)?.ok_or_else(|| {
+        ApiError::new(
+            Code::Unauthenticated,
+            "this route needs an access token (authorization: Bearer …)",
+        )
     })?;
+    let principal = gateway.verifier.verify(&token).await.map_err(refused)?;
     Ok((token, principal))
 }
 

@@ -7,22 +7,27 @@ use std::net::IpAddr;
 pub const FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// The address of the client behind `peer`. When `peer` is one of `trusted`,
-/// the `x-forwarded-for` list is read from the right, skipping trusted
-/// hops, and the first other address is the client; any other peer is the
-/// client itself, whatever it claims.
-pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
+/// the `x-forwarded-for` list (every header line, in order, as one list) is
+/// read from the right, skipping trusted hops, and the first other address
+/// is the client; any other peer is the client itself, whatever it claims.
+/// IPv4 addresses seen through an IPv6 socket compare as IPv4.
+pub fn client_address<'a>(
+    peer: IpAddr,
+    forwarded_for: impl IntoIterator<Item = &'a str>,
+    trusted: &[IpAddr],
+) -> IpAddr {
+    let is_trusted = |address: IpAddr| trusted.iter().any(|t| t.to_canonical() == address);
+    let peer = peer.to_canonical();
+    if !is_trusted(peer) {
         return peer;
     }
-    let Some(forwarded_for) = forwarded_for else {
-        return peer;
-    };
+    let hops: Vec<&str> = forwarded_for.into_iter().flat_map(|line| line.split(',')).collect();
     let mut client = peer;
-    for hop in forwarded_for.rsplit(',') {
+    for hop in hops.iter().rev() {
         match hop.trim().parse::<IpAddr>() {
             Ok(address) => {
-                client = address;
-                if !trusted.contains(&address) {
+                client = address.to_canonical();
+                if !is_trusted(client) {
                     break;
                 }
             }

@@ -65,13 +65,20 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many verified tokens are remembered.
 const CACHE_CAPACITY: usize = 16_384;
 
+/// When the key set was last fetched, and whether that worked.
+#[derive(Debug, Clone, Copy)]
+struct Fetch {
+    at: Instant,
+    failed: bool,
+}
+
 /// Verifies access tokens against the published keys.
 #[derive(Debug)]
 pub struct Verifier {
     validation: Validation,
     source: Arc<dyn KeySource>,
     keys: RwLock<HashMap<String, DecodingKey>>,
-    last_fetch: Mutex<Option<Instant>>,
+    last_fetch: Mutex<Option<Fetch>>,
     verified: quick_cache::sync::Cache<[u8; 32], (Principal, Instant)>,
 }
 
@@ -133,20 +140,30 @@ impl Verifier {
         if let Some(key) = self.keys.read().await.get(kid) {
             return Ok(Some(key.clone()));
         }
-        if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
-            return Ok(None);
-        }
-        // Failures count too: a down auth must not be asked once per call.
-        *last_fetch = Some(Instant::now());
-        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.source.fetch())
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {FETCH_TIMEOUT:?}")));
-        let jwks = fetched.map_err(|err| {
-            tracing::warn!(error = format!("{err:#}"), "fetching the signing keys failed");
+        let unavailable = || {
             Error::unavailable(
                 "KEYS_UNAVAILABLE",
                 "the token signing keys are unavailable; retry later",
             )
+        };
+        match *last_fetch {
+            // Failures count too: a down auth must not be asked once per
+            // call, and until it is asked again the key is unknown, not bad.
+            Some(fetch) if fetch.at.elapsed() < MIN_REFETCH_INTERVAL => {
+                return if fetch.failed { Err(unavailable()) } else { Ok(None) };
+            }
+            _ => {}
+        }
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.source.fetch())
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {FETCH_TIMEOUT:?}")));
+        *last_fetch = Some(Fetch {
+            at: Instant::now(),
+            failed: fetched.is_err(),
+        });
+        let jwks = fetched.map_err(|err| {
+            tracing::warn!(error = format!("{err:#}"), "fetching the signing keys failed");
+            unavailable()
         })?;
         let keys: HashMap<String, DecodingKey> = jwks
             .iter()
