@@ -10,7 +10,7 @@ use percent_encoding::percent_decode_str;
 use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value};
 
-use crate::{error::ApiError, routes::Route, template::Binding};
+use crate::{descriptors::is_string_like, error::ApiError, routes::Route, template::Binding};
 
 /// What a request brings to binding.
 #[derive(Debug)]
@@ -129,22 +129,6 @@ fn resolve(message: &MessageDescriptor, segments: &[String]) -> Result<Vec<Field
         fields.push(field);
     }
     Ok(fields)
-}
-
-/// Well-known types written as one JSON string.
-fn is_string_like(message: &MessageDescriptor) -> bool {
-    matches!(
-        message.full_name(),
-        "google.protobuf.Timestamp"
-            | "google.protobuf.Duration"
-            | "google.protobuf.FieldMask"
-            | "google.protobuf.StringValue"
-            | "google.protobuf.Int64Value"
-            | "google.protobuf.UInt64Value"
-            | "google.protobuf.Int32Value"
-            | "google.protobuf.UInt32Value"
-            | "google.protobuf.BytesValue"
-    )
 }
 
 /// A path or query value as the JSON the field's mapping reads: booleans as

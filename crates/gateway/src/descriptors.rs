@@ -72,3 +72,20 @@ impl Descriptors {
         &self.anonymous
     }
 }
+
+/// Whether `message` is a well-known type whose JSON form is one string (or
+/// number), so a path or query value can set it.
+pub fn is_string_like(message: &MessageDescriptor) -> bool {
+    matches!(
+        message.full_name(),
+        "google.protobuf.Timestamp"
+            | "google.protobuf.Duration"
+            | "google.protobuf.FieldMask"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.BytesValue"
+    )
+}

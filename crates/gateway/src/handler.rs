@@ -21,7 +21,7 @@ use http_body_util::{BodyExt as _, Limited};
 use keel_platform::{
     client_address::{FORWARDED_FOR, client_address},
     principal::Principal,
-    telemetry::continue_remote_trace,
+    telemetry::request_span,
     verifier::bearer_token,
 };
 use tonic::{
@@ -91,22 +91,6 @@ fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
             .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
             .max_age(Duration::from_secs(600)),
     ))
-}
-
-fn request_span(request: &http::Request<Body>) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let span = tracing::info_span!(
-        "http",
-        method = %request.method(),
-        path = %request.uri().path(),
-        request_id = %request_id,
-    );
-    continue_remote_trace(&span, request.headers());
-    span
 }
 
 /// The process is up.
@@ -194,21 +178,18 @@ async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> R
         }
     };
 
-    let token = if route.anonymous {
+    let principal = if route.anonymous {
         None
     } else {
         Some(authenticate(gateway, &parts.headers).await)
     };
-    let principal = match &token {
-        Some(Ok((_, principal))) => Some(principal),
-        _ => None,
-    };
     if let Some(limiter) = &gateway.limiter {
+        let verified = principal.as_ref().and_then(|p| p.as_ref().ok());
         limiter
-            .check(&ClientKey::of(principal, client))
+            .check(&ClientKey::of(verified, client))
             .map_err(ApiError::rate_limited)?;
     }
-    let token = token.transpose()?.map(|(token, _)| token);
+    principal.transpose()?;
 
     let body = read_body(gateway, &parts.headers, body).await?;
     let input = Input {
@@ -218,7 +199,7 @@ async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> R
         body: &body,
     };
     let message = bind(route, input)?;
-    let metadata = metadata(&parts.headers, token.as_deref(), client);
+    let metadata = metadata(&parts.headers, !route.anonymous, client);
 
     if route.is_streaming() {
         let replies = gateway
@@ -238,9 +219,9 @@ async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> R
     Ok(respond::json(route, &reply)?)
 }
 
-/// The request's bearer token and who it names; 401 when it is missing or
-/// does not verify.
-async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<(String, Principal), ApiError> {
+/// Who the request's bearer token names; 401 when it is missing or does
+/// not verify.
+async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Principal, ApiError> {
     // A token that does not verify is 401; keys that cannot be fetched
     // (auth down) stay 503, so clients retry instead of signing in again.
     let refused = |err: keel_platform::Error| {
@@ -257,8 +238,7 @@ async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<(String,
             "this route needs an access token (authorization: Bearer …)",
         )
     })?;
-    let principal = gateway.verifier.verify(&token).await.map_err(refused)?;
-    Ok((token, principal))
+    gateway.verifier.verify(&token).await.map_err(refused)
 }
 
 /// The body, refusing more than the limit (413) before reading it when the
@@ -283,17 +263,14 @@ async fn read_body(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result
     }
 }
 
-/// What the services see: the caller's token (so they check it again), the
-/// request id, trace context and user agent as they arrived, and the
-/// client's address (which auth believes when it trusts the gateway).
-fn metadata(headers: &HeaderMap, token: Option<&str>, client: IpAddr) -> MetadataMap {
+/// What the services see: the caller's `authorization` as sent (so they
+/// check the token again; anonymous routes pass none), the request id, trace
+/// context and user agent as they arrived, and the client's address (which
+/// auth believes when it trusts the gateway).
+fn metadata(headers: &HeaderMap, authorized: bool, client: IpAddr) -> MetadataMap {
     let mut metadata = MetadataMap::with_capacity(FORWARDED.len() + 2);
-    if let Some(token) = token
-        && let Ok(value) = MetadataValue::try_from(format!("Bearer {token}"))
-    {
-        metadata.insert("authorization", value);
-    }
-    for name in FORWARDED {
+    let forwarded = FORWARDED.into_iter().chain(authorized.then_some("authorization"));
+    for name in forwarded {
         if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok())
             && let Ok(value) = MetadataValue::try_from(value)
         {

@@ -137,10 +137,9 @@ impl Gateway {
             upstreams.add("notifications", url)?;
         }
         let mut routes = RouteTable::from_descriptors(&descriptors)?;
-        routes.retain(|route| upstreams.serves(route.area()));
-        let auth = tonic::transport::Channel::from_shared(config.auth_url.clone())
-            .context("KEEL_AUTH_URL is not a URL")?
-            .connect_lazy();
+        routes.retain(|route| upstreams.channel(route.area()).is_some());
+        // The verifier fetches keys over the same connection the auth routes use.
+        let auth = upstreams.channel("auth").context("auth has no upstream")?;
         let verifier = Arc::new(Verifier::new(
             &config.tokens.token_issuer,
             &config.tokens.token_audience,

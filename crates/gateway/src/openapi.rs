@@ -9,7 +9,7 @@ use prost_reflect::{
 use serde_json::{Map, Value as Json, json};
 
 use crate::{
-    descriptors::Descriptors,
+    descriptors::{Descriptors, is_string_like},
     routes::{Route, RouteTable},
 };
 
@@ -201,7 +201,7 @@ impl Builder {
     fn query_parameters(
         &mut self,
         message: &MessageDescriptor,
-        prefix: &mut Vec<String>,
+        prefix: &mut Vec<FieldDescriptor>,
         path_fields: &[Vec<String>],
         body_field: Option<&str>,
         out: &mut Vec<Json>,
@@ -210,28 +210,46 @@ impl Builder {
             return;
         }
         for field in message.fields() {
-            prefix.push(field.name().to_owned());
+            prefix.push(field.clone());
             let top_is_body = prefix.len() == 1 && body_field == Some(field.name());
-            let bound = path_fields.iter().any(|p| p == prefix);
+            let bound = path_fields.iter().any(|path| {
+                path.iter()
+                    .map(String::as_str)
+                    .eq(prefix.iter().map(FieldDescriptor::name))
+            });
             if !top_is_body && !bound && !field.is_map() && !self.output_only(&field) {
                 match field.kind() {
-                    Kind::Message(inner) if !well_known(&inner) => {
-                        if !field.is_list() {
+                    // What binding can set from a query value: scalars and
+                    // string-like well-known types; other messages by their fields.
+                    Kind::Message(inner) if is_string_like(&inner) => out.push(self.query_parameter(prefix, &field)),
+                    Kind::Message(inner) => {
+                        if !field.is_list() && !well_known(&inner) {
                             self.query_parameters(&inner, prefix, path_fields, body_field, out);
                         }
                     }
-                    _ => out.push(json!({
-                        "name": prefix.iter().map(|name| lower_camel(name)).collect::<Vec<_>>().join("."),
-                        "in": "query",
-                        "required": false,
-                        "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
-                        "schema": self.field_schema(&field),
-                        "explode": true,
-                    })),
+                    _ => out.push(self.query_parameter(prefix, &field)),
                 }
             }
             prefix.pop();
         }
+    }
+
+    /// The query parameter for `field`, reached by `path` (which ends with
+    /// it) and named by the path's dotted JSON names.
+    fn query_parameter(&mut self, path: &[FieldDescriptor], field: &FieldDescriptor) -> Json {
+        let name = path
+            .iter()
+            .map(FieldDescriptor::json_name)
+            .collect::<Vec<_>>()
+            .join(".");
+        json!({
+            "name": name,
+            "in": "query",
+            "required": false,
+            "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
+            "schema": self.field_schema(field),
+            "explode": true,
+        })
     }
 
     fn output_only(&self, field: &FieldDescriptor) -> bool {
@@ -426,23 +444,6 @@ fn comments(file: &FileDescriptor, path: &[i32]) -> Option<String> {
     let text = location.leading_comments.as_deref()?.trim();
     let joined = text.lines().map(str::trim).collect::<Vec<_>>().join(" ");
     (!joined.is_empty()).then_some(joined)
-}
-
-/// `page_size` → `pageSize`, as the proto3 JSON mapping names fields.
-fn lower_camel(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = false;
-    for c in name.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

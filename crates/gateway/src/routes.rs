@@ -99,7 +99,7 @@ impl RouteTable {
     /// Fails if one request could match two routes.
     fn check_unambiguous(&self) -> anyhow::Result<()> {
         for route in &self.routes {
-            let sample = route.template.as_str().replace(['{', '}'], "");
+            let sample = route.template.sample_path();
             let claimants = self
                 .routes
                 .iter()

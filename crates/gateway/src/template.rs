@@ -153,6 +153,24 @@ impl PathTemplate {
         path
     }
 
+    /// A concrete path this template matches (each variable and wildcard one
+    /// segment `x`), for telling whether two templates overlap.
+    pub fn sample_path(&self) -> String {
+        let mut path = String::new();
+        for token in &self.tokens {
+            path.push('/');
+            path.push_str(match token {
+                Token::Literal(literal) => literal,
+                Token::One | Token::Rest => "x",
+            });
+        }
+        if let Some(verb) = &self.verb {
+            path.push(':');
+            path.push_str(verb);
+        }
+        path
+    }
+
     /// The field paths its variables bind.
     pub fn field_paths(&self) -> impl Iterator<Item = &[String]> {
         self.variables.iter().map(|v| v.field_path.as_slice())
@@ -254,6 +272,18 @@ mod tests {
     fn openapi_paths_drop_variable_patterns() {
         let template = PathTemplate::parse("/v1/{name=shelves/*}/books/{book.id}:read").expect("parses");
         assert_eq!(template.openapi_path(), "/v1/{name}/books/{book_id}:read");
+    }
+
+    #[test]
+    fn a_template_matches_its_own_sample_path() {
+        for source in [
+            "/v1/{name=shelves/*}/books/{book.id}:read",
+            "/v1/files/**",
+            "/v1/auth:login",
+        ] {
+            let template = PathTemplate::parse(source).expect("parses");
+            assert!(template.matches(&template.sample_path()).is_some(), "{source}");
+        }
     }
 
     fn bind(template: &str, path: &str) -> Option<Vec<(String, String)>> {

@@ -29,11 +29,6 @@ impl Upstreams {
         Ok(())
     }
 
-    /// Whether `area` has a service.
-    pub fn serves(&self, area: &str) -> bool {
-        self.channels.contains_key(area)
-    }
-
     /// Calls a unary RPC, giving up after `timeout`.
     pub async fn unary(
         &self,
@@ -95,12 +90,16 @@ impl Upstreams {
         futures::future::join_all(checks).await.into_iter().collect()
     }
 
+    /// `area`'s channel, if it has a service.
+    pub fn channel(&self, area: &str) -> Option<Channel> {
+        self.channels.get(area).cloned()
+    }
+
     fn client(&self, route: &Route) -> Result<tonic::client::Grpc<Channel>, Status> {
         let channel = self
-            .channels
-            .get(route.area())
+            .channel(route.area())
             .ok_or_else(|| Status::unavailable(format!("no {} service is configured", route.area())))?;
-        Ok(tonic::client::Grpc::new(channel.clone()))
+        Ok(tonic::client::Grpc::new(channel))
     }
 }
 

@@ -19,7 +19,7 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 
 use crate::{
     config::ServerConfig,
-    telemetry::continue_remote_trace,
+    telemetry::request_span,
     verifier::{AuthenticateLayer, Verifier},
 };
 
@@ -70,7 +70,7 @@ impl GrpcServer {
             // One span per call, continuing the caller's W3C trace context.
             .layer(
                 TraceLayer::new_for_grpc()
-                    .make_span_with(call_span)
+                    .make_span_with(request_span)
                     .on_failure(log_failure),
             )
             // Refuse work beyond the limit at once (RESOURCE_EXHAUSTED) rather
@@ -193,21 +193,6 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(keel::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-fn call_span<B>(request: &http::Request<B>) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let span = tracing::info_span!(
-        "grpc",
-        rpc = %request.uri().path(),
-        request_id = %request_id,
-    );
-    continue_remote_trace(&span, request.headers());
-    span
 }
 
 /// A caller's mistake (bad input, refused access, a missing resource, a

@@ -98,9 +98,28 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// The span of one incoming request (a gRPC call or an HTTP request), named
+/// by its method, path and `x-request-id`, and continuing the caller's W3C
+/// trace context.
+pub fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+    );
+    continue_remote_trace(&span, request.headers());
+    span
+}
+
 /// Makes `span` a child of the caller's W3C trace context in `headers`, so a
 /// request's spans join the trace it arrived with.
-pub fn continue_remote_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+fn continue_remote_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let parent =
         opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
