@@ -111,25 +111,32 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
         },
     ];
 
+    let health_checks: Vec<(SocketAddr, &'static str)> = services
+        .iter()
+        .filter_map(|s| s.grpc_name.map(|name| (s.addr, name)))
+        .collect();
     let ready = async {
-        for service in &services {
-            if let Some(grpc_name) = service.grpc_name {
-                wait_until_serving(service.addr, grpc_name).await?;
-            }
+        for (addr, grpc_name) in health_checks {
+            wait_until_serving(addr, grpc_name).await?;
         }
         anyhow::Ok(())
     };
+    // A service that fails while the others start is reported at once.
     let outcome = tokio::select! {
         ready = ready => ready.map(|()| true),
         () = keel_platform::server::shutdown_signal() => Ok(false),
+        failed = first_exit(&mut services) => {
+            shutdown.cancel();
+            return Err(failed);
+        }
     };
     if matches!(outcome, Ok(true)) {
         print_banner(&services, database);
         tokio::select! {
             () = keel_platform::server::shutdown_signal() => say("\nStopping…\n"),
-            (exited, index, _) = futures::future::select_all(services.iter_mut().map(|s| &mut s.task)) => {
+            failed = first_exit(&mut services) => {
                 shutdown.cancel();
-                return Err(exited_early(services[index].name, exited));
+                return Err(failed);
             }
         }
     }
@@ -143,7 +150,10 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
     outcome.map(|_| ())
 }
 
-fn exited_early(service: &str, exited: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+/// Waits for the first service to stop, which while Keel is up is a failure.
+async fn first_exit(services: &mut [Service]) -> anyhow::Error {
+    let (exited, index, _) = futures::future::select_all(services.iter_mut().map(|s| &mut s.task)).await;
+    let service = services[index].name;
     match exited {
         Ok(Ok(())) => anyhow::anyhow!("{service} stopped unexpectedly"),
         Ok(Err(err)) => err.context(format!("{service} failed")),

@@ -144,13 +144,15 @@ pub async fn wait_until_serving(
     let mut health = HealthClient::new(channel);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .map(|r| r.into_inner().status)
-            .map_err(|status| status.code());
+        // Each attempt is bounded too: a peer that accepts but never answers
+        // must not outlast the deadline.
+        let check = health.check(HealthCheckRequest {
+            service: service.into(),
+        });
+        let status = match tokio::time::timeout_at(deadline, check).await {
+            Ok(answer) => answer.map(|r| r.into_inner().status).map_err(|status| status.code()),
+            Err(_) => Err(tonic::Code::DeadlineExceeded),
+        };
         if status == Ok(health_check_response::ServingStatus::Serving as i32) {
             return Ok(());
         }

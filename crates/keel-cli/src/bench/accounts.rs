@@ -1,10 +1,7 @@
 //! `keel bench accounts`: the ledger's reads and writes against what the same
 //! Postgres does on its own (pgbench), at the same concurrency.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -22,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::{Phases, median};
+use super::{Phases, median, retry};
 use crate::database::{Database, DatabaseArgs};
 
 /// `keel bench accounts`.
@@ -371,23 +368,4 @@ pub(super) fn bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Reques
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
     Ok(request)
-}
-
-/// Retries `call` for up to 30 s: the services may still be starting.
-async fn retry<T, F, Fut>(mut call: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(err) if Instant::now() < deadline => {
-                tracing::debug!(error = format!("{err:#}"), "waiting for the services");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(err) => return Err(err),
-        }
-    }
 }

@@ -172,9 +172,10 @@ async fn measure_login(channel: Channel, plan: Plan) -> anyhow::Result<()> {
 
     let median_ratio = super::median(&mut ratios);
     latencies.sort();
+    // No samples (a zero-length phase) reads as NaN rather than a panic.
     let percentile = |p: f64| {
-        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        super::ms(latencies[index])
+        let index = ((latencies.len() as f64 * p).ceil() as usize).max(1) - 1;
+        latencies.get(index).map_or(f64::NAN, |&latency| super::ms(latency))
     };
     let cost = plan.cost;
     println!(
@@ -242,27 +243,19 @@ async fn failed_login_latency(channel: &Channel, email: &str) -> anyhow::Result<
 }
 
 async fn register_bench_user(channel: &Channel) -> anyhow::Result<String> {
-    let mut client = AuthServiceClient::new(channel.clone());
     let email = format!("bench-{}@example.com", uuid::Uuid::now_v7().simple());
-    // The service may still be starting: retry registration for a while.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let registered = client
-            .register(RegisterRequest {
-                request_id: email.clone(),
-                email: email.clone(),
-                password: PASSWORD.into(),
-            })
-            .await;
-        match registered {
-            Ok(_) => return Ok(email),
-            Err(status) if Instant::now() < deadline => {
-                tracing::debug!(%status, "waiting for auth");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => return Err(status).context("registering the bench user"),
-        }
-    }
+    super::retry(|| async {
+        let mut client = AuthServiceClient::new(channel.clone());
+        let request = RegisterRequest {
+            request_id: email.clone(),
+            email: email.clone(),
+            password: PASSWORD.into(),
+        };
+        client.register(request).await.context("registering the bench user")?;
+        Ok(())
+    })
+    .await?;
+    Ok(email)
 }
 
 struct LoginPhase {

@@ -114,3 +114,22 @@ where
     }
     Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
 }
+
+/// Retries `call` for up to 30 s: the services may still be starting.
+async fn retry<T, F, Fut>(mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(err) if Instant::now() < deadline => {
+                tracing::debug!(error = format!("{err:#}"), "waiting for the services");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
