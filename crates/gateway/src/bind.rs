@@ -7,10 +7,10 @@
 
 use http::StatusCode;
 use percent_encoding::percent_decode_str;
-use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
+use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind};
 use serde_json::{Map, Value};
 
-use crate::{descriptors::is_string_like, error::ApiError, routes::Route, template::Binding};
+use crate::{descriptors::settable_field_path, error::ApiError, routes::Route, template::Binding};
 
 /// What a request brings to binding.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ pub fn bind(route: &Route, input: Input<'_>) -> Result<DynamicMessage, ApiError>
 
     let mut bound: Vec<Vec<FieldDescriptor>> = Vec::new();
     for binding in &input.bindings {
-        let path = resolve(&request, &binding.field_path)
+        let path = settable_field_path(&request, &binding.field_path)
             .map_err(|description| ApiError::bad_field(&binding.field_path.join("."), description))?;
         set(&mut root, &path, scalar(&path, &binding.value)?, false);
         bound.push(path);
@@ -65,7 +65,8 @@ pub fn bind(route: &Route, input: Input<'_>) -> Result<DynamicMessage, ApiError>
         }
         for (name, value) in query_pairs(query)? {
             let segments: Vec<String> = name.split('.').map(str::to_owned).collect();
-            let path = resolve(&request, &segments).map_err(|description| ApiError::bad_field(&name, description))?;
+            let path = settable_field_path(&request, &segments)
+                .map_err(|description| ApiError::bad_field(&name, description))?;
             if bound.iter().any(|b| same_field(b, &path)) {
                 return Err(ApiError::bad_field(&name, "is set by the path"));
             }
@@ -100,35 +101,6 @@ fn body_json(input: &Input<'_>) -> Result<Option<Value>, ApiError> {
 fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     essence.eq_ignore_ascii_case("application/json")
-}
-
-/// The fields a dotted path names, by proto or JSON name.
-fn resolve(message: &MessageDescriptor, segments: &[String]) -> Result<Vec<FieldDescriptor>, String> {
-    let mut current = message.clone();
-    let mut fields = Vec::with_capacity(segments.len());
-    for (i, segment) in segments.iter().enumerate() {
-        let field = current
-            .get_field_by_name(segment)
-            .or_else(|| current.get_field_by_json_name(segment))
-            .ok_or_else(|| format!("{} has no field {segment}", current.name()))?;
-        let last = i + 1 == segments.len();
-        match field.kind() {
-            Kind::Message(inner) if !last => current = inner,
-            Kind::Message(inner) if !is_string_like(&inner) => {
-                return Err(format!("{segment} is a message; name one of its fields"));
-            }
-            _ if !last => return Err(format!("{segment} has no fields")),
-            _ => {}
-        }
-        if field.is_map() {
-            return Err(format!("{segment} is a map and cannot be set here"));
-        }
-        if field.is_list() && !last {
-            return Err(format!("{segment} is repeated; its fields cannot be set here"));
-        }
-        fields.push(field);
-    }
-    Ok(fields)
 }
 
 /// A path or query value as the JSON the field's mapping reads: booleans as

@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, ExtensionDescriptor, MessageDescriptor};
+use prost_reflect::{DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 
 /// The descriptor pool and the few descriptors the gateway looks up often.
 #[derive(Debug, Clone)]
@@ -88,4 +88,35 @@ pub fn is_string_like(message: &MessageDescriptor) -> bool {
             | "google.protobuf.UInt32Value"
             | "google.protobuf.BytesValue"
     )
+}
+
+/// The fields a dotted path names (by proto or JSON name), when a path or
+/// query value can set the last one: a scalar, enum or string-like
+/// well-known type, not a map and not inside a repeated field.
+pub fn settable_field_path(message: &MessageDescriptor, segments: &[String]) -> Result<Vec<FieldDescriptor>, String> {
+    let mut current = message.clone();
+    let mut fields = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let field = current
+            .get_field_by_name(segment)
+            .or_else(|| current.get_field_by_json_name(segment))
+            .ok_or_else(|| format!("{} has no field {segment}", current.name()))?;
+        let last = i + 1 == segments.len();
+        match field.kind() {
+            Kind::Message(inner) if !last => current = inner,
+            Kind::Message(inner) if !is_string_like(&inner) => {
+                return Err(format!("{segment} is a message; name one of its fields"));
+            }
+            _ if !last => return Err(format!("{segment} has no fields")),
+            _ => {}
+        }
+        if field.is_map() {
+            return Err(format!("{segment} is a map and cannot be set here"));
+        }
+        if field.is_list() && !last {
+            return Err(format!("{segment} is repeated; its fields cannot be set here"));
+        }
+        fields.push(field);
+    }
+    Ok(fields)
 }

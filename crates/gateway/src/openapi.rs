@@ -9,7 +9,7 @@ use prost_reflect::{
 use serde_json::{Map, Value as Json, json};
 
 use crate::{
-    descriptors::{Descriptors, is_string_like},
+    descriptors::{Descriptors, is_string_like, settable_field_path},
     routes::{Route, RouteTable},
 };
 
@@ -94,7 +94,10 @@ impl Builder {
         let path_fields: Vec<Vec<String>> = route.template.field_paths().map(<[String]>::to_vec).collect();
         let mut parameters = Vec::new();
         for field_path in &path_fields {
-            let Some(field) = leaf(&input, field_path) else {
+            let Some(field) = settable_field_path(&input, field_path)
+                .ok()
+                .and_then(|mut path| path.pop())
+            else {
                 continue;
             };
             parameters.push(json!({
@@ -366,19 +369,6 @@ impl Builder {
         }
         self.schemas
     }
-}
-
-/// The field a dotted path names.
-fn leaf(message: &MessageDescriptor, path: &[String]) -> Option<FieldDescriptor> {
-    let (last, parents) = path.split_last()?;
-    let mut current = message.clone();
-    for name in parents {
-        match current.get_field_by_name(name)?.kind() {
-            Kind::Message(inner) => current = inner,
-            _ => return None,
-        }
-    }
-    current.get_field_by_name(last)
 }
 
 fn well_known(message: &MessageDescriptor) -> bool {

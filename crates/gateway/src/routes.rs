@@ -4,10 +4,10 @@
 use anyhow::Context as _;
 use http::uri::PathAndQuery;
 use keel::google::api::{HttpRule, http_rule::Pattern};
-use prost_reflect::{Kind, MessageDescriptor, MethodDescriptor};
+use prost_reflect::MethodDescriptor;
 
 use crate::{
-    descriptors::Descriptors,
+    descriptors::{Descriptors, settable_field_path},
     template::{Binding, PathTemplate},
 };
 
@@ -152,21 +152,26 @@ fn route(rpc: &MethodDescriptor, rule: &HttpRule, anonymous: bool) -> anyhow::Re
     let template = PathTemplate::parse(path)?;
     let input = rpc.input();
     for field_path in template.field_paths() {
-        check_field_path(&input, field_path).with_context(|| format!("{} {path}", rpc.full_name()))?;
+        // Checked as binding will read it, so a bad template fails here, once.
+        settable_field_path(&input, field_path)
+            .map_err(|reason| anyhow::anyhow!("{} {path}: {reason}", rpc.full_name()))?;
     }
     let body = match rule.body.as_str() {
         "" => None,
         "*" => Some("*".to_owned()),
         field => {
-            check_field_path(&input, &[field.to_owned()]).with_context(|| format!("{} body", rpc.full_name()))?;
+            input
+                .get_field_by_name(field)
+                .with_context(|| format!("{} body: {} has no field {field}", rpc.full_name(), input.full_name()))?;
             Some(field.to_owned())
         }
     };
     let response_body = match rule.response_body.as_str() {
         "" => None,
         field => {
-            check_field_path(&rpc.output(), &[field.to_owned()])
-                .with_context(|| format!("{} response_body", rpc.full_name()))?;
+            rpc.output()
+                .get_field_by_name(field)
+                .with_context(|| format!("{} response_body: no field {field}", rpc.full_name()))?;
             Some(field.to_owned())
         }
     };
@@ -182,23 +187,6 @@ fn route(rpc: &MethodDescriptor, rule: &HttpRule, anonymous: bool) -> anyhow::Re
         anonymous,
         grpc_path,
     })
-}
-
-/// Fails unless `path` names a (nested) field of `message`.
-fn check_field_path(message: &MessageDescriptor, path: &[String]) -> anyhow::Result<()> {
-    let mut current = message.clone();
-    for (i, name) in path.iter().enumerate() {
-        let field = current
-            .get_field_by_name(name)
-            .with_context(|| format!("{} has no field {name}", current.full_name()))?;
-        if i + 1 < path.len() {
-            match field.kind() {
-                Kind::Message(inner) => current = inner,
-                _ => anyhow::bail!("{}.{name} is not a message", current.full_name()),
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
