@@ -2,10 +2,8 @@
 //! append-only ledger, owning the `keel_accounts` database. It also consumes
 //! auth's events (UserRegistered creates the account).
 
-use std::{net::SocketAddr, sync::Arc};
-
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, FromArgMatches as _};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use keel::{
     accounts::v1::accounts_service_server::AccountsServiceServer, events::v1::event_sink_server::EventSinkServer,
@@ -13,11 +11,10 @@ use keel::{
 use keel_platform::{
     config::{PoolConfig, ServerConfig, TokenConfig},
     db,
-    server::GrpcServer,
-    verifier::{GrpcKeySource, Verifier},
+    events::EventType,
+    registry::{Context, ServiceFuture, ServiceSpec, Serving},
+    scopes,
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub mod domain;
 pub mod schema;
@@ -41,29 +38,25 @@ pub const SERVICE_NAME: &str = "keel.accounts.v1.AccountsService";
 /// The event sink's gRPC service name.
 pub const EVENT_SINK_NAME: &str = "keel.events.v1.EventSink";
 
-/// The event types accounts consumes.
-pub const CONSUMED_EVENTS: &[&str] = &["user.registered"];
+/// Accounts, as the registry knows it.
+pub const SERVICE: ServiceSpec = ServiceSpec {
+    name: "accounts",
+    about: "The accounts service: profiles and balances kept as a ledger.",
+    grpc_services: &[SERVICE_NAME, EVENT_SINK_NAME],
+    default_port: 50052,
+    database: DATABASE,
+    migrations: || MIGRATIONS,
+    migrations_dir: MIGRATIONS_DIR,
+    produces: &[EventType::BalanceChanged],
+    consumes: &[EventType::UserRegistered],
+    scopes: &[scopes::EVENTS_DELIVER],
+    settings: AccountsConfig::augment_args,
+    start,
+};
 
 /// Accounts' settings.
 #[derive(Debug, Clone, Args)]
 pub struct AccountsConfig {
-    /// Where accounts listens for gRPC.
-    #[arg(
-        long = "accounts-listen",
-        env = "KEEL_ACCOUNTS_LISTEN",
-        default_value = "127.0.0.1:50052"
-    )]
-    pub listen: SocketAddr,
-
-    /// Accounts' database (default: a `keel_accounts` database on the server
-    /// of KEEL_DATABASE_URL).
-    #[arg(long, env = "KEEL_ACCOUNTS_DATABASE_URL", hide_env_values = true)]
-    pub accounts_database_url: Option<String>,
-
-    /// Where auth serves gRPC (for its token signing keys).
-    #[arg(long, env = "KEEL_AUTH_URL", default_value = "http://127.0.0.1:50051")]
-    pub auth_url: String,
-
     /// The currency of new accounts (ISO 4217).
     #[arg(long, env = "KEEL_ACCOUNTS_CURRENCY", default_value = "USD")]
     pub currency: String,
@@ -103,34 +96,34 @@ impl Accounts {
     }
 }
 
-/// Serves accounts on `listener` until `shutdown` is cancelled. The database
-/// at `url` must exist; it is migrated first.
-pub async fn run(
-    config: AccountsConfig,
-    url: String,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    db::migrate(&url, MIGRATIONS).await.context("migrating keel_accounts")?;
-    let accounts = Accounts::build(&config, &url)?;
-    let auth = tonic::transport::Channel::from_shared(config.auth_url.clone())
-        .context("KEEL_AUTH_URL is not a URL")?
-        .connect_lazy();
-    let verifier = Arc::new(Verifier::new(
-        &config.tokens.token_issuer,
-        &config.tokens.token_audience,
-        Arc::new(GrpcKeySource::new(auth)),
-    ));
-    let routes = tonic::service::Routes::new(AccountsServiceServer::new(accounts.clone()))
-        .add_service(EventSinkServer::new(accounts.clone()));
-    let server = GrpcServer {
-        service_names: vec![SERVICE_NAME, EVENT_SINK_NAME],
-        routes,
-        verifier,
-        database_url: url.clone(),
-        config: config.server.clone(),
+fn start(settings: &clap::ArgMatches, context: Context) -> anyhow::Result<ServiceFuture> {
+    let config = AccountsConfig::from_arg_matches(settings)?;
+    Ok(Box::pin(run(config, context)))
+}
+
+/// Serves accounts until the context's shutdown. Its database must exist; it
+/// is migrated first.
+pub async fn run(config: AccountsConfig, context: Context) -> anyhow::Result<()> {
+    db::migrate(&context.database_url, MIGRATIONS)
+        .await
+        .context("migrating keel_accounts")?;
+    let accounts = Accounts::build(&config, &context.database_url)?;
+    let verifier = context.verifier(&config.tokens)?;
+    // Only needed once someone consumes BalanceChanged.
+    let tokens = if context.subscribers.is_empty() {
+        None
+    } else {
+        Some(context.service_tokens()?)
     };
-    server.run(listener, shutdown).await
+    let serving = Serving {
+        routes: tonic::service::Routes::new(AccountsServiceServer::new(accounts.clone()))
+            .add_service(EventSinkServer::new(accounts.clone())),
+        verifier,
+        pool: accounts.pool.clone(),
+        tokens,
+        server: config.server.clone(),
+    };
+    context.serve(serving).await
 }
 
 /// Checks every account's ledger against its balance; returns the accounts

@@ -6,7 +6,11 @@ use diesel::{ExpressionMethods as _, QueryDsl as _};
 use diesel_async::RunQueryDsl as _;
 use futures::future::join_all;
 use keel_accounts::schema::accounts;
-use keel_platform::relay::{Relay, RelayConfig, Subscriber, TokenFuture, TokenProvider};
+use keel_platform::{
+    client::ServiceChannel,
+    relay::{Relay, RelayConfig, Subscriber},
+    service_token::{TokenFuture, TokenProvider},
+};
 use keel_testkit::{Suite, SuiteOptions, spawn_suite_with_options};
 use tokio_util::sync::CancellationToken;
 
@@ -33,11 +37,7 @@ async fn register_many(suite: &Suite, prefix: &str, count: usize) -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn users_registered_while_accounts_is_down_all_arrive_once() -> anyhow::Result<()> {
-    let mut suite = spawn_suite_with_options(SuiteOptions {
-        start_accounts: false,
-        ..SuiteOptions::default()
-    })
-    .await?;
+    let mut suite = spawn_suite_with_options(SuiteOptions::default().withhold("accounts")).await?;
     let ids = register_many(&suite, "offline", 50).await?;
     // Nothing can arrive while accounts is down.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -72,11 +72,7 @@ impl TokenProvider for TestClientTokens {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_relays_at_once_apply_each_event_once() -> anyhow::Result<()> {
-    let mut suite = spawn_suite_with_options(SuiteOptions {
-        start_accounts: false,
-        ..SuiteOptions::default()
-    })
-    .await?;
+    let mut suite = spawn_suite_with_options(SuiteOptions::default().withhold("accounts")).await?;
     register_many(&suite, "twice", 40).await?;
 
     // A second relay over auth's outbox, besides the one inside auth.
@@ -87,14 +83,14 @@ async fn two_relays_at_once_apply_each_event_once() -> anyhow::Result<()> {
         pool,
         vec![Subscriber {
             name: "accounts",
-            channel: suite.accounts_channel(),
-            event_types: keel_accounts::CONSUMED_EVENTS,
+            channel: ServiceChannel::new(suite.accounts_channel(), Arc::new(TestClientTokens(token))),
+            event_types: keel_accounts::SERVICE.consumes.to_vec(),
         }],
-        Arc::new(TestClientTokens(token)),
         RelayConfig {
             relay_poll_ms: 50,
             relay_max_backoff_ms: 200,
             relay_batch: 4,
+            ..RelayConfig::default()
         },
     );
     let stop = CancellationToken::new();

@@ -4,21 +4,21 @@
 //! [`Auth::build`] prepares the service from its configuration; [`run`]
 //! serves it until shutdown.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration as StdDuration};
+use std::{sync::Arc, time::Duration as StdDuration};
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, FromArgMatches as _};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use keel::auth::v1::{Jwk, auth_service_server::AuthServiceServer};
 use keel_platform::{
     config::{PoolConfig, ServerConfig, TokenConfig},
     db,
-    relay::{Relay, RelayConfig, Subscriber, TokenFuture, TokenProvider},
-    server::GrpcServer,
+    events::EventType,
+    registry::{self, Context, ServiceFuture, ServiceSpec, Serving},
+    scopes,
+    service_token::{TokenFuture, TokenProvider},
     verifier::{KeySource, KeysFuture, Verifier},
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub mod clients;
 pub mod domain;
@@ -49,6 +49,27 @@ pub const DATABASE: &str = "keel_auth";
 /// The fully-qualified gRPC service name.
 pub const SERVICE_NAME: &str = "keel.auth.v1.AuthService";
 
+/// Auth, as the registry knows it.
+pub const SERVICE: ServiceSpec = ServiceSpec {
+    name: registry::AUTH,
+    about: "The auth service: credentials, tokens and sessions.",
+    grpc_services: &[SERVICE_NAME],
+    default_port: 50051,
+    database: DATABASE,
+    migrations: || MIGRATIONS,
+    migrations_dir: MIGRATIONS_DIR,
+    produces: &[
+        EventType::UserRegistered,
+        EventType::EmailVerificationRequested,
+        EventType::PasswordResetRequested,
+    ],
+    consumes: &[],
+    // Auth signs its own service tokens.
+    scopes: &[],
+    settings: AuthConfig::augment_args,
+    start,
+};
+
 /// How often a replica re-reads the signing keys (to follow a rotation made
 /// by another process).
 const KEY_RELOAD_INTERVAL: StdDuration = StdDuration::from_secs(30);
@@ -56,15 +77,6 @@ const KEY_RELOAD_INTERVAL: StdDuration = StdDuration::from_secs(30);
 /// Auth's settings.
 #[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
-    /// Where auth listens for gRPC.
-    #[arg(long = "auth-listen", env = "KEEL_AUTH_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
-
-    /// Auth's database (default: a `keel_auth` database on the server of
-    /// KEEL_DATABASE_URL).
-    #[arg(long, env = "KEEL_AUTH_DATABASE_URL", hide_env_values = true)]
-    pub auth_database_url: Option<String>,
-
     /// Proxies whose `x-forwarded-for` names the client (the gateway's
     /// addresses, comma-separated): login throttling and sessions then see
     /// the real client rather than the proxy.
@@ -86,14 +98,6 @@ pub struct AuthConfig {
     /// The failed-login window (seconds).
     #[arg(long, env = "KEEL_LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900)]
     pub login_failure_window_secs: u32,
-
-    /// Where accounts serves gRPC; auth's outbox relay delivers
-    /// UserRegistered there. Unset, events stay in the outbox.
-    #[arg(long, env = "KEEL_ACCOUNTS_URL")]
-    pub accounts_url: Option<String>,
-
-    #[command(flatten)]
-    pub relay: RelayConfig,
 
     /// argon2id memory cost (KiB); never below OWASP's 19456.
     #[arg(long, env = "KEEL_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
@@ -124,10 +128,12 @@ impl AuthConfig {
         keel_platform::config::from_args(args)
     }
 
-    /// The configured service clients.
-    pub fn service_clients(&self) -> anyhow::Result<Vec<ServiceClient>> {
+    /// The configured service clients, and `extra` ones (see
+    /// [`Context::suite_clients`]).
+    pub fn service_clients(&self, extra: &[String]) -> anyhow::Result<Vec<ServiceClient>> {
         self.service_clients
             .iter()
+            .chain(extra)
             .filter(|spec| !spec.trim().is_empty())
             .map(|spec| {
                 spec.parse()
@@ -154,8 +160,9 @@ impl AuthConfig {
 }
 
 impl Auth {
-    /// Connects to the (migrated) database at `url` and loads the keys.
-    pub async fn build(config: &AuthConfig, url: &str) -> anyhow::Result<Self> {
+    /// Connects to the (migrated) database at `url` and loads the keys;
+    /// `extra_clients` are service clients besides the configured ones.
+    pub async fn build(config: &AuthConfig, url: &str, extra_clients: &[String]) -> anyhow::Result<Self> {
         let pool = db::pool(url, &config.pool)?;
         let keys = KeyRing::load(&pool, &config.tokens.token_issuer, &config.tokens.token_audience)
             .await
@@ -167,7 +174,7 @@ impl Auth {
             pool,
             hasher: Hasher::new(config.hash_cost()?, concurrency)?,
             keys,
-            clients: Arc::new(ServiceClients::new(config.service_clients()?)),
+            clients: Arc::new(ServiceClients::new(config.service_clients(extra_clients)?)),
             throttle: Throttle {
                 max_failures: i64::from(config.login_max_failures),
                 window: chrono::Duration::seconds(i64::from(config.login_failure_window_secs)),
@@ -229,32 +236,27 @@ struct OwnServiceTokens(KeyRing);
 impl TokenProvider for OwnServiceTokens {
     fn token(&self) -> TokenFuture<'_> {
         Box::pin(async move {
-            let scopes = [keel_platform::events::DELIVER_SCOPE.to_owned()];
-            Ok(self.0.service_token(SERVICE_CLIENT_ID, &scopes).await?.0)
+            let scopes = [scopes::EVENTS_DELIVER.to_owned()];
+            Ok(self.0.service_token(registry::AUTH, &scopes).await?.0)
         })
     }
 }
 
-/// The client id auth's relay presents.
-const SERVICE_CLIENT_ID: &str = "auth";
+fn start(settings: &clap::ArgMatches, context: Context) -> anyhow::Result<ServiceFuture> {
+    let config = AuthConfig::from_arg_matches(settings)?;
+    Ok(Box::pin(run(config, context)))
+}
 
-/// The event types auth's subscribers receive.
-const ACCOUNTS_EVENTS: &[&str] = &["user.registered"];
-
-/// Serves auth on `listener` until `shutdown` is cancelled. The database at
-/// `url` must exist; it is migrated first.
-pub async fn run(
-    config: AuthConfig,
-    url: String,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// Serves auth until the context's shutdown. Its database must exist; it is
+/// migrated first.
+pub async fn run(config: AuthConfig, context: Context) -> anyhow::Result<()> {
+    let url = context.database_url.clone();
     db::migrate(&url, MIGRATIONS).await.context("migrating keel_auth")?;
-    let auth = Auth::build(&config, &url).await?;
+    let auth = Auth::build(&config, &url, &context.suite_clients).await?;
     let verifier = auth.verifier(&config.tokens);
 
     let reload = {
-        let (keys, pool, shutdown) = (auth.keys.clone(), auth.pool.clone(), shutdown.clone());
+        let (keys, pool, shutdown) = (auth.keys.clone(), auth.pool.clone(), context.shutdown.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -267,42 +269,14 @@ pub async fn run(
             }
         })
     };
-
-    let relay = match &config.accounts_url {
-        Some(accounts_url) => {
-            let accounts = tonic::transport::Channel::from_shared(accounts_url.clone())
-                .context("KEEL_ACCOUNTS_URL is not a URL")?
-                .connect_lazy();
-            let relay = Relay::new(
-                url.clone(),
-                auth.pool.clone(),
-                vec![Subscriber {
-                    name: "accounts",
-                    channel: accounts,
-                    event_types: ACCOUNTS_EVENTS,
-                }],
-                Arc::new(OwnServiceTokens(auth.keys.clone())),
-                config.relay.clone(),
-            );
-            Some(tokio::spawn(relay.run(shutdown.clone())))
-        }
-        None => None,
-    };
-
-    let server = GrpcServer {
-        service_names: vec![SERVICE_NAME],
+    let serving = Serving {
         routes: tonic::service::Routes::new(AuthServiceServer::new(auth.clone())),
         verifier,
-        database_url: url.clone(),
-        config: config.server.clone(),
+        pool: auth.pool.clone(),
+        tokens: Some(Arc::new(OwnServiceTokens(auth.keys.clone()))),
+        server: config.server.clone(),
     };
-    let result = server.run(listener, shutdown).await;
+    let result = context.serve(serving).await;
     reload.abort();
-    // The relay releases what it has not sent and stops; give it a moment.
-    if let Some(relay) = relay
-        && tokio::time::timeout(StdDuration::from_secs(2), relay).await.is_err()
-    {
-        tracing::warn!("the outbox relay did not stop in time");
-    }
     result
 }

@@ -182,7 +182,7 @@ async fn concurrent_retries_with_one_request_id_create_one_user() -> anyhow::Res
 async fn register_writes_registered_and_verification_events_to_the_outbox() -> anyhow::Result<()> {
     // With accounts down the relay cannot deliver (and so clear) the event.
     let suite = keel_testkit::spawn_suite_with_options(keel_testkit::SuiteOptions {
-        start_accounts: false,
+        withheld: vec!["accounts"],
         ..Default::default()
     })
     .await?;

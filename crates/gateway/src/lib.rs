@@ -4,7 +4,7 @@
 //! (bearer token, per-client rate limit, body size) and forwarded over gRPC
 //! with the caller's token, so the services check it again.
 
-use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -43,22 +43,6 @@ pub struct GatewayConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-
-    /// Where auth serves gRPC.
-    #[arg(long, env = "KEEL_AUTH_URL", default_value = "http://127.0.0.1:50051")]
-    pub auth_url: String,
-
-    /// Where accounts serves gRPC.
-    #[arg(long, env = "KEEL_ACCOUNTS_URL", default_value = "http://127.0.0.1:50052")]
-    pub accounts_url: String,
-
-    /// Where orders serves gRPC; unset, its routes are not offered.
-    #[arg(long, env = "KEEL_ORDERS_URL")]
-    pub orders_url: Option<String>,
-
-    /// Where notifications serves gRPC; unset, its routes are not offered.
-    #[arg(long, env = "KEEL_NOTIFICATIONS_URL")]
-    pub notifications_url: Option<String>,
 
     /// Requests per minute each client may make (by token subject, else by
     /// address); 0 turns the limit off.
@@ -124,18 +108,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Reads the routes and connects (lazily) to the configured services.
-    pub fn build(config: &GatewayConfig) -> anyhow::Result<Self> {
+    /// Reads the routes and connects (lazily) to `upstreams`: each area's
+    /// service URL (`auth`, `accounts`, ... as the registry names them). Only
+    /// the routes of those areas are served.
+    pub fn build<'a>(
+        config: &GatewayConfig,
+        upstreams: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> anyhow::Result<Self> {
         let descriptors = Descriptors::load()?;
-        let mut upstreams = Upstreams::default();
-        upstreams.add("auth", &config.auth_url)?;
-        upstreams.add("accounts", &config.accounts_url)?;
-        if let Some(url) = &config.orders_url {
-            upstreams.add("orders", url)?;
+        let mut areas = Upstreams::default();
+        for (area, url) in upstreams {
+            areas.add(area, url)?;
         }
-        if let Some(url) = &config.notifications_url {
-            upstreams.add("notifications", url)?;
-        }
+        let upstreams = areas;
         let mut routes = RouteTable::from_descriptors(&descriptors)?;
         routes.retain(|route| upstreams.channel(route.area()).is_some());
         // The verifier fetches keys over the same connection the auth routes use.
@@ -171,11 +156,20 @@ impl Gateway {
     }
 }
 
-/// Serves the gateway on `listener` until `shutdown` is cancelled: then
-/// `/readyz` fails at once, new connections are refused after the shutdown
-/// delay, and open requests (streams too) get the grace period to finish.
-pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let gateway = Arc::new(Gateway::build(&config)?);
+/// Serves the gateway in front of `upstreams` (area -> URL) on `listener`
+/// until `shutdown` is cancelled: then `/readyz` fails at once, new
+/// connections are refused after the shutdown delay, and open requests
+/// (streams too) get the grace period to finish.
+pub async fn run(
+    config: GatewayConfig,
+    upstreams: BTreeMap<&'static str, String>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let gateway = Arc::new(Gateway::build(
+        &config,
+        upstreams.iter().map(|(area, url)| (*area, url.as_str())),
+    )?);
     if let Some(limiter) = gateway.limiter.clone() {
         let stop = shutdown.clone();
         tokio::spawn(async move {

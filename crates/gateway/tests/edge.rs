@@ -311,7 +311,7 @@ async fn without_auth_s_keys_a_token_is_503_not_401() -> anyhow::Result<()> {
     // Nothing listens on either upstream port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let url = format!("http://{closed}");
-    let gateway = spawn_gateway(&["--auth-url", &url, "--accounts-url", &url]).await?;
+    let gateway = spawn_gateway([("auth", url.clone()), ("accounts", url)].into(), &[]).await?;
     // A well-formed header naming a key the gateway would have to fetch.
     let token = "eyJhbGciOiJFZERTQSIsImtpZCI6InVua25vd24ifQ.e30.c2ln";
     // The second call comes while the failed fetch is too recent to repeat:
@@ -547,14 +547,10 @@ async fn gateway_before_scripted_accounts(
     args: &[&str],
 ) -> anyhow::Result<(TestGateway, mpsc::UnboundedReceiver<HeaderMap>)> {
     let (accounts, calls) = scripted_accounts().await?;
-    let auth_url = format!("http://{}", suite.auth_addr());
-    let accounts_url = format!("http://{accounts}");
-    let flags = [
-        ["--auth-url", &auth_url, "--accounts-url", &accounts_url].as_slice(),
-        args,
-    ]
-    .concat();
-    Ok((spawn_gateway(&flags).await?, calls))
+    let gateway = suite
+        .spawn_gateway_with([("accounts", format!("http://{accounts}"))].into(), args)
+        .await?;
+    Ok((gateway, calls))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,6 @@ use hyper::{body::Frame, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keel::notifications::v1::{Notification, StreamNotificationsRequest, StreamNotificationsResponse};
 use keel_platform::Role;
-use keel_testkit::http::spawn_gateway;
 use prost::Message as _;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -75,17 +74,9 @@ async fn scripted_notifications() -> anyhow::Result<(String, mpsc::UnboundedRece
 async fn server_streams_become_server_sent_events() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let (notifications, mut requests) = scripted_notifications().await?;
-    let auth_url = format!("http://{}", suite.auth_addr());
-    let accounts_url = format!("http://{}", suite.accounts_addr());
-    let gateway = spawn_gateway(&[
-        "--auth-url",
-        &auth_url,
-        "--accounts-url",
-        &accounts_url,
-        "--notifications-url",
-        &notifications,
-    ])
-    .await?;
+    let gateway = suite
+        .spawn_gateway_with([("notifications", notifications)].into(), &[])
+        .await?;
     let http = gateway.http();
     suite
         .create_user("ada@example.com", "correct horse battery", &[Role::User])

@@ -86,7 +86,7 @@ async fn create_user(
 ) -> anyhow::Result<()> {
     database.prepare(keel_auth::DATABASE, keel_auth::MIGRATIONS).await?;
     let config = AuthConfig::from_args(["keel"])?;
-    let auth = keel_auth::Auth::build(&config, &database.url(keel_auth::DATABASE)?).await?;
+    let auth = keel_auth::Auth::build(&config, &database.url(keel_auth::DATABASE)?, &[]).await?;
 
     let generated = password.is_none();
     let password = match password {

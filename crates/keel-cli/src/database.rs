@@ -19,7 +19,7 @@ pub struct DatabaseArgs {
     pub database_url: Option<String>,
 
     /// Where the private cluster keeps its data.
-    #[arg(long, env = "KEEL_DATA_DIR", default_value_os_t = crate::cli::default_data_dir())]
+    #[arg(long, env = "KEEL_DATA_DIR", default_value_os_t = default_data_dir())]
     pub data_dir: PathBuf,
 }
 
@@ -62,10 +62,12 @@ impl Database {
         self.cluster.as_ref()
     }
 
-    /// Creates and migrates every service database.
+    /// Creates and migrates every registered service's database.
     pub async fn prepare_all(&self) -> anyhow::Result<()> {
-        self.prepare(keel_auth::DATABASE, keel_auth::MIGRATIONS).await?;
-        self.prepare(keel_accounts::DATABASE, keel_accounts::MIGRATIONS).await
+        for spec in keel_registry::REGISTRY.services() {
+            self.prepare(spec.database, (spec.migrations)()).await?;
+        }
+        Ok(())
     }
 
     /// Creates database `name` if missing and applies `migrations`.
@@ -83,4 +85,12 @@ impl Database {
             eprintln!("warning: the private Postgres did not stop cleanly: {err:#}");
         }
     }
+}
+
+/// The default folder for the private cluster's data.
+pub fn default_data_dir() -> PathBuf {
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("keel-{uid}"))
 }

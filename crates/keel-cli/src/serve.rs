@@ -1,61 +1,103 @@
-//! `keel serve <service>`: one service in this process.
+//! `keel serve <service>`: one service in this process (the container mode).
+//! The subcommands come from the registry, plus the gateway.
 
 use anyhow::Context as _;
+use clap::{ArgMatches, Args as _, Command, FromArgMatches, Subcommand};
+use keel_gateway::GatewayConfig;
+use keel_platform::registry::Launch;
+use keel_registry::REGISTRY;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AccountsServeArgs, AuthServeArgs};
+/// The gateway's subcommand name.
+const GATEWAY: &str = "gateway";
 
-/// Serves auth until SIGINT or SIGTERM.
-pub async fn auth(args: AuthServeArgs) -> anyhow::Result<()> {
-    let url = database_url(
-        "auth",
-        args.auth.auth_database_url.as_deref(),
-        args.database_url.as_deref(),
-        keel_auth::DATABASE,
-    )?;
-    let listener = keel_platform::server::bind(args.auth.listen).await?;
-    tracing::info!(addr = %args.auth.listen, "auth listening");
-    until_signal(|shutdown| keel_auth::run(args.auth, url, listener, shutdown))
-        .await
-        .context("auth stopped with an error")
+/// `keel serve <service>`, with that service's settings.
+#[derive(Debug)]
+pub struct ServeCommand {
+    name: String,
+    matches: ArgMatches,
 }
 
-/// Serves accounts until SIGINT or SIGTERM.
-pub async fn accounts(args: AccountsServeArgs) -> anyhow::Result<()> {
-    let url = database_url(
-        "accounts",
-        args.accounts.accounts_database_url.as_deref(),
-        args.database_url.as_deref(),
-        keel_accounts::DATABASE,
-    )?;
-    let listener = keel_platform::server::bind(args.accounts.listen).await?;
-    tracing::info!(addr = %args.accounts.listen, "accounts listening");
-    until_signal(|shutdown| keel_accounts::run(args.accounts, url, listener, shutdown))
+impl ServeCommand {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Serves it until SIGINT or SIGTERM.
+    pub async fn run(self) -> anyhow::Result<()> {
+        if self.name == GATEWAY {
+            let config = GatewayConfig::from_arg_matches(&self.matches)?;
+            let upstreams = REGISTRY.peer_urls(&self.matches, None);
+            let listener = keel_platform::server::bind(config.listen).await?;
+            tracing::info!(addr = %config.listen, "gateway listening");
+            return until_signal(|shutdown| keel_gateway::run(config, upstreams, listener, shutdown))
+                .await
+                .context("the gateway stopped with an error");
+        }
+        let spec = REGISTRY
+            .get(&self.name)
+            .with_context(|| format!("no service {}", self.name))?;
+        let listen = self
+            .matches
+            .get_one::<std::net::SocketAddr>("listen")
+            .copied()
+            .unwrap_or_else(|| spec.default_listen());
+        let listener = keel_platform::server::bind(listen).await?;
+        tracing::info!(addr = %listen, "{} listening", spec.name);
+        until_signal(|shutdown| async move {
+            let service = REGISTRY.start(
+                spec,
+                Launch {
+                    matches: self.matches,
+                    listener,
+                    shutdown,
+                    suite_clients: Vec::new(),
+                },
+            )?;
+            service.await
+        })
         .await
-        .context("accounts stopped with an error")
+        .with_context(|| format!("{} stopped with an error", spec.name))
+    }
 }
 
-/// Serves the gateway until SIGINT or SIGTERM.
-pub async fn gateway(config: keel_gateway::GatewayConfig) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(addr = %config.listen, "gateway listening");
-    until_signal(|shutdown| keel_gateway::run(config, listener, shutdown))
-        .await
-        .context("the gateway stopped with an error")
+impl FromArgMatches for ServeCommand {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        match matches.subcommand() {
+            Some((name, matches)) => Ok(Self {
+                name: name.to_owned(),
+                matches: matches.clone(),
+            }),
+            None => Err(clap::Error::new(clap::error::ErrorKind::MissingSubcommand)),
+        }
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
-/// The service's own URL, or its database on the shared server.
-fn database_url(service: &str, own: Option<&str>, server: Option<&str>, database: &str) -> anyhow::Result<String> {
-    match (own, server) {
-        (Some(url), _) => Ok(url.to_owned()),
-        (None, Some(server)) => keel_platform::db::with_database(server, database),
-        (None, None) => anyhow::bail!(
-            "set KEEL_{}_DATABASE_URL (or KEEL_DATABASE_URL) to the Postgres {service} should use; \
-             `keel up` runs a private one for development",
-            service.to_uppercase()
-        ),
+impl Subcommand for ServeCommand {
+    fn augment_subcommands(command: Command) -> Command {
+        let gateway = GatewayConfig::augment_args(REGISTRY.peer_url_args(Command::new(GATEWAY), None))
+            .about("The REST/JSON gateway in front of the services.");
+        REGISTRY
+            .services()
+            .fold(command, |command, spec| {
+                command.subcommand(REGISTRY.serve_command(spec))
+            })
+            .subcommand(gateway)
+            .subcommand_required(true)
+    }
+
+    fn augment_subcommands_for_update(command: Command) -> Command {
+        Self::augment_subcommands(command)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        name == GATEWAY || REGISTRY.get(name).is_some()
     }
 }
 

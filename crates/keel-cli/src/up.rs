@@ -1,18 +1,77 @@
 //! `keel up`: the whole suite on this machine.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use keel_accounts::AccountsConfig;
-use keel_auth::AuthConfig;
+use clap::{ArgMatches, Args, Command, FromArgMatches};
 use keel_gateway::GatewayConfig;
+use keel_platform::registry::{self, Launch};
+use keel_registry::REGISTRY;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{cli::UpArgs, database::Database};
+use crate::database::{Database, DatabaseArgs};
+
+/// `keel up`. Each service reads the rest of its settings from the
+/// environment, as `keel serve <service> --help` lists them.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub listen: Listen,
+
+    /// Where the REST/JSON gateway listens.
+    #[arg(long, env = "KEEL_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub gateway_listen: SocketAddr,
+}
+
+/// Where each registered service listens (`--<name>-listen`).
+#[derive(Debug, Clone)]
+pub struct Listen(BTreeMap<&'static str, SocketAddr>);
+
+impl Args for Listen {
+    fn augment_args(command: Command) -> Command {
+        REGISTRY.services().fold(command, |command, spec| {
+            command.arg(registry::listen_arg(spec, listen_id(spec.name)))
+        })
+    }
+
+    fn augment_args_for_update(command: Command) -> Command {
+        Self::augment_args(command)
+    }
+}
+
+impl FromArgMatches for Listen {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Listen(
+            REGISTRY
+                .services()
+                .map(|spec| {
+                    let addr = matches
+                        .get_one::<SocketAddr>(&listen_id(spec.name))
+                        .copied()
+                        .unwrap_or_else(|| spec.default_listen());
+                    (spec.name, addr)
+                })
+                .collect(),
+        ))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+/// The clap id of a service's listen flag.
+fn listen_id(name: &str) -> String {
+    format!("{name}-listen")
+}
 
 /// Starts Postgres (unless a URL is given), migrates, serves every
-/// implemented service, and stops it all on Ctrl-C or SIGTERM.
+/// registered service and the gateway, and stops it all on Ctrl-C or SIGTERM.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let database = args.database.open().await?;
     let result = serve_all(&args, &database).await;
@@ -25,7 +84,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
-/// One service of the suite, running.
+/// One part of the suite, running.
 struct Service {
     name: &'static str,
     /// The gRPC service whose health says it is ready; None for the gateway,
@@ -39,77 +98,67 @@ struct Service {
 async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
     database.prepare_all().await?;
     let shutdown = CancellationToken::new();
-    let auth_addr = loopback(args.auth_listen);
-    let accounts_addr = loopback(args.accounts_listen);
-    let gateway_addr = loopback(args.gateway_listen);
+    let clients = REGISTRY.suite_clients();
+    let server_url = database.url("postgres")?;
 
-    // Each service reads the rest of its settings from the environment.
-    let auth_config = AuthConfig::from_args([
-        "keel",
-        "--auth-listen",
-        &args.auth_listen.to_string(),
-        "--accounts-url",
-        &format!("http://{accounts_addr}"),
-        // The gateway calls from loopback and names the client it serves.
-        "--trusted-proxies",
-        "127.0.0.1",
-    ])?;
-    let accounts_config = AccountsConfig::from_args([
-        "keel",
-        "--accounts-listen",
-        &args.accounts_listen.to_string(),
-        "--auth-url",
-        &format!("http://{auth_addr}"),
-    ])?;
-    let gateway_config = GatewayConfig::from_args([
-        "keel",
-        "--gateway-listen",
-        &args.gateway_listen.to_string(),
-        "--auth-url",
-        &format!("http://{auth_addr}"),
-        "--accounts-url",
-        &format!("http://{accounts_addr}"),
-    ])?;
-    let auth_url = match &auth_config.auth_database_url {
-        Some(url) => url.clone(),
-        None => database.url(keel_auth::DATABASE)?,
-    };
-    let accounts_url = match &accounts_config.accounts_database_url {
-        Some(url) => url.clone(),
-        None => database.url(keel_accounts::DATABASE)?,
-    };
-
-    let auth_listener = keel_platform::server::bind(args.auth_listen).await?;
-    let accounts_listener = keel_platform::server::bind(args.accounts_listen).await?;
+    // Every listener first, so each service knows where its peers are.
+    let mut bound = Vec::new();
+    for spec in REGISTRY.services() {
+        let listen = args
+            .listen
+            .0
+            .get(spec.name)
+            .copied()
+            .unwrap_or_else(|| spec.default_listen());
+        bound.push((spec, loopback(listen), keel_platform::server::bind(listen).await?));
+    }
+    let addrs: BTreeMap<&'static str, SocketAddr> = bound.iter().map(|(spec, addr, _)| (spec.name, *addr)).collect();
     let gateway_listener = keel_platform::server::bind(args.gateway_listen).await?;
-    let mut services = vec![
-        Service {
-            name: "auth",
-            grpc_name: Some(keel_auth::SERVICE_NAME),
-            endpoint: format!("grpc://{auth_addr}"),
-            addr: auth_addr,
-            task: tokio::spawn(keel_auth::run(auth_config, auth_url, auth_listener, shutdown.clone())),
-        },
-        Service {
-            name: "accounts",
-            grpc_name: Some(keel_accounts::SERVICE_NAME),
-            endpoint: format!("grpc://{accounts_addr}"),
-            addr: accounts_addr,
-            task: tokio::spawn(keel_accounts::run(
-                accounts_config,
-                accounts_url,
-                accounts_listener,
-                shutdown.clone(),
-            )),
-        },
-        Service {
-            name: "gateway",
-            grpc_name: None,
-            endpoint: format!("http://{gateway_addr}"),
-            addr: gateway_addr,
-            task: tokio::spawn(keel_gateway::run(gateway_config, gateway_listener, shutdown.clone())),
-        },
-    ];
+
+    let mut services = Vec::new();
+    for (spec, addr, listener) in bound {
+        let mut argv = REGISTRY.suite_args(spec, &addrs, &clients);
+        argv.extend(["--database-url".to_owned(), server_url.clone()]);
+        if spec.name == registry::AUTH {
+            // The gateway calls from loopback and names the client it serves.
+            argv.extend(["--trusted-proxies".to_owned(), "127.0.0.1".to_owned()]);
+        }
+        let matches = REGISTRY.parse(spec, argv)?;
+        let serve = REGISTRY.start(
+            spec,
+            Launch {
+                matches,
+                listener,
+                shutdown: shutdown.clone(),
+                suite_clients: clients.entries.clone(),
+            },
+        )?;
+        services.push(Service {
+            name: spec.name,
+            grpc_name: spec.grpc_services.first().copied(),
+            endpoint: format!("grpc://{addr}"),
+            addr,
+            task: tokio::spawn(serve),
+        });
+    }
+    let gateway_addr = loopback(args.gateway_listen);
+    let gateway_config = GatewayConfig::from_args(["keel", "--gateway-listen", &args.gateway_listen.to_string()])?;
+    let upstreams = addrs
+        .iter()
+        .map(|(name, addr)| (*name, format!("http://{addr}")))
+        .collect();
+    services.push(Service {
+        name: "gateway",
+        grpc_name: None,
+        endpoint: format!("http://{gateway_addr}"),
+        addr: gateway_addr,
+        task: tokio::spawn(keel_gateway::run(
+            gateway_config,
+            upstreams,
+            gateway_listener,
+            shutdown.clone(),
+        )),
+    });
 
     let health_checks: Vec<(SocketAddr, &'static str)> = services
         .iter()
@@ -196,7 +245,10 @@ fn print_banner(services: &[Service], database: &Database) {
     for service in services {
         let _ = writeln!(text, "  {:<10} {:<28} SERVING", service.name, service.endpoint);
     }
-    let auth = services[0].addr;
+    let auth = services
+        .iter()
+        .find(|s| s.name == registry::AUTH)
+        .map_or(SocketAddr::from(([127, 0, 0, 1], 50051)), |s| s.addr);
     let gateway = services.iter().find(|s| s.grpc_name.is_none()).map_or(auth, |s| s.addr);
     let _ = write!(
         text,

@@ -17,6 +17,15 @@ pub struct ServerConfig {
     #[arg(long, env = "KEEL_CONCURRENCY_LIMIT", default_value_t = 1024)]
     pub concurrency_limit: usize,
 
+    /// How often idle connections are pinged, and how long a ping may go
+    /// unanswered before the connection is closed (seconds).
+    #[arg(long, env = "KEEL_GRPC_KEEPALIVE_SECS", default_value_t = 20)]
+    pub grpc_keepalive_secs: u64,
+
+    /// The most calls one connection may have open at once.
+    #[arg(long, env = "KEEL_GRPC_MAX_STREAMS_PER_CONNECTION", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
     #[command(flatten)]
     pub shutdown: ShutdownConfig,
 }
@@ -26,6 +35,11 @@ impl ServerConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
+
+    /// The HTTP/2 keep-alive interval and timeout.
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.grpc_keepalive_secs.max(1))
+    }
 }
 
 impl Default for ServerConfig {
@@ -33,6 +47,8 @@ impl Default for ServerConfig {
         Self {
             request_timeout_secs: 30,
             concurrency_limit: 1024,
+            grpc_keepalive_secs: 20,
+            max_concurrent_streams: 256,
             shutdown: ShutdownConfig::default(),
         }
     }

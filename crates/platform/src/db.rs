@@ -8,7 +8,7 @@ use diesel_async::{
     AsyncConnection as _, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl as _,
     pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool},
 };
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _, embed_migrations};
 use futures::FutureExt as _;
 
 use crate::config::PoolConfig;
@@ -48,15 +48,26 @@ pub fn pool(url: &str, config: &PoolConfig) -> anyhow::Result<Pool> {
         .context("building the database pool")
 }
 
-/// Runs the pending migrations. Needs the multi-threaded runtime: the harness
-/// blocks in place while it works.
+/// The tables every service's database has (the outbox, processed events),
+/// defined once; [`migrate`] applies them before a service's own.
+pub const SHARED_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// The folder [`SHARED_MIGRATIONS`] come from (tests fingerprint it).
+pub const SHARED_MIGRATIONS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+
+/// Runs the pending shared migrations, then the service's `migrations`.
+/// Needs the multi-threaded runtime: the harness blocks in place while it
+/// works.
 pub async fn migrate(url: &str, migrations: EmbeddedMigrations) -> anyhow::Result<()> {
     let conn = AsyncPgConnection::establish(url)
         .await
         .with_context(|| format!("connecting to {} to migrate", redact(url)))?;
     let mut harness = AsyncMigrationHarness::new(conn);
-    tokio::task::block_in_place(|| harness.run_pending_migrations(migrations).map(|_| ()))
-        .map_err(|err| anyhow::anyhow!("running migrations on {}: {err}", redact(url)))
+    tokio::task::block_in_place(|| {
+        harness.run_pending_migrations(SHARED_MIGRATIONS)?;
+        harness.run_pending_migrations(migrations).map(|_| ())
+    })
+    .map_err(|err| anyhow::anyhow!("running migrations on {}: {err}", redact(url)))
 }
 
 /// Creates `database` on the server of `url` unless it exists.

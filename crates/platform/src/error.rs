@@ -5,7 +5,10 @@
 //! full context and reach the caller only as a generic message: nothing secret
 //! or internal ever leaves in a `Status`.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -41,6 +44,9 @@ pub struct ClientError {
     pub violations: Vec<FieldViolation>,
     /// How long to wait before retrying, for RESOURCE_EXHAUSTED.
     pub retry_after: Option<Duration>,
+    /// `ErrorInfo.metadata`: what the caller needs to act on the error (the
+    /// id of the missing product, the state that refused the change).
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// One invalid field of a request.
@@ -59,14 +65,29 @@ impl std::fmt::Display for ClientError {
 }
 
 impl Error {
-    fn client(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
-        Error::Client(Box::new(ClientError {
+    /// A client error with any code and reason.
+    pub fn client(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        Error::Client(Self::client_error(code, reason, message))
+    }
+
+    fn client_error(code: Code, reason: &'static str, message: impl Into<String>) -> Box<ClientError> {
+        Box::new(ClientError {
             code,
             reason,
             message: message.into(),
             violations: Vec::new(),
             retry_after: None,
-        }))
+            metadata: BTreeMap::new(),
+        })
+    }
+
+    /// Adds `key = value` to the `ErrorInfo` metadata of a client error (an
+    /// internal error carries none: its detail stays in the logs).
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        if let Error::Client(client) = &mut self {
+            client.metadata.insert(key.into(), value.into());
+        }
+        self
     }
 
     /// INVALID_ARGUMENT with one field violation.
@@ -85,11 +106,8 @@ impl Error {
             .collect::<Vec<_>>()
             .join("; ");
         Error::Client(Box::new(ClientError {
-            code: Code::InvalidArgument,
-            reason: "INVALID_ARGUMENT",
-            message,
             violations,
-            retry_after: None,
+            ..*Self::client_error(Code::InvalidArgument, "INVALID_ARGUMENT", message)
         }))
     }
 
@@ -131,11 +149,8 @@ impl Error {
     /// RESOURCE_EXHAUSTED with a `RetryInfo` delay.
     pub fn too_many(reason: &'static str, message: impl Into<String>, retry_after: Duration) -> Self {
         Error::Client(Box::new(ClientError {
-            code: Code::ResourceExhausted,
-            reason,
-            message: message.into(),
-            violations: Vec::new(),
             retry_after: Some(retry_after),
+            ..*Self::client_error(Code::ResourceExhausted, reason, message)
         }))
     }
 
@@ -154,8 +169,37 @@ impl Error {
 }
 
 impl From<diesel::result::Error> for Error {
+    /// A connection that broke under the query (Postgres restarting, the
+    /// network dropping) is UNAVAILABLE, so a standard retrying client tries
+    /// again (idempotency keys make that safe); any other failure is internal.
     fn from(err: diesel::result::Error) -> Self {
+        if connection_lost(&err) {
+            tracing::warn!(error = %err, "the database connection was lost mid-query");
+            return Self::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry later");
+        }
         Error::Internal(anyhow::Error::new(err).context("database query failed"))
+    }
+}
+
+/// Whether `err` says the connection went away rather than the query failed.
+fn connection_lost(err: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as Diesel};
+    // What Postgres says as it ends a session from its side (SQLSTATE class
+    // 57P and server start-up); diesel passes on the message, not the code.
+    const SERVER_GOING_AWAY: &[&str] = &[
+        "terminating connection",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "the database system is in recovery mode",
+        "the database system is not yet accepting connections",
+    ];
+    match err {
+        Diesel::BrokenTransactionManager => true,
+        Diesel::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _) => true,
+        Diesel::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            SERVER_GOING_AWAY.iter().any(|m| info.message().starts_with(m))
+        }
+        _ => false,
     }
 }
 
@@ -171,7 +215,11 @@ impl From<Error> for Status {
         match err {
             Error::Client(client) => {
                 let mut details = ErrorDetails::new();
-                details.set_error_info(client.reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+                details.set_error_info(
+                    client.reason,
+                    ERROR_DOMAIN,
+                    client.metadata.clone().into_iter().collect::<HashMap<_, _>>(),
+                );
                 for violation in &client.violations {
                     details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
                 }
@@ -205,6 +253,28 @@ mod tests {
         let info = status.get_details_error_info().expect("error info");
         assert_eq!(info.reason, "INVALID_ARGUMENT");
         assert_eq!(info.domain, ERROR_DOMAIN);
+    }
+
+    #[test]
+    fn any_reason_carries_its_metadata() {
+        let status = Status::from(
+            Error::client(Code::NotFound, "PRODUCT_NOT_FOUND", "product not found").with_metadata("product_id", "p-1"),
+        );
+        assert_eq!(status.code(), Code::NotFound);
+        let info = status.get_details_error_info().expect("error info");
+        assert_eq!(info.reason, "PRODUCT_NOT_FOUND");
+        assert_eq!(info.metadata.get("product_id").map(String::as_str), Some("p-1"));
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable() {
+        let closed = diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UnableToSendCommand,
+            Box::new("connection closed".to_owned()),
+        );
+        assert_eq!(Status::from(Error::from(closed)).code(), Code::Unavailable);
+        let other = diesel::result::Error::NotFound;
+        assert_eq!(Status::from(Error::from(other)).code(), Code::Internal);
     }
 
     #[test]

@@ -6,13 +6,94 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use keel::events::v1::{DeliverRequest, event::Payload};
 use uuid::Uuid;
 
-use crate::{error::Error, principal::principal};
+use crate::{error::Error, principal::principal, scopes};
 
-/// The scope a relay's token must carry to deliver events.
-pub const DELIVER_SCOPE: &str = "events.deliver";
+/// The type of an event, named once for producers, consumers and the outbox's
+/// `event_type` column (so a producer and its consumers cannot disagree on a
+/// string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    /// `user.registered`
+    UserRegistered,
+    /// `user.password_reset_requested`
+    PasswordResetRequested,
+    /// `user.email_verification_requested`
+    EmailVerificationRequested,
+    /// `order.placed`
+    OrderPlaced,
+    /// `order.paid`
+    OrderPaid,
+    /// `order.shipped`
+    OrderShipped,
+    /// `order.cancelled`
+    OrderCancelled,
+    /// `balance.changed`
+    BalanceChanged,
+}
+
+impl EventType {
+    /// Every event type.
+    pub const ALL: [EventType; 8] = [
+        EventType::UserRegistered,
+        EventType::PasswordResetRequested,
+        EventType::EmailVerificationRequested,
+        EventType::OrderPlaced,
+        EventType::OrderPaid,
+        EventType::OrderShipped,
+        EventType::OrderCancelled,
+        EventType::BalanceChanged,
+    ];
+
+    /// The stable name, as stored in the outbox.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::UserRegistered => "user.registered",
+            EventType::PasswordResetRequested => "user.password_reset_requested",
+            EventType::EmailVerificationRequested => "user.email_verification_requested",
+            EventType::OrderPlaced => "order.placed",
+            EventType::OrderPaid => "order.paid",
+            EventType::OrderShipped => "order.shipped",
+            EventType::OrderCancelled => "order.cancelled",
+            EventType::BalanceChanged => "balance.changed",
+        }
+    }
+
+    /// The type of `payload`.
+    pub const fn of(payload: &Payload) -> Self {
+        match payload {
+            Payload::UserRegistered(_) => EventType::UserRegistered,
+            Payload::PasswordResetRequested(_) => EventType::PasswordResetRequested,
+            Payload::EmailVerificationRequested(_) => EventType::EmailVerificationRequested,
+            Payload::OrderPlaced(_) => EventType::OrderPlaced,
+            Payload::OrderPaid(_) => EventType::OrderPaid,
+            Payload::OrderShipped(_) => EventType::OrderShipped,
+            Payload::OrderCancelled(_) => EventType::OrderCancelled,
+            Payload::BalanceChanged(_) => EventType::BalanceChanged,
+        }
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EventType {
+    type Err = anyhow::Error;
+
+    /// Fails loudly on a name no event type has.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        EventType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == name)
+            .ok_or_else(|| anyhow::anyhow!("unknown event type {name:?}"))
+    }
+}
 
 diesel::table! {
-    /// Events a consumer has applied; every consuming service has this table.
+    /// Events a consumer has applied; every service's database has this table
+    /// (created by [`crate::db::SHARED_MIGRATIONS`]).
     processed_events (event_id) {
         event_id -> Uuid,
         processed_at -> Timestamptz,
@@ -32,7 +113,7 @@ pub struct Delivery {
 /// Reads and authorizes a Deliver call.
 pub fn delivery(request: tonic::Request<DeliverRequest>) -> Result<Delivery, Error> {
     let producer = principal(&request)?
-        .service_with_scope(DELIVER_SCOPE)?
+        .service_with_scope(scopes::EVENTS_DELIVER)?
         .client_id
         .clone();
     let event = request

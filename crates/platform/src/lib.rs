@@ -3,6 +3,7 @@
 //! Postgres for development, token verification, the outbox, and the one
 //! error type that maps to `tonic::Status`.
 
+pub mod client;
 pub mod client_address;
 pub mod config;
 pub mod db;
@@ -13,8 +14,11 @@ pub mod outbox;
 pub mod paging;
 pub mod principal;
 pub mod proto;
+pub mod registry;
 pub mod relay;
+pub mod scopes;
 pub mod server;
+pub mod service_token;
 pub mod telemetry;
 pub mod verifier;
 

@@ -8,10 +8,11 @@ use keel::events::v1::{Event, event::Payload};
 use prost::Message as _;
 use uuid::Uuid;
 
-use crate::error::Error;
+use crate::{error::Error, events::EventType};
 
 diesel::table! {
-    /// Events waiting for delivery; every service's database has this table.
+    /// Events waiting for delivery; every service's database has this table
+    /// (created by [`crate::db::SHARED_MIGRATIONS`]).
     outbox (id) {
         id -> Uuid,
         event_type -> Text,
@@ -36,7 +37,7 @@ diesel::define_sql_function! {
 /// current trace context, and wakes the relay when the transaction commits.
 pub async fn enqueue(conn: &mut AsyncPgConnection, source: &str, payload: Payload) -> Result<Uuid, Error> {
     let id = Uuid::now_v7();
-    let event_type = event_type(&payload);
+    let event_type = EventType::of(&payload).as_str();
     let event = Event {
         id: id.to_string(),
         source: source.to_owned(),
@@ -56,18 +57,4 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, source: &str, payload: Payloa
         .execute(conn)
         .await?;
     Ok(id)
-}
-
-/// The stable name of an event's type, e.g. `user.registered`.
-pub fn event_type(payload: &Payload) -> &'static str {
-    match payload {
-        Payload::UserRegistered(_) => "user.registered",
-        Payload::PasswordResetRequested(_) => "user.password_reset_requested",
-        Payload::EmailVerificationRequested(_) => "user.email_verification_requested",
-        Payload::OrderPlaced(_) => "order.placed",
-        Payload::OrderPaid(_) => "order.paid",
-        Payload::OrderShipped(_) => "order.shipped",
-        Payload::OrderCancelled(_) => "order.cancelled",
-        Payload::BalanceChanged(_) => "balance.changed",
-    }
 }

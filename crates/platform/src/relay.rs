@@ -8,8 +8,10 @@
 //! subscribers are called. A failed delivery is retried with exponential
 //! backoff and jitter; other events do not wait for it. A relay that dies
 //! mid-batch leaves its leased rows to be sent again when the lease ends.
+//! Events that no subscriber wants are marked done at once; every done event
+//! is deleted after the retention period.
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use chrono::Utc;
@@ -19,24 +21,16 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use futures::StreamExt as _;
 use keel::events::v1::{DeliverRequest, Event, event_sink_client::EventSinkClient};
 use prost::Message as _;
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::{
+    client::ServiceChannel,
     db::Pool,
-    outbox::{self, NOTIFY_CHANNEL, outbox as table},
+    events::EventType,
+    outbox::{NOTIFY_CHANNEL, outbox as table},
 };
-
-/// The boxed future a [`TokenProvider`] returns.
-pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<String>> + Send + 'a>>;
-
-/// Supplies the service token the relay presents (scope `events.deliver`).
-pub trait TokenProvider: Send + Sync + fmt::Debug {
-    /// A token valid for at least the next minute.
-    fn token(&self) -> TokenFuture<'_>;
-}
 
 /// How the relay paces itself.
 #[derive(Debug, Clone, Args)]
@@ -53,6 +47,11 @@ pub struct RelayConfig {
     /// Events claimed per pass.
     #[arg(long, env = "KEEL_RELAY_BATCH", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..=1000))]
     pub relay_batch: i64,
+
+    /// How long a delivered (or unwanted) event stays in the outbox before it
+    /// is deleted (seconds), so no outbox grows without bound.
+    #[arg(long, env = "KEEL_OUTBOX_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub outbox_retention_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -61,6 +60,7 @@ impl Default for RelayConfig {
             relay_poll_ms: 1_000,
             relay_max_backoff_ms: 60_000,
             relay_batch: 64,
+            outbox_retention_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -70,11 +70,11 @@ impl Default for RelayConfig {
 pub struct Subscriber {
     /// Its name, for logs.
     pub name: &'static str,
-    /// Where its EventSink listens.
-    pub channel: Channel,
-    /// The event types it wants (see [`outbox::event_type`]); others are not
-    /// sent to it, so secrets in events reach only who needs them.
-    pub event_types: &'static [&'static str],
+    /// Where its EventSink listens, with the producer's service token.
+    pub channel: ServiceChannel,
+    /// The event types it wants; others are not sent to it, so secrets in
+    /// events reach only who needs them.
+    pub event_types: Vec<EventType>,
 }
 
 /// Delivers one service's outbox.
@@ -83,7 +83,6 @@ pub struct Relay {
     database_url: String,
     pool: Pool,
     subscribers: Vec<Subscriber>,
-    tokens: Arc<dyn TokenProvider>,
     config: RelayConfig,
 }
 
@@ -101,21 +100,17 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long claimed events stay reserved for the relay that claimed them:
 /// room for a whole batch of slow deliveries.
 const LEASE: Duration = Duration::from_secs(300);
+/// How often old events are deleted, at most (a shorter retention period
+/// prunes as often as it lasts).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Relay {
     /// A relay over the outbox in the database at `database_url`.
-    pub fn new(
-        database_url: String,
-        pool: Pool,
-        subscribers: Vec<Subscriber>,
-        tokens: Arc<dyn TokenProvider>,
-        config: RelayConfig,
-    ) -> Self {
+    pub fn new(database_url: String, pool: Pool, subscribers: Vec<Subscriber>, config: RelayConfig) -> Self {
         Self {
             database_url,
             pool,
             subscribers,
-            tokens,
             config,
         }
     }
@@ -125,7 +120,16 @@ impl Relay {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(self.database_url.clone(), wake.clone(), shutdown.clone()));
         let poll = Duration::from_millis(self.config.relay_poll_ms);
+        let prune_every =
+            Duration::from_secs(self.config.outbox_retention_secs).clamp(Duration::from_secs(1), PRUNE_INTERVAL);
+        let mut next_prune = Instant::now();
         loop {
+            if Instant::now() >= next_prune {
+                next_prune = Instant::now() + prune_every;
+                if let Err(err) = self.prune().await {
+                    tracing::warn!(error = format!("{err:#}"), "deleting old outbox events failed");
+                }
+            }
             let claimed = match self.deliver_batch(&shutdown).await {
                 Ok(claimed) => claimed,
                 Err(err) => {
@@ -157,7 +161,6 @@ impl Relay {
     /// them until the lease runs out.
     /// On shutdown, the rows not yet delivered are released at once.
     pub async fn deliver_batch(&self, shutdown: &CancellationToken) -> anyhow::Result<usize> {
-        let token = self.tokens.token().await.context("getting a service token")?;
         let mut conn = self.pool.get().await.context("taking a connection")?;
         let lease = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
         let batch = self.config.relay_batch.max(1);
@@ -184,7 +187,7 @@ impl Relay {
         for (index, (id, payload, attempts)) in rows.iter().enumerate() {
             let delivery = async {
                 match Event::decode(payload.as_slice()) {
-                    Ok(event) => self.deliver(&event, &token).await,
+                    Ok(event) => self.deliver(&event).await,
                     Err(err) => Err(anyhow::anyhow!("undecodable event: {err}")),
                 }
             };
@@ -202,7 +205,8 @@ impl Relay {
             };
             match outcome {
                 Ok(0) => {
-                    // Nobody subscribes to this type (yet): it stays on record.
+                    // Nobody subscribes to this type: done, and kept on record
+                    // until the retention period ends.
                     diesel::update(table::table.find(id))
                         .set((
                             table::published_at.eq(diesel::dsl::now),
@@ -241,24 +245,35 @@ impl Relay {
         Ok(rows.len())
     }
 
+    /// Deletes events delivered (or unwanted) longer than the retention
+    /// period ago.
+    async fn prune(&self) -> anyhow::Result<()> {
+        let retention = chrono::Duration::from_std(Duration::from_secs(self.config.outbox_retention_secs))
+            .context("KEEL_OUTBOX_RETENTION_SECS is too large")?;
+        let mut conn = self.pool.get().await.context("taking a connection")?;
+        let deleted = diesel::delete(table::table.filter(table::published_at.lt(Utc::now() - retention)))
+            .execute(&mut conn)
+            .await?;
+        if deleted > 0 {
+            tracing::debug!(deleted, "deleted old outbox events");
+        }
+        Ok(())
+    }
+
     /// Sends `event` to every subscriber that wants it; all must accept.
     /// Returns how many received it.
-    async fn deliver(&self, event: &Event, token: &str) -> anyhow::Result<usize> {
+    async fn deliver(&self, event: &Event) -> anyhow::Result<usize> {
         let Some(payload) = &event.payload else {
             return Ok(0);
         };
         let mut delivered = 0;
-        let event_type = outbox::event_type(payload);
+        let event_type = EventType::of(payload);
         for subscriber in self.subscribers.iter().filter(|s| s.event_types.contains(&event_type)) {
             let mut request = tonic::Request::new(DeliverRequest {
                 event: Some(event.clone()),
             });
             request.set_timeout(DELIVERY_TIMEOUT);
             let metadata = request.metadata_mut();
-            metadata.insert(
-                "authorization",
-                format!("Bearer {token}").parse().context("a token that is not ASCII")?,
-            );
             // Continue the producer's trace in the consumer.
             for (key, value) in &event.trace_context {
                 if let (Ok(key), Ok(value)) = (

@@ -23,8 +23,19 @@ use crate::{
     verifier::{AuthenticateLayer, Verifier},
 };
 
-/// How often readiness is re-checked against the database.
-const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often readiness is re-checked against the database: an outage shows
+/// as NOT_SERVING within a second (one interval plus a failed check).
+const READINESS_INTERVAL: Duration = Duration::from_millis(250);
+/// The longest one readiness check may take before it counts as failed.
+const READINESS_TIMEOUT: Duration = Duration::from_millis(600);
+
+/// The services every port serves besides its own, and lists through
+/// reflection.
+const STANDARD_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 
 /// One gRPC service process, ready to run.
 #[allow(missing_debug_implementations)]
@@ -50,8 +61,10 @@ impl GrpcServer {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_status(&reporter, &self.service_names, ServingStatus::NotServing).await;
 
-        let reflection_v1 = reflection().build_v1().context("building the reflection service")?;
-        let reflection_v1alpha = reflection()
+        let reflection_v1 = reflection(&self.service_names)
+            .build_v1()
+            .context("building the reflection service")?;
+        let reflection_v1alpha = reflection(&self.service_names)
             .build_v1alpha()
             .context("building the reflection service")?;
 
@@ -81,10 +94,16 @@ impl GrpcServer {
             .layer(AuthenticateLayer::new(self.verifier.clone()))
             .into_inner();
 
+        let keepalive = self.config.keepalive();
         let router = tonic::transport::Server::builder()
             // Cancels calls that run past the deadline (or the caller's
             // shorter grpc-timeout).
             .timeout(self.config.request_timeout())
+            // Pings idle connections so dead peers are dropped, and bounds
+            // how many calls one connection may have open.
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive))
+            .max_concurrent_streams(self.config.max_concurrent_streams)
             .layer(layers)
             .add_routes(self.routes)
             .add_service(health_service)
@@ -191,10 +210,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(keel::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+/// Reflection that lists exactly the services this port serves.
+fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    service_names.iter().chain(&STANDARD_SERVICES).fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(keel::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+        |builder, name| builder.with_service_name(*name),
+    )
 }
 
 /// A caller's mistake (bad input, refused access, a missing resource, a
@@ -238,10 +261,9 @@ async fn track_readiness(
     let mut serving = false;
     let mut conn: Option<AsyncPgConnection> = None;
     loop {
-        let healthy = match ping(&mut conn, &database_url).await {
+        let healthy = match check(&mut conn, &database_url).await {
             Ok(()) => true,
             Err(err) => {
-                conn = None;
                 tracing::warn!(error = format!("{err:#}"), "database check failed");
                 false
             }
@@ -259,20 +281,30 @@ async fn track_readiness(
             set_status(&reporter, &names, status).await;
             tracing::info!(?status, "health changed");
         }
-        let wait = if healthy {
-            READINESS_INTERVAL
-        } else {
-            Duration::from_millis(200)
-        };
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(READINESS_INTERVAL) => {}
             () = shutdown.cancelled() => return,
         }
     }
 }
 
-/// `SELECT 1` on the readiness connection, (re)connecting as needed, within
-/// a few seconds.
+/// Whether the database answers. A failure on the kept connection may only
+/// mean that connection died (Postgres restarted since): it is judged again
+/// on a new connection before the database counts as down.
+async fn check(conn: &mut Option<AsyncPgConnection>, url: &str) -> anyhow::Result<()> {
+    if conn.is_some() && ping(conn, url).await.is_ok() {
+        return Ok(());
+    }
+    *conn = None;
+    let result = ping(conn, url).await;
+    if result.is_err() {
+        *conn = None;
+    }
+    result
+}
+
+/// `SELECT 1` on the readiness connection, connecting first if there is none,
+/// within [`READINESS_TIMEOUT`].
 async fn ping(conn: &mut Option<AsyncPgConnection>, url: &str) -> anyhow::Result<()> {
     let check = async {
         if conn.is_none() {
@@ -283,7 +315,7 @@ async fn ping(conn: &mut Option<AsyncPgConnection>, url: &str) -> anyhow::Result
         }
         anyhow::Ok(())
     };
-    tokio::time::timeout(Duration::from_secs(3), check)
+    tokio::time::timeout(READINESS_TIMEOUT, check)
         .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 3 s")))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {READINESS_TIMEOUT:?}")))
 }

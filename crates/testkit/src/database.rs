@@ -125,7 +125,9 @@ impl Drop for TestDatabase {
 /// The migrated template for `schema`, created once per fingerprint. An
 /// advisory lock keeps concurrent test processes from building it twice.
 async fn ensure_template(server: &str, schema: Schema) -> anyhow::Result<String> {
-    let fingerprint = fingerprint(Path::new(schema.dir))?;
+    // The shared migrations run first in every service's database.
+    let fingerprint =
+        fingerprint(Path::new(schema.dir))? ^ fingerprint(Path::new(db::SHARED_MIGRATIONS_DIR))?.rotate_left(1);
     let template = format!("keel_template_{}_{fingerprint:016x}", schema.name);
     let mut conn = AsyncPgConnection::establish(server).await?;
     let lock_key = i64::from_ne_bytes(fingerprint.to_ne_bytes());

@@ -1,6 +1,6 @@
 //! A gateway in front of a [`Suite`], and a small HTTP client to call it.
 
-use std::net::SocketAddr;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -29,22 +29,34 @@ impl Suite {
     /// Starts a gateway on port 0 in front of this suite's services; `args`
     /// are extra `keel serve gateway` flags.
     pub async fn spawn_gateway(&self, args: &[&str]) -> anyhow::Result<TestGateway> {
-        let auth_url = format!("http://{}", self.auth_addr());
-        let accounts_url = format!("http://{}", self.accounts_addr());
-        let urls = ["--auth-url", &auth_url, "--accounts-url", &accounts_url];
-        spawn_gateway(&[urls.as_slice(), args].concat()).await
+        self.spawn_gateway_with(BTreeMap::new(), args).await
+    }
+
+    /// Like [`Suite::spawn_gateway`], with some areas served by other
+    /// upstreams (scripted stand-ins).
+    pub async fn spawn_gateway_with(
+        &self,
+        mut upstreams: BTreeMap<&'static str, String>,
+        args: &[&str],
+    ) -> anyhow::Result<TestGateway> {
+        for name in self.service_names() {
+            upstreams
+                .entry(name)
+                .or_insert_with(|| format!("http://{}", self.addr(name)));
+        }
+        spawn_gateway(upstreams, args).await
     }
 }
 
-/// Starts a gateway on port 0 with `args` (`keel serve gateway` flags; the
-/// upstream URLs among them).
-pub async fn spawn_gateway(args: &[&str]) -> anyhow::Result<TestGateway> {
+/// Starts a gateway on port 0 in front of `upstreams` (area -> URL), with
+/// `args` (`keel serve gateway` flags).
+pub async fn spawn_gateway(upstreams: BTreeMap<&'static str, String>, args: &[&str]) -> anyhow::Result<TestGateway> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let config =
         GatewayConfig::from_args(std::iter::once("keel").chain(args.iter().copied())).context("gateway test flags")?;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(keel_gateway::run(config, listener, shutdown.clone()));
+    let task = tokio::spawn(keel_gateway::run(config, upstreams, listener, shutdown.clone()));
     Ok(TestGateway {
         addr,
         client: HttpClient::new(format!("http://{addr}")),

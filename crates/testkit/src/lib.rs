@@ -11,6 +11,7 @@
 
 pub mod database;
 pub mod http;
+pub mod reflection;
 pub mod status;
 pub mod suite;
 

@@ -1,16 +1,22 @@
-//! The whole suite in-process: every service on port 0 against its own fresh
-//! database, with typed clients and helpers for the usual first steps.
+//! The whole suite in-process: every registered service on port 0 against
+//! its own fresh database, with typed clients and helpers for the usual first
+//! steps. The services come from the registry, so a new service is part of
+//! every suite without a change here.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
+use clap::FromArgMatches as _;
 use keel::{
     accounts::v1::accounts_service_client::AccountsServiceClient,
     auth::v1::{self as pb, auth_service_client::AuthServiceClient},
 };
-use keel_accounts::AccountsConfig;
 use keel_auth::{AuthConfig, domain, store::UserRow};
-use keel_platform::Role;
+use keel_platform::{
+    Role,
+    registry::{self, Launch, ServiceSpec, SuiteClients},
+};
+use keel_registry::REGISTRY;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -31,38 +37,38 @@ pub const AUTH_RELAY_CLIENT_ID: &str = "auth";
 /// Its secret.
 pub const AUTH_RELAY_CLIENT_SECRET: &str = "auth-relay-secret-0123456789";
 
-/// The auth schema.
-pub const AUTH_SCHEMA: Schema = Schema {
-    name: "auth",
-    migrations: || keel_auth::MIGRATIONS,
-    dir: keel_auth::MIGRATIONS_DIR,
-};
-
-/// The accounts schema.
-pub const ACCOUNTS_SCHEMA: Schema = Schema {
-    name: "accounts",
-    migrations: || keel_accounts::MIGRATIONS,
-    dir: keel_accounts::MIGRATIONS_DIR,
-};
-
-/// How to start a suite.
-#[derive(Debug, Clone)]
-pub struct SuiteOptions {
-    /// Extra `keel serve auth` flags.
-    pub auth_args: Vec<String>,
-    /// Extra `keel serve accounts` flags.
-    pub accounts_args: Vec<String>,
-    /// Whether accounts starts with the suite (else: [`Suite::start_accounts`]).
-    pub start_accounts: bool,
+/// The database schema of a registered service.
+pub fn schema(spec: &'static ServiceSpec) -> Schema {
+    Schema {
+        name: spec.name,
+        migrations: spec.migrations,
+        dir: spec.migrations_dir,
+    }
 }
 
-impl Default for SuiteOptions {
-    fn default() -> Self {
-        Self {
-            auth_args: Vec::new(),
-            accounts_args: Vec::new(),
-            start_accounts: true,
-        }
+/// How to start a suite.
+#[derive(Debug, Clone, Default)]
+pub struct SuiteOptions {
+    /// Extra `keel serve <service>` flags, by service name.
+    pub args: BTreeMap<&'static str, Vec<String>>,
+    /// Services that do not start with the suite (see [`Suite::start`]).
+    pub withheld: Vec<&'static str>,
+}
+
+impl SuiteOptions {
+    /// Adds `args` to service `name`'s flags.
+    pub fn args(mut self, name: &'static str, args: &[&str]) -> Self {
+        self.args
+            .entry(name)
+            .or_default()
+            .extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Leaves service `name` stopped until [`Suite::start`].
+    pub fn withhold(mut self, name: &'static str) -> Self {
+        self.withheld.push(name);
+        self
     }
 }
 
@@ -73,19 +79,24 @@ struct Running {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// One service of the suite.
+#[derive(Debug)]
+struct Member {
+    spec: &'static ServiceSpec,
+    addr: SocketAddr,
+    channel: Channel,
+    db: TestDatabase,
+    /// Its `keel serve` command line.
+    argv: Vec<String>,
+    running: Option<Running>,
+}
+
 /// A running suite; dropping it shuts every service down.
 #[derive(Debug)]
 pub struct Suite {
-    auth_addr: SocketAddr,
-    auth_channel: Channel,
-    auth_db: TestDatabase,
+    members: Vec<Member>,
+    clients: SuiteClients,
     auth_config: AuthConfig,
-    auth: Option<Running>,
-    accounts_addr: SocketAddr,
-    accounts_channel: Channel,
-    accounts_db: TestDatabase,
-    accounts_config: AccountsConfig,
-    accounts: Option<Running>,
 }
 
 /// Starts the suite with default settings.
@@ -95,78 +106,84 @@ pub async fn spawn_suite() -> anyhow::Result<Suite> {
 
 /// Starts the suite; `auth_args` are extra `keel serve auth` flags.
 pub async fn spawn_suite_with(auth_args: &[&str]) -> anyhow::Result<Suite> {
-    spawn_suite_with_options(SuiteOptions {
-        auth_args: auth_args.iter().map(|a| (*a).to_owned()).collect(),
-        ..SuiteOptions::default()
-    })
-    .await
+    spawn_suite_with_options(SuiteOptions::default().args(registry::AUTH, auth_args)).await
 }
 
 /// Starts the suite as `options` say.
 pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<Suite> {
-    let (auth_db, accounts_db) =
-        tokio::try_join!(TestDatabase::create(AUTH_SCHEMA), TestDatabase::create(ACCOUNTS_SCHEMA))?;
-    let auth_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let auth_addr = auth_listener.local_addr()?;
-    let accounts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let accounts_addr = accounts_listener.local_addr()?;
-
-    let clients = format!(
+    let databases =
+        futures::future::try_join_all(REGISTRY.services().map(|spec| TestDatabase::create(schema(spec)))).await?;
+    let mut listeners = Vec::new();
+    for _ in REGISTRY.services() {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let addrs: BTreeMap<&'static str, SocketAddr> = REGISTRY
+        .services()
+        .zip(&listeners)
+        .map(|(spec, listener)| Ok((spec.name, listener.local_addr()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let clients = REGISTRY.suite_clients();
+    let test_clients = format!(
         "{TEST_CLIENT_ID}:{TEST_CLIENT_SECRET}:{TEST_CLIENT_SCOPES};\
          {AUTH_RELAY_CLIENT_ID}:{AUTH_RELAY_CLIENT_SECRET}:events.deliver"
     );
-    let accounts_url = format!("http://{accounts_addr}");
-    let auth_args = [
-        "keel",
-        "--service-clients",
-        &clients,
-        "--db-pool-size",
-        "8",
-        "--accounts-url",
-        &accounts_url,
-        // Quick retries: tests stop and start services.
-        "--relay-poll-ms",
-        "200",
-        "--relay-max-backoff-ms",
-        "400",
-        // Test gateways call from loopback and name the client they serve.
-        "--trusted-proxies",
-        "127.0.0.1",
-    ]
-    .into_iter()
-    .chain(options.auth_args.iter().map(String::as_str));
-    let auth_config = AuthConfig::from_args(auth_args).context("auth test flags")?;
-    let auth_url = format!("http://{auth_addr}");
-    let accounts_args = ["keel", "--auth-url", &auth_url, "--db-pool-size", "8"]
-        .into_iter()
-        .chain(options.accounts_args.iter().map(String::as_str));
-    let accounts_config = AccountsConfig::from_args(accounts_args).context("accounts test flags")?;
 
-    let auth_shutdown = CancellationToken::new();
-    let auth = Running {
-        task: tokio::spawn(keel_auth::run(
-            auth_config.clone(),
-            auth_db.url().to_owned(),
-            auth_listener,
-            auth_shutdown.clone(),
-        )),
-        shutdown: auth_shutdown,
-    };
-    let mut suite = Suite {
-        auth_addr,
-        auth_channel: Channel::from_shared(auth_url)?.connect_lazy(),
-        auth_db,
+    let mut members = Vec::new();
+    for ((spec, db), listener) in REGISTRY.services().zip(databases).zip(listeners) {
+        let mut argv = REGISTRY.suite_args(spec, &addrs, &clients);
+        argv.extend(
+            [
+                &format!("--{}-database-url", spec.name),
+                db.url(),
+                "--db-pool-size",
+                "8",
+                // Quick retries: tests stop and start services.
+                "--relay-poll-ms",
+                "200",
+                "--relay-max-backoff-ms",
+                "400",
+            ]
+            .map(str::to_owned),
+        );
+        if spec.name == registry::AUTH {
+            argv.extend(
+                [
+                    "--service-clients",
+                    &test_clients,
+                    // Test gateways call from loopback and name the client they serve.
+                    "--trusted-proxies",
+                    "127.0.0.1",
+                ]
+                .map(str::to_owned),
+            );
+        }
+        argv.extend(options.args.get(spec.name).into_iter().flatten().cloned());
+        let addr = addrs[spec.name];
+        let mut member = Member {
+            spec,
+            addr,
+            channel: Channel::from_shared(format!("http://{addr}"))?.connect_lazy(),
+            db,
+            argv,
+            running: None,
+        };
+        if !options.withheld.contains(&spec.name) {
+            member.start_on(listener, &clients)?;
+        }
+        members.push(member);
+    }
+    let auth = members
+        .iter()
+        .find(|m| m.spec.name == registry::AUTH)
+        .context("auth is not registered")?;
+    let auth_config = AuthConfig::from_arg_matches(&REGISTRY.parse(auth.spec, &auth.argv)?)?;
+    let suite = Suite {
+        members,
+        clients,
         auth_config,
-        auth: Some(auth),
-        accounts_addr,
-        accounts_channel: Channel::from_shared(accounts_url)?.connect_lazy(),
-        accounts_db,
-        accounts_config,
-        accounts: None,
     };
-    wait_until_serving(&suite.auth_channel, keel_auth::SERVICE_NAME).await?;
-    if options.start_accounts {
-        suite.start_accounts_on(accounts_listener).await?;
+    for member in suite.members.iter().filter(|m| m.running.is_some()) {
+        member.wait_until_serving().await?;
     }
     Ok(suite)
 }
@@ -180,11 +197,7 @@ pub async fn spawn_suite_with_withheld_registration() -> anyhow::Result<(Suite, 
     use diesel_async::RunQueryDsl as _;
     use keel_platform::outbox::outbox;
 
-    let mut suite = spawn_suite_with_options(SuiteOptions {
-        start_accounts: false,
-        ..SuiteOptions::default()
-    })
-    .await?;
+    let mut suite = spawn_suite_with_options(SuiteOptions::default().withhold(keel_accounts::SERVICE.name)).await?;
     let (user, tokens) = suite.signed_in_user().await?;
     let mut auth = suite.auth_db().await?;
     let withheld = diesel::update(
@@ -200,30 +213,122 @@ pub async fn spawn_suite_with_withheld_registration() -> anyhow::Result<(Suite, 
     Ok((suite, user, tokens))
 }
 
+impl Member {
+    fn start_on(&mut self, listener: tokio::net::TcpListener, clients: &SuiteClients) -> anyhow::Result<()> {
+        anyhow::ensure!(self.running.is_none(), "{} is already running", self.spec.name);
+        let shutdown = CancellationToken::new();
+        let matches = REGISTRY.parse(self.spec, &self.argv)?;
+        let serve = REGISTRY.start(
+            self.spec,
+            Launch {
+                matches,
+                listener,
+                shutdown: shutdown.clone(),
+                suite_clients: clients.entries.clone(),
+            },
+        )?;
+        self.running = Some(Running {
+            shutdown,
+            task: tokio::spawn(serve),
+        });
+        Ok(())
+    }
+
+    async fn wait_until_serving(&self) -> anyhow::Result<()> {
+        let service = self.spec.grpc_services.first().copied().unwrap_or_default();
+        keel_platform::server::wait_until_serving(self.channel.clone(), service, Duration::from_secs(30)).await
+    }
+
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(running) = self.running.take() {
+            running.shutdown.cancel();
+            running
+                .task
+                .await
+                .with_context(|| format!("{} panicked", self.spec.name))??;
+        }
+        Ok(())
+    }
+}
+
 impl Suite {
+    fn member(&self, name: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.spec.name == name)
+            .unwrap_or_else(|| panic!("no service {name} in the registry"))
+    }
+
+    fn member_mut(&mut self, name: &str) -> &mut Member {
+        self.members
+            .iter_mut()
+            .find(|m| m.spec.name == name)
+            .unwrap_or_else(|| panic!("no service {name} in the registry"))
+    }
+
+    /// Every registered service's name, in start order.
+    pub fn service_names(&self) -> Vec<&'static str> {
+        self.members.iter().map(|m| m.spec.name).collect()
+    }
+
+    /// The channel to service `name`.
+    pub fn channel(&self, name: &str) -> Channel {
+        self.member(name).channel.clone()
+    }
+
+    /// Where service `name` listens.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.member(name).addr
+    }
+
+    /// Service `name`'s database.
+    pub fn database_url(&self, name: &str) -> &str {
+        self.member(name).db.url()
+    }
+
+    /// A connection of its own to service `name`'s database.
+    pub async fn db(&self, name: &str) -> anyhow::Result<diesel_async::AsyncPgConnection> {
+        use diesel_async::AsyncConnection as _;
+        Ok(diesel_async::AsyncPgConnection::establish(self.database_url(name)).await?)
+    }
+
+    /// Starts service `name` (again) on its address.
+    pub async fn start(&mut self, name: &str) -> anyhow::Result<()> {
+        let clients = self.clients.clone();
+        let member = self.member_mut(name);
+        let listener = tokio::net::TcpListener::bind(member.addr).await?;
+        member.start_on(listener, &clients)?;
+        self.member(name).wait_until_serving().await
+    }
+
+    /// Stops service `name` and waits for it to exit.
+    pub async fn stop_service(&mut self, name: &str) -> anyhow::Result<()> {
+        self.member_mut(name).stop().await
+    }
+
     /// A client for auth.
     pub fn auth(&self) -> AuthServiceClient<Channel> {
-        AuthServiceClient::new(self.auth_channel.clone())
+        AuthServiceClient::new(self.auth_channel())
     }
 
     /// A health client for auth.
     pub fn auth_health(&self) -> HealthClient<Channel> {
-        HealthClient::new(self.auth_channel.clone())
+        HealthClient::new(self.auth_channel())
     }
 
     /// The channel to auth.
     pub fn auth_channel(&self) -> Channel {
-        self.auth_channel.clone()
+        self.channel(registry::AUTH)
     }
 
     /// Where auth listens.
     pub fn auth_addr(&self) -> SocketAddr {
-        self.auth_addr
+        self.addr(registry::AUTH)
     }
 
     /// Auth's database.
     pub fn auth_database_url(&self) -> &str {
-        self.auth_db.url()
+        self.database_url(registry::AUTH)
     }
 
     /// The configuration auth runs with.
@@ -233,50 +338,32 @@ impl Suite {
 
     /// A client for accounts.
     pub fn accounts(&self) -> AccountsServiceClient<Channel> {
-        AccountsServiceClient::new(self.accounts_channel.clone())
+        AccountsServiceClient::new(self.accounts_channel())
     }
 
     /// Where accounts listens.
     pub fn accounts_addr(&self) -> SocketAddr {
-        self.accounts_addr
+        self.addr(keel_accounts::SERVICE.name)
     }
 
     /// The channel to accounts (its AccountsService and EventSink).
     pub fn accounts_channel(&self) -> Channel {
-        self.accounts_channel.clone()
+        self.channel(keel_accounts::SERVICE.name)
     }
 
     /// Accounts' database.
     pub fn accounts_database_url(&self) -> &str {
-        self.accounts_db.url()
+        self.database_url(keel_accounts::SERVICE.name)
     }
 
     /// Starts accounts (again) on its address.
     pub async fn start_accounts(&mut self) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::bind(self.accounts_addr).await?;
-        self.start_accounts_on(listener).await
-    }
-
-    async fn start_accounts_on(&mut self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
-        anyhow::ensure!(self.accounts.is_none(), "accounts is already running");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(keel_accounts::run(
-            self.accounts_config.clone(),
-            self.accounts_db.url().to_owned(),
-            listener,
-            shutdown.clone(),
-        ));
-        self.accounts = Some(Running { shutdown, task });
-        wait_until_serving(&self.accounts_channel, keel_accounts::SERVICE_NAME).await
+        self.start(keel_accounts::SERVICE.name).await
     }
 
     /// Stops accounts and waits for it to exit.
     pub async fn stop_accounts(&mut self) -> anyhow::Result<()> {
-        if let Some(running) = self.accounts.take() {
-            running.shutdown.cancel();
-            running.task.await.context("accounts panicked")??;
-        }
-        Ok(())
+        self.stop_service(keel_accounts::SERVICE.name).await
     }
 
     /// Registers a user through the API.
@@ -367,7 +454,7 @@ impl Suite {
 
     /// Creates a user with `roles` straight through the service's code.
     pub async fn create_user(&self, email: &str, password: &str, roles: &[Role]) -> anyhow::Result<UserRow> {
-        let auth = keel_auth::Auth::build(&self.auth_config, self.auth_db.url()).await?;
+        let auth = keel_auth::Auth::build(&self.auth_config, self.auth_database_url(), &self.clients.entries).await?;
         let email = domain::Email::parse(email).map_err(|v| anyhow::anyhow!(v.description))?;
         let password =
             domain::Password::parse("password", password.into()).map_err(|v| anyhow::anyhow!(v.description))?;
@@ -379,14 +466,12 @@ impl Suite {
 
     /// A connection of its own to auth's database.
     pub async fn auth_db(&self) -> anyhow::Result<diesel_async::AsyncPgConnection> {
-        use diesel_async::AsyncConnection as _;
-        Ok(diesel_async::AsyncPgConnection::establish(self.auth_database_url()).await?)
+        self.db(registry::AUTH).await
     }
 
     /// A connection of its own to accounts' database.
     pub async fn accounts_db(&self) -> anyhow::Result<diesel_async::AsyncPgConnection> {
-        use diesel_async::AsyncConnection as _;
-        Ok(diesel_async::AsyncPgConnection::establish(self.accounts_database_url()).await?)
+        self.db(keel_accounts::SERVICE.name).await
     }
 
     /// The password hash auth stores for `email`.
@@ -424,12 +509,11 @@ impl Suite {
             .collect()
     }
 
-    /// Stops every service and waits for them to exit.
+    /// Stops every service (the last started first) and waits for them to
+    /// exit.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.stop_accounts().await?;
-        if let Some(running) = self.auth.take() {
-            running.shutdown.cancel();
-            running.task.await.context("auth panicked")??;
+        for member in self.members.iter_mut().rev() {
+            member.stop().await?;
         }
         Ok(())
     }
@@ -437,15 +521,11 @@ impl Suite {
 
 impl Drop for Suite {
     fn drop(&mut self) {
-        for running in [self.auth.take(), self.accounts.take()].into_iter().flatten() {
+        for running in self.members.iter_mut().filter_map(|m| m.running.take()) {
             running.shutdown.cancel();
             running.task.abort();
         }
     }
-}
-
-async fn wait_until_serving(channel: &Channel, service: &str) -> anyhow::Result<()> {
-    keel_platform::server::wait_until_serving(channel.clone(), service, Duration::from_secs(30)).await
 }
 
 /// `message` with `authorization: Bearer <token>`.

@@ -1,5 +1,3 @@
-DROP TABLE outbox;
-DROP TABLE processed_events;
 DROP TABLE ledger_entries;
 DROP TABLE accounts;
 DROP FUNCTION account_starts_empty();

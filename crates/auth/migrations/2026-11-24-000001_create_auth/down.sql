@@ -1,4 +1,3 @@
-DROP TABLE outbox;
 DROP TABLE signing_keys;
 DROP TABLE login_failures;
 DROP TABLE one_time_tokens;

@@ -66,15 +66,5 @@ CREATE TABLE signing_keys (
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
--- Events waiting for delivery (the transactional outbox).
-CREATE TABLE outbox (
-    id uuid PRIMARY KEY,
-    event_type text NOT NULL,
-    payload bytea NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    published_at timestamptz,
-    attempts integer NOT NULL DEFAULT 0,
-    next_attempt_at timestamptz NOT NULL DEFAULT now(),
-    last_error text
-);
-CREATE INDEX outbox_pending ON outbox (next_attempt_at) WHERE published_at IS NULL;
+-- The outbox (and processed_events) are the platform's shared tables:
+-- crates/platform/migrations creates them before this migration runs.

@@ -1,7 +1,7 @@
 //! `keel bench accounts`: the ledger's reads and writes against what the same
 //! Postgres does on its own (pgbench), at the same concurrency.
 
-use std::{process::Command, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -13,8 +13,11 @@ use keel::{
     auth::v1::{IssueServiceTokenRequest, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
     common::v1::Money,
 };
-use keel_accounts::AccountsConfig;
-use keel_auth::AuthConfig;
+use keel_platform::{
+    registry::{self, Launch, ServiceSpec},
+    scopes,
+};
+use keel_registry::REGISTRY;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -32,8 +35,17 @@ pub struct AccountsBench {
     database: DatabaseArgs,
 }
 
-pub(super) const AUTH_DB: &str = "keel_bench_auth";
-pub(super) const ACCOUNTS_DB: &str = "keel_bench_accounts";
+/// The scratch database a bench gives service `spec`.
+pub(super) fn bench_database(spec: &ServiceSpec) -> String {
+    format!("keel_bench_{}", spec.name)
+}
+/// Drops every bench database (best effort: the bench's result matters more).
+pub(super) async fn drop_bench_databases(server: &str) {
+    for spec in REGISTRY.services() {
+        let _ = keel_platform::db::drop_database(server, &bench_database(spec)).await;
+    }
+}
+
 const PGBENCH_DB: &str = "keel_bench_pgbench";
 const CLIENT_SECRET: &str = "bench-client-secret-0123456789";
 const PASSWORD: &str = "benchmark password, long enough";
@@ -45,9 +57,8 @@ impl AccountsBench {
         let result = self.run_on(&database).await;
         let server = database.url("postgres");
         if let Ok(server) = server {
-            for name in [AUTH_DB, ACCOUNTS_DB, PGBENCH_DB] {
-                let _ = keel_platform::db::drop_database(&server, name).await;
-            }
+            drop_bench_databases(&server).await;
+            let _ = keel_platform::db::drop_database(&server, PGBENCH_DB).await;
         }
         database.close();
         result
@@ -182,51 +193,69 @@ pub(super) struct Services {
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     pub(super) auth: Channel,
     pub(super) accounts: Channel,
-    pub(super) auth_addr: String,
     pub(super) accounts_addr: String,
     pub(super) accounts_url: String,
+    /// Where every service listens, by name.
+    pub(super) addrs: BTreeMap<&'static str, SocketAddr>,
 }
 
 impl Services {
-    /// Starts both on fresh `keel_bench_*` databases.
+    /// Starts every registered service on fresh `keel_bench_*` databases.
     pub(super) async fn start(database: &Database) -> anyhow::Result<Self> {
         let server = database.url("postgres")?;
-        for name in [AUTH_DB, ACCOUNTS_DB] {
-            keel_platform::db::drop_database(&server, name).await?;
+        let clients = REGISTRY.suite_clients();
+        let mut bound = Vec::new();
+        for spec in REGISTRY.services() {
+            let name = bench_database(spec);
+            keel_platform::db::drop_database(&server, &name).await?;
+            database.prepare(&name, (spec.migrations)()).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            bound.push((spec, listener.local_addr()?, listener));
         }
-        database.prepare(AUTH_DB, keel_auth::MIGRATIONS).await?;
-        database.prepare(ACCOUNTS_DB, keel_accounts::MIGRATIONS).await?;
-        let auth_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let accounts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let (auth_addr, accounts_addr) = (auth_listener.local_addr()?, accounts_listener.local_addr()?);
-        let clients = format!("bench:{CLIENT_SECRET}:accounts.debit accounts.deposit");
-        let auth_config = AuthConfig::from_args(["keel", "--service-clients", &clients])?;
-        let auth_url = format!("http://{auth_addr}");
-        let accounts_config = AccountsConfig::from_args(["keel", "--auth-url", &auth_url])?;
-        let accounts_url = database.url(ACCOUNTS_DB)?;
+        let addrs: BTreeMap<&'static str, SocketAddr> =
+            bound.iter().map(|(spec, addr, _)| (spec.name, *addr)).collect();
+        let bench_client = format!(
+            "bench:{CLIENT_SECRET}:{} {}",
+            scopes::ACCOUNTS_DEBIT,
+            scopes::ACCOUNTS_DEPOSIT
+        );
         let shutdown = CancellationToken::new();
-        let tasks = vec![
-            tokio::spawn(keel_auth::run(
-                auth_config,
-                database.url(AUTH_DB)?,
-                auth_listener,
-                shutdown.clone(),
-            )),
-            tokio::spawn(keel_accounts::run(
-                accounts_config,
-                accounts_url.clone(),
-                accounts_listener,
-                shutdown.clone(),
-            )),
-        ];
+        let mut tasks = Vec::new();
+        for (spec, _, listener) in bound {
+            let mut argv = REGISTRY.suite_args(spec, &addrs, &clients);
+            argv.extend([
+                format!("--{}-database-url", spec.name),
+                database.url(&bench_database(spec))?,
+            ]);
+            if spec.name == registry::AUTH {
+                argv.extend(["--service-clients".to_owned(), bench_client.clone()]);
+            }
+            let serve = REGISTRY.start(
+                spec,
+                Launch {
+                    matches: REGISTRY.parse(spec, argv)?,
+                    listener,
+                    shutdown: shutdown.clone(),
+                    suite_clients: clients.entries.clone(),
+                },
+            )?;
+            tasks.push(tokio::spawn(serve));
+        }
+        let url = |name: &str| {
+            addrs
+                .get(name)
+                .map(|addr| format!("http://{addr}"))
+                .context("not registered")
+        };
+        let (auth_url, accounts_url) = (url(registry::AUTH)?, url(keel_accounts::SERVICE.name)?);
         Ok(Self {
             shutdown,
             tasks,
-            auth: Channel::from_shared(auth_url.clone())?.connect_lazy(),
-            auth_addr: auth_url,
-            accounts: Channel::from_shared(format!("http://{accounts_addr}"))?.connect_lazy(),
-            accounts_addr: format!("http://{accounts_addr}"),
-            accounts_url,
+            auth: Channel::from_shared(auth_url)?.connect_lazy(),
+            accounts: Channel::from_shared(accounts_url.clone())?.connect_lazy(),
+            accounts_addr: accounts_url,
+            accounts_url: database.url(&bench_database(&keel_accounts::SERVICE))?,
+            addrs,
         })
     }
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Phases,
-    accounts::{ACCOUNTS_DB, AUTH_DB, Client, Services, bearer},
+    accounts::{Client, Services, bearer, drop_bench_databases},
     median, throughput,
 };
 use crate::database::DatabaseArgs;
@@ -53,9 +53,7 @@ impl GatewayBench {
         }
         .await;
         if let Ok(server) = database.url("postgres") {
-            for name in [AUTH_DB, ACCOUNTS_DB] {
-                let _ = keel_platform::db::drop_database(&server, name).await;
-            }
+            drop_bench_databases(&server).await;
         }
         database.close();
         result
@@ -64,19 +62,23 @@ impl GatewayBench {
     async fn measure(&self, services: &Services) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let gateway_addr = listener.local_addr()?;
-        let auth_url = services.auth_addr.clone();
         let config = GatewayConfig::from_args([
             "keel",
-            "--auth-url",
-            &auth_url,
-            "--accounts-url",
-            &services.accounts_addr,
             // One client per loop sends as fast as it can: no per-client limit.
             "--rate-limit-per-minute",
             "0",
         ])?;
         let shutdown = CancellationToken::new();
-        let gateway = tokio::spawn(keel_gateway::run(config, listener, shutdown.clone()));
+        let gateway = tokio::spawn(keel_gateway::run(
+            config,
+            services
+                .addrs
+                .iter()
+                .map(|(name, addr)| (*name, format!("http://{addr}")))
+                .collect(),
+            listener,
+            shutdown.clone(),
+        ));
 
         let grpc_clients = services.clients(self.phases.concurrency).await?;
         let rest_clients = grpc_clients

@@ -15,7 +15,9 @@ use argon2::{
 };
 use clap::Args;
 use keel::auth::v1::{GetJwksRequest, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient};
-use keel_auth::{AuthConfig, password::HashCost};
+use keel_auth::password::HashCost;
+use keel_platform::registry::Launch;
+use keel_registry::REGISTRY;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -134,16 +136,29 @@ where
     database.prepare(BENCH_DATABASE, keel_auth::MIGRATIONS).await?;
     // Generous failure limits: the bench's own failed-login probe must not lock
     // itself out.
-    let config = AuthConfig::from_args(["keel", "--login-max-failures", "1000000"])?;
+    let matches = REGISTRY.parse(
+        &keel_auth::SERVICE,
+        [
+            "keel".to_owned(),
+            "--auth-database-url".to_owned(),
+            database.url(BENCH_DATABASE)?,
+            "--login-max-failures".to_owned(),
+            "1000000".to_owned(),
+        ],
+    )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let server_task = tokio::spawn(keel_auth::run(
-        config,
-        database.url(BENCH_DATABASE)?,
-        listener,
-        shutdown.clone(),
-    ));
+    let serve = REGISTRY.start(
+        &keel_auth::SERVICE,
+        Launch {
+            matches,
+            listener,
+            shutdown: shutdown.clone(),
+            suite_clients: Vec::new(),
+        },
+    )?;
+    let server_task = tokio::spawn(serve);
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
     let result = work(channel).await;
     shutdown.cancel();
