@@ -256,7 +256,19 @@ async fn read_body(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
+    // A total bound, not one per chunk: a body dripped a byte at a time must
+    // not hold the connection either.
+    let collected = tokio::time::timeout(gateway.body_timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                tonic::Code::DeadlineExceeded,
+                format!("the request body did not arrive within {:?}", gateway.body_timeout),
+            )
+            .with_http_status(StatusCode::REQUEST_TIMEOUT)
+            .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+        })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(err) => Err(ApiError::bad_request(format!("reading the request body: {err}"))),

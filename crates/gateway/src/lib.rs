@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod bind;
 pub mod codec;
+pub mod connections;
 pub mod descriptors;
 pub mod edge;
 pub mod error;
@@ -57,6 +58,25 @@ pub struct GatewayConfig {
     #[arg(long, env = "KEEL_GATEWAY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
+    /// How long a client may take to send a request's headers, from its
+    /// first byte (ms); slower connections are closed.
+    #[arg(long, env = "KEEL_GATEWAY_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// How long a client may take to send a request's body (ms); slower gets
+    /// 408 and the connection is closed.
+    #[arg(long, env = "KEEL_GATEWAY_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
+    /// How long a kept-alive connection may sit with no request (ms).
+    #[arg(long, env = "KEEL_GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// The most client connections open at once; more wait in the listen
+    /// queue until one closes.
+    #[arg(long, env = "KEEL_GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
     /// How long the gateway waits for a service's reply (ms); longer gets 504.
     #[arg(long, env = "KEEL_GATEWAY_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
     pub upstream_timeout_ms: u64,
@@ -90,6 +110,15 @@ impl GatewayConfig {
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_millis(self.upstream_timeout_ms)
     }
+
+    /// The connection limits and timeouts.
+    pub fn connection_limits(&self) -> connections::Limits {
+        connections::Limits {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 /// Everything a request needs, built once at start.
@@ -102,6 +131,7 @@ pub struct Gateway {
     limiter: Option<ClientLimiter>,
     openapi: bytes::Bytes,
     max_body_bytes: usize,
+    body_timeout: Duration,
     upstream_timeout: Duration,
     trusted_proxies: Vec<std::net::IpAddr>,
     ready: std::sync::atomic::AtomicBool,
@@ -144,6 +174,7 @@ impl Gateway {
             limiter,
             openapi: openapi.into(),
             max_body_bytes: config.max_body_bytes,
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
             upstream_timeout: config.upstream_timeout(),
             trusted_proxies: config.trusted_proxies.clone(),
             ready: std::sync::atomic::AtomicBool::new(true),
@@ -198,14 +229,12 @@ pub async fn run(
         }
     };
     tokio::spawn(drain);
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stopping.clone().cancelled_owned());
-    let grace = config.shutdown.grace();
-    tokio::select! {
-        served = server.into_future() => served.context("serving HTTP")?,
-        () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("requests still open after the grace period were cut");
-        }
-    }
-    Ok(())
+    connections::serve(
+        listener,
+        router,
+        config.connection_limits(),
+        stopping,
+        config.shutdown.grace(),
+    )
+    .await
 }

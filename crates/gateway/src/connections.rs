@@ -1,0 +1,303 @@
+//! The gateway's HTTP/1.1 connections: a cap on how many are open, and
+//! timeouts that close the ones a slow or idle client would hold forever.
+//!
+//! Each connection has a watchdog that knows what the connection is doing:
+//! idle between requests (closed after the idle timeout), receiving a
+//! request's headers (closed if they are not complete within the header
+//! timeout, counted from the request's first byte), or serving requests (left
+//! alone: the body read timeout and the upstream timeout bound that).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{Router, body::Body, extract::ConnectInfo};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, watch},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+/// How long clients may take, and how many may be connected.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From a request's first byte to its last header.
+    pub header_timeout: Duration,
+    /// How long a connection may sit with no request.
+    pub idle_timeout: Duration,
+    /// The most connections open at once; beyond it, new ones wait in the
+    /// listen queue.
+    pub max_connections: usize,
+}
+
+/// Serves `router` on `listener` until `stopping` is cancelled; then stops
+/// accepting, lets open connections finish their requests, and returns when
+/// they have all closed or `grace` has passed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    stopping: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max));
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit?,
+            () = stopping.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, or a connection reset while
+                    // queued: the listener itself is fine.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopping.cancelled() => break,
+        };
+        let router = router.clone();
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, router, limits, stopping).await;
+            drop(permit);
+        });
+    }
+    // Every permit back means every connection has closed.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
+        tracing::warn!(?grace, "requests still open after the grace period were cut");
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: Limits,
+    stopping: CancellationToken,
+) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(error = %err, "TCP_NODELAY");
+    }
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            let in_flight = activity.begin();
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request.map(Body::new)).await?;
+                // The request counts as in flight until its body is sent, so
+                // a long event stream is not mistaken for an idle connection.
+                Ok::<_, Infallible>(response.map(|body| {
+                    Body::new(InFlightBody {
+                        body,
+                        _in_flight: in_flight,
+                    })
+                }))
+            }
+        })
+    };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => {
+            if let Err(err) = served {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        }
+        reason = activity.expired(limits) => {
+            tracing::debug!(%peer, reason, "closing a connection");
+        }
+        () = stopping.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error while draining");
+            }
+        }
+    }
+}
+
+/// What a connection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No request since this instant.
+    Idle(Instant),
+    /// A request's first bytes arrived at this instant; its headers have not
+    /// all arrived yet.
+    Head(Instant),
+    /// This many requests are being served.
+    Busy(usize),
+}
+
+/// A connection's phase, watched by its watchdog.
+#[derive(Debug)]
+struct Activity {
+    phase: watch::Sender<Phase>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            phase: watch::Sender::new(Phase::Idle(Instant::now())),
+        }
+    }
+
+    /// Applies `change`, waking the watchdog only if the phase changed.
+    fn update(&self, change: impl FnOnce(Phase) -> Phase) {
+        self.phase.send_if_modified(|phase| {
+            let next = change(*phase);
+            let changed = next != *phase;
+            *phase = next;
+            changed
+        });
+    }
+
+    /// Bytes arrived from the client.
+    fn read(&self) {
+        self.update(|phase| match phase {
+            Phase::Idle(_) => Phase::Head(Instant::now()),
+            other => other,
+        });
+    }
+
+    /// A request's headers are in: it is being served until the guard drops.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.update(|phase| match phase {
+            Phase::Busy(n) => Phase::Busy(n + 1),
+            Phase::Idle(_) | Phase::Head(_) => Phase::Busy(1),
+        });
+        InFlight(self.clone())
+    }
+
+    /// Resolves when the connection has been idle, or receiving headers, for
+    /// too long.
+    async fn expired(&self, limits: Limits) -> &'static str {
+        let mut phases = self.phase.subscribe();
+        loop {
+            let deadline = match *phases.borrow_and_update() {
+                Phase::Idle(since) => Some((since + limits.idle_timeout, "idle timeout")),
+                Phase::Head(since) => Some((since + limits.header_timeout, "header read timeout")),
+                // The request's own timeouts bound it.
+                Phase::Busy(_) => None,
+            };
+            let changed = match deadline {
+                Some((deadline, reason)) => tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => return reason,
+                    changed = phases.changed() => changed,
+                },
+                None => phases.changed().await,
+            };
+            if changed.is_err() {
+                // The connection is gone; its task ends on its own.
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// One request being served; dropping it (the response sent, or the client
+/// gone) makes the connection idle again when it was the last.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.update(|phase| match phase {
+            Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
+            _ => Phase::Idle(Instant::now()),
+        });
+    }
+}
+
+/// A response body that keeps its request in flight until it is done.
+struct InFlightBody {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection's socket, telling its watchdog when bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
