@@ -124,6 +124,12 @@ impl LocalPostgres {
         check(&output, "pg_ctl stop")
     }
 
+    /// Starts the server again after [`LocalPostgres::stop`], on the same
+    /// port, so clients that knew it reconnect.
+    pub fn resume(&self, durability: Durability) -> anyhow::Result<()> {
+        self.launch(durability)
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.root.join("data")
     }

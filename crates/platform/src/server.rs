@@ -84,7 +84,20 @@ impl GrpcServer {
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(request_span)
-                    .on_failure(log_failure),
+                    // Outcomes are logged from the status itself (headers for
+                    // an early error, trailers otherwise), which says more
+                    // than the failure class.
+                    .on_response(|response: &http::Response<_>, latency: Duration, _: &tracing::Span| {
+                        log_outcome(response.headers(), latency);
+                    })
+                    .on_eos(
+                        |trailers: Option<&http::HeaderMap>, latency: Duration, _: &tracing::Span| {
+                            if let Some(trailers) = trailers {
+                                log_outcome(trailers, latency);
+                            }
+                        },
+                    )
+                    .on_failure(log_transport_failure),
             )
             // Refuse work beyond the limit at once (RESOURCE_EXHAUSTED) rather
             // than queue it behind calls that may already be late.
@@ -221,26 +234,43 @@ fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Build
 }
 
 /// A caller's mistake (bad input, refused access, a missing resource, a
-/// throttled login) is the service doing its job and is logged at debug; a
-/// failure of the service itself at error.
-fn log_failure(class: GrpcFailureClass, latency: Duration, _span: &tracing::Span) {
-    let server_fault = match &class {
-        GrpcFailureClass::Status(status) => matches!(
-            tonic::Code::from_i32(status.code_raw()),
-            tonic::Code::Unknown
-                | tonic::Code::Internal
-                | tonic::Code::DataLoss
-                | tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-        ),
-        // Transport errors, and whatever later versions add.
-        _ => true,
+/// throttled login, a message that is not valid protobuf) is the service
+/// doing its job and is logged at debug; a failure of the service itself at
+/// error.
+fn log_outcome(headers: &http::HeaderMap, latency: Duration) {
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
     };
     let latency_ms = latency.as_millis();
+    let code = status.code();
+    if code == tonic::Code::Ok {
+        return;
+    }
+    let server_fault = matches!(
+        code,
+        tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::DataLoss
+            | tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+    ) && !is_malformed_request(&status);
     if server_fault {
-        tracing::error!(%class, latency_ms, "call failed");
+        tracing::error!(?code, message = status.message(), latency_ms, "call failed");
     } else {
-        tracing::debug!(%class, latency_ms, "call refused");
+        tracing::debug!(?code, message = status.message(), latency_ms, "call refused");
+    }
+}
+
+/// gRPC answers a request that does not decode with INTERNAL (as its spec
+/// says), but the fault is the caller's.
+fn is_malformed_request(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Internal && status.message().starts_with("failed to decode Protobuf message")
+}
+
+/// The connection or a body failed (no status to read).
+fn log_transport_failure(class: GrpcFailureClass, latency: Duration, _span: &tracing::Span) {
+    if let GrpcFailureClass::Error(error) = class {
+        tracing::error!(%error, latency_ms = latency.as_millis(), "call failed");
     }
 }
 
@@ -318,4 +348,58 @@ async fn ping(conn: &mut Option<AsyncPgConnection>, url: &str) -> anyhow::Result
     tokio::time::timeout(READINESS_TIMEOUT, check)
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {READINESS_TIMEOUT:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// What `log` writes, at every level.
+    fn logged(log: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("the log buffer").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let bytes = buffer.0.lock().expect("the log buffer").clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn headers(status: &tonic::Status) -> http::HeaderMap {
+        status.clone().into_http::<()>().headers().clone()
+    }
+
+    #[test]
+    fn a_request_that_is_not_protobuf_is_the_caller_s_fault() {
+        // What tonic answers when a request does not decode.
+        let error = <keel::auth::v1::LoginRequest as prost::Message>::decode(&[0xff, 0xff, 0xff][..])
+            .expect_err("not protobuf");
+        let malformed = tonic::Status::internal(error.to_string());
+        let logs = logged(|| log_outcome(&headers(&malformed), Duration::ZERO));
+        assert!(logs.contains("DEBUG") && !logs.contains("ERROR"), "{logs}");
+
+        let broken = tonic::Status::internal("internal error");
+        let logs = logged(|| log_outcome(&headers(&broken), Duration::ZERO));
+        assert!(logs.contains("ERROR"), "{logs}");
+
+        let refused = tonic::Status::invalid_argument("email: must contain @");
+        let logs = logged(|| log_outcome(&headers(&refused), Duration::ZERO));
+        assert!(!logs.contains("ERROR"), "{logs}");
+    }
 }
