@@ -146,9 +146,16 @@ impl Gateway {
         upstreams: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> anyhow::Result<Self> {
         let descriptors = Descriptors::load()?;
+        // The gateway bounds each call itself (504 after the upstream
+        // timeout); the channel's own bound comes a second later, so it
+        // never answers first.
+        let client = keel_platform::client::ClientConfig {
+            client_call_timeout_ms: config.upstream_timeout_ms.saturating_add(1_000),
+            ..Default::default()
+        };
         let mut areas = Upstreams::default();
         for (area, url) in upstreams {
-            areas.add(area, url)?;
+            areas.add(area, url, &client)?;
         }
         let upstreams = areas;
         let mut routes = RouteTable::from_descriptors(&descriptors)?;

@@ -9,6 +9,8 @@ use prost_reflect::DynamicMessage;
 use tonic::{Code, Status, metadata::MetadataMap, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
+use keel_platform::client::ClientConfig;
+
 use crate::{codec::DynamicCodec, routes::Route};
 
 /// The upstream service of each area (`auth`, `accounts`, ...).
@@ -19,12 +21,8 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Adds `area`'s service at `url` (connected on first use).
-    pub fn add(&mut self, area: &str, url: &str) -> anyhow::Result<()> {
-        let channel = Channel::from_shared(url.to_owned())
-            .with_context(|| format!("the {area} URL {url:?} is not a URL"))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(3))
-            .connect_lazy();
+    pub fn add(&mut self, area: &str, url: &str, client: &ClientConfig) -> anyhow::Result<()> {
+        let channel = keel_platform::client::channel(url, client).with_context(|| format!("the {area} URL"))?;
         self.channels.insert(area.to_owned(), channel);
         Ok(())
     }

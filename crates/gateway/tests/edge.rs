@@ -637,7 +637,15 @@ async fn a_slow_service_gets_504() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let (gateway, _calls) = gateway_before_scripted_accounts(&suite, &["--upstream-timeout-ms", "300"]).await?;
     let http = gateway.http();
-    let token = sign_in(&suite, http, "ada@example.com", &[Role::User]).await?;
+    // Signed in over gRPC: a password hash on a busy machine may itself take
+    // longer than this gateway's 300 ms.
+    suite.create_user("ada@example.com", PASSWORD, &[Role::User]).await?;
+    let token = suite
+        .login("ada@example.com", PASSWORD)
+        .await?
+        .tokens
+        .expect("tokens")
+        .access_token;
 
     let response = http.get("/v1/accounts/slow", Some(&token)).await?;
     assert_eq!(response.status, StatusCode::GATEWAY_TIMEOUT);
