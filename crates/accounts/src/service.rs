@@ -9,12 +9,12 @@ use keel::{
 use keel_platform::{
     Error, Principal,
     db::Pool,
-    error::FieldViolation,
     events, outbox, paging,
     principal::{UserPrincipal, principal},
     proto::timestamp,
+    rpc::{Reply, Violations, invalid, parse_id, uuid_field},
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 use uuid::Uuid;
 
 use crate::{
@@ -45,8 +45,6 @@ impl std::fmt::Debug for Accounts {
             .finish_non_exhaustive()
     }
 }
-
-type Reply<T> = Result<Response<T>, Status>;
 
 /// Whose account a call may touch.
 enum Target {
@@ -134,7 +132,7 @@ impl AccountsService for Accounts {
         let rows = store::list_accounts(&mut conn, after, limit + 1)
             .await
             .map_err(Error::from)?;
-        let (page, next_page_token) = page(rows, limit, |row| paging::encode_token(row.id));
+        let (page, next_page_token) = paging::page(rows, limit, |row| paging::encode_token(row.id));
         Ok(Response::new(pb::ListAccountsResponse {
             accounts: page.iter().map(account_pb).collect(),
             next_page_token,
@@ -213,7 +211,7 @@ impl AccountsService for Accounts {
         let rows = store::entries(&mut conn, account.id, before, limit + 1)
             .await
             .map_err(Error::from)?;
-        let (page, next_page_token) = page(rows, limit, |row| paging::encode_position(row.seq));
+        let (page, next_page_token) = paging::page(rows, limit, |row| paging::encode_position(row.seq));
         Ok(Response::new(pb::ListTransactionsResponse {
             transactions: page.iter().map(entry_pb).collect(),
             next_page_token,
@@ -233,8 +231,7 @@ impl EventSink for Accounts {
                     return Ok(false);
                 }
                 if let Payload::UserRegistered(registered) = &delivery.payload {
-                    let user_id = Uuid::parse_str(&registered.user_id)
-                        .map_err(|_| Error::invalid_field("event.user_registered.user_id", "must be a UUID"))?;
+                    let user_id = parse_id("event.user_registered.user_id", &registered.user_id)?;
                     store::ensure_account(conn, user_id, &registered.email, currency).await?;
                 }
                 Ok(true)
@@ -272,22 +269,17 @@ impl Accounts {
             reference,
             reason,
         } = movement;
-        let account_id = Uuid::parse_str(account_id).map_err(|_| FieldViolation {
-            field: "account_id".into(),
-            description: "must be a UUID".into(),
-        });
-        let mut violations = Vec::new();
-        let account_id = account_id.map_err(|v| violations.push(v)).ok();
-        let amount = Amount::parse("amount", amount).map_err(|v| violations.push(v)).ok();
-        let request_id = RequestId::parse(request_id).map_err(|v| violations.push(v)).ok();
-        let reference = domain::note("reference", reference)
-            .map_err(|v| violations.push(v))
-            .ok();
-        let reason = domain::note("reason", reason).map_err(|v| violations.push(v)).ok();
+        let mut violations = Violations::new();
+        let account_id = violations.check(uuid_field("account_id", account_id));
+        let amount = violations.check(Amount::parse("amount", amount));
+        let request_id = violations.check(RequestId::parse(request_id));
+        let reference = violations.check(domain::note("reference", reference));
+        let reason = violations.check(domain::note("reason", reason));
+        // Each missing value noted its violation.
         let (Some(account_id), Some(amount), Some(request_id), Some(reference), Some(reason)) =
             (account_id, amount, request_id, reference, reason)
         else {
-            return Err(Error::invalid_fields(violations));
+            return Err(violations.into_error());
         };
 
         let mut conn = self.pool.get().await?;
@@ -408,22 +400,6 @@ fn parse_etag(etag: &str) -> Result<i64, Error> {
     etag.trim_matches('"')
         .parse()
         .map_err(|_| Error::invalid_field("account.etag", "is not an etag from this service"))
-}
-
-fn invalid(violation: FieldViolation) -> Error {
-    Error::invalid_fields(vec![violation])
-}
-
-/// The first `limit` rows and the token of the next page, if there is one.
-fn page<T>(mut rows: Vec<T>, limit: i64, token: impl Fn(&T) -> String) -> (Vec<T>, String) {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if rows.len() > limit {
-        rows.truncate(limit);
-        let next = rows.last().map(&token).unwrap_or_default();
-        (rows, next)
-    } else {
-        (rows, String::new())
-    }
 }
 
 fn money(amount_minor: i64, currency: &str) -> Money {

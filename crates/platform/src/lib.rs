@@ -14,6 +14,7 @@ pub mod paging;
 pub mod principal;
 pub mod proto;
 pub mod relay;
+pub mod rpc;
 pub mod server;
 pub mod telemetry;
 pub mod verifier;

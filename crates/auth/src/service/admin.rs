@@ -2,9 +2,14 @@
 
 use diesel_async::AsyncConnection as _;
 use keel::auth::v1 as pb;
-use keel_platform::{Error, Role, error::FieldViolation, principal::UserPrincipal};
+use keel_platform::{
+    Error, Role,
+    error::FieldViolation,
+    principal::UserPrincipal,
+    rpc::{invalid, parse_id},
+};
 
-use super::{Auth, invalid, parse_id, user_pb};
+use super::{Auth, user_pb};
 use crate::{domain::Roles, store};
 
 pub(super) async fn set_user_roles(

@@ -6,10 +6,14 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel::auth::v1 as pb;
-use keel_platform::{Error, proto::timestamp};
+use keel_platform::{
+    Error,
+    proto::timestamp,
+    rpc::{collect, invalid},
+};
 use uuid::Uuid;
 
-use super::{Auth, ClientInfo, REFRESH_TOKEN_TTL, collect, credentials_changed, invalid, user_pb};
+use super::{Auth, ClientInfo, REFRESH_TOKEN_TTL, credentials_changed, user_pb};
 use crate::{
     domain::{Email, OpaqueToken, Password, Roles},
     password::Verdict,

@@ -21,12 +21,11 @@ use keel_platform::{
     Error, Role,
     client_address::{FORWARDED_FOR, client_address},
     db::Pool,
-    error::FieldViolation,
     principal,
     proto::timestamp,
+    rpc::Reply,
 };
-use tonic::{Request, Response, Status};
-use uuid::Uuid;
+use tonic::{Request, Response};
 
 use crate::{clients::ServiceClients, domain::Roles, keys::KeyRing, password::Hasher, store::UserRow};
 
@@ -67,8 +66,6 @@ impl std::fmt::Debug for Auth {
             .finish_non_exhaustive()
     }
 }
-
-type Reply<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl AuthService for Auth {
@@ -191,22 +188,6 @@ fn credentials_changed() -> Error {
         "CREDENTIALS_CHANGED",
         "the password or the account changed during sign-in; log in again",
     )
-}
-
-fn invalid(violation: FieldViolation) -> Error {
-    Error::invalid_fields(vec![violation])
-}
-
-/// Both values, or INVALID_ARGUMENT naming every bad field.
-fn collect<A, B>(a: Result<A, FieldViolation>, b: Result<B, FieldViolation>) -> Result<(A, B), Error> {
-    match (a, b) {
-        (Ok(a), Ok(b)) => Ok((a, b)),
-        (a, b) => Err(Error::invalid_fields(a.err().into_iter().chain(b.err()).collect())),
-    }
-}
-
-fn parse_id(field: &str, raw: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(raw).map_err(|_| Error::invalid_field(field, "must be a UUID"))
 }
 
 pub(crate) fn user_pb(user: &UserRow) -> pb::User {

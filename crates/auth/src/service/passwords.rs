@@ -6,9 +6,14 @@ use keel::{
     auth::v1 as pb,
     events::v1::{PasswordResetRequested, event::Payload},
 };
-use keel_platform::{Error, outbox, principal::UserPrincipal, proto::timestamp};
+use keel_platform::{
+    Error, outbox,
+    principal::UserPrincipal,
+    proto::timestamp,
+    rpc::{collect, invalid},
+};
 
-use super::{Auth, RESET_TOKEN_TTL, SOURCE, collect, credentials_changed, invalid};
+use super::{Auth, RESET_TOKEN_TTL, SOURCE, credentials_changed};
 use crate::{
     domain::{Email, OpaqueToken, Password},
     password::Verdict,

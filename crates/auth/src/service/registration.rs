@@ -6,10 +6,14 @@ use keel::{
     auth::v1 as pb,
     events::v1::{EmailVerificationRequested, UserRegistered, event::Payload},
 };
-use keel_platform::{Error, Role, outbox, proto::timestamp};
+use keel_platform::{
+    Error, Role, outbox,
+    proto::timestamp,
+    rpc::{collect, invalid},
+};
 use uuid::Uuid;
 
-use super::{Auth, SOURCE, VERIFICATION_TOKEN_TTL, collect, invalid, user_pb};
+use super::{Auth, SOURCE, VERIFICATION_TOKEN_TTL, user_pb};
 use crate::{
     domain::{Email, OpaqueToken, Password, Roles},
     store::{self, InsertUserError, NewUser, TokenPurpose, UserRow},

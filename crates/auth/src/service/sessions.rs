@@ -1,10 +1,15 @@
 //! Logout, ListSessions and RevokeSession: a user's sessions.
 
 use keel::auth::v1 as pb;
-use keel_platform::{Error, paging, principal::UserPrincipal, proto::timestamp};
+use keel_platform::{
+    Error, paging,
+    principal::UserPrincipal,
+    proto::timestamp,
+    rpc::{invalid, parse_id},
+};
 use uuid::Uuid;
 
-use super::{Auth, invalid, parse_id};
+use super::Auth;
 use crate::{
     domain::OpaqueToken,
     store::{self, SessionRow},
@@ -28,12 +33,7 @@ pub(super) async fn list(
     let before = paging::decode_token(&request.page_token)?;
     let mut conn = auth.pool.get().await?;
     let rows = store::active_sessions(&mut conn, caller.user_id, before, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    let page: Vec<SessionRow> = rows.into_iter().take(limit as usize).collect();
-    let next_page_token = match (more, page.last()) {
-        (true, Some(last)) => paging::encode_token(last.id),
-        _ => String::new(),
-    };
+    let (page, next_page_token) = paging::page(rows, limit, |row| paging::encode_token(row.id));
     Ok(pb::ListSessionsResponse {
         sessions: page.iter().map(|s| session_pb(s, caller.session_id)).collect(),
         next_page_token,
