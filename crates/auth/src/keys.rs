@@ -22,22 +22,16 @@ use uuid::Uuid;
 
 use crate::{domain::Roles, store};
 
+// The row types are the store's (so the store needs nothing from here);
+// generating and using keys is this module's.
+pub use crate::store::{NewKey, StoredKey};
+
 /// How long an access token lives.
 pub const ACCESS_TOKEN_TTL: Duration = Duration::minutes(15);
 
 /// How long a new key is published before it signs: longer than replicas
 /// take to re-read the keys.
 pub const PUBLISH_BEFORE_SIGNING: Duration = Duration::seconds(60);
-
-/// A newly generated key pair. Its `Debug` leaves the private key out.
-pub struct NewKey {
-    /// RFC 7638 thumbprint of the public key.
-    pub kid: String,
-    /// PKCS#8 v2 document.
-    pub private_key: Vec<u8>,
-    /// The raw 32-byte public key.
-    pub public_key: Vec<u8>,
-}
 
 impl NewKey {
     /// Generates a fresh Ed25519 key pair.
@@ -56,12 +50,6 @@ impl NewKey {
     }
 }
 
-impl std::fmt::Debug for NewKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewKey").field("kid", &self.kid).finish_non_exhaustive()
-    }
-}
-
 /// The RFC 7638 JWK thumbprint of an Ed25519 public key.
 fn thumbprint(public_key: &[u8]) -> String {
     let canonical = format!(
@@ -69,29 +57,6 @@ fn thumbprint(public_key: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(public_key)
     );
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
-}
-
-/// A stored key. Its `Debug` leaves the private key out.
-#[derive(Clone, diesel::Queryable, diesel::Selectable)]
-#[diesel(table_name = crate::schema::signing_keys)]
-pub struct StoredKey {
-    /// Its id.
-    pub kid: String,
-    /// PKCS#8 document.
-    pub private_key: Vec<u8>,
-    /// Raw public key.
-    pub public_key: Vec<u8>,
-    /// When it was generated.
-    pub created_at: DateTime<Utc>,
-}
-
-impl std::fmt::Debug for StoredKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredKey")
-            .field("kid", &self.kid)
-            .field("created_at", &self.created_at)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug)]

@@ -57,6 +57,20 @@ pub fn encode_position(last: i64) -> String {
     URL_SAFE_NO_PAD.encode(last.to_be_bytes())
 }
 
+/// Splits rows fetched with `limit + 1` (one more than a page, to learn
+/// whether another page follows) into the page and its `next_page_token`:
+/// the token of the page's last row, or empty on the last page.
+pub fn page<T>(mut rows: Vec<T>, limit: i64, token: impl Fn(&T) -> String) -> (Vec<T>, String) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(&token).unwrap_or_default();
+        (rows, next)
+    } else {
+        (rows, String::new())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +91,13 @@ mod tests {
         assert!(decode_token("garbage!").is_err());
         assert_eq!(decode_position(&encode_position(42)).ok(), Some(Some(42)));
         assert!(decode_position(&encode_token(Uuid::now_v7())).is_err());
+    }
+
+    #[test]
+    fn a_page_has_a_next_token_only_when_a_row_is_left_over() {
+        let (rows, next) = page(vec![1, 2, 3], 2, |n: &i32| n.to_string());
+        assert_eq!((rows, next.as_str()), (vec![1, 2], "2"));
+        let (rows, next) = page(vec![1, 2], 2, |n: &i32| n.to_string());
+        assert_eq!((rows, next.as_str()), (vec![1, 2], ""));
     }
 }

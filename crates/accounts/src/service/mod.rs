@@ -1,0 +1,186 @@
+//! `keel.accounts.v1.AccountsService` and the accounts EventSink.
+//!
+//! The trait impls below only adapt gRPC to the handlers: each reads the
+//! caller from the request and hands the message to a function of the
+//! resource's module (profiles, ledger, event_sink), which returns
+//! `Result<_, Error>`.
+
+mod event_sink;
+mod ledger;
+mod profiles;
+
+use keel::{
+    accounts::v1::{self as pb, accounts_service_server::AccountsService},
+    common::v1::Money,
+    events::v1::{DeliverRequest, DeliverResponse, event_sink_server::EventSink},
+};
+use keel_platform::{
+    Error, Principal,
+    db::Pool,
+    events,
+    principal::{UserPrincipal, principal},
+    proto::timestamp,
+    rpc::Reply,
+};
+use tonic::{Request, Response};
+use uuid::Uuid;
+
+use crate::{
+    domain::Currency,
+    store::{self, AccountRow},
+};
+
+/// The event source name of accounts.
+pub const SOURCE: &str = "accounts";
+/// The scope a service needs to deposit.
+pub const DEPOSIT_SCOPE: &str = "accounts.deposit";
+/// The scope a service needs to debit.
+pub const DEBIT_SCOPE: &str = "accounts.debit";
+/// The scope a service needs to refund.
+pub const REFUND_SCOPE: &str = "accounts.refund";
+
+/// The accounts service.
+#[derive(Clone)]
+pub struct Accounts {
+    pub(crate) pool: Pool,
+    pub(crate) currency: Currency,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts")
+            .field("currency", &self.currency)
+            .finish_non_exhaustive()
+    }
+}
+
+#[tonic::async_trait]
+impl AccountsService for Accounts {
+    async fn get_account(&self, request: Request<pb::GetAccountRequest>) -> Reply<pb::GetAccountResponse> {
+        let caller = principal(&request)?.clone();
+        Ok(Response::new(
+            profiles::get_account(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn update_profile(&self, request: Request<pb::UpdateProfileRequest>) -> Reply<pb::UpdateProfileResponse> {
+        let caller = principal(&request)?.clone();
+        Ok(Response::new(
+            profiles::update_profile(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_accounts(&self, request: Request<pb::ListAccountsRequest>) -> Reply<pb::ListAccountsResponse> {
+        principal(&request)?.admin()?;
+        Ok(Response::new(
+            profiles::list_accounts(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn deposit(&self, request: Request<pb::DepositRequest>) -> Reply<pb::DepositResponse> {
+        let caller = principal(&request)?.clone();
+        Ok(Response::new(
+            ledger::deposit(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn debit(&self, request: Request<pb::DebitRequest>) -> Reply<pb::DebitResponse> {
+        principal(&request)?.service_with_scope(DEBIT_SCOPE)?;
+        Ok(Response::new(ledger::debit(self, request.into_inner()).await?))
+    }
+
+    async fn refund(&self, request: Request<pb::RefundRequest>) -> Reply<pb::RefundResponse> {
+        principal(&request)?.service_with_scope(REFUND_SCOPE)?;
+        Ok(Response::new(ledger::refund(self, request.into_inner()).await?))
+    }
+
+    async fn get_balance(&self, request: Request<pb::GetBalanceRequest>) -> Reply<pb::GetBalanceResponse> {
+        let caller = principal(&request)?.clone();
+        Ok(Response::new(
+            ledger::get_balance(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Reply<pb::ListTransactionsResponse> {
+        let caller = principal(&request)?.clone();
+        Ok(Response::new(
+            ledger::list_transactions(self, &caller, request.into_inner()).await?,
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl EventSink for Accounts {
+    async fn deliver(&self, request: Request<DeliverRequest>) -> Reply<DeliverResponse> {
+        let delivery = events::delivery(request)?;
+        Ok(Response::new(event_sink::deliver(self, delivery).await?))
+    }
+}
+
+/// Whose account a call may touch.
+enum Target {
+    /// The caller's own account (created on first access).
+    Own(Uuid),
+    /// Any account, for an administrator.
+    Any(Uuid),
+}
+
+/// Resolves `account_id` ("me" or an id) for the caller. A user may name only
+/// their own account: another id is PERMISSION_DENIED whether or not it
+/// exists (the id alone decides, so nothing is revealed).
+fn target(principal: &Principal, account_id: &str) -> Result<Target, Error> {
+    let user: &UserPrincipal = principal.user()?;
+    let id = if account_id == "me" {
+        user.user_id
+    } else {
+        Uuid::parse_str(account_id).map_err(|_| Error::invalid_field("account_id", "must be a UUID or \"me\""))?
+    };
+    if id == user.user_id {
+        Ok(Target::Own(id))
+    } else if user.is_admin() {
+        Ok(Target::Any(id))
+    } else {
+        Err(Error::permission_denied(
+            "NOT_ACCOUNT_OWNER",
+            "a user may only see and change their own account",
+        ))
+    }
+}
+
+impl Accounts {
+    /// The target account; the caller's own is created on first access, so a
+    /// user who has just registered never gets NOT_FOUND for it.
+    async fn account(&self, target: Target) -> Result<AccountRow, Error> {
+        let mut conn = self.pool.get().await?;
+        match target {
+            Target::Own(id) => match store::find_account(&mut conn, id).await? {
+                Some(account) => Ok(account),
+                None => Ok(store::ensure_account(&mut conn, id, "", self.currency.as_str()).await?),
+            },
+            Target::Any(id) => store::find_account(&mut conn, id)
+                .await?
+                .ok_or_else(|| Error::not_found("account")),
+        }
+    }
+}
+
+fn money(amount_minor: i64, currency: &str) -> Money {
+    Money {
+        amount_minor,
+        currency_code: currency.to_owned(),
+    }
+}
+
+fn account_pb(account: &AccountRow) -> pb::Account {
+    pb::Account {
+        id: account.id.to_string(),
+        email: account.email.clone(),
+        display_name: account.display_name.clone(),
+        etag: format!("\"{}\"", account.version),
+        create_time: Some(timestamp(account.created_at)),
+        update_time: Some(timestamp(account.updated_at)),
+    }
+}

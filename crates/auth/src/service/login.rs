@@ -1,0 +1,249 @@
+//! Login and Refresh: exchanging credentials or a refresh token for a token
+//! pair, behind the failed-login throttle.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection};
+use keel::auth::v1 as pb;
+use keel_platform::{
+    Error,
+    proto::timestamp,
+    rpc::{collect, invalid},
+};
+use uuid::Uuid;
+
+use super::{Auth, ClientInfo, REFRESH_TOKEN_TTL, credentials_changed, user_pb};
+use crate::{
+    domain::{Email, OpaqueToken, Password, Roles},
+    password::Verdict,
+    store::{self, NewSession, UserRow},
+};
+
+pub(super) async fn login(
+    auth: &Auth,
+    request: pb::LoginRequest,
+    client: &ClientInfo,
+) -> Result<pb::LoginResponse, Error> {
+    let (email, password) = collect(
+        Email::parse(&request.email),
+        Password::for_check("password", request.password),
+    )?;
+    let account_subject = format!("account:{}", email.as_str());
+    let address_subject = client.address.map(|ip| format!("address:{ip}"));
+    let subjects: Vec<&str> = std::iter::once(account_subject.as_str())
+        .chain(address_subject.as_deref())
+        .collect();
+
+    let (attempt, user) = {
+        let mut conn = auth.pool.get().await?;
+        // The attempt counts as a failure until it succeeds, so guesses sent
+        // at once cannot all pass the check while their hashes run.
+        let attempt = auth.admit_attempt(&mut conn, &subjects).await?;
+        let user = store::find_user_by_email(&mut conn, email.as_str()).await?;
+        (attempt, user)
+        // The connection goes back to the pool for the hashing.
+    };
+    // Unknown emails are checked against a dummy hash: the same cost, the
+    // same answer.
+    let verdict = auth
+        .hasher
+        .verify(&password, user.as_ref().map(|u| u.password_hash.as_str()))
+        .await?;
+    let (user, needs_rehash) = match (verdict, user) {
+        (Verdict::Valid { needs_rehash }, Some(user)) if !user.disabled => (user, needs_rehash),
+        (Verdict::Valid { .. }, Some(_)) => {
+            return Err(Error::unauthenticated("USER_DISABLED", "this account is disabled"));
+        }
+        _ => {
+            let mut conn = auth.pool.get().await?;
+            store::prune_failures(&mut conn, &subjects, Utc::now() - auth.throttle.window).await?;
+            return Err(invalid_credentials());
+        }
+    };
+    let upgraded = match needs_rehash {
+        true => Some(auth.hasher.hash(&password).await?),
+        false => None,
+    };
+
+    let mut conn = auth.pool.get().await?;
+    let mut verified_hash = user.password_hash.clone();
+    if let Some(upgraded) = upgraded {
+        if !store::upgrade_password_hash(&mut conn, user.id, &user.password_hash, &upgraded).await? {
+            return Err(credentials_changed());
+        }
+        tracing::info!(user_id = %user.id, "password hash upgraded to the current cost");
+        verified_hash = upgraded;
+    }
+    store::forget_failures(&mut conn, &attempt.ids).await?;
+    if attempt.had_failures {
+        store::clear_failures(&mut conn, &account_subject).await?;
+    }
+    let tokens = auth.start_session(&mut conn, &user, &verified_hash, client).await?;
+    Ok(pb::LoginResponse {
+        user: Some(user_pb(&user)),
+        tokens: Some(tokens),
+    })
+}
+
+pub(super) async fn refresh(auth: &Auth, request: pb::RefreshRequest) -> Result<pb::RefreshResponse, Error> {
+    let presented = OpaqueToken::parse("refresh_token", &request.refresh_token).map_err(invalid)?;
+    let next = OpaqueToken::generate()?;
+    let next_expires = Utc::now() + REFRESH_TOKEN_TTL;
+    let mut conn = auth.pool.get().await?;
+    let outcome = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let hash = presented.hash();
+            let Some((token, session)) = store::lock_refresh_token(conn, &hash).await? else {
+                return Ok(Refreshed::Refused(Error::unauthenticated(
+                    "INVALID_REFRESH_TOKEN",
+                    "the refresh token is not valid",
+                )));
+            };
+            if token.spent_at.is_some() {
+                // Someone holds a copy of a spent token: end the family.
+                let revoked = store::revoke_session(conn, session.id, "refresh_token_reused").await?;
+                if revoked {
+                    tracing::warn!(session_id = %session.id, user_id = %session.user_id, "refresh token reuse: session revoked");
+                }
+                return Ok(Refreshed::Refused(Error::unauthenticated(
+                    "REFRESH_TOKEN_REUSED",
+                    "the refresh token was already used; the session has been ended",
+                )));
+            }
+            let now = Utc::now();
+            if session.revoked_at.is_some() || token.expires_at <= now || session.expires_at <= now {
+                return Ok(Refreshed::Refused(Error::unauthenticated(
+                    "SESSION_ENDED",
+                    "the session has ended; log in again",
+                )));
+            }
+            let user = store::find_user(conn, session.user_id)
+                .await?
+                .ok_or_else(|| Error::not_found("user"))?;
+            if user.disabled {
+                store::revoke_session(conn, session.id, "user_disabled").await?;
+                return Ok(Refreshed::Refused(Error::unauthenticated("USER_DISABLED", "this account is disabled")));
+            }
+            store::spend_refresh_token(conn, &hash).await?;
+            store::insert_refresh_token(conn, &next.hash(), session.id, next_expires).await?;
+            store::extend_session(conn, session.id, next_expires).await?;
+            Ok(Refreshed::Granted(user, session.id))
+        })
+        .await?;
+    // Refusals commit first: a reuse must revoke the family even though
+    // the caller gets an error.
+    let (user, session_id) = match outcome {
+        Refreshed::Granted(user, session_id) => (user, session_id),
+        Refreshed::Refused(err) => return Err(err),
+    };
+    let roles = Roles::from_names(&user.roles);
+    let (access, access_expires) = auth.keys.user_token(user.id, session_id, &roles).await?;
+    Ok(pb::RefreshResponse {
+        tokens: Some(token_pair(access, access_expires, &next, next_expires, session_id)),
+    })
+}
+
+/// A login attempt admitted past the throttle.
+pub(super) struct Attempt {
+    /// Its failure rows, deleted if it succeeds.
+    pub(super) ids: Vec<i64>,
+    /// Whether the account or address had failed before.
+    had_failures: bool,
+}
+
+impl Auth {
+    /// Records an attempt for `subjects`, or refuses it with
+    /// RESOURCE_EXHAUSTED (and a RetryInfo delay) when any of them already
+    /// has too many recent failures.
+    pub(super) async fn admit_attempt(
+        &self,
+        conn: &mut AsyncPgConnection,
+        subjects: &[&str],
+    ) -> Result<Attempt, Error> {
+        let since = Utc::now() - self.throttle.window;
+        let recorded = store::record_attempt(conn, subjects, since).await?;
+        let ids: Vec<i64> = recorded.iter().map(|r| r.id).collect();
+        if let Some(limited) = recorded.iter().find(|r| r.prior_failures >= self.throttle.max_failures) {
+            // A refused attempt is no attempt: it does not extend the lock.
+            store::forget_failures(conn, &ids).await?;
+            let free_at = limited.oldest.unwrap_or_else(Utc::now) + self.throttle.window;
+            let wait = (free_at - Utc::now()).to_std().unwrap_or(StdDuration::from_secs(1));
+            return Err(Error::too_many(
+                "TOO_MANY_ATTEMPTS",
+                format!("too many failed logins; retry in {} s", wait.as_secs().max(1)),
+                wait,
+            ));
+        }
+        Ok(Attempt {
+            had_failures: recorded.iter().any(|r| r.prior_failures > 0),
+            ids,
+        })
+    }
+
+    /// Starts a session for `user`, provided their password hash still is
+    /// `verified_hash` and they are not disabled.
+    async fn start_session(
+        &self,
+        conn: &mut AsyncPgConnection,
+        user: &UserRow,
+        verified_hash: &str,
+        client: &ClientInfo,
+    ) -> Result<pb::TokenPair, Error> {
+        let session_id = Uuid::now_v7();
+        let refresh = OpaqueToken::generate()?;
+        let refresh_expires = Utc::now() + REFRESH_TOKEN_TTL;
+        let address = client.address.map(|ip| ip.to_string()).unwrap_or_default();
+        let started = store::insert_session(
+            conn,
+            NewSession {
+                id: session_id,
+                user_id: user.id,
+                expires_at: refresh_expires,
+                user_agent: &client.user_agent,
+                client_address: &address,
+            },
+            verified_hash,
+            &refresh.hash(),
+        )
+        .await?;
+        if !started {
+            return Err(credentials_changed());
+        }
+        let roles = Roles::from_names(&user.roles);
+        let (access, access_expires) = self.keys.user_token(user.id, session_id, &roles).await?;
+        Ok(token_pair(
+            access,
+            access_expires,
+            &refresh,
+            refresh_expires,
+            session_id,
+        ))
+    }
+}
+
+enum Refreshed {
+    Granted(UserRow, Uuid),
+    Refused(Error),
+}
+
+fn invalid_credentials() -> Error {
+    Error::unauthenticated("INVALID_CREDENTIALS", "the email or password is wrong")
+}
+
+fn token_pair(
+    access: String,
+    access_expires: DateTime<Utc>,
+    refresh: &OpaqueToken,
+    refresh_expires: DateTime<Utc>,
+    session_id: Uuid,
+) -> pb::TokenPair {
+    pb::TokenPair {
+        access_token: access,
+        access_token_expire_time: Some(timestamp(access_expires)),
+        refresh_token: refresh.expose().to_owned(),
+        refresh_token_expire_time: Some(timestamp(refresh_expires)),
+        token_type: "Bearer".into(),
+        session_id: session_id.to_string(),
+    }
+}

@@ -1,0 +1,121 @@
+//! ChangePassword, RequestPasswordReset and ResetPassword.
+
+use chrono::Utc;
+use diesel_async::AsyncConnection as _;
+use keel::{
+    auth::v1 as pb,
+    events::v1::{PasswordResetRequested, event::Payload},
+};
+use keel_platform::{
+    Error, outbox,
+    principal::UserPrincipal,
+    proto::timestamp,
+    rpc::{collect, invalid},
+};
+
+use super::{Auth, RESET_TOKEN_TTL, SOURCE, credentials_changed};
+use crate::{
+    domain::{Email, OpaqueToken, Password},
+    password::Verdict,
+    store::{self, TokenPurpose},
+};
+
+pub(super) async fn change(
+    auth: &Auth,
+    caller: &UserPrincipal,
+    request: pb::ChangePasswordRequest,
+) -> Result<pb::ChangePasswordResponse, Error> {
+    let (current, new) = collect(
+        Password::for_check("current_password", request.current_password),
+        Password::parse("new_password", request.new_password),
+    )?;
+    let mut conn = auth.pool.get().await?;
+    let user = store::find_user(&mut conn, caller.user_id)
+        .await?
+        .ok_or_else(|| Error::not_found("user"))?;
+    if user.disabled {
+        return Err(Error::unauthenticated("USER_DISABLED", "this account is disabled"));
+    }
+    let account_subject = format!("account:{}", user.email);
+    // Counts as a failure until the password checks out (as at login).
+    let attempt = auth.admit_attempt(&mut conn, &[&account_subject]).await?;
+    drop(conn);
+    if auth.hasher.verify(&current, Some(&user.password_hash)).await? == Verdict::Invalid {
+        return Err(Error::invalid_field("current_password", "is not the current password"));
+    }
+    let password_hash = auth.hasher.hash(&new).await?;
+    let mut conn = auth.pool.get().await?;
+    store::forget_failures(&mut conn, &attempt.ids).await?;
+    let ended = conn
+        .transaction::<_, Error, _>(async |conn| {
+            // Only over the password just checked: a concurrent change wins.
+            if !store::upgrade_password_hash(conn, user.id, &user.password_hash, &password_hash).await? {
+                return Err(credentials_changed());
+            }
+            Ok(store::revoke_user_sessions(conn, user.id, Some(caller.session_id), "password_changed").await?)
+        })
+        .await?;
+    Ok(pb::ChangePasswordResponse {
+        ended_session_count: i32::try_from(ended).unwrap_or(i32::MAX),
+    })
+}
+
+pub(super) async fn request_reset(
+    auth: &Auth,
+    request: pb::RequestPasswordResetRequest,
+) -> Result<pb::RequestPasswordResetResponse, Error> {
+    let email = Email::parse(&request.email).map_err(invalid)?;
+    let mut conn = auth.pool.get().await?;
+    let user = store::find_user_by_email(&mut conn, email.as_str()).await?;
+    // The answer is the same either way: nobody learns who is registered.
+    if let Some(user) = user.filter(|u| !u.disabled) {
+        let token = OpaqueToken::generate()?;
+        let expires = Utc::now() + RESET_TOKEN_TTL;
+        conn.transaction::<_, Error, _>(async |conn| {
+            store::expire_one_time_tokens(conn, user.id, TokenPurpose::PasswordReset).await?;
+            store::insert_one_time_token(conn, &token.hash(), user.id, TokenPurpose::PasswordReset, expires).await?;
+            outbox::enqueue(
+                conn,
+                SOURCE,
+                Payload::PasswordResetRequested(PasswordResetRequested {
+                    user_id: user.id.to_string(),
+                    email: user.email.clone(),
+                    token: token.expose().to_owned(),
+                    expire_time: Some(timestamp(expires)),
+                }),
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(pb::RequestPasswordResetResponse {})
+}
+
+pub(super) async fn reset(auth: &Auth, request: pb::ResetPasswordRequest) -> Result<pb::ResetPasswordResponse, Error> {
+    let (token, password) = collect(
+        OpaqueToken::parse("token", &request.token),
+        Password::parse("new_password", request.new_password),
+    )?;
+    let invalid_token = || Error::invalid_argument("INVALID_TOKEN", "the reset token is unknown, used or expired");
+    let hash = token.hash();
+    let mut conn = auth.pool.get().await?;
+    // Hash only for a live token, outside the transaction.
+    store::peek_one_time_token(&mut conn, &hash, TokenPurpose::PasswordReset)
+        .await?
+        .ok_or_else(invalid_token)?;
+    // No connection is held while hashing.
+    drop(conn);
+    let password_hash = auth.hasher.hash(&password).await?;
+    let mut conn = auth.pool.get().await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        let user_id = store::use_one_time_token(conn, &hash, TokenPurpose::PasswordReset)
+            .await?
+            .ok_or_else(invalid_token)?;
+        store::set_password_hash(conn, user_id, &password_hash).await?;
+        store::revoke_user_sessions(conn, user_id, None, "password_reset").await?;
+        Ok(())
+    })
+    .await?;
+    Ok(pb::ResetPasswordResponse {})
+}

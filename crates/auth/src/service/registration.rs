@@ -1,0 +1,187 @@
+//! Register and VerifyEmail: creating users and confirming their email.
+
+use chrono::Utc;
+use diesel_async::AsyncConnection as _;
+use keel::{
+    auth::v1 as pb,
+    events::v1::{EmailVerificationRequested, UserRegistered, event::Payload},
+};
+use keel_platform::{
+    Error, Role, outbox,
+    proto::timestamp,
+    rpc::{collect, invalid},
+};
+use uuid::Uuid;
+
+use super::{Auth, SOURCE, VERIFICATION_TOKEN_TTL, user_pb};
+use crate::{
+    domain::{Email, OpaqueToken, Password, Roles},
+    store::{self, InsertUserError, NewUser, TokenPurpose, UserRow},
+};
+
+pub(super) async fn register(auth: &Auth, request: pb::RegisterRequest) -> Result<pb::RegisterResponse, Error> {
+    let (email, password) = collect(
+        Email::parse(&request.email),
+        Password::parse("password", request.password),
+    )?;
+    let request_id = match request.request_id.trim() {
+        "" => None,
+        id if id.len() > 128 => return Err(Error::invalid_field("request_id", "must be at most 128 bytes")),
+        id => Some(id.to_owned()),
+    };
+    let roles = Roles::new(vec![Role::User]).map_err(invalid)?;
+    let user = auth.create_user(&email, &password, &roles, request_id).await?;
+    Ok(pb::RegisterResponse {
+        user: Some(user_pb(&user)),
+    })
+}
+
+pub(super) async fn verify_email(
+    auth: &Auth,
+    request: pb::VerifyEmailRequest,
+) -> Result<pb::VerifyEmailResponse, Error> {
+    let token = OpaqueToken::parse("token", &request.token).map_err(invalid)?;
+    let mut conn = auth.pool.get().await?;
+    let user = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let user_id = store::use_one_time_token(conn, &token.hash(), TokenPurpose::EmailVerification)
+                .await?
+                .ok_or_else(|| {
+                    Error::invalid_argument("INVALID_TOKEN", "the verification token is unknown, used or expired")
+                })?;
+            store::mark_email_verified(conn, user_id)
+                .await?
+                .ok_or_else(|| Error::not_found("user"))
+        })
+        .await?;
+    Ok(pb::VerifyEmailResponse {
+        user: Some(user_pb(&user)),
+    })
+}
+
+impl Auth {
+    /// Creates a user (announcing it in the outbox), or returns the one an
+    /// earlier call with the same `request_id` created.
+    pub async fn create_user(
+        &self,
+        email: &Email,
+        password: &Password,
+        roles: &Roles,
+        request_id: Option<String>,
+    ) -> Result<UserRow, Error> {
+        let mut conn = self.pool.get().await?;
+        if let Some(request_id) = &request_id
+            && let Some(user) = store::find_user_by_register_request(&mut conn, request_id).await?
+        {
+            return replay(user, email);
+        }
+        if let Some(existing) = store::find_user_by_email(&mut conn, email.as_str()).await? {
+            // A concurrent retry with the same key may have committed since
+            // the lookup above.
+            return match (&request_id, &existing.register_request_id) {
+                (Some(ours), Some(theirs)) if ours == theirs => Ok(existing),
+                _ => Err(email_taken()),
+            };
+        }
+
+        // No connection is held while hashing.
+        drop(conn);
+        let password_hash = self.hasher.hash(password).await?;
+        let mut conn = self.pool.get().await?;
+        let verification = OpaqueToken::generate()?;
+        let verification_expires = Utc::now() + VERIFICATION_TOKEN_TTL;
+        let inserted = conn
+            .transaction::<_, RegisterFailure, _>(async |conn| {
+                let user = store::insert_user(
+                    conn,
+                    NewUser {
+                        id: Uuid::now_v7(),
+                        email: email.as_str(),
+                        password_hash: &password_hash,
+                        roles: roles.names(),
+                        register_request_id: request_id.as_deref(),
+                    },
+                )
+                .await
+                .map_err(RegisterFailure::Insert)?;
+                store::insert_one_time_token(
+                    conn,
+                    &verification.hash(),
+                    user.id,
+                    TokenPurpose::EmailVerification,
+                    verification_expires,
+                )
+                .await?;
+                let registered = Payload::UserRegistered(UserRegistered {
+                    user_id: user.id.to_string(),
+                    email: user.email.clone(),
+                });
+                let verify = Payload::EmailVerificationRequested(EmailVerificationRequested {
+                    user_id: user.id.to_string(),
+                    email: user.email.clone(),
+                    token: verification.expose().to_owned(),
+                    expire_time: Some(timestamp(verification_expires)),
+                });
+                for payload in [registered, verify] {
+                    outbox::enqueue(conn, SOURCE, payload)
+                        .await
+                        .map_err(RegisterFailure::Other)?;
+                }
+                Ok(user)
+            })
+            .await;
+        match inserted {
+            Ok(user) => {
+                tracing::info!(user_id = %user.id, "user registered");
+                Ok(user)
+            }
+            // A concurrent retry with the same key may have won the race:
+            // Postgres reports whichever unique index it checks first, and
+            // the email's comes before the request id's.
+            Err(RegisterFailure::Insert(InsertUserError::EmailTaken)) => match &request_id {
+                Some(request_id) => match store::find_user_by_register_request(&mut conn, request_id).await? {
+                    Some(user) => replay(user, email),
+                    None => Err(email_taken()),
+                },
+                None => Err(email_taken()),
+            },
+            // A concurrent retry with the same key won the race.
+            Err(RegisterFailure::Insert(InsertUserError::RequestIdTaken)) => {
+                let request_id = request_id.unwrap_or_default();
+                let user = store::find_user_by_register_request(&mut conn, &request_id)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("request id {request_id} vanished"))?;
+                replay(user, email)
+            }
+            Err(RegisterFailure::Insert(InsertUserError::Database(err))) => Err(err.into()),
+            Err(RegisterFailure::Other(err)) => Err(err),
+        }
+    }
+}
+
+/// Why the registration transaction rolled back.
+enum RegisterFailure {
+    Insert(InsertUserError),
+    Other(Error),
+}
+
+impl From<diesel::result::Error> for RegisterFailure {
+    fn from(err: diesel::result::Error) -> Self {
+        RegisterFailure::Other(err.into())
+    }
+}
+
+fn replay(user: UserRow, email: &Email) -> Result<UserRow, Error> {
+    if user.email == email.as_str() {
+        Ok(user)
+    } else {
+        Err(Error::failed_precondition(
+            "REQUEST_ID_REUSED",
+            "this request_id was used for a different registration",
+        ))
+    }
+}
+
+fn email_taken() -> Error {
+    Error::already_exists("EMAIL_TAKEN", "a user with this email is already registered")
+}

@@ -1,0 +1,156 @@
+//! The `users` table: accounts, credentials and roles.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, Queryable, Selectable, SelectableHelper as _,
+    result::{DatabaseErrorKind, Error as DieselError},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
+use uuid::Uuid;
+
+use super::QueryResult;
+use crate::schema::users;
+
+/// A user as stored.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = users)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub email_verified: bool,
+    pub disabled: bool,
+    pub register_request_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a new user needs.
+#[derive(Debug)]
+pub struct NewUser<'a> {
+    pub id: Uuid,
+    pub email: &'a str,
+    pub password_hash: &'a str,
+    pub roles: Vec<String>,
+    pub register_request_id: Option<&'a str>,
+}
+
+/// Why a user could not be inserted.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertUserError {
+    #[error("the email is taken")]
+    EmailTaken,
+    #[error("the request id was used before")]
+    RequestIdTaken,
+    #[error(transparent)]
+    Database(#[from] DieselError),
+}
+
+pub async fn insert_user(conn: &mut AsyncPgConnection, user: NewUser<'_>) -> Result<UserRow, InsertUserError> {
+    diesel::insert_into(users::table)
+        .values((
+            users::id.eq(user.id),
+            users::email.eq(user.email),
+            users::password_hash.eq(user.password_hash),
+            users::roles.eq(user.roles),
+            users::register_request_id.eq(user.register_request_id),
+        ))
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+        .map_err(|err| match &err {
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                if info.constraint_name() == Some("users_register_request_id_key") {
+                    InsertUserError::RequestIdTaken
+                } else {
+                    InsertUserError::EmailTaken
+                }
+            }
+            _ => InsertUserError::Database(err),
+        })
+}
+
+pub async fn find_user(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<UserRow>> {
+    users::table
+        .find(id)
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+pub async fn find_user_by_email(conn: &mut AsyncPgConnection, email: &str) -> QueryResult<Option<UserRow>> {
+    users::table
+        .filter(users::email.eq(email))
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+pub async fn find_user_by_register_request(
+    conn: &mut AsyncPgConnection,
+    request_id: &str,
+) -> QueryResult<Option<UserRow>> {
+    users::table
+        .filter(users::register_request_id.eq(request_id))
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Replaces the password hash only if it still is `old` (a login upgrading
+/// the hash must not undo a concurrent password change). Returns whether it
+/// did.
+pub async fn upgrade_password_hash(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    old: &str,
+    new: &str,
+) -> QueryResult<bool> {
+    let changed = diesel::update(users::table.find(user_id).filter(users::password_hash.eq(old)))
+        .set((users::password_hash.eq(new), users::updated_at.eq(diesel::dsl::now)))
+        .execute(conn)
+        .await?;
+    Ok(changed == 1)
+}
+
+pub async fn set_password_hash(conn: &mut AsyncPgConnection, user_id: Uuid, hash: &str) -> QueryResult<()> {
+    diesel::update(users::table.find(user_id))
+        .set((users::password_hash.eq(hash), users::updated_at.eq(diesel::dsl::now)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_roles(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    roles: Vec<String>,
+) -> QueryResult<Option<UserRow>> {
+    diesel::update(users::table.find(user_id))
+        .set((users::roles.eq(roles), users::updated_at.eq(diesel::dsl::now)))
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+pub async fn disable_user(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Option<UserRow>> {
+    diesel::update(users::table.find(user_id))
+        .set((users::disabled.eq(true), users::updated_at.eq(diesel::dsl::now)))
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+pub async fn mark_email_verified(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Option<UserRow>> {
+    diesel::update(users::table.find(user_id))
+        .set((users::email_verified.eq(true), users::updated_at.eq(diesel::dsl::now)))
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
