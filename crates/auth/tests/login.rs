@@ -4,6 +4,9 @@
 //! Throttling is per client address, so tests that must tell accounts and
 //! addresses apart connect from other loopback addresses (127.0.0.2, ...).
 
+// The helpers here are test code too: a broken setup may panic.
+#![allow(clippy::expect_used)]
+
 use keel_testkit::status::reason;
 use std::time::Duration;
 

@@ -1,6 +1,9 @@
 //! Password recovery and email verification: the tokens that go out in
 //! events, and the rules for using them.
 
+// The helpers here are test code too: a broken setup may panic.
+#![allow(clippy::expect_used)]
+
 use diesel::{ExpressionMethods as _, QueryDsl as _};
 use diesel_async::RunQueryDsl as _;
 use keel::{

@@ -1,6 +1,9 @@
 //! Register: input rules, duplicates, idempotency by `request_id` (also under
 //! concurrency), and the events it writes to the outbox.
 
+// The helpers here are test code too: a broken setup may panic.
+#![allow(clippy::expect_used)]
+
 use diesel::QueryDsl as _;
 use diesel_async::RunQueryDsl as _;
 use keel::{

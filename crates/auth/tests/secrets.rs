@@ -8,6 +8,9 @@
 //! each secret those flows handled: as text, and as the byte list that
 //! `Debug` prints for a bind parameter or a buffer.
 
+// The helpers here are test code too: a broken setup may panic.
+#![allow(clippy::expect_used)]
+
 use std::{
     io::Write,
     sync::{Arc, Mutex, OnceLock},

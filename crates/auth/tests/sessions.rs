@@ -1,6 +1,9 @@
 //! A user's sessions: listing (own only, current marked, paginated),
 //! revoking, and changing the password.
 
+// The helpers here are test code too: a broken setup may panic.
+#![allow(clippy::expect_used)]
+
 use keel::auth::v1::{self as pb};
 use keel_testkit::status::{reason, violated_fields};
 use keel_testkit::{Suite, authorized};

@@ -1,6 +1,9 @@
 //! Refresh tokens (rotation, reuse detection, logout) and access tokens (what
 //! the verifier refuses, and key rotation).
 
+// The helpers here are test code too: a broken setup may panic.
+#![allow(clippy::expect_used)]
+
 use keel_testkit::status::reason;
 use std::sync::Arc;
 

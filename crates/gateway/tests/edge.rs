@@ -2,6 +2,9 @@
 //! checks, rate limits, body limits, timeouts, request ids, trace context,
 //! CORS and health.
 
+// The helpers here are test code too: a broken setup may panic.
+#![allow(clippy::expect_used)]
+
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;

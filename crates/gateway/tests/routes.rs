@@ -1,6 +1,9 @@
 //! Every annotated route's happy path, through the gateway against the real
 //! services: REST/JSON in, proto3 JSON out.
 
+// The helpers here are test code too: a broken setup may panic.
+#![allow(clippy::expect_used)]
+
 use http::{Method, StatusCode};
 use keel_platform::Role;
 use keel_testkit::http::{HttpClient, HttpResponse};

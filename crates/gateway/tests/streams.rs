@@ -1,6 +1,9 @@
 //! Server streams as Server-Sent Events, against a scripted notifications
 //! service (notifications itself is not built yet).
 
+// The helpers here are test code too: a broken setup may panic.
+#![allow(clippy::expect_used)]
+
 use std::convert::Infallible;
 
 use bytes::{BufMut as _, Bytes, BytesMut};

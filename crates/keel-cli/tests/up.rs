@@ -1,6 +1,9 @@
 //! `keel up` as a user runs it: a private Postgres, the services SERVING, the
 //! gateway answering, and Ctrl-C stopping everything cleanly.
 
+// The helpers here are test code too: a broken setup may panic.
+#![allow(clippy::expect_used)]
+
 use std::{
     io::{BufRead as _, BufReader},
     net::TcpListener,
