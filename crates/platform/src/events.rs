@@ -128,7 +128,7 @@ pub fn delivery(request: tonic::Request<DeliverRequest>) -> Result<Delivery, Err
             format!("client {producer} may only deliver its own events"),
         ));
     }
-    let event_id = Uuid::parse_str(&event.id).map_err(|_| Error::invalid_field("event.id", "must be a UUID"))?;
+    let event_id = crate::rpc::parse_id("event.id", &event.id)?;
     let payload = event
         .payload
         .ok_or_else(|| Error::invalid_field("event.payload", "is required"))?;

@@ -11,10 +11,11 @@ use keel_platform::{
     Error, Principal, outbox, paging,
     proto::timestamp,
     rpc::{Violations, uuid_field},
+    scopes,
 };
 use uuid::Uuid;
 
-use super::{Accounts, DEPOSIT_SCOPE, SOURCE, money, target};
+use super::{Accounts, SOURCE, money, target};
 use crate::{
     domain::{self, Amount, Kind, RequestId},
     store::{self, EntryRow, NewEntry},
@@ -25,10 +26,13 @@ pub(super) async fn deposit(
     caller: &Principal,
     request: pb::DepositRequest,
 ) -> Result<pb::DepositResponse, Error> {
-    if caller.admin().is_err() && caller.service_with_scope(DEPOSIT_SCOPE).is_err() {
+    if caller.admin().is_err() && caller.service_with_scope(scopes::ACCOUNTS_DEPOSIT).is_err() {
         return Err(Error::permission_denied(
             "DEPOSIT_NOT_ALLOWED",
-            format!("deposits need the admin role or a service token with scope {DEPOSIT_SCOPE}"),
+            format!(
+                "deposits need the admin role or a service token with scope {}",
+                scopes::ACCOUNTS_DEPOSIT
+            ),
         ));
     }
     let entry = accounts.move_money(Kind::Deposit, Movement::from(&request)).await?;

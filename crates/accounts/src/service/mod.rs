@@ -21,6 +21,7 @@ use keel_platform::{
     principal::{UserPrincipal, principal},
     proto::timestamp,
     rpc::Reply,
+    scopes,
 };
 use tonic::{Request, Response};
 use uuid::Uuid;
@@ -30,14 +31,9 @@ use crate::{
     store::{self, AccountRow},
 };
 
-/// The event source name of accounts.
-pub const SOURCE: &str = "accounts";
-/// The scope a service needs to deposit.
-pub const DEPOSIT_SCOPE: &str = "accounts.deposit";
-/// The scope a service needs to debit.
-pub const DEBIT_SCOPE: &str = "accounts.debit";
-/// The scope a service needs to refund.
-pub const REFUND_SCOPE: &str = "accounts.refund";
+/// The event source name of accounts: its service name, which is also the
+/// client id its relay's tokens carry (consumers check that they match).
+pub const SOURCE: &str = crate::SERVICE.name;
 
 /// The accounts service.
 #[derive(Clone)]
@@ -85,12 +81,12 @@ impl AccountsService for Accounts {
     }
 
     async fn debit(&self, request: Request<pb::DebitRequest>) -> Reply<pb::DebitResponse> {
-        principal(&request)?.service_with_scope(DEBIT_SCOPE)?;
+        principal(&request)?.service_with_scope(scopes::ACCOUNTS_DEBIT)?;
         Ok(Response::new(ledger::debit(self, request.into_inner()).await?))
     }
 
     async fn refund(&self, request: Request<pb::RefundRequest>) -> Reply<pb::RefundResponse> {
-        principal(&request)?.service_with_scope(REFUND_SCOPE)?;
+        principal(&request)?.service_with_scope(scopes::ACCOUNTS_REFUND)?;
         Ok(Response::new(ledger::refund(self, request.into_inner()).await?))
     }
 

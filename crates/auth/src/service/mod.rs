@@ -35,8 +35,9 @@ pub const REFRESH_TOKEN_TTL: Duration = Duration::days(30);
 pub const RESET_TOKEN_TTL: Duration = Duration::hours(1);
 /// How long an email verification token lives.
 pub const VERIFICATION_TOKEN_TTL: Duration = Duration::days(7);
-/// The event source name of auth.
-pub const SOURCE: &str = "auth";
+/// The event source name of auth: its service name, which is also the client
+/// id its relay's tokens carry (consumers check that they match).
+pub const SOURCE: &str = keel_platform::registry::AUTH;
 
 /// When repeated failed logins lock an account or a client address.
 #[derive(Debug, Clone, Copy)]
