@@ -226,9 +226,14 @@ pub async fn shutdown_signal() {
 /// Reflection that lists exactly the services this port serves.
 fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
     service_names.iter().chain(&STANDARD_SERVICES).fold(
+        // Both reflection versions' own descriptors, whichever version is
+        // asked: each lists the other, and clients resolve what is listed.
         tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
             .register_encoded_file_descriptor_set(keel::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET),
         |builder, name| builder.with_service_name(*name),
     )
 }

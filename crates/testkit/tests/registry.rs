@@ -4,7 +4,7 @@
 //! the registry.
 
 use keel_registry::REGISTRY;
-use keel_testkit::reflection::{list_services_v1, list_services_v1alpha};
+use keel_testkit::reflection::{describe_v1, describe_v1alpha, list_services_v1, list_services_v1alpha};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// What every port serves besides its own services.
