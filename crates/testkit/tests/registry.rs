@@ -51,11 +51,16 @@ async fn every_registered_service_is_healthy_and_lists_exactly_its_services() ->
             spec.name
         );
         assert_eq!(
-            list_services_v1alpha(channel).await?,
+            list_services_v1alpha(channel.clone()).await?,
             expected,
             "{} (reflection v1alpha)",
             spec.name
         );
+        // Clients (buf curl, grpcurl) then ask for each listed service's file.
+        for service in &expected {
+            describe_v1(channel.clone(), service).await?;
+            describe_v1alpha(channel.clone(), service).await?;
+        }
     }
     suite.stop().await
 }
