@@ -163,6 +163,9 @@ impl KeyRing {
         let active = self.active.read().await;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(active.kid.clone());
+        // RFC 9068: an access token says so, and verifiers require it, so no
+        // other JWT signed with these keys can stand in for one.
+        header.typ = Some(keel_platform::verifier::ACCESS_TOKEN_TYPE.into());
         let token = jsonwebtoken::encode(&header, &claims, &active.signing).context("signing a token")?;
         Ok((token, expires))
     }

@@ -24,6 +24,7 @@ pub mod clients;
 pub mod domain;
 pub mod keys;
 pub mod password;
+pub mod revocations;
 pub mod schema;
 pub mod service;
 pub mod store;
@@ -170,6 +171,7 @@ impl Auth {
         let concurrency = config
             .hash_concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let revocations = revocations::RevocationFeed::new(pool.clone());
         Ok(Auth {
             pool,
             hasher: Hasher::new(config.hash_cost()?, concurrency)?,
@@ -180,6 +182,7 @@ impl Auth {
                 window: chrono::Duration::seconds(i64::from(config.login_failure_window_secs)),
             },
             trusted_proxies: config.trusted_proxies.clone().into(),
+            revocations,
         })
     }
 
@@ -254,6 +257,8 @@ pub async fn run(config: AuthConfig, context: Context) -> anyhow::Result<()> {
     db::migrate(&url, MIGRATIONS).await.context("migrating keel_auth")?;
     let auth = Auth::build(&config, &url, &context.suite_clients).await?;
     let verifier = auth.verifier(&config.tokens);
+    let feed = tokio::spawn(auth.revocations.clone().run(url.clone(), context.shutdown.clone()));
+    verifier.follow_revocations(Arc::new(auth.revocations.clone()), context.shutdown.clone());
 
     let reload = {
         let (keys, pool, shutdown) = (auth.keys.clone(), auth.pool.clone(), context.shutdown.clone());
@@ -278,5 +283,6 @@ pub async fn run(config: AuthConfig, context: Context) -> anyhow::Result<()> {
     };
     let result = context.serve(serving).await;
     reload.abort();
+    feed.abort();
     result
 }

@@ -30,6 +30,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    revocations (sequence) {
+        sequence -> Int8,
+        session_id -> Nullable<Uuid>,
+        user_id -> Nullable<Uuid>,
+        not_before -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sessions (id) {
         id -> Uuid,
         user_id -> Uuid,
@@ -74,6 +83,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     login_failures,
     one_time_tokens,
     refresh_tokens,
+    revocations,
     sessions,
     signing_keys,
     users,

@@ -71,9 +71,40 @@ async fn real_signing_key(suite: &Suite) -> anyhow::Result<(String, EncodingKey)
 }
 
 fn sign(alg: Algorithm, kid: &str, claims: &Claims, key: &EncodingKey) -> anyhow::Result<String> {
+    sign_typed(alg, kid, Some("at+jwt"), claims, key)
+}
+
+fn sign_typed(
+    alg: Algorithm,
+    kid: &str,
+    typ: Option<&str>,
+    claims: &Claims,
+    key: &EncodingKey,
+) -> anyhow::Result<String> {
     let mut header = Header::new(alg);
     header.kid = Some(kid.into());
+    header.typ = typ.map(str::to_owned);
     Ok(jsonwebtoken::encode(&header, claims, key)?)
+}
+
+/// The session's access token is refused as revoked within 2 s (see
+/// tests/revocation.rs); until then it lists no sessions.
+async fn assert_soon_revoked(suite: &Suite, access_token: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match list_sessions(suite, access_token).await {
+            Err(status) if status.code() == Code::Unauthenticated => {
+                assert_eq!(reason(&status), "TOKEN_REVOKED");
+                return Ok(());
+            }
+            Err(status) => anyhow::bail!("unexpected {status:?}"),
+            Ok(listed) => {
+                assert!(listed.sessions.is_empty(), "the ended session is listed");
+                anyhow::ensure!(tokio::time::Instant::now() < deadline, "not revoked within 2 s");
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+        }
+    }
 }
 
 async fn assert_refused(suite: &Suite, forged: &str) {
@@ -123,10 +154,11 @@ async fn reusing_a_spent_refresh_token_revokes_the_whole_family() -> anyhow::Res
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(reason(&status), "REFRESH_TOKEN_REUSED");
 
-    // The thief may hold the newest token; it dies with the family.
+    // The thief may hold the newest token; it dies with the family, and so
+    // does its access token.
     let status = suite.refresh(&second.refresh_token).await.expect_err("family revoked");
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(list_sessions(&suite, &second.access_token).await?.sessions.len(), 0);
+    assert_soon_revoked(&suite, &second.access_token).await?;
     suite.stop().await
 }
 
@@ -160,7 +192,7 @@ async fn logout_ends_the_session() -> anyhow::Result<()> {
 
     let status = suite.refresh(&tokens.refresh_token).await.expect_err("logged out");
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(list_sessions(&suite, &tokens.access_token).await?.sessions.len(), 0);
+    assert_soon_revoked(&suite, &tokens.access_token).await?;
     // A retry is harmless.
     logout(&suite, &tokens.refresh_token).await?;
     suite.stop().await
@@ -232,6 +264,25 @@ async fn token_signed_with_the_real_key_and_right_claims_is_accepted() -> anyhow
     let sessions = list_sessions(&suite, &token).await?.sessions;
     assert_eq!(sessions.len(), 1);
     assert!(sessions[0].current);
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jwt_that_is_not_typed_as_an_access_token_is_refused() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let (user, tokens) = suite.signed_in_user().await?;
+    let header = jsonwebtoken::decode_header(&tokens.access_token)?;
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"), "auth types its access tokens");
+    let claims = claims_like_auth(&suite, &user.id, &tokens.session_id);
+    let (kid, key) = real_signing_key(&suite).await?;
+    // The real key and the right claims, but typed as some other JWT (or not
+    // at all): refused.
+    for typ in [None, Some("JWT"), Some("id_token+jwt")] {
+        assert_refused(&suite, &sign_typed(Algorithm::EdDSA, &kid, typ, &claims, &key)?).await;
+    }
+    // The media-type spelling is an access token too.
+    let long = sign_typed(Algorithm::EdDSA, &kid, Some("application/at+jwt"), &claims, &key)?;
+    list_sessions(&suite, &long).await?;
     suite.stop().await
 }
 

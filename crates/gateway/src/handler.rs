@@ -143,10 +143,16 @@ async fn transcode(
         .iter()
         .filter_map(|v| v.to_str().ok());
     let client = client_address(peer.ip(), forwarded, &gateway.trusted_proxies);
-    match serve(&gateway, client, parts, body).await {
+    let mut response = match serve(&gateway, client, parts, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(&gateway.descriptors),
-    }
+    };
+    // API answers are one caller's: tokens (Login, Refresh), balances,
+    // profiles. No shared or browser cache may keep them (RFC 6749 5.1).
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> Result<Response, ApiError> {

@@ -220,6 +220,11 @@ pub async fn run(
             }
         });
     }
+    // Revoked tokens are refused at the edge too, within seconds.
+    let auth = gateway.upstreams.channel("auth").context("auth has no upstream")?;
+    gateway
+        .verifier
+        .follow_revocations(Arc::new(GrpcKeySource::new(auth)), shutdown.clone());
     let router = handler::router(gateway.clone(), &config.cors_allow_origins)?;
     let address = listener.local_addr().context("reading the gateway's address")?;
     tracing::info!(%address, routes = gateway.routes.routes().len(), "gateway serving HTTP");

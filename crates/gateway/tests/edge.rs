@@ -316,7 +316,7 @@ async fn without_auth_s_keys_a_token_is_503_not_401() -> anyhow::Result<()> {
     let url = format!("http://{closed}");
     let gateway = spawn_gateway([("auth", url.clone()), ("accounts", url)].into(), &[]).await?;
     // A well-formed header naming a key the gateway would have to fetch.
-    let token = "eyJhbGciOiJFZERTQSIsImtpZCI6InVua25vd24ifQ.e30.c2ln";
+    let token = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6InVua25vd24ifQ.e30.c2ln";
     // The second call comes while the failed fetch is too recent to repeat:
     // still unavailable, not a bad token.
     for _ in 0..2 {

@@ -21,6 +21,8 @@ fn ok(response: HttpResponse) -> Value {
         String::from_utf8_lossy(&response.body)
     );
     assert_eq!(response.header("content-type"), Some("application/json"));
+    // Tokens, balances and profiles are never cached.
+    assert_eq!(response.header("cache-control"), Some("no-store"));
     response.json()
 }
 

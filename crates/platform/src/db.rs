@@ -152,6 +152,41 @@ pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// Wakes `wake` on every NOTIFY of `channel` in the database at `url` until
+/// `shutdown`, reconnecting after errors. Each (re)connection wakes it once
+/// too: what was committed before LISTEN took effect is found by that pass.
+pub async fn listen(
+    url: String,
+    channel: &'static str,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        if let Err(err) = listen_once(&url, channel, &wake).await {
+            tracing::debug!(error = format!("{err:#}"), channel, "a LISTEN connection was lost");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn listen_once(url: &str, channel: &str, wake: &tokio::sync::Notify) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    diesel::sql_query(format!("LISTEN {}", quote_ident(channel)))
+        .execute(&mut conn)
+        .await?;
+    wake.notify_one();
+    let mut notifications = std::pin::pin!(conn.notifications_stream());
+    while let Some(notification) = notifications.next().await {
+        notification?;
+        wake.notify_one();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod principal;
 pub mod proto;
 pub mod registry;
 pub mod relay;
+pub mod revocations;
 pub mod rpc;
 pub mod scopes;
 pub mod server;

@@ -374,13 +374,17 @@ impl Context {
         client::channel(url, &self.wiring.client).with_context(|| format!("KEEL_{}_URL", name.to_uppercase()))
     }
 
-    /// A verifier for access tokens, with keys fetched from auth.
+    /// A verifier for access tokens, with keys fetched from auth and auth's
+    /// revocations followed until shutdown.
     pub fn verifier(&self, tokens: &TokenConfig) -> anyhow::Result<Arc<Verifier>> {
-        Ok(Arc::new(Verifier::new(
+        let auth = Arc::new(GrpcKeySource::new(self.peer(AUTH)?));
+        let verifier = Arc::new(Verifier::new(
             &tokens.token_issuer,
             &tokens.token_audience,
-            Arc::new(GrpcKeySource::new(self.peer(AUTH)?)),
-        )))
+            auth.clone(),
+        ));
+        verifier.follow_revocations(auth, self.shutdown.clone());
+        Ok(verifier)
     }
 
     /// This service's tokens from auth (client credentials), renewed before

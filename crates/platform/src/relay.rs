@@ -17,8 +17,7 @@ use anyhow::Context as _;
 use chrono::Utc;
 use clap::Args;
 use diesel::{ExpressionMethods as _, QueryDsl as _};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
-use futures::StreamExt as _;
+use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 use keel::events::v1::{DeliverRequest, Event, event_sink_client::EventSinkClient};
 use prost::Message as _;
 use tokio::{sync::Notify, time::Instant};
@@ -118,7 +117,12 @@ impl Relay {
     /// Delivers until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
         let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(self.database_url.clone(), wake.clone(), shutdown.clone()));
+        let listener = tokio::spawn(crate::db::listen(
+            self.database_url.clone(),
+            NOTIFY_CHANNEL,
+            wake.clone(),
+            shutdown.clone(),
+        ));
         let poll = Duration::from_millis(self.config.relay_poll_ms);
         let prune_every =
             Duration::from_secs(self.config.outbox_retention_secs).clamp(Duration::from_secs(1), PRUNE_INTERVAL);
@@ -299,34 +303,6 @@ pub fn backoff(attempts: i32, max: Duration) -> Duration {
     let exponent = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
     let full = Duration::from_millis(100).saturating_mul(1u32 << exponent).min(max);
     full / 2 + full.mul_f64(rand::random::<f64>() / 2.0)
-}
-
-/// Wakes the relay on every NOTIFY of the outbox channel; reconnects on error.
-async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        if let Err(err) = listen_once(&url, &wake).await {
-            tracing::debug!(error = format!("{err:#}"), "outbox listener lost its connection");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
-async fn listen_once(url: &str, wake: &Notify) -> anyhow::Result<()> {
-    let mut conn = AsyncPgConnection::establish(url).await?;
-    diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}"))
-        .execute(&mut conn)
-        .await?;
-    // Rows committed before LISTEN took effect are found by this first pass.
-    wake.notify_one();
-    let mut notifications = std::pin::pin!(conn.notifications_stream());
-    while let Some(notification) = notifications.next().await {
-        notification?;
-        wake.notify_one();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

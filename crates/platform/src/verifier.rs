@@ -19,9 +19,12 @@ use keel::auth::v1::Jwk;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Mutex, RwLock};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     error::Error,
     principal::{Claims, Principal},
+    revocations::{self, RevocationList, RevocationSource},
 };
 
 /// The boxed future a [`KeySource`] returns.
@@ -44,6 +47,11 @@ impl GrpcKeySource {
     pub fn new(channel: tonic::transport::Channel) -> Self {
         Self { channel }
     }
+
+    /// The channel to auth.
+    pub fn channel(&self) -> &tonic::transport::Channel {
+        &self.channel
+    }
 }
 
 impl KeySource for GrpcKeySource {
@@ -54,6 +62,33 @@ impl KeySource for GrpcKeySource {
             Ok(response.into_inner().keys)
         })
     }
+}
+
+/// When a token was issued, in Unix ms: auth's token ids are UUIDv7, which
+/// carry it to the millisecond (`iat` has whole seconds only, too coarse to
+/// tell a token issued just before a revocation from one just after).
+fn issued_ms(claims: &Claims) -> i64 {
+    uuid::Uuid::parse_str(&claims.jti)
+        .ok()
+        .filter(|id| id.get_version_num() == 7)
+        .and_then(|id| id.get_timestamp())
+        .map(|ts| {
+            let (seconds, nanos) = ts.to_unix();
+            i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1000) + i64::from(nanos / 1_000_000)
+        })
+        .unwrap_or_else(|| claims.iat.saturating_mul(1000))
+}
+
+/// The `typ` header of an access token (RFC 9068, section 2.1).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
+/// Whether a `typ` header names an access token: `at+jwt`, or its media type
+/// `application/at+jwt`, in any case (media types are case-insensitive).
+fn is_access_token_type(typ: Option<&str>) -> bool {
+    typ.is_some_and(|typ| {
+        let typ = typ.to_ascii_lowercase();
+        typ == ACCESS_TOKEN_TYPE || typ.strip_prefix("application/") == Some(ACCESS_TOKEN_TYPE)
+    })
 }
 
 /// The longest a verified token is remembered, whatever its expiry.
@@ -79,7 +114,10 @@ pub struct Verifier {
     source: Arc<dyn KeySource>,
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_fetch: Mutex<Option<Fetch>>,
-    verified: quick_cache::sync::Cache<[u8; 32], (Principal, Instant)>,
+    /// Verified tokens: who they speak for, until when they may be trusted
+    /// without checking again, and when they were issued (Unix ms).
+    verified: quick_cache::sync::Cache<[u8; 32], (Principal, Instant, i64)>,
+    revoked: Arc<RevocationList>,
 }
 
 impl Verifier {
@@ -96,22 +134,33 @@ impl Verifier {
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
             verified: quick_cache::sync::Cache::new(CACHE_CAPACITY),
+            revoked: Arc::default(),
         }
+    }
+
+    /// Follows `source`'s revocations until `shutdown` (see
+    /// [`crate::revocations`]).
+    pub fn follow_revocations(
+        &self,
+        source: Arc<dyn RevocationSource>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(revocations::follow(self.revoked.clone(), source, shutdown))
     }
 
     /// Verifies `token` and returns who it speaks for.
     pub async fn verify(&self, token: &str) -> Result<Principal, Error> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((principal, valid_until)) = self.verified.get(&digest) {
+        if let Some((principal, valid_until, issued_ms)) = self.verified.get(&digest) {
             if Instant::now() < valid_until {
-                return Ok(principal);
+                return self.unless_revoked(principal, issued_ms);
             }
             self.verified.remove(&digest);
         }
 
         let invalid = || Error::unauthenticated("INVALID_TOKEN", "the access token is invalid");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
-        if header.alg != Algorithm::EdDSA {
+        if header.alg != Algorithm::EdDSA || !is_access_token_type(header.typ.as_deref()) {
             return Err(invalid());
         }
         let kid = header.kid.ok_or_else(invalid)?;
@@ -123,10 +172,22 @@ impl Verifier {
             _ => invalid(),
         })?;
         let principal = Principal::from_claims(&data.claims)?;
+        let issued_ms = issued_ms(&data.claims);
 
         let remaining = u64::try_from(data.claims.exp - chrono::Utc::now().timestamp()).unwrap_or(0);
         let ttl = Duration::from_secs(remaining).min(MAX_CACHE_TTL);
-        self.verified.insert(digest, (principal.clone(), Instant::now() + ttl));
+        self.verified
+            .insert(digest, (principal.clone(), Instant::now() + ttl, issued_ms));
+        self.unless_revoked(principal, issued_ms)
+    }
+
+    fn unless_revoked(&self, principal: Principal, issued_ms: i64) -> Result<Principal, Error> {
+        if self.revoked.is_revoked(&principal, issued_ms) {
+            return Err(Error::unauthenticated(
+                "TOKEN_REVOKED",
+                "the access token has been revoked; sign in or refresh again",
+            ));
+        }
         Ok(principal)
     }
 

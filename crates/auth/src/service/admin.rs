@@ -32,9 +32,17 @@ pub(super) async fn set_user_roles(
         .and_then(Roles::new)
         .map_err(invalid)?;
     let mut conn = auth.pool.get().await?;
-    let user = store::set_roles(&mut conn, user_id, roles.names())
-        .await?
-        .ok_or_else(|| Error::not_found("user"))?;
+    let user = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let user = store::set_roles(conn, user_id, roles.names())
+                .await?
+                .ok_or_else(|| Error::not_found("user"))?;
+            // Tokens carrying the old roles stop counting; a refresh gets
+            // the new ones.
+            store::revoke_user_tokens(conn, user_id).await?;
+            Ok(user)
+        })
+        .await?;
     Ok(pb::SetUserRolesResponse {
         user: Some(user_pb(&user)),
     })

@@ -10,6 +10,7 @@ mod admin;
 mod login;
 mod passwords;
 mod registration;
+mod revocations;
 mod service_tokens;
 mod sessions;
 
@@ -58,6 +59,8 @@ pub struct Auth {
     pub(crate) throttle: Throttle,
     /// Peers whose `x-forwarded-for` is believed.
     pub(crate) trusted_proxies: Arc<[IpAddr]>,
+    /// New revocations, for WatchRevocations and auth's own verifier.
+    pub(crate) revocations: crate::revocations::RevocationFeed,
 }
 
 impl std::fmt::Debug for Auth {
@@ -70,6 +73,15 @@ impl std::fmt::Debug for Auth {
 
 #[tonic::async_trait]
 impl AuthService for Auth {
+    type WatchRevocationsStream = revocations::Stream;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Reply<Self::WatchRevocationsStream> {
+        Ok(Response::new(revocations::watch(self, request.into_inner())))
+    }
+
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
         Ok(Response::new(registration::register(self, request.into_inner()).await?))
     }

@@ -3,6 +3,7 @@
 
 mod login_failures;
 mod one_time_tokens;
+mod revocations;
 mod sessions;
 mod signing_keys;
 mod users;
@@ -11,6 +12,7 @@ use diesel::result::Error as DieselError;
 
 pub use login_failures::*;
 pub use one_time_tokens::*;
+pub use revocations::*;
 pub use sessions::*;
 pub use signing_keys::*;
 pub use users::*;

@@ -5,7 +5,7 @@ use diesel::{
     ExpressionMethods as _, JoinOnDsl as _, OptionalExtension as _, QueryDsl as _, Queryable, Selectable,
     SelectableHelper as _,
 };
-use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
 use super::QueryResult;
@@ -134,19 +134,30 @@ pub async fn extend_session(
     Ok(())
 }
 
-/// Ends a session (a no-op if it has ended). Returns whether it was active.
+/// Ends a session (a no-op if it has ended), and with it every access token
+/// it issued. Returns whether it was active.
 pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid, reason: &str) -> QueryResult<bool> {
-    let changed = diesel::update(sessions::table.find(session_id).filter(sessions::revoked_at.is_null()))
-        .set((
-            sessions::revoked_at.eq(diesel::dsl::now),
-            sessions::revoke_reason.eq(reason),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(changed > 0)
+    // Both or neither: a session ended without its revocation would leave its
+    // tokens working, and a retry would find nothing left to end. (Inside a
+    // caller's transaction this is a savepoint.)
+    conn.transaction(async |conn| {
+        let changed = diesel::update(sessions::table.find(session_id).filter(sessions::revoked_at.is_null()))
+            .set((
+                sessions::revoked_at.eq(diesel::dsl::now),
+                sessions::revoke_reason.eq(reason),
+            ))
+            .execute(conn)
+            .await?;
+        if changed > 0 {
+            super::revoke_session_tokens(conn, &[session_id]).await?;
+        }
+        Ok(changed > 0)
+    })
+    .await
 }
 
-/// Ends every active session of a user but `keep`. Returns how many ended.
+/// Ends every active session of a user but `keep`, and every access token
+/// they issued. Returns how many ended.
 pub async fn revoke_user_sessions(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
@@ -161,15 +172,27 @@ pub async fn revoke_user_sessions(
         sessions::revoked_at.eq(diesel::dsl::now),
         sessions::revoke_reason.eq(reason),
     );
-    match keep {
-        Some(keep) => {
-            diesel::update(active.filter(sessions::id.ne(keep)))
-                .set(set)
-                .execute(conn)
-                .await
-        }
-        None => diesel::update(active).set(set).execute(conn).await,
-    }
+    conn.transaction(async |conn| {
+        let ended: Vec<Uuid> = match keep {
+            Some(keep) => {
+                diesel::update(active.filter(sessions::id.ne(keep)))
+                    .set(set)
+                    .returning(sessions::id)
+                    .get_results(conn)
+                    .await?
+            }
+            None => {
+                diesel::update(active)
+                    .set(set)
+                    .returning(sessions::id)
+                    .get_results(conn)
+                    .await?
+            }
+        };
+        super::revoke_session_tokens(conn, &ended).await?;
+        Ok(ended.len())
+    })
+    .await
 }
 
 /// A user's active sessions, newest first, after the cursor.

@@ -1,0 +1,20 @@
+//! WatchRevocations: every verifier follows auth's revocations.
+
+use futures::{StreamExt as _, stream::BoxStream};
+use keel::auth::v1 as pb;
+
+use super::Auth;
+
+/// The stream WatchRevocations answers with.
+pub type Stream = BoxStream<'static, Result<pb::WatchRevocationsResponse, tonic::Status>>;
+
+pub(super) fn watch(auth: &Auth, _request: pb::WatchRevocationsRequest) -> Stream {
+    auth.revocations
+        .watch()
+        .map(|batch| {
+            batch
+                .map(|revocations| pb::WatchRevocationsResponse { revocations })
+                .map_err(tonic::Status::from)
+        })
+        .boxed()
+}
