@@ -12,6 +12,7 @@ mod passwords;
 mod registration;
 mod service_tokens;
 mod sessions;
+mod throttle;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -39,14 +40,7 @@ pub const VERIFICATION_TOKEN_TTL: Duration = Duration::days(7);
 /// id its relay's tokens carry (consumers check that they match).
 pub const SOURCE: &str = keel_platform::registry::AUTH;
 
-/// When repeated failed logins lock an account or a client address.
-#[derive(Debug, Clone, Copy)]
-pub struct Throttle {
-    /// Failures allowed within the window; the next attempt is refused.
-    pub max_failures: i64,
-    /// The sliding window.
-    pub window: Duration,
-}
+pub use throttle::{CallLimits, LoginThrottle};
 
 /// The auth service: everything its calls need.
 #[derive(Clone)]
@@ -55,7 +49,8 @@ pub struct Auth {
     pub(crate) hasher: Hasher,
     pub(crate) keys: KeyRing,
     pub(crate) clients: Arc<ServiceClients>,
-    pub(crate) throttle: Throttle,
+    pub(crate) login_throttle: LoginThrottle,
+    pub(crate) call_limits: CallLimits,
     /// Peers whose `x-forwarded-for` is believed.
     pub(crate) trusted_proxies: Arc<[IpAddr]>,
 }
@@ -63,7 +58,8 @@ pub struct Auth {
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
-            .field("throttle", &self.throttle)
+            .field("login_throttle", &self.login_throttle)
+            .field("call_limits", &self.call_limits)
             .finish_non_exhaustive()
     }
 }
@@ -71,7 +67,10 @@ impl std::fmt::Debug for Auth {
 #[tonic::async_trait]
 impl AuthService for Auth {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
-        Ok(Response::new(registration::register(self, request.into_inner()).await?))
+        let client = ClientInfo::of(&request, &self.trusted_proxies);
+        Ok(Response::new(
+            registration::register(self, request.into_inner(), &client).await?,
+        ))
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
@@ -103,8 +102,9 @@ impl AuthService for Auth {
 
     async fn change_password(&self, request: Request<pb::ChangePasswordRequest>) -> Reply<pb::ChangePasswordResponse> {
         let caller = principal(&request)?.user()?.clone();
+        let client = ClientInfo::of(&request, &self.trusted_proxies);
         Ok(Response::new(
-            passwords::change(self, &caller, request.into_inner()).await?,
+            passwords::change(self, &caller, request.into_inner(), &client).await?,
         ))
     }
 
@@ -112,8 +112,9 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::RequestPasswordResetRequest>,
     ) -> Reply<pb::RequestPasswordResetResponse> {
+        let client = ClientInfo::of(&request, &self.trusted_proxies);
         Ok(Response::new(
-            passwords::request_reset(self, request.into_inner()).await?,
+            passwords::request_reset(self, request.into_inner(), &client).await?,
         ))
     }
 
@@ -135,7 +136,10 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Reply<pb::IssueServiceTokenResponse> {
-        Ok(Response::new(service_tokens::issue(self, request.into_inner()).await?))
+        let client = ClientInfo::of(&request, &self.trusted_proxies);
+        Ok(Response::new(
+            service_tokens::issue(self, request.into_inner(), &client).await?,
+        ))
     }
 
     async fn set_user_roles(&self, request: Request<pb::SetUserRolesRequest>) -> Reply<pb::SetUserRolesResponse> {
