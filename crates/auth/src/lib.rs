@@ -34,7 +34,7 @@ use crate::{
     clients::{ServiceClient, ServiceClients},
     keys::KeyRing,
     password::{HashCost, Hasher},
-    service::{CallLimits, LoginThrottle},
+    service::{CallLimits, LoginThrottle, SessionLimits},
 };
 
 /// The service's migrations, embedded in the binary.
@@ -148,6 +148,15 @@ pub struct AuthConfig {
     #[arg(long, env = "KEEL_CALL_LIMIT_WINDOW_SECS", default_value_t = 3_600, value_parser = clap::value_parser!(u32).range(1..))]
     pub call_limit_window_secs: u32,
 
+    /// A session's lifetime from sign-in (seconds); refreshing does not
+    /// extend it.
+    #[arg(long, env = "KEEL_SESSION_MAX_LIFETIME_SECS", default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u32).range(1..))]
+    pub session_max_lifetime_secs: u32,
+
+    /// A session not refreshed for this long ends (seconds).
+    #[arg(long, env = "KEEL_SESSION_IDLE_TIMEOUT_SECS", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u32).range(1..))]
+    pub session_idle_timeout_secs: u32,
+
     /// argon2id memory cost (KiB); never below OWASP's 19456.
     #[arg(long, env = "KEEL_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     pub argon2_memory_kib: u32,
@@ -216,6 +225,14 @@ impl AuthConfig {
         }
     }
 
+    /// How long sessions last.
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_lifetime: chrono::Duration::seconds(i64::from(self.session_max_lifetime_secs)),
+            idle_timeout: chrono::Duration::seconds(i64::from(self.session_idle_timeout_secs)),
+        }
+    }
+
     /// The argon2id cost, refusing anything weaker than OWASP's minimum.
     pub fn hash_cost(&self) -> anyhow::Result<HashCost> {
         let minimum = HashCost::default();
@@ -251,6 +268,7 @@ impl Auth {
             clients: Arc::new(ServiceClients::new(config.service_clients(extra_clients)?)),
             login_throttle: config.login_throttle(),
             call_limits: config.call_limits(),
+            session_limits: config.session_limits(),
             trusted_proxies: config.trusted_proxies.clone().into(),
         })
     }

@@ -75,8 +75,8 @@ async fn login_returns_a_bearer_token_pair_signed_with_a_published_key() -> anyh
     let now = chrono::Utc::now().timestamp();
     assert!((now + 14 * 60..=now + 16 * 60).contains(&access_expires), "15 minutes");
     assert!(
-        (now + 29 * 86_400..=now + 31 * 86_400).contains(&refresh_expires),
-        "30 days"
+        (now + 6 * 86_400..=now + 8 * 86_400).contains(&refresh_expires),
+        "7 days: the idle timeout"
     );
 
     let header = jsonwebtoken::decode_header(&tokens.access_token)?;

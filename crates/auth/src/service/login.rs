@@ -11,7 +11,7 @@ use keel_platform::{
 };
 use uuid::Uuid;
 
-use super::{Auth, ClientInfo, REFRESH_TOKEN_TTL, credentials_changed, throttle::LoginSubjects, user_pb};
+use super::{Auth, ClientInfo, credentials_changed, throttle::LoginSubjects, user_pb};
 use crate::{
     domain::{Email, OpaqueToken, Password, Roles},
     password::Verdict,
@@ -76,7 +76,7 @@ pub(super) async fn login(
 pub(super) async fn refresh(auth: &Auth, request: pb::RefreshRequest) -> Result<pb::RefreshResponse, Error> {
     let presented = OpaqueToken::parse("refresh_token", &request.refresh_token).map_err(invalid)?;
     let next = OpaqueToken::generate()?;
-    let next_expires = Utc::now() + REFRESH_TOKEN_TTL;
+    let limits = auth.session_limits;
     let mut conn = auth.pool.get().await?;
     let outcome = conn
         .transaction::<_, Error, _>(async |conn| {
@@ -99,6 +99,20 @@ pub(super) async fn refresh(auth: &Auth, request: pb::RefreshRequest) -> Result<
                 )));
             }
             let now = Utc::now();
+            // Judged by today's settings, so shortening them ends sessions
+            // that are already too old or idle.
+            if session.revoked_at.is_none() && now >= session.created_at + limits.max_lifetime {
+                return Ok(Refreshed::Refused(Error::unauthenticated(
+                    "SESSION_EXPIRED",
+                    "the session reached its maximum lifetime; log in again",
+                )));
+            }
+            if session.revoked_at.is_none() && now >= session.last_used_at + limits.idle_timeout {
+                return Ok(Refreshed::Refused(Error::unauthenticated(
+                    "SESSION_IDLE",
+                    "the session was not used for too long; log in again",
+                )));
+            }
             if session.revoked_at.is_some() || token.expires_at <= now || session.expires_at <= now {
                 return Ok(Refreshed::Refused(Error::unauthenticated(
                     "SESSION_ENDED",
@@ -112,16 +126,17 @@ pub(super) async fn refresh(auth: &Auth, request: pb::RefreshRequest) -> Result<
                 store::revoke_session(conn, session.id, "user_disabled").await?;
                 return Ok(Refreshed::Refused(Error::unauthenticated("USER_DISABLED", "this account is disabled")));
             }
+            let next_expires = limits.expiry(session.created_at, now);
             store::spend_refresh_token(conn, &hash).await?;
             store::insert_refresh_token(conn, &next.hash(), session.id, next_expires).await?;
             store::extend_session(conn, session.id, next_expires).await?;
-            Ok(Refreshed::Granted(user, session.id))
+            Ok(Refreshed::Granted(user, session.id, next_expires))
         })
         .await?;
     // Refusals commit first: a reuse must revoke the family even though
     // the caller gets an error.
-    let (user, session_id) = match outcome {
-        Refreshed::Granted(user, session_id) => (user, session_id),
+    let (user, session_id, next_expires) = match outcome {
+        Refreshed::Granted(user, session_id, next_expires) => (user, session_id, next_expires),
         Refreshed::Refused(err) => return Err(err),
     };
     let roles = Roles::from_names(&user.roles);
@@ -143,7 +158,8 @@ impl Auth {
     ) -> Result<pb::TokenPair, Error> {
         let session_id = Uuid::now_v7();
         let refresh = OpaqueToken::generate()?;
-        let refresh_expires = Utc::now() + REFRESH_TOKEN_TTL;
+        let now = Utc::now();
+        let refresh_expires = self.session_limits.expiry(now, now);
         let address = client.address.map(|ip| ip.to_string()).unwrap_or_default();
         let started = store::insert_session(
             conn,
@@ -174,7 +190,7 @@ impl Auth {
 }
 
 enum Refreshed {
-    Granted(UserRow, Uuid),
+    Granted(UserRow, Uuid, DateTime<Utc>),
     Refused(Error),
 }
 

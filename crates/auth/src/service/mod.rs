@@ -16,7 +16,7 @@ mod throttle;
 
 use std::{net::IpAddr, sync::Arc};
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use keel::auth::v1::{self as pb, auth_service_server::AuthService};
 use keel_platform::{
     Error, Role,
@@ -30,8 +30,6 @@ use tonic::{Request, Response};
 
 use crate::{clients::ServiceClients, domain::Roles, keys::KeyRing, password::Hasher, store::UserRow};
 
-/// How long a refresh token (and an idle session) lives.
-pub const REFRESH_TOKEN_TTL: Duration = Duration::days(30);
 /// How long a password reset token lives.
 pub const RESET_TOKEN_TTL: Duration = Duration::hours(1);
 /// How long an email verification token lives.
@@ -42,6 +40,23 @@ pub const SOURCE: &str = keel_platform::registry::AUTH;
 
 pub use throttle::{CallLimits, LoginThrottle};
 
+/// How long a session (a sign-in and its refresh tokens) may last.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// From sign-in; refreshing does not extend it.
+    pub max_lifetime: Duration,
+    /// A session not refreshed for this long ends.
+    pub idle_timeout: Duration,
+}
+
+impl SessionLimits {
+    /// When a session that signed in at `signed_in` ends if it is not used
+    /// again after `now`: its refresh token expires then too.
+    pub fn expiry(&self, signed_in: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+        (now + self.idle_timeout).min(signed_in + self.max_lifetime)
+    }
+}
+
 /// The auth service: everything its calls need.
 #[derive(Clone)]
 pub struct Auth {
@@ -51,6 +66,7 @@ pub struct Auth {
     pub(crate) clients: Arc<ServiceClients>,
     pub(crate) login_throttle: LoginThrottle,
     pub(crate) call_limits: CallLimits,
+    pub(crate) session_limits: SessionLimits,
     /// Peers whose `x-forwarded-for` is believed.
     pub(crate) trusted_proxies: Arc<[IpAddr]>,
 }
@@ -60,6 +76,7 @@ impl std::fmt::Debug for Auth {
         f.debug_struct("Auth")
             .field("login_throttle", &self.login_throttle)
             .field("call_limits", &self.call_limits)
+            .field("session_limits", &self.session_limits)
             .finish_non_exhaustive()
     }
 }
