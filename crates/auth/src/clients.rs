@@ -76,6 +76,11 @@ impl ServiceClients {
         ServiceClients(list)
     }
 
+    /// Whether a client with this id is configured.
+    pub fn knows(&self, id: &str) -> bool {
+        self.0.iter().any(|client| client.id == id)
+    }
+
     /// The client with these credentials, comparing secrets in constant time.
     pub fn authenticate(&self, id: &str, secret: &str) -> Option<&ServiceClient> {
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();

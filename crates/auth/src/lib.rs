@@ -35,7 +35,7 @@ use crate::{
     clients::{ServiceClient, ServiceClients},
     keys::KeyRing,
     password::{HashCost, Hasher},
-    service::Throttle,
+    service::{CallLimits, LoginThrottle, SessionLimits},
 };
 
 /// The service's migrations, embedded in the binary.
@@ -75,6 +75,9 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
 /// by another process).
 const KEY_RELOAD_INTERVAL: StdDuration = StdDuration::from_secs(30);
 
+/// How often throttle counters whose windows have passed are deleted.
+const THROTTLE_PRUNE_INTERVAL: StdDuration = StdDuration::from_secs(60);
+
 /// Auth's settings.
 #[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
@@ -91,14 +94,69 @@ pub struct AuthConfig {
     #[arg(long, env = "KEEL_SERVICE_CLIENTS", value_delimiter = ';', hide_env_values = true)]
     pub service_clients: Vec<String>,
 
-    /// Failed logins allowed per account, and per client address, within the
-    /// window; further attempts are refused until it passes.
-    #[arg(long, env = "KEEL_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    /// Failed logins allowed per account from one client address (an IPv6
+    /// client: its /64) within the window; further attempts from there are
+    /// refused until the window ends.
+    #[arg(long, env = "KEEL_LOGIN_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_max_failures: u32,
 
+    /// Failed logins allowed per client address across all accounts within
+    /// the window (password spraying).
+    #[arg(long, env = "KEEL_LOGIN_MAX_ADDRESS_FAILURES", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_max_address_failures: u32,
+
     /// The failed-login window (seconds).
-    #[arg(long, env = "KEEL_LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900)]
+    #[arg(long, env = "KEEL_LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_failure_window_secs: u32,
+
+    /// Failures of one account within the window, from all addresses, after
+    /// which every address must wait before each further attempt at it (the
+    /// account slows down; it is never locked).
+    #[arg(long, env = "KEEL_LOGIN_SLOWDOWN_AFTER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_slowdown_after: u32,
+
+    /// The first such wait (milliseconds); it doubles with each further
+    /// failure of the account.
+    #[arg(long, env = "KEEL_LOGIN_SLOWDOWN_BASE_MS", default_value_t = 1_000)]
+    pub login_slowdown_base_ms: u64,
+
+    /// The longest wait (milliseconds): the most a correct password from an
+    /// address that has not failed can be held back.
+    #[arg(long, env = "KEEL_LOGIN_SLOWDOWN_MAX_MS", default_value_t = 30_000)]
+    pub login_slowdown_max_ms: u64,
+
+    /// Register calls allowed per client address within the call-limit window.
+    #[arg(long, env = "KEEL_REGISTER_LIMIT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub register_limit: u32,
+
+    /// RequestPasswordReset calls allowed per email within the call-limit
+    /// window (mails one inbox can be sent).
+    #[arg(long, env = "KEEL_PASSWORD_RESET_LIMIT_PER_EMAIL", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub password_reset_limit_per_email: u32,
+
+    /// RequestPasswordReset calls allowed per client address within the
+    /// call-limit window.
+    #[arg(long, env = "KEEL_PASSWORD_RESET_LIMIT_PER_ADDRESS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub password_reset_limit_per_address: u32,
+
+    /// IssueServiceToken calls allowed per client id and client address within
+    /// the call-limit window.
+    #[arg(long, env = "KEEL_SERVICE_TOKEN_LIMIT", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
+    pub service_token_limit: u32,
+
+    /// The window of the Register, RequestPasswordReset and IssueServiceToken
+    /// limits (seconds).
+    #[arg(long, env = "KEEL_CALL_LIMIT_WINDOW_SECS", default_value_t = 3_600, value_parser = clap::value_parser!(u32).range(1..))]
+    pub call_limit_window_secs: u32,
+
+    /// A session's lifetime from sign-in (seconds); refreshing does not
+    /// extend it.
+    #[arg(long, env = "KEEL_SESSION_MAX_LIFETIME_SECS", default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u32).range(1..))]
+    pub session_max_lifetime_secs: u32,
+
+    /// A session not refreshed for this long ends (seconds).
+    #[arg(long, env = "KEEL_SESSION_IDLE_TIMEOUT_SECS", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u32).range(1..))]
+    pub session_idle_timeout_secs: u32,
 
     /// argon2id memory cost (KiB); never below OWASP's 19456.
     #[arg(long, env = "KEEL_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
@@ -143,6 +201,39 @@ impl AuthConfig {
             .collect()
     }
 
+    /// The failed-login throttle.
+    pub fn login_throttle(&self) -> LoginThrottle {
+        let int = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+        LoginThrottle {
+            max_failures: int(self.login_max_failures),
+            max_address_failures: int(self.login_max_address_failures),
+            slowdown_after: int(self.login_slowdown_after),
+            slowdown_base: StdDuration::from_millis(self.login_slowdown_base_ms),
+            slowdown_max: StdDuration::from_millis(self.login_slowdown_max_ms),
+            window: StdDuration::from_secs(u64::from(self.login_failure_window_secs)),
+        }
+    }
+
+    /// The limits of Register, RequestPasswordReset and IssueServiceToken.
+    pub fn call_limits(&self) -> CallLimits {
+        let int = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+        CallLimits {
+            register_per_address: int(self.register_limit),
+            reset_per_email: int(self.password_reset_limit_per_email),
+            reset_per_address: int(self.password_reset_limit_per_address),
+            service_token_per_client: int(self.service_token_limit),
+            window: StdDuration::from_secs(u64::from(self.call_limit_window_secs)),
+        }
+    }
+
+    /// How long sessions last.
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_lifetime: chrono::Duration::seconds(i64::from(self.session_max_lifetime_secs)),
+            idle_timeout: chrono::Duration::seconds(i64::from(self.session_idle_timeout_secs)),
+        }
+    }
+
     /// The argon2id cost, refusing anything weaker than OWASP's minimum.
     pub fn hash_cost(&self) -> anyhow::Result<HashCost> {
         let minimum = HashCost::default();
@@ -177,10 +268,9 @@ impl Auth {
             hasher: Hasher::new(config.hash_cost()?, concurrency)?,
             keys,
             clients: Arc::new(ServiceClients::new(config.service_clients(extra_clients)?)),
-            throttle: Throttle {
-                max_failures: i64::from(config.login_max_failures),
-                window: chrono::Duration::seconds(i64::from(config.login_failure_window_secs)),
-            },
+            login_throttle: config.login_throttle(),
+            call_limits: config.call_limits(),
+            session_limits: config.session_limits(),
             trusted_proxies: config.trusted_proxies.clone().into(),
             revocations,
         })
@@ -274,6 +364,20 @@ pub async fn run(config: AuthConfig, context: Context) -> anyhow::Result<()> {
             }
         })
     };
+    let prune = {
+        let (auth, shutdown) = (auth.clone(), context.shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(THROTTLE_PRUNE_INTERVAL) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                if let Err(err) = auth.prune_throttle_counters().await {
+                    tracing::warn!(error = format!("{err:#}"), "pruning throttle counters failed");
+                }
+            }
+        })
+    };
     let serving = Serving {
         routes: tonic::service::Routes::new(AuthServiceServer::new(auth.clone())),
         verifier,
@@ -284,5 +388,6 @@ pub async fn run(config: AuthConfig, context: Context) -> anyhow::Result<()> {
     let result = context.serve(serving).await;
     reload.abort();
     feed.abort();
+    prune.abort();
     result
 }

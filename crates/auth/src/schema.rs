@@ -1,14 +1,6 @@
 // @generated in the shape of `diesel print-schema`; keep in step with migrations/.
 
 diesel::table! {
-    login_failures (id) {
-        id -> Int8,
-        subject -> Text,
-        failed_at -> Timestamptz,
-    }
-}
-
-diesel::table! {
     one_time_tokens (token_hash) {
         token_hash -> Bytea,
         user_id -> Uuid,
@@ -62,6 +54,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    throttle_counters (subject) {
+        subject -> Text,
+        account -> Nullable<Text>,
+        hits -> Int4,
+        window_start -> Timestamptz,
+        not_before -> Nullable<Timestamptz>,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     users (id) {
         id -> Uuid,
         email -> Text,
@@ -80,11 +83,11 @@ diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
-    login_failures,
     one_time_tokens,
     refresh_tokens,
     revocations,
     sessions,
     signing_keys,
+    throttle_counters,
     users,
 );

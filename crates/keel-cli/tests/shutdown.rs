@@ -32,6 +32,8 @@ async fn sigterm_under_load_fails_no_call_accepted_before_not_serving() -> anyho
         .env("RUST_LOG", "warn")
         // Concurrent logins of one account would otherwise trip its throttle.
         .env("KEEL_LOGIN_MAX_FAILURES", "1000000")
+        .env("KEEL_LOGIN_MAX_ADDRESS_FAILURES", "1000000")
+        .env("KEEL_LOGIN_SLOWDOWN_AFTER", "1000000")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;

@@ -1,8 +1,6 @@
 //! Login and Refresh: exchanging credentials or a refresh token for a token
 //! pair, behind the failed-login throttle.
 
-use std::time::Duration as StdDuration;
-
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel::auth::v1 as pb;
@@ -13,7 +11,7 @@ use keel_platform::{
 };
 use uuid::Uuid;
 
-use super::{Auth, ClientInfo, REFRESH_TOKEN_TTL, credentials_changed, user_pb};
+use super::{Auth, ClientInfo, credentials_changed, throttle::LoginSubjects, user_pb};
 use crate::{
     domain::{Email, OpaqueToken, Password, Roles},
     password::Verdict,
@@ -29,19 +27,14 @@ pub(super) async fn login(
         Email::parse(&request.email),
         Password::for_check("password", request.password),
     )?;
-    let account_subject = format!("account:{}", email.as_str());
-    let address_subject = client.address.map(|ip| format!("address:{ip}"));
-    let subjects: Vec<&str> = std::iter::once(account_subject.as_str())
-        .chain(address_subject.as_deref())
-        .collect();
+    let subjects = LoginSubjects::new(email.as_str(), client.address);
 
-    let (attempt, user) = {
+    let user = {
         let mut conn = auth.pool.get().await?;
         // The attempt counts as a failure until it succeeds, so guesses sent
         // at once cannot all pass the check while their hashes run.
-        let attempt = auth.admit_attempt(&mut conn, &subjects).await?;
-        let user = store::find_user_by_email(&mut conn, email.as_str()).await?;
-        (attempt, user)
+        auth.admit_login(&mut conn, &subjects).await?;
+        store::find_user_by_email(&mut conn, email.as_str()).await?
         // The connection goes back to the pool for the hashing.
     };
     // Unknown emails are checked against a dummy hash: the same cost, the
@@ -55,11 +48,8 @@ pub(super) async fn login(
         (Verdict::Valid { .. }, Some(_)) => {
             return Err(Error::unauthenticated("USER_DISABLED", "this account is disabled"));
         }
-        _ => {
-            let mut conn = auth.pool.get().await?;
-            store::prune_failures(&mut conn, &subjects, Utc::now() - auth.throttle.window).await?;
-            return Err(invalid_credentials());
-        }
+        // The failure was counted at admission.
+        _ => return Err(invalid_credentials()),
     };
     let upgraded = match needs_rehash {
         true => Some(auth.hasher.hash(&password).await?),
@@ -75,10 +65,7 @@ pub(super) async fn login(
         tracing::info!(user_id = %user.id, "password hash upgraded to the current cost");
         verified_hash = upgraded;
     }
-    store::forget_failures(&mut conn, &attempt.ids).await?;
-    if attempt.had_failures {
-        store::clear_failures(&mut conn, &account_subject).await?;
-    }
+    auth.login_succeeded(&mut conn, &subjects).await?;
     let tokens = auth.start_session(&mut conn, &user, &verified_hash, client).await?;
     Ok(pb::LoginResponse {
         user: Some(user_pb(&user)),
@@ -89,7 +76,7 @@ pub(super) async fn login(
 pub(super) async fn refresh(auth: &Auth, request: pb::RefreshRequest) -> Result<pb::RefreshResponse, Error> {
     let presented = OpaqueToken::parse("refresh_token", &request.refresh_token).map_err(invalid)?;
     let next = OpaqueToken::generate()?;
-    let next_expires = Utc::now() + REFRESH_TOKEN_TTL;
+    let limits = auth.session_limits;
     let mut conn = auth.pool.get().await?;
     let outcome = conn
         .transaction::<_, Error, _>(async |conn| {
@@ -112,6 +99,20 @@ pub(super) async fn refresh(auth: &Auth, request: pb::RefreshRequest) -> Result<
                 )));
             }
             let now = Utc::now();
+            // Judged by today's settings, so shortening them ends sessions
+            // that are already too old or idle.
+            if session.revoked_at.is_none() && now >= session.created_at + limits.max_lifetime {
+                return Ok(Refreshed::Refused(Error::unauthenticated(
+                    "SESSION_EXPIRED",
+                    "the session reached its maximum lifetime; log in again",
+                )));
+            }
+            if session.revoked_at.is_none() && now >= session.last_used_at + limits.idle_timeout {
+                return Ok(Refreshed::Refused(Error::unauthenticated(
+                    "SESSION_IDLE",
+                    "the session was not used for too long; log in again",
+                )));
+            }
             if session.revoked_at.is_some() || token.expires_at <= now || session.expires_at <= now {
                 return Ok(Refreshed::Refused(Error::unauthenticated(
                     "SESSION_ENDED",
@@ -125,16 +126,17 @@ pub(super) async fn refresh(auth: &Auth, request: pb::RefreshRequest) -> Result<
                 store::revoke_session(conn, session.id, "user_disabled").await?;
                 return Ok(Refreshed::Refused(Error::unauthenticated("USER_DISABLED", "this account is disabled")));
             }
+            let next_expires = limits.expiry(session.created_at, now);
             store::spend_refresh_token(conn, &hash).await?;
             store::insert_refresh_token(conn, &next.hash(), session.id, next_expires).await?;
             store::extend_session(conn, session.id, next_expires).await?;
-            Ok(Refreshed::Granted(user, session.id))
+            Ok(Refreshed::Granted(user, session.id, next_expires))
         })
         .await?;
     // Refusals commit first: a reuse must revoke the family even though
     // the caller gets an error.
-    let (user, session_id) = match outcome {
-        Refreshed::Granted(user, session_id) => (user, session_id),
+    let (user, session_id, next_expires) = match outcome {
+        Refreshed::Granted(user, session_id, next_expires) => (user, session_id, next_expires),
         Refreshed::Refused(err) => return Err(err),
     };
     let roles = Roles::from_names(&user.roles);
@@ -144,43 +146,7 @@ pub(super) async fn refresh(auth: &Auth, request: pb::RefreshRequest) -> Result<
     })
 }
 
-/// A login attempt admitted past the throttle.
-pub(super) struct Attempt {
-    /// Its failure rows, deleted if it succeeds.
-    pub(super) ids: Vec<i64>,
-    /// Whether the account or address had failed before.
-    had_failures: bool,
-}
-
 impl Auth {
-    /// Records an attempt for `subjects`, or refuses it with
-    /// RESOURCE_EXHAUSTED (and a RetryInfo delay) when any of them already
-    /// has too many recent failures.
-    pub(super) async fn admit_attempt(
-        &self,
-        conn: &mut AsyncPgConnection,
-        subjects: &[&str],
-    ) -> Result<Attempt, Error> {
-        let since = Utc::now() - self.throttle.window;
-        let recorded = store::record_attempt(conn, subjects, since).await?;
-        let ids: Vec<i64> = recorded.iter().map(|r| r.id).collect();
-        if let Some(limited) = recorded.iter().find(|r| r.prior_failures >= self.throttle.max_failures) {
-            // A refused attempt is no attempt: it does not extend the lock.
-            store::forget_failures(conn, &ids).await?;
-            let free_at = limited.oldest.unwrap_or_else(Utc::now) + self.throttle.window;
-            let wait = (free_at - Utc::now()).to_std().unwrap_or(StdDuration::from_secs(1));
-            return Err(Error::too_many(
-                "TOO_MANY_ATTEMPTS",
-                format!("too many failed logins; retry in {} s", wait.as_secs().max(1)),
-                wait,
-            ));
-        }
-        Ok(Attempt {
-            had_failures: recorded.iter().any(|r| r.prior_failures > 0),
-            ids,
-        })
-    }
-
     /// Starts a session for `user`, provided their password hash still is
     /// `verified_hash` and they are not disabled.
     async fn start_session(
@@ -192,7 +158,8 @@ impl Auth {
     ) -> Result<pb::TokenPair, Error> {
         let session_id = Uuid::now_v7();
         let refresh = OpaqueToken::generate()?;
-        let refresh_expires = Utc::now() + REFRESH_TOKEN_TTL;
+        let now = Utc::now();
+        let refresh_expires = self.session_limits.expiry(now, now);
         let address = client.address.map(|ip| ip.to_string()).unwrap_or_default();
         let started = store::insert_session(
             conn,
@@ -223,7 +190,7 @@ impl Auth {
 }
 
 enum Refreshed {
-    Granted(UserRow, Uuid),
+    Granted(UserRow, Uuid, DateTime<Utc>),
     Refused(Error),
 }
 

@@ -13,10 +13,11 @@ mod registration;
 mod revocations;
 mod service_tokens;
 mod sessions;
+mod throttle;
 
 use std::{net::IpAddr, sync::Arc};
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use keel::auth::v1::{self as pb, auth_service_server::AuthService};
 use keel_platform::{
     Error, Role,
@@ -30,8 +31,6 @@ use tonic::{Request, Response};
 
 use crate::{clients::ServiceClients, domain::Roles, keys::KeyRing, password::Hasher, store::UserRow};
 
-/// How long a refresh token (and an idle session) lives.
-pub const REFRESH_TOKEN_TTL: Duration = Duration::days(30);
 /// How long a password reset token lives.
 pub const RESET_TOKEN_TTL: Duration = Duration::hours(1);
 /// How long an email verification token lives.
@@ -40,13 +39,23 @@ pub const VERIFICATION_TOKEN_TTL: Duration = Duration::days(7);
 /// id its relay's tokens carry (consumers check that they match).
 pub const SOURCE: &str = keel_platform::registry::AUTH;
 
-/// When repeated failed logins lock an account or a client address.
+pub use throttle::{CallLimits, LoginThrottle};
+
+/// How long a session (a sign-in and its refresh tokens) may last.
 #[derive(Debug, Clone, Copy)]
-pub struct Throttle {
-    /// Failures allowed within the window; the next attempt is refused.
-    pub max_failures: i64,
-    /// The sliding window.
-    pub window: Duration,
+pub struct SessionLimits {
+    /// From sign-in; refreshing does not extend it.
+    pub max_lifetime: Duration,
+    /// A session not refreshed for this long ends.
+    pub idle_timeout: Duration,
+}
+
+impl SessionLimits {
+    /// When a session that signed in at `signed_in` ends if it is not used
+    /// again after `now`: its refresh token expires then too.
+    pub fn expiry(&self, signed_in: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+        (now + self.idle_timeout).min(signed_in + self.max_lifetime)
+    }
 }
 
 /// The auth service: everything its calls need.
@@ -56,7 +65,9 @@ pub struct Auth {
     pub(crate) hasher: Hasher,
     pub(crate) keys: KeyRing,
     pub(crate) clients: Arc<ServiceClients>,
-    pub(crate) throttle: Throttle,
+    pub(crate) login_throttle: LoginThrottle,
+    pub(crate) call_limits: CallLimits,
+    pub(crate) session_limits: SessionLimits,
     /// Peers whose `x-forwarded-for` is believed.
     pub(crate) trusted_proxies: Arc<[IpAddr]>,
     /// New revocations, for WatchRevocations and auth's own verifier.
@@ -66,7 +77,9 @@ pub struct Auth {
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
-            .field("throttle", &self.throttle)
+            .field("login_throttle", &self.login_throttle)
+            .field("call_limits", &self.call_limits)
+            .field("session_limits", &self.session_limits)
             .finish_non_exhaustive()
     }
 }
@@ -83,7 +96,10 @@ impl AuthService for Auth {
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
-        Ok(Response::new(registration::register(self, request.into_inner()).await?))
+        let client = ClientInfo::of(&request, &self.trusted_proxies);
+        Ok(Response::new(
+            registration::register(self, request.into_inner(), &client).await?,
+        ))
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
@@ -115,8 +131,9 @@ impl AuthService for Auth {
 
     async fn change_password(&self, request: Request<pb::ChangePasswordRequest>) -> Reply<pb::ChangePasswordResponse> {
         let caller = principal(&request)?.user()?.clone();
+        let client = ClientInfo::of(&request, &self.trusted_proxies);
         Ok(Response::new(
-            passwords::change(self, &caller, request.into_inner()).await?,
+            passwords::change(self, &caller, request.into_inner(), &client).await?,
         ))
     }
 
@@ -124,8 +141,9 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::RequestPasswordResetRequest>,
     ) -> Reply<pb::RequestPasswordResetResponse> {
+        let client = ClientInfo::of(&request, &self.trusted_proxies);
         Ok(Response::new(
-            passwords::request_reset(self, request.into_inner()).await?,
+            passwords::request_reset(self, request.into_inner(), &client).await?,
         ))
     }
 
@@ -147,7 +165,10 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Reply<pb::IssueServiceTokenResponse> {
-        Ok(Response::new(service_tokens::issue(self, request.into_inner()).await?))
+        let client = ClientInfo::of(&request, &self.trusted_proxies);
+        Ok(Response::new(
+            service_tokens::issue(self, request.into_inner(), &client).await?,
+        ))
     }
 
     async fn set_user_roles(&self, request: Request<pb::SetUserRolesRequest>) -> Reply<pb::SetUserRolesResponse> {

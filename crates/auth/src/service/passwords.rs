@@ -13,7 +13,10 @@ use keel_platform::{
     rpc::{collect, invalid},
 };
 
-use super::{Auth, RESET_TOKEN_TTL, SOURCE, credentials_changed};
+use super::{
+    Auth, ClientInfo, RESET_TOKEN_TTL, SOURCE, credentials_changed,
+    throttle::{LoginSubjects, address_key},
+};
 use crate::{
     domain::{Email, OpaqueToken, Password},
     password::Verdict,
@@ -24,6 +27,7 @@ pub(super) async fn change(
     auth: &Auth,
     caller: &UserPrincipal,
     request: pb::ChangePasswordRequest,
+    client: &ClientInfo,
 ) -> Result<pb::ChangePasswordResponse, Error> {
     let (current, new) = collect(
         Password::for_check("current_password", request.current_password),
@@ -36,16 +40,16 @@ pub(super) async fn change(
     if user.disabled {
         return Err(Error::unauthenticated("USER_DISABLED", "this account is disabled"));
     }
-    let account_subject = format!("account:{}", user.email);
+    let subjects = LoginSubjects::new(&user.email, client.address);
     // Counts as a failure until the password checks out (as at login).
-    let attempt = auth.admit_attempt(&mut conn, &[&account_subject]).await?;
+    auth.admit_login(&mut conn, &subjects).await?;
     drop(conn);
     if auth.hasher.verify(&current, Some(&user.password_hash)).await? == Verdict::Invalid {
         return Err(Error::invalid_field("current_password", "is not the current password"));
     }
     let password_hash = auth.hasher.hash(&new).await?;
     let mut conn = auth.pool.get().await?;
-    store::forget_failures(&mut conn, &attempt.ids).await?;
+    auth.login_succeeded(&mut conn, &subjects).await?;
     let ended = conn
         .transaction::<_, Error, _>(async |conn| {
             // Only over the password just checked: a concurrent change wins.
@@ -63,9 +67,24 @@ pub(super) async fn change(
 pub(super) async fn request_reset(
     auth: &Auth,
     request: pb::RequestPasswordResetRequest,
+    client: &ClientInfo,
 ) -> Result<pb::RequestPasswordResetResponse, Error> {
     let email = Email::parse(&request.email).map_err(invalid)?;
     let mut conn = auth.pool.get().await?;
+    // Per email whether or not it is registered, so the limit reveals nothing;
+    // it caps the mail one inbox can be sent.
+    let limits = auth.call_limits;
+    auth.limit_calls(
+        &mut conn,
+        &[
+            (format!("reset:email:{}", email.as_str()), limits.reset_per_email),
+            (
+                format!("reset:address:{}", address_key(client.address)),
+                limits.reset_per_address,
+            ),
+        ],
+    )
+    .await?;
     let user = store::find_user_by_email(&mut conn, email.as_str()).await?;
     // The answer is the same either way: nobody learns who is registered.
     if let Some(user) = user.filter(|u| !u.disabled) {
@@ -112,8 +131,14 @@ pub(super) async fn reset(auth: &Auth, request: pb::ResetPasswordRequest) -> Res
         let user_id = store::use_one_time_token(conn, &hash, TokenPurpose::PasswordReset)
             .await?
             .ok_or_else(invalid_token)?;
+        let user = store::find_user(conn, user_id)
+            .await?
+            .ok_or_else(|| Error::not_found("user"))?;
         store::set_password_hash(conn, user_id, &password_hash).await?;
         store::revoke_user_sessions(conn, user_id, None, "password_reset").await?;
+        // Whoever guessed at the old password, the owner is back in charge:
+        // their failures no longer hold the account back.
+        Auth::clear_login_failures(conn, &user.email).await?;
         Ok(())
     })
     .await?;

@@ -13,13 +13,17 @@ use keel_platform::{
 };
 use uuid::Uuid;
 
-use super::{Auth, SOURCE, VERIFICATION_TOKEN_TTL, user_pb};
+use super::{Auth, ClientInfo, SOURCE, VERIFICATION_TOKEN_TTL, throttle::address_key, user_pb};
 use crate::{
     domain::{Email, OpaqueToken, Password, Roles},
     store::{self, InsertUserError, NewUser, TokenPurpose, UserRow},
 };
 
-pub(super) async fn register(auth: &Auth, request: pb::RegisterRequest) -> Result<pb::RegisterResponse, Error> {
+pub(super) async fn register(
+    auth: &Auth,
+    request: pb::RegisterRequest,
+    client: &ClientInfo,
+) -> Result<pb::RegisterResponse, Error> {
     let (email, password) = collect(
         Email::parse(&request.email),
         Password::parse("password", request.password),
@@ -30,6 +34,15 @@ pub(super) async fn register(auth: &Auth, request: pb::RegisterRequest) -> Resul
         id => Some(id.to_owned()),
     };
     let roles = Roles::new(vec![Role::User]).map_err(invalid)?;
+    // Each registration costs a password hash and a mail.
+    auth.limit_calls(
+        &mut *auth.pool.get().await?,
+        &[(
+            format!("register:address:{}", address_key(client.address)),
+            auth.call_limits.register_per_address,
+        )],
+    )
+    .await?;
     let user = auth.create_user(&email, &password, &roles, request_id).await?;
     Ok(pb::RegisterResponse {
         user: Some(user_pb(&user)),

@@ -4,12 +4,28 @@
 use keel::auth::v1 as pb;
 use keel_platform::{Error, proto::timestamp};
 
-use super::Auth;
+use super::{Auth, ClientInfo, throttle::address_key};
 
 pub(super) async fn issue(
     auth: &Auth,
     request: pb::IssueServiceTokenRequest,
+    client: &ClientInfo,
 ) -> Result<pb::IssueServiceTokenResponse, Error> {
+    // Per client id and address: a service's own replicas are not held back
+    // by someone else presenting its (public) id with wrong secrets. Unknown
+    // ids share one count per address.
+    let id = match auth.clients.knows(&request.client_id) {
+        true => request.client_id.as_str(),
+        false => "?",
+    };
+    auth.limit_calls(
+        &mut *auth.pool.get().await?,
+        &[(
+            format!("service_token:{id}@{}", address_key(client.address)),
+            auth.call_limits.service_token_per_client,
+        )],
+    )
+    .await?;
     let client = auth
         .clients
         .authenticate(&request.client_id, &request.client_secret)

@@ -229,6 +229,8 @@ impl Services {
             ]);
             if spec.name == registry::AUTH {
                 argv.extend(["--service-clients".to_owned(), bench_client.clone()]);
+                // One user per client, all registered from this address.
+                argv.extend(["--register-limit".to_owned(), "1000000".to_owned()]);
             }
             let serve = REGISTRY.start(
                 spec,

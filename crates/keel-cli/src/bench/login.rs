@@ -135,7 +135,8 @@ where
     keel_platform::db::drop_database(&server, BENCH_DATABASE).await?;
     database.prepare(BENCH_DATABASE, keel_auth::MIGRATIONS).await?;
     // Generous failure limits: the bench's own failed-login probe must not lock
-    // itself out.
+    // itself out, and its concurrent logins of one account (each counted until
+    // its hash is done) must not slow that account down.
     let matches = REGISTRY.parse(
         &keel_auth::SERVICE,
         [
@@ -143,6 +144,10 @@ where
             "--auth-database-url".to_owned(),
             database.url(BENCH_DATABASE)?,
             "--login-max-failures".to_owned(),
+            "1000000".to_owned(),
+            "--login-max-address-failures".to_owned(),
+            "1000000".to_owned(),
+            "--login-slowdown-after".to_owned(),
             "1000000".to_owned(),
         ],
     )?;
