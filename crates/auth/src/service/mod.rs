@@ -13,6 +13,8 @@ mod registration;
 mod service_tokens;
 mod sessions;
 
+pub(crate) use registration::fill_email_skeletons;
+
 use std::{net::IpAddr, sync::Arc};
 
 use chrono::Duration;
