@@ -11,7 +11,7 @@ use keel::{
 use keel_platform::{
     config::{PoolConfig, ServerConfig, TokenConfig},
     db,
-    events::EventType,
+    events::{EventProducers, EventType},
     registry::{Context, ServiceFuture, ServiceSpec, Serving},
     scopes,
 };
@@ -80,13 +80,15 @@ impl AccountsConfig {
 }
 
 impl Accounts {
-    /// Connects to the (migrated) database at `url`.
-    pub fn build(config: &AccountsConfig, url: &str) -> anyhow::Result<Self> {
+    /// Connects to the (migrated) database at `url`; its event sink accepts
+    /// each event type only from `event_producers`' producer of it.
+    pub fn build(config: &AccountsConfig, url: &str, event_producers: EventProducers) -> anyhow::Result<Self> {
         let currency = domain::Currency::parse("currency", &config.currency)
             .map_err(|v| anyhow::anyhow!("KEEL_ACCOUNTS_CURRENCY {}", v.description))?;
         Ok(Accounts {
             pool: db::pool(url, &config.pool)?,
             currency,
+            event_producers,
         })
     }
 
@@ -107,7 +109,7 @@ pub async fn run(config: AccountsConfig, context: Context) -> anyhow::Result<()>
     db::migrate(&context.database_url, MIGRATIONS)
         .await
         .context("migrating keel_accounts")?;
-    let accounts = Accounts::build(&config, &context.database_url)?;
+    let accounts = Accounts::build(&config, &context.database_url, context.event_producers.clone())?;
     let verifier = context.verifier(&config.tokens)?;
     // Only needed once someone consumes BalanceChanged.
     let tokens = if context.subscribers.is_empty() {

@@ -28,6 +28,7 @@ diesel::table! {
         reference -> Text,
         reason -> Text,
         created_at -> Timestamptz,
+        refund_of -> Nullable<Uuid>,
     }
 }
 

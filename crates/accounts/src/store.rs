@@ -43,6 +43,8 @@ pub struct EntryRow {
     pub reference: String,
     pub reason: String,
     pub created_at: DateTime<Utc>,
+    /// For a refund, the debit it gives back.
+    pub refund_of: Option<Uuid>,
 }
 
 /// Creates the account unless it exists; fills in a missing email. Returns
@@ -159,6 +161,24 @@ pub async fn find_entry_by_request(
         .optional()
 }
 
+pub async fn find_entry(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<EntryRow>> {
+    ledger_entries::table
+        .find(id)
+        .select(EntryRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The amounts of the refunds of debit `debit_id`.
+pub async fn refund_amounts(conn: &mut AsyncPgConnection, debit_id: Uuid) -> QueryResult<Vec<i64>> {
+    ledger_entries::table
+        .filter(ledger_entries::refund_of.eq(debit_id))
+        .select(ledger_entries::amount_minor)
+        .load(conn)
+        .await
+}
+
 /// What a new ledger entry needs.
 #[derive(Debug)]
 pub struct NewEntry<'a> {
@@ -173,6 +193,7 @@ pub struct NewEntry<'a> {
     pub request_id: &'a str,
     pub reference: &'a str,
     pub reason: &'a str,
+    pub refund_of: Option<Uuid>,
 }
 
 /// Appends the entry and moves the account's balance to it, in the
@@ -191,6 +212,7 @@ pub async fn append_entry(conn: &mut AsyncPgConnection, entry: NewEntry<'_>) -> 
             ledger_entries::request_id.eq(entry.request_id),
             ledger_entries::reference.eq(entry.reference),
             ledger_entries::reason.eq(entry.reason),
+            ledger_entries::refund_of.eq(entry.refund_of),
         ))
         .returning(EntryRow::as_returning())
         .get_result(conn)

@@ -7,22 +7,28 @@ use diesel_async::RunQueryDsl as _;
 use keel::{
     accounts::v1 as pb,
     events::v1::{
-        DeliverRequest, Event, OrderShipped, UserRegistered, event::Payload, event_sink_client::EventSinkClient,
+        BalanceChanged, DeliverRequest, Event, OrderShipped, PasswordResetRequested, UserRegistered, event::Payload,
+        event_sink_client::EventSinkClient,
     },
 };
 use keel_accounts::schema::accounts;
 use keel_platform::events::processed_events;
 use keel_testkit::status::{reason, violated_fields};
-use keel_testkit::{Suite, authorized, spawn_suite};
+use keel_testkit::{Suite, authorized, spawn_suite, suite::TEST_CLIENT_ID};
 use tonic::{Code, Status};
 use uuid::Uuid;
 
 /// An event envelope from auth.
 fn event(id: &str, payload: Payload) -> DeliverRequest {
+    event_from("auth", id, payload)
+}
+
+/// An event envelope from `source`.
+fn event_from(source: &str, id: &str, payload: Payload) -> DeliverRequest {
     DeliverRequest {
         event: Some(Event {
             id: id.into(),
-            source: "auth".into(),
+            source: source.into(),
             create_time: Some(std::time::SystemTime::now().into()),
             payload: Some(payload),
             ..Default::default()
@@ -151,6 +157,66 @@ async fn a_service_cannot_deliver_another_services_events() -> anyhow::Result<()
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert_eq!(reason(&status), "EVENT_SOURCE_MISMATCH");
     assert_eq!(stored_account(&suite, user_id).await?, None);
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_cannot_announce_a_user_under_its_own_name() -> anyhow::Result<()> {
+    let suite = spawn_suite().await?;
+    // The test client holds events.deliver and names itself as the source,
+    // so the token and the source agree; but only auth produces UserRegistered.
+    let token = suite.service_token(&["events.deliver"]).await?;
+    let (event_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let forged = event_from(
+        TEST_CLIENT_ID,
+        &event_id.to_string(),
+        Payload::UserRegistered(UserRegistered {
+            user_id: user_id.to_string(),
+            email: "forged@example.com".into(),
+        }),
+    );
+    let accounts_before = account_count(&suite).await?;
+
+    let status = deliver(&suite, &token, forged)
+        .await
+        .expect_err("a forged UserRegistered");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "EVENT_SOURCE_NOT_OWNER");
+    assert_eq!(stored_account(&suite, user_id).await?, None);
+    assert_eq!(account_count(&suite).await?, accounts_before);
+    assert!(!is_processed(&suite, event_id).await?, "nothing was applied");
+
+    // Auth, its producer, still delivers it.
+    let token = suite.auth_relay_token().await?;
+    let genuine = user_registered(&event_id.to_string(), &user_id.to_string(), "real@example.com");
+    assert!(!deliver(&suite, &token, genuine).await?);
+    assert_eq!(
+        stored_account(&suite, user_id).await?,
+        Some(("real@example.com".into(), String::new()))
+    );
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_cannot_deliver_an_event_type_another_service_owns() -> anyhow::Result<()> {
+    let suite = spawn_suite().await?;
+    let token = suite.auth_relay_token().await?;
+    // BalanceChanged is accounts' own; OrderShipped has no registered producer.
+    let balance = event(
+        &Uuid::now_v7().to_string(),
+        Payload::BalanceChanged(BalanceChanged::default()),
+    );
+    let shipped = event(
+        &Uuid::now_v7().to_string(),
+        Payload::OrderShipped(OrderShipped::default()),
+    );
+    for request in [balance, shipped] {
+        let status = deliver(&suite, &token, request)
+            .await
+            .expect_err("not auth's event type");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert_eq!(reason(&status), "EVENT_SOURCE_NOT_OWNER");
+    }
     suite.stop().await
 }
 
@@ -286,19 +352,21 @@ async fn an_irrelevant_event_is_accepted_and_recorded() -> anyhow::Result<()> {
     let suite = spawn_suite().await?;
     let token = suite.auth_relay_token().await?;
     let event_id = Uuid::now_v7();
-    let shipped = event(
+    // Auth's own, but nothing accounts acts on.
+    let reset = event(
         &event_id.to_string(),
-        Payload::OrderShipped(OrderShipped {
-            order_id: Uuid::now_v7().to_string(),
+        Payload::PasswordResetRequested(PasswordResetRequested {
             user_id: Uuid::now_v7().to_string(),
+            email: "someone@example.com".into(),
+            ..Default::default()
         }),
     );
     let accounts_before = account_count(&suite).await?;
 
-    assert!(!deliver(&suite, &token, shipped.clone()).await?);
+    assert!(!deliver(&suite, &token, reset.clone()).await?);
     assert!(is_processed(&suite, event_id).await?);
     assert!(
-        deliver(&suite, &token, shipped).await?,
+        deliver(&suite, &token, reset).await?,
         "recorded, so a redelivery is a duplicate"
     );
     assert_eq!(account_count(&suite).await?, accounts_before);

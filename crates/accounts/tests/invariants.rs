@@ -1,6 +1,7 @@
 //! The database itself keeps the ledger honest: even raw SQL that bypasses the
 //! service cannot change or remove an entry, move a balance without an entry,
-//! or append an entry that breaks the chain or overdraws.
+//! append an entry that breaks the chain or overdraws, or refund more than a
+//! debit took.
 
 use diesel::{
     result::{DatabaseErrorKind, Error as DieselError},
@@ -93,6 +94,44 @@ async fn insert_entry(
     .bind::<sql_types::Text, _>(format!("forged-{seq}"))
     .execute(conn)
     .await
+}
+
+/// Inserts a refund entry naming `refund_of` straight into the table.
+async fn insert_refund(
+    conn: &mut AsyncPgConnection,
+    account_id: Uuid,
+    seq: i64,
+    amount_minor: i64,
+    balance_after_minor: i64,
+    refund_of: Uuid,
+) -> Result<usize, DieselError> {
+    diesel::sql_query(
+        "INSERT INTO ledger_entries \
+             (id, account_id, seq, kind, amount_minor, delta_minor, currency, balance_after_minor, request_id, \
+              refund_of) \
+         VALUES ($1, $2, $3, 'refund', $4, $4, 'USD', $5, $6, $7)",
+    )
+    .bind::<sql_types::Uuid, _>(Uuid::now_v7())
+    .bind::<sql_types::Uuid, _>(account_id)
+    .bind::<sql_types::BigInt, _>(seq)
+    .bind::<sql_types::BigInt, _>(amount_minor)
+    .bind::<sql_types::BigInt, _>(balance_after_minor)
+    .bind::<sql_types::Text, _>(format!("forged-{seq}"))
+    .bind::<sql_types::Uuid, _>(refund_of)
+    .execute(conn)
+    .await
+}
+
+/// The id of the account's entry of `kind` (the fixture has one of each).
+async fn entry_id(conn: &mut AsyncPgConnection, account_id: Uuid, kind: &str) -> anyhow::Result<Uuid> {
+    use diesel::{ExpressionMethods as _, QueryDsl as _};
+    use keel_accounts::schema::ledger_entries;
+    Ok(ledger_entries::table
+        .filter(ledger_entries::account_id.eq(account_id))
+        .filter(ledger_entries::kind.eq(kind))
+        .select(ledger_entries::id)
+        .first(conn)
+        .await?)
 }
 
 /// The database refused the statement with a message containing `expected`.
@@ -270,6 +309,34 @@ async fn a_new_account_cannot_start_with_money() -> anyhow::Result<()> {
         .execute(&mut conn)
         .await;
     assert_refused(result, "starts with a zero balance");
+    assert_ledger_intact(&fx).await?;
+    fx.suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refund_beyond_its_debit_is_refused() -> anyhow::Result<()> {
+    let fx = fixture().await?;
+    let mut conn = fx.suite.accounts_db().await?;
+    let debit = entry_id(&mut conn, fx.account_id, "debit").await?;
+    let deposit = entry_id(&mut conn, fx.account_id, "deposit").await?;
+
+    // The debit took 300: 301 back would create a unit of money.
+    let result = insert_refund(&mut conn, fx.account_id, 3, 301, 1_001, debit).await;
+    assert_refused(result, "would exceed its amount");
+    // A refund must name a debit, of its own account...
+    let result = insert_refund(&mut conn, fx.account_id, 3, 100, 800, deposit).await;
+    assert_refused(result, "must name a debit");
+    let result = insert_refund(&mut conn, fx.account_id, 3, 100, 800, Uuid::now_v7()).await;
+    assert_refused(result, "must name a debit");
+    // ...and must name one at all.
+    let result = insert_entry(&mut conn, fx.account_id, 3, "refund", 100, 800).await;
+    assert!(
+        matches!(
+            result,
+            Err(DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, _))
+        ),
+        "{result:?}"
+    );
     assert_ledger_intact(&fx).await?;
     fx.suite.stop().await
 }

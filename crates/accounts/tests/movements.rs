@@ -62,6 +62,8 @@ struct Movement {
     amount: Option<Money>,
     request_id: String,
     reference: String,
+    /// For a refund: the debit it gives back.
+    debit: String,
 }
 
 impl Movement {
@@ -71,6 +73,15 @@ impl Movement {
             amount,
             request_id: request_id.into(),
             reference: String::new(),
+            debit: String::new(),
+        }
+    }
+
+    /// A refund of debit `debit`.
+    fn refunding(account_id: &str, amount: Option<Money>, request_id: &str, debit: &str) -> Self {
+        Movement {
+            debit: debit.into(),
+            ..Movement::new(account_id, amount, request_id)
         }
     }
 }
@@ -106,6 +117,7 @@ async fn refund(suite: &Suite, token: &str, m: Movement) -> Result<pb::Transacti
         request_id: m.request_id,
         reference: m.reference,
         reason: "cancelled".into(),
+        debit_transaction_id: m.debit,
     };
     let response = suite.accounts().refund(authorized(request, token)).await?;
     Ok(response.into_inner().transaction.unwrap_or_default())
@@ -333,12 +345,25 @@ async fn a_debit_with_the_debit_scope_lowers_the_balance() -> anyhow::Result<()>
 async fn a_refund_with_the_refund_scope_raises_the_balance() -> anyhow::Result<()> {
     let fx = fixture().await?;
     deposit(&fx.suite, &fx.admin, Movement::new(&fx.account_id, usd(1_000), "fund")).await?;
+    let debit_token = fx.suite.service_token(&["accounts.debit"]).await?;
+    let charged = debit(
+        &fx.suite,
+        &debit_token,
+        Movement::new(&fx.account_id, usd(400), "order-1"),
+    )
+    .await?;
     let token = fx.suite.service_token(&["accounts.refund"]).await?;
 
-    let transaction = refund(&fx.suite, &token, Movement::new(&fx.account_id, usd(250), "refund-1")).await?;
+    let transaction = refund(
+        &fx.suite,
+        &token,
+        Movement::refunding(&fx.account_id, usd(250), "refund-1", &charged.id),
+    )
+    .await?;
     assert_eq!(transaction.kind(), pb::TransactionKind::Refund);
-    assert_eq!(transaction.balance_after, usd(1_250));
-    assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 1_250);
+    assert_eq!(transaction.debit_transaction_id, charged.id);
+    assert_eq!(transaction.balance_after, usd(850));
+    assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 850);
     assert_ledger_consistent(&fx.suite).await?;
     fx.suite.stop().await
 }
@@ -435,7 +460,7 @@ async fn invalid_movements_name_the_offending_field() -> anyhow::Result<()> {
         .expect_err("invalid refund");
     assert_eq!(
         violated_fields(&status),
-        ["amount", "request_id"],
+        ["amount", "request_id", "debit_transaction_id"],
         "every violation at once"
     );
 
@@ -458,9 +483,14 @@ async fn a_movement_on_an_unknown_account_is_not_found() -> anyhow::Result<()> {
         .await
         .expect_err("no such account");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
-    let status = refund(&fx.suite, &token, Movement::new(&unknown, usd(100), "r"))
-        .await
-        .expect_err("no such account");
+    let any_debit = Uuid::now_v7().to_string();
+    let status = refund(
+        &fx.suite,
+        &token,
+        Movement::refunding(&unknown, usd(100), "r", &any_debit),
+    )
+    .await
+    .expect_err("no such account");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     fx.suite.stop().await
 }
@@ -471,9 +501,14 @@ async fn a_request_id_reused_for_another_kind_is_refused() -> anyhow::Result<()>
     deposit(&fx.suite, &fx.admin, Movement::new(&fx.account_id, usd(500), "key-1")).await?;
     let token = fx.suite.service_token(&["accounts.refund"]).await?;
 
-    let status = refund(&fx.suite, &token, Movement::new(&fx.account_id, usd(500), "key-1"))
-        .await
-        .expect_err("the key belongs to a deposit");
+    let any_debit = Uuid::now_v7().to_string();
+    let status = refund(
+        &fx.suite,
+        &token,
+        Movement::refunding(&fx.account_id, usd(500), "key-1", &any_debit),
+    )
+    .await
+    .expect_err("the key belongs to a deposit");
     assert_refused(&status, Code::FailedPrecondition, "REQUEST_ID_REUSED");
     assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 500);
     assert_eq!(ledger(&fx.suite, &fx.user, "me").await?.len(), 1);
@@ -621,8 +656,8 @@ async fn transactions_are_listed_newest_first_in_pages() -> anyhow::Result<()> {
     let id = fx.account_id.as_str();
     deposit(&fx.suite, &fx.admin, Movement::new(id, usd(1_000), "m1")).await?;
     debit(&fx.suite, &service, Movement::new(id, usd(200), "m2")).await?;
-    debit(&fx.suite, &service, Movement::new(id, usd(300), "m3")).await?;
-    refund(&fx.suite, &service, Movement::new(id, usd(100), "m4")).await?;
+    let m3 = debit(&fx.suite, &service, Movement::new(id, usd(300), "m3")).await?;
+    refund(&fx.suite, &service, Movement::refunding(id, usd(100), "m4", &m3.id)).await?;
     deposit(&fx.suite, &service, Movement::new(id, usd(50), "m5")).await?;
 
     let (mut listed, mut pages, mut token) = (Vec::new(), Vec::new(), String::new());
@@ -686,11 +721,15 @@ async fn each_movement_commits_one_balance_changed_event() -> anyhow::Result<()>
     let fx = fixture().await?;
     let service = fx.suite.service_token(&[]).await?;
     let id = fx.account_id.as_str();
-    let transactions = [
-        deposit(&fx.suite, &fx.admin, Movement::new(id, usd(1_000), "e1")).await?,
-        debit(&fx.suite, &service, Movement::new(id, usd(400), "e2")).await?,
-        refund(&fx.suite, &service, Movement::new(id, usd(150), "e3")).await?,
-    ];
+    let funded = deposit(&fx.suite, &fx.admin, Movement::new(id, usd(1_000), "e1")).await?;
+    let charged = debit(&fx.suite, &service, Movement::new(id, usd(400), "e2")).await?;
+    let refunded = refund(
+        &fx.suite,
+        &service,
+        Movement::refunding(id, usd(150), "e3", &charged.id),
+    )
+    .await?;
+    let transactions = [funded, charged, refunded];
     // A retry commits no second event.
     debit(&fx.suite, &service, Movement::new(id, usd(400), "e2")).await?;
 

@@ -5,21 +5,26 @@ use std::fmt;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use keel_platform::{Role, error::FieldViolation};
 use sha2::{Digest as _, Sha256};
+use unicode_normalization::UnicodeNormalization as _;
 
 /// A normalized, plausible email address.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
 impl Email {
-    /// Trims and lower-cases `raw`, then checks its shape: one `@`, a local
-    /// part of at most 64 bytes, a domain with a dot, no spaces or control
-    /// characters, at most 254 bytes in all (RFC 5321 limits).
+    /// Normalizes `raw` (NFKC, so a fullwidth or otherwise compatible form is
+    /// the address it stands for; trimmed; lower-cased), then checks its
+    /// shape: one `@`, a local part of at most 64 bytes, a domain with a dot,
+    /// no spaces or control characters, at most 254 bytes in all (RFC 5321
+    /// limits).
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
         let invalid = |why: &str| FieldViolation {
             field: "email".into(),
             description: why.into(),
         };
-        let email = raw.trim().to_lowercase();
+        let compatible: String = raw.nfkc().collect();
+        // Lower-casing can leave a string that is not NFKC; normalize again.
+        let email: String = compatible.trim().to_lowercase().nfkc().collect();
         if email.is_empty() {
             return Err(invalid("is required"));
         }
@@ -47,6 +52,13 @@ impl Email {
     /// The normalized address.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Its confusable skeleton (Unicode UTS #39): addresses that look alike,
+    /// such as `admin@` and `аdmin@` with a Cyrillic `а`, share one, and only
+    /// one account may have it.
+    pub fn skeleton(&self) -> String {
+        unicode_security::skeleton(&self.0).collect()
     }
 }
 
@@ -197,6 +209,33 @@ mod tests {
     fn emails_are_normalized() {
         let email = Email::parse("  Ada.Lovelace@Example.COM ").expect("valid");
         assert_eq!(email.as_str(), "ada.lovelace@example.com");
+    }
+
+    #[test]
+    fn compatible_forms_are_the_same_address() -> Result<(), FieldViolation> {
+        // Fullwidth letters and the fullwidth at sign.
+        assert_eq!(Email::parse("ＡＤＭＩＮ＠example.com")?.as_str(), "admin@example.com");
+        // A ligature and a circled letter.
+        assert_eq!(Email::parse("ﬁle@ⓔxample.com")?.as_str(), "file@example.com");
+        Ok(())
+    }
+
+    #[test]
+    fn lookalike_addresses_share_a_skeleton() -> Result<(), FieldViolation> {
+        let latin = Email::parse("admin@example.com")?;
+        for lookalike in [
+            "\u{0430}dmin@example.com", // Cyrillic а
+            "admin@ex\u{0430}mple.com",
+            "\u{03b1}dmin@example.com", // Greek α
+            "adm\u{0456}n@example.com", // Cyrillic і
+            "admin@examp\u{04cf}e.com", // Cyrillic ӏ
+        ] {
+            let other = Email::parse(lookalike)?;
+            assert_ne!(other.as_str(), latin.as_str(), "{lookalike} is another string");
+            assert_eq!(other.skeleton(), latin.skeleton(), "{lookalike} looks like admin@");
+        }
+        assert_ne!(Email::parse("bob@example.com")?.skeleton(), latin.skeleton());
+        Ok(())
     }
 
     #[test]

@@ -256,6 +256,7 @@ impl Auth {
     /// `extra_clients` are service clients besides the configured ones.
     pub async fn build(config: &AuthConfig, url: &str, extra_clients: &[String]) -> anyhow::Result<Self> {
         let pool = db::pool(url, &config.pool)?;
+        service::fill_email_skeletons(&pool).await?;
         let keys = KeyRing::load(&pool, &config.tokens.token_issuer, &config.tokens.token_audience)
             .await
             .context("loading the signing keys")?;

@@ -75,6 +75,7 @@ diesel::table! {
         register_request_id -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        email_skeleton -> Nullable<Text>,
     }
 }
 

@@ -234,3 +234,106 @@ async fn refused_registrations_write_no_events() -> anyhow::Result<()> {
     );
     suite.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lookalike_of_a_registered_email_is_already_exists() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    register(&suite, register_request("admin", "admin@example.com", PASSWORD)).await?;
+
+    for lookalike in [
+        "\u{0430}dmin@example.com", // Cyrillic а
+        "\u{03b1}dmin@example.com", // Greek α
+        "adm\u{0456}n@ex\u{0430}mple.com",
+    ] {
+        let status = register(&suite, register_request(lookalike, lookalike, PASSWORD))
+            .await
+            .expect_err("an address an administrator could not tell from admin@");
+        // The answer a plain duplicate gets: nothing more is revealed.
+        assert_eq!(status.code(), Code::AlreadyExists, "{lookalike}: {status:?}");
+        assert_eq!(reason(&status), "EMAIL_TAKEN");
+    }
+    assert_eq!(user_count(&suite).await?, 1);
+    assert_eq!(suite.auth_events(Some("user.registered")).await?.len(), 1);
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_lookalike_registrations_create_one_user() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let emails = ["race@example.com", "r\u{0430}ce@example.com", "rac\u{0435}@example.com"];
+    let calls = emails.map(|email| {
+        let mut auth = suite.auth();
+        tokio::spawn(async move { auth.register(register_request(email, email, PASSWORD)).await })
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut created = 0;
+    for result in results {
+        match result? {
+            Ok(_) => created += 1,
+            Err(status) => assert_eq!(status.code(), Code::AlreadyExists, "{status:?}"),
+        }
+    }
+    assert_eq!(
+        created, 1,
+        "one of the lookalikes wins; the unique skeleton refuses the others"
+    );
+    assert_eq!(user_count(&suite).await?, 1);
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compatible_form_of_an_email_is_normalized() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    // Fullwidth letters and at sign (NFKC: the same address).
+    let fullwidth = "ａｄａ＠example.com";
+    let user = register(&suite, register_request("fullwidth", fullwidth, PASSWORD)).await?;
+    assert_eq!(user.email, "ada@example.com");
+
+    suite.login("ada@example.com", PASSWORD).await?;
+    suite.login(fullwidth, PASSWORD).await?;
+    let status = register(&suite, register_request("plain", "ada@example.com", PASSWORD))
+        .await
+        .expect_err("the same address");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_eq!(user_count(&suite).await?, 1);
+    suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_stored_before_skeletons_get_one_when_auth_starts() -> anyhow::Result<()> {
+    use diesel::ExpressionMethods as _;
+    let suite = keel_testkit::spawn_suite().await?;
+    let legacy = uuid::Uuid::now_v7();
+    let mut conn = suite.auth_db().await?;
+    // A row as an older auth wrote it: no skeleton, and an address that
+    // predates NFKC normalization.
+    diesel::insert_into(users::table)
+        .values((
+            users::id.eq(legacy),
+            users::email.eq("ｌegacy@example.com"),
+            users::password_hash.eq("$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaA"),
+        ))
+        .execute(&mut conn)
+        .await?;
+
+    // Building auth (as every start does) fills it in.
+    suite
+        .create_user("someone@example.com", PASSWORD, &[keel_platform::Role::User])
+        .await?;
+    let (email, skeleton): (String, Option<String>) = users::table
+        .find(legacy)
+        .select((users::email, users::email_skeleton))
+        .first(&mut conn)
+        .await?;
+    assert_eq!(email, "legacy@example.com", "normalized");
+    assert!(skeleton.is_some());
+
+    let status = register(
+        &suite,
+        register_request("lookalike", "\u{04cf}egacy@example.com", PASSWORD),
+    )
+    .await
+    .expect_err("looks like the legacy user's address");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    suite.stop().await
+}

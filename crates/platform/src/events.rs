@@ -1,6 +1,8 @@
 //! The consumer side of events: who may deliver, and exactly-once effects on
 //! top of at-least-once delivery.
 
+use std::collections::BTreeMap;
+
 use diesel::ExpressionMethods as _;
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use keel::events::v1::{DeliverRequest, event::Payload};
@@ -100,8 +102,41 @@ diesel::table! {
     }
 }
 
+/// Which service produces each event type: the only source a sink accepts
+/// for it. Built from the registry ([`crate::registry::Registry::event_producers`]),
+/// so a type has at most one producer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventProducers(BTreeMap<EventType, &'static str>);
+
+impl EventProducers {
+    /// The map from `(event type, producing service)` pairs; an error when a
+    /// type is given two different producers.
+    pub fn new(pairs: impl IntoIterator<Item = (EventType, &'static str)>) -> anyhow::Result<Self> {
+        let mut producers = BTreeMap::new();
+        for (event_type, producer) in pairs {
+            if let Some(other) = producers.insert(event_type, producer)
+                && other != producer
+            {
+                anyhow::bail!("{event_type} is produced by both {other} and {producer}; an event type has one owner");
+            }
+        }
+        Ok(EventProducers(producers))
+    }
+
+    /// The service that produces `event_type`, if any does.
+    pub fn producer(&self, event_type: EventType) -> Option<&'static str> {
+        self.0.get(&event_type).copied()
+    }
+
+    /// Every event type and its producer.
+    pub fn iter(&self) -> impl Iterator<Item = (EventType, &'static str)> + '_ {
+        self.0.iter().map(|(t, p)| (*t, *p))
+    }
+}
+
 /// A delivered event, checked: the caller holds `events.deliver` and is the
-/// event's source, and the event has an id and a payload.
+/// event's source, the source is the service that produces its type, and the
+/// event has an id and a payload.
 #[derive(Debug)]
 pub struct Delivery {
     /// The event's id, the consumer's idempotency key.
@@ -110,9 +145,10 @@ pub struct Delivery {
     pub payload: Payload,
 }
 
-/// Reads and authorizes a Deliver call.
-pub fn delivery(request: tonic::Request<DeliverRequest>) -> Result<Delivery, Error> {
-    let producer = principal(&request)?
+/// Reads and authorizes a Deliver call: every sink goes through here, so
+/// none can forget a check.
+pub fn delivery(request: tonic::Request<DeliverRequest>, producers: &EventProducers) -> Result<Delivery, Error> {
+    let caller = principal(&request)?
         .service_with_scope(scopes::EVENTS_DELIVER)?
         .client_id
         .clone();
@@ -122,17 +158,34 @@ pub fn delivery(request: tonic::Request<DeliverRequest>) -> Result<Delivery, Err
         .ok_or_else(|| Error::invalid_field("event", "is required"))?;
     // A service delivers only its own events: holding `events.deliver` does
     // not let one service speak for another.
-    if event.source != producer {
+    if event.source != caller {
         return Err(Error::permission_denied(
             "EVENT_SOURCE_MISMATCH",
-            format!("client {producer} may only deliver its own events"),
+            format!("client {caller} may only deliver its own events"),
         ));
     }
     let event_id = crate::rpc::parse_id("event.id", &event.id)?;
     let payload = event
         .payload
         .ok_or_else(|| Error::invalid_field("event.payload", "is required"))?;
-    Ok(Delivery { event_id, payload })
+    // Its own events are the types it produces: a client with
+    // `events.deliver` cannot announce, under its own name, what only
+    // another service may (a UserRegistered from anyone but auth).
+    let event_type = EventType::of(&payload);
+    match producers.producer(event_type) {
+        Some(owner) if owner == event.source => Ok(Delivery { event_id, payload }),
+        owner => Err(Error::permission_denied(
+            "EVENT_SOURCE_NOT_OWNER",
+            format!(
+                "{} events come only from {}, not {}",
+                event_type,
+                owner.unwrap_or("a registered producer"),
+                event.source
+            ),
+        )
+        .with_metadata("event_type", event_type.as_str())
+        .with_metadata("source", event.source)),
+    }
 }
 
 /// Records `event_id` as processed, inside the caller's transaction. Returns

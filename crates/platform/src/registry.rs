@@ -22,7 +22,7 @@ use crate::{
     client::{self, ClientConfig, ServiceChannel},
     config::{ServerConfig, TokenConfig},
     db,
-    events::EventType,
+    events::{EventProducers, EventType},
     relay::{Relay, RelayConfig, Subscriber},
     server::GrpcServer,
     service_token::{ClientCredentials, ServiceTokenSource, TokenProvider},
@@ -109,6 +109,15 @@ impl Registry {
                 (!wanted.is_empty()).then_some((consumer, wanted))
             })
             .collect()
+    }
+
+    /// Which service produces each event type; an error when two services
+    /// claim one type (then neither could be told from a forger).
+    pub fn event_producers(&self) -> anyhow::Result<EventProducers> {
+        EventProducers::new(
+            self.services()
+                .flat_map(|spec| spec.produces.iter().map(move |t| (*t, spec.name))),
+        )
     }
 
     /// `--<peer>-url` (`KEEL_<PEER>_URL`) for every service but `except`.
@@ -249,6 +258,7 @@ impl Registry {
                 .map(|(consumer, types)| (consumer.name, types))
                 .collect(),
             suite_clients: launch.suite_clients,
+            event_producers: self.event_producers()?,
         };
         (spec.start)(&launch.matches, context)
     }
@@ -361,6 +371,9 @@ pub struct Context {
     /// (`client_id:secret:scope ...`): those the suite registers for its own
     /// services when it runs them all. Only auth reads it.
     pub suite_clients: Vec<String>,
+    /// Which service produces each event type: an event sink accepts an
+    /// event only from its type's producer (see [`crate::events::delivery`]).
+    pub event_producers: EventProducers,
 }
 
 impl Context {

@@ -85,3 +85,37 @@ fn every_consumed_event_has_a_producer_and_names_are_unique() {
         }
     }
 }
+
+#[test]
+fn every_event_type_has_at_most_one_producer() -> anyhow::Result<()> {
+    // A sink trusts an event's source only because exactly one service may be
+    // it: two producers of one type could forge each other's.
+    for event_type in keel_platform::events::EventType::ALL {
+        let producers: Vec<&str> = REGISTRY
+            .services()
+            .filter(|spec| spec.produces.contains(&event_type))
+            .map(|spec| spec.name)
+            .collect();
+        assert!(producers.len() <= 1, "{event_type} is produced by {producers:?}");
+    }
+    let owners = REGISTRY.event_producers()?;
+    for spec in REGISTRY.services() {
+        for produced in spec.produces {
+            assert_eq!(owners.producer(*produced), Some(spec.name), "{produced}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn two_producers_of_one_event_type_are_refused() {
+    use keel_platform::events::{EventProducers, EventType};
+    let claimed = EventProducers::new([
+        (EventType::UserRegistered, "auth"),
+        (EventType::UserRegistered, "impostor"),
+    ]);
+    assert!(
+        claimed.is_err(),
+        "a registry with two producers of a type must not start"
+    );
+}

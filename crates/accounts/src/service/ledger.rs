@@ -113,6 +113,7 @@ impl Accounts {
             request_id,
             reference,
             reason,
+            debit_transaction_id,
         } = movement;
         let mut violations = Violations::new();
         let account_id = violations.check(uuid_field("account_id", account_id));
@@ -120,9 +121,13 @@ impl Accounts {
         let request_id = violations.check(RequestId::parse(request_id));
         let reference = violations.check(domain::note("reference", reference));
         let reason = violations.check(domain::note("reason", reason));
+        let refund_of = match debit_transaction_id {
+            Some(raw) => violations.check(uuid_field("debit_transaction_id", raw)).map(Some),
+            None => Some(None),
+        };
         // Each missing value noted its violation.
-        let (Some(account_id), Some(amount), Some(request_id), Some(reference), Some(reason)) =
-            (account_id, amount, request_id, reference, reason)
+        let (Some(account_id), Some(amount), Some(request_id), Some(reference), Some(reason), Some(refund_of)) =
+            (account_id, amount, request_id, reference, reason, refund_of)
         else {
             return Err(violations.into_error());
         };
@@ -133,7 +138,7 @@ impl Accounts {
                 .await?
                 .ok_or_else(|| Error::not_found("account"))?;
             if let Some(first) = store::find_entry_by_request(conn, account_id, request_id.as_str()).await? {
-                return replay(first, kind, &amount, &reference);
+                return replay(first, kind, &amount, &reference, refund_of);
             }
             if amount.currency.as_str() != account.currency {
                 return Err(Error::failed_precondition(
@@ -144,6 +149,9 @@ impl Accounts {
                         amount.currency.as_str()
                     ),
                 ));
+            }
+            if let Some(debit_id) = refund_of {
+                check_refund(conn, account_id, debit_id, amount.minor).await?;
             }
             let delta = kind.delta(amount.minor);
             let balance_after = account
@@ -170,6 +178,7 @@ impl Accounts {
                     request_id: request_id.as_str(),
                     reference: &reference,
                     reason: &reason,
+                    refund_of,
                 },
             )
             .await?;
@@ -190,13 +199,60 @@ impl Accounts {
     }
 }
 
-/// The fields every movement request (Deposit, Debit, Refund) carries.
+/// Refuses a refund of `amount` minor units unless `debit_id` is a debit of
+/// the (locked) account with at least that much not yet refunded. The account
+/// lock orders the refunds of one debit, so the sum read here stays true
+/// until the entry commits; the database checks the same on insert.
+async fn check_refund(
+    conn: &mut diesel_async::AsyncPgConnection,
+    account_id: Uuid,
+    debit_id: Uuid,
+    amount: i64,
+) -> Result<(), Error> {
+    // Another account's debit answers as a missing one: whether an id exists
+    // elsewhere is not this caller's to learn.
+    let debit = store::find_entry(conn, debit_id)
+        .await?
+        .filter(|entry| entry.account_id == account_id)
+        .ok_or_else(|| {
+            Error::not_found("debit transaction of this account")
+                .with_metadata("debit_transaction_id", debit_id.to_string())
+        })?;
+    if Kind::parse(&debit.kind) != Some(Kind::Debit) {
+        return Err(Error::invalid_field(
+            "debit_transaction_id",
+            format!("must name a debit, not a {}", debit.kind),
+        ));
+    }
+    let refunded = store::refund_amounts(conn, debit_id)
+        .await?
+        .into_iter()
+        .try_fold(0i64, i64::checked_add)
+        .ok_or_else(|| anyhow::anyhow!("the refunds of debit {debit_id} overflow"))?;
+    let refundable = debit.amount_minor.saturating_sub(refunded).max(0);
+    if amount > refundable {
+        return Err(Error::failed_precondition(
+            "REFUND_EXCEEDS_DEBIT",
+            format!(
+                "debit {debit_id} took {} and {refunded} of it is refunded already; at most {refundable} is left",
+                debit.amount_minor
+            ),
+        )
+        .with_metadata("debit_transaction_id", debit_id.to_string())
+        .with_metadata("refundable_minor", refundable.to_string()));
+    }
+    Ok(())
+}
+
+/// The fields every movement request (Deposit, Debit, Refund) carries, and
+/// for a refund the debit it gives back.
 struct Movement<'a> {
     account_id: &'a str,
     amount: Option<&'a Money>,
     request_id: &'a str,
     reference: &'a str,
     reason: &'a str,
+    debit_transaction_id: Option<&'a str>,
 }
 
 macro_rules! movement_from {
@@ -209,21 +265,42 @@ macro_rules! movement_from {
                     request_id: &request.request_id,
                     reference: &request.reference,
                     reason: &request.reason,
+                    debit_transaction_id: None,
                 }
             }
         }
     )*};
 }
 
-movement_from!(pb::DepositRequest, pb::DebitRequest, pb::RefundRequest);
+movement_from!(pb::DepositRequest, pb::DebitRequest);
+
+impl<'a> From<&'a pb::RefundRequest> for Movement<'a> {
+    fn from(request: &'a pb::RefundRequest) -> Self {
+        Movement {
+            account_id: &request.account_id,
+            amount: request.amount.as_ref(),
+            request_id: &request.request_id,
+            reference: &request.reference,
+            reason: &request.reason,
+            debit_transaction_id: Some(&request.debit_transaction_id),
+        }
+    }
+}
 
 /// The first result of a request id, if the retry asks for the same thing
-/// (kind, amount and reference).
-fn replay(first: EntryRow, kind: Kind, amount: &Amount, reference: &str) -> Result<EntryRow, Error> {
+/// (kind, amount, reference and, for a refund, debit).
+fn replay(
+    first: EntryRow,
+    kind: Kind,
+    amount: &Amount,
+    reference: &str,
+    refund_of: Option<Uuid>,
+) -> Result<EntryRow, Error> {
     let same = Kind::parse(&first.kind) == Some(kind)
         && first.amount_minor == amount.minor
         && first.currency == amount.currency.as_str()
-        && first.reference == reference;
+        && first.reference == reference
+        && first.refund_of == refund_of;
     if same {
         Ok(first)
     } else {
@@ -251,5 +328,6 @@ fn entry_pb(entry: &EntryRow) -> pb::Transaction {
         reference: entry.reference.clone(),
         reason: entry.reason.clone(),
         create_time: Some(timestamp(entry.created_at)),
+        debit_transaction_id: entry.refund_of.map(|id| id.to_string()).unwrap_or_default(),
     }
 }

@@ -40,6 +40,8 @@ pub const SOURCE: &str = crate::SERVICE.name;
 pub struct Accounts {
     pub(crate) pool: Pool,
     pub(crate) currency: Currency,
+    /// Who may be the source of each event type the sink is handed.
+    pub(crate) event_producers: events::EventProducers,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -111,7 +113,7 @@ impl AccountsService for Accounts {
 #[tonic::async_trait]
 impl EventSink for Accounts {
     async fn deliver(&self, request: Request<DeliverRequest>) -> Reply<DeliverResponse> {
-        let delivery = events::delivery(request)?;
+        let delivery = events::delivery(request, &self.event_producers)?;
         Ok(Response::new(event_sink::deliver(self, delivery).await?))
     }
 }

@@ -15,6 +15,8 @@ mod service_tokens;
 mod sessions;
 mod throttle;
 
+pub(crate) use registration::fill_email_skeletons;
+
 use std::{net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, Duration, Utc};

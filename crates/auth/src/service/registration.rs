@@ -88,7 +88,10 @@ impl Auth {
         {
             return replay(user, email);
         }
-        if let Some(existing) = store::find_user_by_email(&mut conn, email.as_str()).await? {
+        let skeleton = email.skeleton();
+        // A lookalike of a registered email is answered as that email would
+        // be: ALREADY_EXISTS, revealing no more than a plain duplicate does.
+        if let Some(existing) = store::find_user_by_email_or_skeleton(&mut conn, email.as_str(), &skeleton).await? {
             // A concurrent retry with the same key may have committed since
             // the lookup above.
             return match (&request_id, &existing.register_request_id) {
@@ -110,6 +113,7 @@ impl Auth {
                     NewUser {
                         id: Uuid::now_v7(),
                         email: email.as_str(),
+                        email_skeleton: &skeleton,
                         password_hash: &password_hash,
                         roles: roles.names(),
                         register_request_id: request_id.as_deref(),
@@ -150,7 +154,7 @@ impl Auth {
             }
             // A concurrent retry with the same key may have won the race:
             // Postgres reports whichever unique index it checks first, and
-            // the email's comes before the request id's.
+            // the email's (or its skeleton's) come before the request id's.
             Err(RegisterFailure::Insert(InsertUserError::EmailTaken)) => match &request_id {
                 Some(request_id) => match store::find_user_by_register_request(&mut conn, request_id).await? {
                     Some(user) => replay(user, email),
@@ -170,6 +174,31 @@ impl Auth {
             Err(RegisterFailure::Other(err)) => Err(err),
         }
     }
+}
+
+/// Gives every user stored before emails had skeletons its normalized email
+/// and skeleton, so the unique index covers them too. A user whose email
+/// now looks like another's keeps none (both exist already; an
+/// administrator decides) and is logged.
+pub(crate) async fn fill_email_skeletons(pool: &keel_platform::db::Pool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut conn = pool.get().await.context("connecting to fill email skeletons")?;
+    let users = store::users_without_skeleton(&mut conn)
+        .await
+        .context("listing users without an email skeleton")?;
+    for (user_id, stored) in users {
+        // An address stored before NFKC normalization is kept as it was
+        // when it no longer parses, so the user is still found by it.
+        let email = Email::parse(&stored).map_or(stored, |email| email.as_str().to_owned());
+        let skeleton: String = unicode_security::skeleton(&email).collect();
+        let filled = store::set_email_skeleton(&mut conn, user_id, &email, &skeleton)
+            .await
+            .with_context(|| format!("storing the email skeleton of user {user_id}"))?;
+        if !filled {
+            tracing::warn!(%user_id, "this user's email looks like another user's; it has no skeleton");
+        }
+    }
+    Ok(())
 }
 
 /// Why the registration transaction rolled back.

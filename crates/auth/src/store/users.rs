@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, Queryable, Selectable, SelectableHelper as _,
+    BoolExpressionMethods as _, ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, Queryable, Selectable,
+    SelectableHelper as _,
     result::{DatabaseErrorKind, Error as DieselError},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
@@ -30,6 +31,8 @@ pub struct UserRow {
 pub struct NewUser<'a> {
     pub id: Uuid,
     pub email: &'a str,
+    /// The email's confusable skeleton (unique).
+    pub email_skeleton: &'a str,
     pub password_hash: &'a str,
     pub roles: Vec<String>,
     pub register_request_id: Option<&'a str>,
@@ -51,6 +54,7 @@ pub async fn insert_user(conn: &mut AsyncPgConnection, user: NewUser<'_>) -> Res
         .values((
             users::id.eq(user.id),
             users::email.eq(user.email),
+            users::email_skeleton.eq(user.email_skeleton),
             users::password_hash.eq(user.password_hash),
             users::roles.eq(user.roles),
             users::register_request_id.eq(user.register_request_id),
@@ -86,6 +90,50 @@ pub async fn find_user_by_email(conn: &mut AsyncPgConnection, email: &str) -> Qu
         .first(conn)
         .await
         .optional()
+}
+
+/// The user whose email is `email` or looks like it (has its skeleton).
+pub async fn find_user_by_email_or_skeleton(
+    conn: &mut AsyncPgConnection,
+    email: &str,
+    skeleton: &str,
+) -> QueryResult<Option<UserRow>> {
+    users::table
+        .filter(users::email.eq(email).or(users::email_skeleton.eq(skeleton)))
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Users stored before emails had skeletons: (id, email).
+pub async fn users_without_skeleton(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(Uuid, String)>> {
+    users::table
+        .filter(users::email_skeleton.is_null())
+        .select((users::id, users::email))
+        .order(users::id.asc())
+        .load(conn)
+        .await
+}
+
+/// Stores a user's normalized email and its skeleton. False when another
+/// user already has either (the two then look alike, and an administrator
+/// must decide).
+pub async fn set_email_skeleton(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    email: &str,
+    skeleton: &str,
+) -> QueryResult<bool> {
+    let updated = diesel::update(users::table.find(user_id))
+        .set((users::email.eq(email), users::email_skeleton.eq(skeleton)))
+        .execute(conn)
+        .await;
+    match updated {
+        Ok(_) => Ok(true),
+        Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 pub async fn find_user_by_register_request(
