@@ -399,12 +399,13 @@ async fn behind_a_trusted_proxy_each_client_address_counts_on_its_own() -> anyho
         }
     }
     assert!(locked, "the guessing address is locked after its failures");
-    let refused = login_from("203.0.113.7", "c@example.com", PASSWORD).await?;
+    // Locked out of the accounts it guessed at, the right password included...
+    let refused = login_from("203.0.113.7", "a@example.com", PASSWORD).await?;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
 
-    // Another client behind the same proxy signs in, and its session shows
-    // its own address.
-    let signed_in = login_from("198.51.100.20", "c@example.com", PASSWORD).await?;
+    // ...while another client behind the same proxy signs in to the same
+    // account, and its session shows its own address.
+    let signed_in = login_from("198.51.100.20", "a@example.com", PASSWORD).await?;
     assert_eq!(signed_in.status, StatusCode::OK, "{}", signed_in.json());
     let token = signed_in.json()["tokens"]["accessToken"]
         .as_str()
