@@ -2,10 +2,9 @@
 //! server reflection (both versions that tools speak).
 
 use keel_testkit::Suite;
-use keel_testkit::reflection::{list_services_v1, list_services_v1alpha};
+use keel_testkit::reflection::{describe_v1, describe_v1alpha, list_services_v1, list_services_v1alpha};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-use tonic_reflection::pb::v1;
 
 async fn health(suite: &Suite, service: &str) -> Result<i32, tonic::Status> {
     let request = HealthCheckRequest {
@@ -41,25 +40,9 @@ async fn reflection_v1alpha_lists_the_auth_service() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reflection_describes_the_auth_service() -> anyhow::Result<()> {
-    use v1::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse};
     let suite = keel_testkit::spawn_suite().await?;
-    let mut client = v1::server_reflection_client::ServerReflectionClient::new(suite.auth_channel());
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(keel_auth::SERVICE_NAME.into())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await?
-        .into_inner();
-    let response = responses
-        .message()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no reflection answer"))?;
-    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
-        anyhow::bail!("unexpected reflection answer: {:?}", response.message_response);
-    };
-    assert!(!files.file_descriptor_proto.is_empty());
+    describe_v1(suite.auth_channel(), keel_auth::SERVICE_NAME).await?;
+    describe_v1alpha(suite.auth_channel(), keel_auth::SERVICE_NAME).await?;
     suite.stop().await
 }
 
