@@ -66,6 +66,7 @@ async fn a_disabled_user_s_live_token_is_refused_everywhere_within_2_s() -> anyh
         .await?;
     let took = until_refused_everywhere(&suite, &gateway, &tokens.access_token).await?;
     assert!(took < WITHIN, "refused after {took:?}");
+    println!("disabled user's token refused by accounts and the gateway {took:?} after DisableUser");
     // The administrator's own token is untouched.
     accounts_accepts(&suite, &admin.access_token).await?;
     gateway.stop().await?;
@@ -89,6 +90,7 @@ async fn a_logged_out_session_s_token_is_refused_and_other_sessions_go_on() -> a
     suite.auth().logout(logout).await?;
     let took = until_refused_everywhere(&suite, &gateway, &first.access_token).await?;
     assert!(took < WITHIN, "refused after {took:?}");
+    println!("logged-out session's token refused everywhere {took:?} after Logout");
     accounts_accepts(&suite, &second.access_token).await?;
     gateway.stop().await?;
     suite.stop().await

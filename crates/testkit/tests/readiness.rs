@@ -79,10 +79,12 @@ async fn health_follows_the_database_down_and_back_without_flapping() -> anyhow:
                 down < Duration::from_secs(1),
                 "round {round}: NOT_SERVING after {down:?}"
             );
+            println!("round {round}: NOT_SERVING {down:?} after Postgres stopped");
 
             let resuming = cluster.clone();
             tokio::task::spawn_blocking(move || resuming.resume(Durability::Ephemeral)).await??;
-            until_status(&mut health, ServingStatus::Serving, Duration::from_secs(10)).await?;
+            let up = until_status(&mut health, ServingStatus::Serving, Duration::from_secs(10)).await?;
+            println!("round {round}: SERVING {up:?} after Postgres started");
             // Once the database answers, health stays SERVING.
             let steady = Instant::now();
             while steady.elapsed() < Duration::from_secs(3) {
