@@ -84,6 +84,12 @@ async fn every_call_gets_a_request_id_back() -> anyhow::Result<()> {
     request.metadata_mut().insert("x-request-id", "probe-1".parse()?);
     let response = suite.auth_health().check(request).await?;
     assert_eq!(request_id(&response).as_deref(), Some("probe-1"));
+    // ...unless it is too long or not printable (it goes into every log line)...
+    let mut request = tonic::Request::new(check());
+    request.metadata_mut().insert("x-request-id", "x".repeat(65).parse()?);
+    let response = suite.auth_health().check(request).await?;
+    let replaced = request_id(&response).expect("a fresh request id");
+    assert!(uuid::Uuid::parse_str(&replaced).is_ok(), "{replaced}");
     // ...and a call without one gets a fresh one.
     let response = suite.auth_health().check(check()).await?;
     let generated = request_id(&response).expect("a generated request id");

@@ -50,6 +50,7 @@ const FORWARDED: [&str; 4] = ["x-request-id", "traceparent", "tracestate", "user
 /// The gateway's HTTP router.
 pub fn router(gateway: Arc<Gateway>, cors_origins: &[String]) -> anyhow::Result<Router> {
     let layers = ServiceBuilder::new()
+        .map_request(keel_platform::telemetry::drop_unfit_request_id::<Body>)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(request_span))

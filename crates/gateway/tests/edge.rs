@@ -437,6 +437,24 @@ async fn request_ids_are_kept_or_made_and_returned() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(given.header("x-request-id"), Some("req-42"));
+    // One that is too long, or not printable, is replaced: it goes into logs.
+    let long = "r".repeat(65);
+    for unfit in [long.as_str(), "two words", "tab\there"] {
+        let replaced = http
+            .send(
+                Method::GET,
+                "/v1/auth/jwks",
+                None,
+                &[(
+                    header::HeaderName::from_static("x-request-id"),
+                    HeaderValue::from_str(unfit)?,
+                )],
+                Bytes::new(),
+            )
+            .await?;
+        let id = replaced.header("x-request-id").expect("an id is made");
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{unfit:?} became {id:?}");
+    }
     let made = http.get("/v1/auth/jwks", None).await?;
     let id = made.header("x-request-id").expect("an id is made");
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");

@@ -78,6 +78,7 @@ impl GrpcServer {
         let layers = ServiceBuilder::new()
             // A request id for every call: the caller's `x-request-id`, or a new
             // one; it names the call's span and goes back in the response.
+            .map_request(crate::telemetry::drop_unfit_request_id::<tonic::body::Body>)
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
             // One span per call, continuing the caller's W3C trace context.

@@ -98,6 +98,24 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// The longest `x-request-id` accepted from a caller.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Drops a caller's `x-request-id` that is empty, longer than
+/// [`MAX_REQUEST_ID_LEN`] or not printable ASCII, so a fresh one is made in
+/// its place: it names the call's span and goes into every log line of the
+/// call, where a caller must not write what it likes.
+pub fn drop_unfit_request_id<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let fit = request.headers().get("x-request-id").is_none_or(|value| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    });
+    if !fit {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
+}
+
 /// The span of one incoming request (a gRPC call or an HTTP request), named
 /// by its method, path and `x-request-id`, and continuing the caller's W3C
 /// trace context.
