@@ -26,6 +26,15 @@ async fn read_until_closed(stream: &mut TcpStream, patience: Duration) -> anyhow
     }
 }
 
+/// A connection closed `elapsed` after the moment a `timeout` started: not
+/// before it (100 ms of timer slack), and within 4 s (a loaded machine).
+fn assert_closed_at(elapsed: Duration, timeout: Duration) {
+    assert!(
+        elapsed >= timeout - Duration::from_millis(100) && elapsed < Duration::from_secs(4),
+        "closed after {elapsed:?} for a timeout of {timeout:?}"
+    );
+}
+
 async fn gateway(suite: &Suite, args: &[&str]) -> anyhow::Result<TestGateway> {
     suite.spawn_gateway(args).await
 }
@@ -61,10 +70,7 @@ async fn headers_sent_a_byte_a_second_are_cut_off_at_the_header_timeout() -> any
         ),
         Err(_) => anyhow::bail!("still open after 10 s"),
     }
-    assert!(
-        elapsed >= Duration::from_millis(1_400) && elapsed < Duration::from_secs(4),
-        "closed after {elapsed:?}"
-    );
+    assert_closed_at(elapsed, Duration::from_millis(1_500));
     gateway.stop().await?;
     suite.stop().await
 }
@@ -84,11 +90,7 @@ async fn a_body_that_stalls_gets_408_and_the_connection_closes() -> anyhow::Resu
     let (reply, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await?;
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     let closed = closed.expect("the connection is closed after the 408");
-    let elapsed = closed - started;
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
-        "{elapsed:?}"
-    );
+    assert_closed_at(closed - started, Duration::from_secs(1));
     gateway.stop().await?;
     suite.stop().await
 }
@@ -102,11 +104,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() -> anyhow::Result<
     let mut silent = TcpStream::connect(gateway.addr()).await?;
     let started = Instant::now();
     let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(10)).await?;
-    let elapsed = closed.expect("closed") - started;
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
-        "{elapsed:?}"
-    );
+    assert_closed_at(closed.expect("closed") - started, Duration::from_secs(1));
 
     // ...and one kept alive after a request.
     let mut kept = TcpStream::connect(gateway.addr()).await?;
@@ -116,11 +114,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() -> anyhow::Result<
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let answered = Instant::now();
     let (_, closed) = read_until_closed(&mut kept, Duration::from_secs(10)).await?;
-    let elapsed = closed.expect("closed") - answered;
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
-        "{elapsed:?}"
-    );
+    assert_closed_at(closed.expect("closed") - answered, Duration::from_secs(1));
     gateway.stop().await?;
     suite.stop().await
 }
