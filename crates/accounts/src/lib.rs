@@ -50,6 +50,7 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
     produces: &[EventType::BalanceChanged],
     consumes: &[EventType::UserRegistered],
     scopes: &[scopes::EVENTS_DELIVER],
+    suite_flags: &[],
     settings: AccountsConfig::augment_args,
     start,
 };

@@ -67,6 +67,8 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
     consumes: &[],
     // Auth signs its own service tokens.
     scopes: &[],
+    // The gateway calls from loopback and names the client it serves.
+    suite_flags: &["--trusted-proxies", "127.0.0.1"],
     settings: AuthConfig::augment_args,
     start,
 };

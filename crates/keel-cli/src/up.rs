@@ -119,10 +119,6 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
     for (spec, addr, listener) in bound {
         let mut argv = REGISTRY.suite_args(spec, &addrs, &clients);
         argv.extend(["--database-url".to_owned(), server_url.clone()]);
-        if spec.name == registry::AUTH {
-            // The gateway calls from loopback and names the client it serves.
-            argv.extend(["--trusted-proxies".to_owned(), "127.0.0.1".to_owned()]);
-        }
         let matches = REGISTRY.parse(spec, argv)?;
         let serve = REGISTRY.start(
             spec,

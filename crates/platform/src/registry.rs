@@ -61,6 +61,9 @@ pub struct ServiceSpec {
     pub consumes: &'static [EventType],
     /// The scopes its service token needs (empty: it needs none from auth).
     pub scopes: &'static [&'static str],
+    /// Flags it takes when it runs beside the gateway and the other services
+    /// on one machine ([`Registry::suite_args`]).
+    pub suite_flags: &'static [&'static str],
     /// Adds its own settings to a command (a clap `Args::augment_args`).
     pub settings: fn(Command) -> Command,
     /// Reads its settings and returns the future that serves it.
@@ -212,6 +215,7 @@ impl Registry {
         for (peer, addr) in addrs.iter().filter(|(peer, _)| **peer != spec.name) {
             args.extend([format!("--{peer}-url"), format!("http://{addr}")]);
         }
+        args.extend(spec.suite_flags.iter().map(|flag| (*flag).to_owned()));
         if let Some(secret) = clients.secrets.get(spec.name) {
             // `=`: a secret may start with `-`.
             args.push(format!("--service-client-secret={secret}"));

@@ -146,16 +146,7 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
             .map(str::to_owned),
         );
         if spec.name == registry::AUTH {
-            argv.extend(
-                [
-                    "--service-clients",
-                    &test_clients,
-                    // Test gateways call from loopback and name the client they serve.
-                    "--trusted-proxies",
-                    "127.0.0.1",
-                ]
-                .map(str::to_owned),
-            );
+            argv.extend(["--service-clients", &test_clients].map(str::to_owned));
         }
         argv.extend(options.args.get(spec.name).into_iter().flatten().cloned());
         let addr = addrs[spec.name];
