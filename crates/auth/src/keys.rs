@@ -20,6 +20,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
+use keel_platform::sealing::SealingKey;
+
 use crate::{domain::Roles, store};
 
 // The row types are the store's (so the store needs nothing from here);
@@ -33,21 +35,116 @@ pub const ACCESS_TOKEN_TTL: Duration = Duration::minutes(15);
 /// take to re-read the keys.
 pub const PUBLISH_BEFORE_SIGNING: Duration = Duration::seconds(60);
 
+/// How often a replica re-reads the signing keys (to follow a rotation made
+/// by another process).
+pub const KEY_RELOAD_INTERVAL: Duration = Duration::seconds(30);
+
+/// How long after a newer key is added the previous one's private key is
+/// deleted: the newer key signs everywhere after `PUBLISH_BEFORE_SIGNING`
+/// plus a reload, and the last token the previous key signed has expired an
+/// access token's life after that.
+pub const PRIVATE_KEY_AFTERLIFE: Duration = Duration::seconds(
+    PUBLISH_BEFORE_SIGNING.num_seconds() + KEY_RELOAD_INTERVAL.num_seconds() + ACCESS_TOKEN_TTL.num_seconds(),
+);
+
 impl NewKey {
-    /// Generates a fresh Ed25519 key pair.
-    pub fn generate() -> anyhow::Result<Self> {
+    /// Generates a fresh Ed25519 key pair, its private key sealed under
+    /// `kek` when one is given.
+    pub fn generate(kek: Option<&SealingKey>) -> anyhow::Result<Self> {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let pkcs8 =
             Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("generating an Ed25519 key failed"))?;
         let pair =
             Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow::anyhow!("reading the new key failed"))?;
         let public_key = pair.public_key().as_ref().to_vec();
+        let kid = thumbprint(&public_key);
+        let (private_key, sealed_with) = match kek {
+            Some(kek) => (
+                kek.seal(pkcs8.as_ref(), &sealing_context(&kid))?,
+                Some(kek.id().to_owned()),
+            ),
+            None => (pkcs8.as_ref().to_vec(), None),
+        };
         Ok(NewKey {
-            kid: thumbprint(&public_key),
-            private_key: pkcs8.as_ref().to_vec(),
+            kid,
+            private_key,
             public_key,
+            sealed_with,
         })
     }
+}
+
+/// What a sealed private key is bound to: its own key id, so a sealed key
+/// copied onto another row does not open.
+fn sealing_context(kid: &str) -> Vec<u8> {
+    format!("keel signing key\0{kid}").into_bytes()
+}
+
+/// The plain PKCS#8 document of a stored key that can still sign.
+pub fn open_private_key(key: &StoredKey, kek: Option<&SealingKey>) -> anyhow::Result<Vec<u8>> {
+    let stored = key
+        .private_key
+        .as_deref()
+        .with_context(|| format!("signing key {} has retired: its private key is deleted", key.kid))?;
+    match (&key.sealed_with, kek) {
+        (None, _) => Ok(stored.to_vec()),
+        (Some(id), Some(kek)) if id == kek.id() => kek
+            .open(stored, &sealing_context(&key.kid))
+            .with_context(|| format!("opening signing key {}", key.kid)),
+        (Some(id), Some(kek)) => anyhow::bail!(
+            "signing key {} is sealed with key-encryption key {id}, but KEEL_AUTH_KEY_ENCRYPTION_KEY is {}",
+            key.kid,
+            kek.id()
+        ),
+        (Some(id), None) => anyhow::bail!(
+            "signing key {} is sealed with key-encryption key {id}: set KEEL_AUTH_KEY_ENCRYPTION_KEY",
+            key.kid
+        ),
+    }
+}
+
+/// Seals every plain private key under `kek`, or with no `kek` says loudly
+/// that they are stored in the clear. Run at start.
+pub async fn protect_private_keys(pool: &keel_platform::db::Pool, kek: Option<&SealingKey>) -> anyhow::Result<()> {
+    use diesel_async::AsyncConnection as _;
+    let mut conn = pool.get().await.context("taking a connection to seal signing keys")?;
+    let Some(kek) = kek else {
+        let keys = store::newest_signing_keys(&mut conn, i64::MAX).await?;
+        if let Some(sealed) = keys
+            .iter()
+            .find(|key| key.private_key.is_some() && key.sealed_with.is_some())
+        {
+            open_private_key(sealed, None)?;
+        }
+        tracing::warn!(
+            "KEEL_AUTH_KEY_ENCRYPTION_KEY is not set: token signing keys are stored unencrypted, \
+             so a copy of auth's database can sign tokens for anyone; set it in production"
+        );
+        return Ok(());
+    };
+    let sealed = conn
+        .transaction::<_, anyhow::Error, _>(async |conn| {
+            let mut sealed = 0;
+            for key in store::lock_private_keys(conn).await? {
+                // Opening proves the key-encryption key is the right one.
+                let plain = open_private_key(&key, Some(kek))?;
+                if key.sealed_with.is_none() {
+                    let stored = kek.seal(&plain, &sealing_context(&key.kid))?;
+                    store::seal_private_key(conn, &key.kid, &stored, kek.id()).await?;
+                    sealed += 1;
+                }
+            }
+            Ok(sealed)
+        })
+        .await?;
+    if sealed > 0 {
+        tracing::info!(
+            sealed,
+            kek = kek.id(),
+            "sealed plain signing keys under the key-encryption key"
+        );
+    }
+    Ok(())
 }
 
 /// The RFC 7638 JWK thumbprint of an Ed25519 public key.
@@ -70,33 +167,43 @@ struct Active {
 #[derive(Debug, Clone)]
 pub struct KeyRing {
     active: Arc<RwLock<Active>>,
+    kek: Option<SealingKey>,
     issuer: Arc<str>,
     audience: Arc<str>,
 }
 
 impl KeyRing {
-    /// Loads the newest keys, generating the first one if there is none.
-    pub async fn load(pool: &keel_platform::db::Pool, issuer: &str, audience: &str) -> anyhow::Result<Self> {
-        let active = Self::read(pool).await?;
+    /// Loads the newest keys, generating the first one if there is none;
+    /// private keys are sealed under `kek` when one is given.
+    pub async fn load(
+        pool: &keel_platform::db::Pool,
+        issuer: &str,
+        audience: &str,
+        kek: Option<SealingKey>,
+    ) -> anyhow::Result<Self> {
+        protect_private_keys(pool, kek.as_ref()).await?;
+        let active = Self::read(pool, kek.as_ref()).await?;
         Ok(KeyRing {
             active: Arc::new(RwLock::new(active)),
+            kek,
             issuer: issuer.into(),
             audience: audience.into(),
         })
     }
 
-    /// Re-reads the keys, to pick up a rotation made elsewhere.
+    /// Re-reads the keys, to pick up a rotation made elsewhere, and deletes
+    /// the private keys that no token needs any more.
     pub async fn reload(&self, pool: &keel_platform::db::Pool) -> anyhow::Result<()> {
-        let active = Self::read(pool).await?;
+        let active = Self::read(pool, self.kek.as_ref()).await?;
         *self.active.write().await = active;
         Ok(())
     }
 
-    async fn read(pool: &keel_platform::db::Pool) -> anyhow::Result<Active> {
+    async fn read(pool: &keel_platform::db::Pool, kek: Option<&SealingKey>) -> anyhow::Result<Active> {
         let mut conn = pool.get().await.context("taking a connection to read signing keys")?;
         let mut keys = store::newest_signing_keys(&mut conn, 2).await?;
         if keys.is_empty() {
-            store::insert_signing_key(&mut conn, &NewKey::generate()?).await?;
+            store::insert_signing_key(&mut conn, &NewKey::generate(kek)?).await?;
             keys = store::newest_signing_keys(&mut conn, 2).await?;
         }
         let newest = keys.first().context("no signing key after generating one")?;
@@ -106,9 +213,18 @@ impl KeyRing {
             Some(previous) if Utc::now() - newest.created_at < PUBLISH_BEFORE_SIGNING => previous,
             _ => newest,
         };
+        let signing = EncodingKey::from_ed_der(&open_private_key(signer, kek)?);
+        // A private key that signed no live token is only a risk.
+        let retired = store::delete_replaced_private_keys(&mut conn, Utc::now() - PRIVATE_KEY_AFTERLIFE).await?;
+        for kid in retired {
+            tracing::info!(
+                kid,
+                "deleted a replaced signing key's private key: every token it signed has expired"
+            );
+        }
         Ok(Active {
             kid: signer.kid.clone(),
-            signing: EncodingKey::from_ed_der(&signer.private_key),
+            signing,
             published: keys.iter().map(jwk).collect(),
         })
     }
@@ -171,13 +287,14 @@ impl KeyRing {
     }
 }
 
-/// Adds a new signing key to the database at `url`; returns its id.
-pub async fn rotate(url: &str) -> anyhow::Result<String> {
+/// Adds a new signing key to the database at `url`, sealed under `kek` when
+/// one is given; returns its id.
+pub async fn rotate(url: &str, kek: Option<&SealingKey>) -> anyhow::Result<String> {
     use diesel_async::AsyncConnection as _;
     let mut conn = diesel_async::AsyncPgConnection::establish(url)
         .await
         .context("connecting to auth's database")?;
-    let key = NewKey::generate()?;
+    let key = NewKey::generate(kek)?;
     store::insert_signing_key(&mut conn, &key).await?;
     Ok(key.kid)
 }
@@ -199,9 +316,33 @@ mod tests {
 
     #[test]
     fn kids_are_thumbprints_of_the_public_key() {
-        let key = NewKey::generate().expect("key");
+        let key = NewKey::generate(None).expect("key");
         assert_eq!(key.public_key.len(), 32);
         assert_eq!(key.kid, thumbprint(&key.public_key));
-        assert_ne!(key.kid, NewKey::generate().expect("key").kid);
+        assert_ne!(key.kid, NewKey::generate(None).expect("key").kid);
+    }
+
+    #[test]
+    fn sealed_private_keys_open_only_with_their_key_encryption_key() {
+        let (kek, _) = SealingKey::generate().expect("kek");
+        let key = NewKey::generate(Some(&kek)).expect("key");
+        assert_eq!(key.sealed_with.as_deref(), Some(kek.id()));
+        assert!(Ed25519KeyPair::from_pkcs8(&key.private_key).is_err(), "stored sealed");
+        let stored = StoredKey {
+            kid: key.kid.clone(),
+            private_key: Some(key.private_key.clone()),
+            public_key: key.public_key.clone(),
+            created_at: Utc::now(),
+            sealed_with: key.sealed_with.clone(),
+        };
+        let plain = open_private_key(&stored, Some(&kek)).expect("opens");
+        assert!(Ed25519KeyPair::from_pkcs8(&plain).is_ok());
+        let (other, _) = SealingKey::generate().expect("kek");
+        let refused = open_private_key(&stored, Some(&other)).expect_err("another key-encryption key");
+        assert!(
+            refused.to_string().contains("KEEL_AUTH_KEY_ENCRYPTION_KEY"),
+            "{refused}"
+        );
+        assert!(open_private_key(&stored, None).is_err(), "no key-encryption key");
     }
 }

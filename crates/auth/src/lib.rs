@@ -16,6 +16,7 @@ use keel_platform::{
     events::EventType,
     registry::{self, Context, ServiceFuture, ServiceSpec, Serving},
     scopes,
+    sealing::SealingKey,
     service_token::{TokenFuture, TokenProvider},
     verifier::{KeySource, KeysFuture, Verifier},
 };
@@ -72,10 +73,6 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
     settings: AuthConfig::augment_args,
     start,
 };
-
-/// How often a replica re-reads the signing keys (to follow a rotation made
-/// by another process).
-const KEY_RELOAD_INTERVAL: StdDuration = StdDuration::from_secs(30);
 
 /// How often throttle counters whose windows have passed are deleted.
 const THROTTLE_PRUNE_INTERVAL: StdDuration = StdDuration::from_secs(60);
@@ -159,6 +156,18 @@ pub struct AuthConfig {
     /// A session not refreshed for this long ends (seconds).
     #[arg(long, env = "KEEL_SESSION_IDLE_TIMEOUT_SECS", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u32).range(1..))]
     pub session_idle_timeout_secs: u32,
+
+    /// The key (32 bytes, base64) that seals the one-time tokens in auth's
+    /// events for the service that mails them, which holds the same key.
+    /// Without it, those events carry no token.
+    #[arg(long, env = "KEEL_EVENT_SECRETS_KEY", hide_env_values = true)]
+    pub event_secrets_key: Option<SealingKey>,
+
+    /// The key-encryption key (32 bytes, base64) that seals the token signing
+    /// keys in auth's database. Without it they are stored unencrypted (auth
+    /// warns at start).
+    #[arg(long, env = "KEEL_AUTH_KEY_ENCRYPTION_KEY", hide_env_values = true)]
+    pub key_encryption_key: Option<SealingKey>,
 
     /// argon2id memory cost (KiB); never below OWASP's 19456.
     #[arg(long, env = "KEEL_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
@@ -259,9 +268,20 @@ impl Auth {
     pub async fn build(config: &AuthConfig, url: &str, extra_clients: &[String]) -> anyhow::Result<Self> {
         let pool = db::pool(url, &config.pool)?;
         service::fill_email_skeletons(&pool).await?;
-        let keys = KeyRing::load(&pool, &config.tokens.token_issuer, &config.tokens.token_audience)
-            .await
-            .context("loading the signing keys")?;
+        let keys = KeyRing::load(
+            &pool,
+            &config.tokens.token_issuer,
+            &config.tokens.token_audience,
+            config.key_encryption_key.clone(),
+        )
+        .await
+        .context("loading the signing keys")?;
+        if config.event_secrets_key.is_none() {
+            tracing::warn!(
+                "KEEL_EVENT_SECRETS_KEY is not set: password-reset and email-verification events carry \
+                 no token, so no mail can carry one"
+            );
+        }
         let concurrency = config
             .hash_concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -276,6 +296,7 @@ impl Auth {
             session_limits: config.session_limits(),
             trusted_proxies: config.trusted_proxies.clone().into(),
             revocations,
+            event_secrets: config.event_secrets_key.clone(),
         })
     }
 
@@ -355,10 +376,11 @@ pub async fn run(config: AuthConfig, context: Context) -> anyhow::Result<()> {
 
     let reload = {
         let (keys, pool, shutdown) = (auth.keys.clone(), auth.pool.clone(), context.shutdown.clone());
+        let reload_every = keys::KEY_RELOAD_INTERVAL.to_std().unwrap_or(StdDuration::from_secs(30));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
+                    () = tokio::time::sleep(reload_every) => {}
                     () = shutdown.cancelled() => return,
                 }
                 if let Err(err) = keys.reload(&pool).await {

@@ -47,9 +47,10 @@ diesel::table! {
 diesel::table! {
     signing_keys (kid) {
         kid -> Text,
-        private_key -> Bytea,
+        private_key -> Nullable<Bytea>,
         public_key -> Bytea,
         created_at -> Timestamptz,
+        sealed_with -> Nullable<Text>,
     }
 }
 

@@ -226,11 +226,13 @@ async fn a_password_reset_clears_the_account_failures() -> anyhow::Result<()> {
         .auth_events(None)
         .await?
         .into_iter()
-        .find_map(|event| match event.payload {
-            Some(Payload::PasswordResetRequested(requested)) => Some(requested.token),
-            _ => None,
+        .find_map(|event| {
+            event
+                .payload
+                .filter(|p| matches!(p, Payload::PasswordResetRequested(_)))
         })
-        .expect("a reset token");
+        .map(|payload| suite.open_token(&payload))
+        .expect("a reset event")?;
     let request = pb::ResetPasswordRequest {
         token,
         new_password: NEW_PASSWORD.into(),

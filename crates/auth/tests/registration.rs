@@ -207,7 +207,14 @@ async fn register_writes_registered_and_verification_events_to_the_outbox() -> a
     };
     assert_eq!(payload.user_id, user.id);
     assert_eq!(payload.email, "events@example.com");
-    assert!(!payload.token.is_empty());
+    // The token is sealed for the service that mails it, and opens there.
+    let sealed = payload.sealed_token.as_ref().expect("a sealed token");
+    let token = suite.open_token(verification[0].payload.as_ref().expect("a payload"))?;
+    assert!(!token.is_empty());
+    assert!(
+        !sealed.sealed.windows(token.len()).any(|w| w == token.as_bytes()),
+        "not in the clear"
+    );
     assert!(payload.expire_time.is_some());
 
     // Nothing else was written.

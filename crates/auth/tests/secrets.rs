@@ -22,7 +22,6 @@ use keel::{
     auth::v1::{self as pb},
     events::v1::{Event, event::Payload},
 };
-use keel_auth::schema::signing_keys;
 use keel_platform::outbox::outbox;
 use keel_testkit::{
     Suite, authorized,
@@ -110,12 +109,15 @@ fn assert_not_logged(secrets: &[(&str, &[u8])]) {
     assert!(leaked.is_empty(), "secrets in the logs: {leaked:?}");
 }
 
-/// The private keys auth signs with (PKCS#8).
+/// The private keys auth signs with (PKCS#8), opened, and as stored.
 async fn signing_keys(suite: &Suite) -> anyhow::Result<Vec<Vec<u8>>> {
-    Ok(signing_keys::table
-        .select(signing_keys::private_key)
-        .load(&mut suite.auth_db().await?)
-        .await?)
+    let kek = suite.auth_config().key_encryption_key.as_ref();
+    let mut keys = Vec::new();
+    for key in keel_auth::store::newest_signing_keys(&mut suite.auth_db().await?, i64::MAX).await? {
+        keys.push(keel_auth::keys::open_private_key(&key, kek)?);
+        keys.extend(key.private_key);
+    }
+    Ok(keys)
 }
 
 /// The one-time tokens auth mailed out (verification and reset).
@@ -126,10 +128,10 @@ async fn mailed_tokens(suite: &Suite) -> anyhow::Result<Vec<String>> {
         .await?;
     let mut tokens = Vec::new();
     for bytes in payloads {
-        match Event::decode(bytes.as_slice())?.payload {
-            Some(Payload::EmailVerificationRequested(event)) => tokens.push(event.token),
-            Some(Payload::PasswordResetRequested(event)) => tokens.push(event.token),
-            _ => {}
+        if let Some(payload @ (Payload::EmailVerificationRequested(_) | Payload::PasswordResetRequested(_))) =
+            Event::decode(bytes.as_slice())?.payload
+        {
+            tokens.push(suite.open_token(&payload)?);
         }
     }
     Ok(tokens)

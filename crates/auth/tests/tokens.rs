@@ -7,14 +7,13 @@
 use keel_testkit::status::reason;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use diesel::{ExpressionMethods as _, QueryDsl as _};
 use diesel_async::RunQueryDsl as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use keel::auth::v1::{self as pb, Jwk};
 use keel_auth::{
-    keys::{KeyRing, NewKey},
-    schema::signing_keys,
+    keys::{self, KeyRing, NewKey},
     store,
 };
 use keel_platform::{
@@ -62,12 +61,10 @@ fn claims_like_auth(suite: &Suite, user_id: &str, session_id: &str) -> Claims {
 
 /// The newest signing key in the suite's database: its kid and private key.
 async fn real_signing_key(suite: &Suite) -> anyhow::Result<(String, EncodingKey)> {
-    let (kid, private_key): (String, Vec<u8>) = signing_keys::table
-        .order(signing_keys::created_at.desc())
-        .select((signing_keys::kid, signing_keys::private_key))
-        .first(&mut suite.auth_db().await?)
-        .await?;
-    Ok((kid, EncodingKey::from_ed_der(&private_key)))
+    let newest = store::newest_signing_keys(&mut suite.auth_db().await?, 1).await?;
+    let key = newest.into_iter().next().context("a signing key")?;
+    let private_key = keys::open_private_key(&key, suite.auth_config().key_encryption_key.as_ref())?;
+    Ok((key.kid.clone(), EncodingKey::from_ed_der(&private_key)))
 }
 
 fn sign(alg: Algorithm, kid: &str, claims: &Claims, key: &EncodingKey) -> anyhow::Result<String> {
@@ -422,7 +419,7 @@ async fn token_signed_with_a_foreign_key_is_refused() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let (user, tokens) = suite.signed_in_user().await?;
     let (real_kid, _) = real_signing_key(&suite).await?;
-    let foreign = NewKey::generate()?;
+    let foreign = NewKey::generate(None)?;
     let foreign_key = EncodingKey::from_ed_der(&foreign.private_key);
     let claims = claims_like_auth(&suite, &user.id, &tokens.session_id);
 
@@ -447,10 +444,16 @@ async fn after_a_rotation_the_new_key_is_published_then_signs_and_the_previous_s
     let audience = suite.auth_config().tokens.token_audience.clone();
 
     let pool = keel_platform::db::pool(suite.auth_database_url(), &PoolConfig::default())?;
-    let new_key = NewKey::generate()?;
+    let new_key = NewKey::generate(suite.auth_config().key_encryption_key.as_ref())?;
     let mut conn = pool.get().await?;
     store::insert_signing_key(&mut conn, &new_key).await?;
-    let ring = KeyRing::load(&pool, &issuer, &audience).await?;
+    let ring = KeyRing::load(
+        &pool,
+        &issuer,
+        &audience,
+        suite.auth_config().key_encryption_key.clone(),
+    )
+    .await?;
 
     let jwks = ring.jwks().await;
     let kids: Vec<&str> = jwks.iter().map(|key| key.kid.as_str()).collect();
@@ -510,9 +513,19 @@ async fn a_key_two_rotations_old_is_no_longer_published() -> anyhow::Result<()> 
     let pool = keel_platform::db::pool(suite.auth_database_url(), &PoolConfig::default())?;
     let mut conn = pool.get().await?;
     for _ in 0..2 {
-        store::insert_signing_key(&mut conn, &NewKey::generate()?).await?;
+        store::insert_signing_key(
+            &mut conn,
+            &NewKey::generate(suite.auth_config().key_encryption_key.as_ref())?,
+        )
+        .await?;
     }
-    let ring = KeyRing::load(&pool, &issuer, &audience).await?;
+    let ring = KeyRing::load(
+        &pool,
+        &issuer,
+        &audience,
+        suite.auth_config().key_encryption_key.clone(),
+    )
+    .await?;
     let jwks = ring.jwks().await;
     assert_eq!(jwks.len(), 2);
 

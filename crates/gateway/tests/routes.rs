@@ -103,10 +103,9 @@ async fn auth_routes_answer_in_proto3_json() -> anyhow::Result<()> {
         .auth_events(Some("user.email_verification_requested"))
         .await?
         .pop()
-        .and_then(|event| match event.payload {
-            Some(keel::events::v1::event::Payload::EmailVerificationRequested(request)) => Some(request.token),
-            _ => None,
-        })
+        .and_then(|event| event.payload)
+        .map(|payload| suite.open_token(&payload))
+        .transpose()?
         .expect("a verification token");
     let verified = ok(http
         .post("/v1/auth:verifyEmail", None, &json!({ "token": verification }))
@@ -133,10 +132,9 @@ async fn auth_routes_answer_in_proto3_json() -> anyhow::Result<()> {
         .auth_events(Some("user.password_reset_requested"))
         .await?
         .pop()
-        .and_then(|event| match event.payload {
-            Some(keel::events::v1::event::Payload::PasswordResetRequested(request)) => Some(request.token),
-            _ => None,
-        })
+        .and_then(|event| event.payload)
+        .map(|payload| suite.open_token(&payload))
+        .transpose()?
         .expect("a reset token");
     ok(http
         .post(

@@ -140,7 +140,8 @@ async fn verify_ledger(database: &crate::database::Database) -> anyhow::Result<(
 
 async fn rotate(database: &crate::database::Database) -> anyhow::Result<()> {
     database.prepare(keel_auth::DATABASE, keel_auth::MIGRATIONS).await?;
-    let kid = keel_auth::keys::rotate(&database.url(keel_auth::DATABASE)?).await?;
+    let config = AuthConfig::from_args(["keel"])?;
+    let kid = keel_auth::keys::rotate(&database.url(keel_auth::DATABASE)?, config.key_encryption_key.as_ref()).await?;
     println!("new signing key {kid}: published now, signing within 90 s; the previous key stays published");
     Ok(())
 }

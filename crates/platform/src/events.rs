@@ -60,6 +60,15 @@ impl EventType {
         }
     }
 
+    /// Whether events of this type carry a secret (a one-time token, sealed
+    /// with the event secrets key that only producer and consumers hold).
+    pub const fn carries_secret(self) -> bool {
+        matches!(
+            self,
+            EventType::PasswordResetRequested | EventType::EmailVerificationRequested
+        )
+    }
+
     /// The type of `payload`.
     pub const fn of(payload: &Payload) -> Self {
         match payload {

@@ -19,6 +19,7 @@ pub mod relay;
 pub mod revocations;
 pub mod rpc;
 pub mod scopes;
+pub mod sealing;
 pub mod server;
 pub mod service_token;
 pub mod telemetry;

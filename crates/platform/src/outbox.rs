@@ -2,6 +2,7 @@
 //! commit together. Call [`enqueue`] inside the transaction that makes the
 //! change; a relay delivers the rows afterwards.
 
+use chrono::{DateTime, Utc};
 use diesel::{ExpressionMethods as _, sql_types::Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use keel::events::v1::{Event, event::Payload};
@@ -22,6 +23,7 @@ diesel::table! {
         attempts -> Int4,
         next_attempt_at -> Timestamptz,
         last_error -> Nullable<Text>,
+        discard_after -> Nullable<Timestamptz>,
     }
 }
 
@@ -35,9 +37,11 @@ diesel::define_sql_function! {
 
 /// Writes `payload` to the outbox as a new event from `source`, with the
 /// current trace context, and wakes the relay when the transaction commits.
+/// An event that carries a secret is deleted when the secret expires.
 pub async fn enqueue(conn: &mut AsyncPgConnection, source: &str, payload: Payload) -> Result<Uuid, Error> {
     let id = Uuid::now_v7();
     let event_type = EventType::of(&payload).as_str();
+    let discard_after = secret_expiry(&payload);
     let event = Event {
         id: id.to_string(),
         source: source.to_owned(),
@@ -50,6 +54,7 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, source: &str, payload: Payloa
             outbox::id.eq(id),
             outbox::event_type.eq(event_type),
             outbox::payload.eq(event.encode_to_vec()),
+            outbox::discard_after.eq(discard_after),
         ))
         .execute(conn)
         .await?;
@@ -57,4 +62,15 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, source: &str, payload: Payloa
         .execute(conn)
         .await?;
     Ok(id)
+}
+
+/// When the secret an event carries stops working (after which the event is
+/// of no use to anyone and is deleted); None for events without one.
+fn secret_expiry(payload: &Payload) -> Option<DateTime<Utc>> {
+    let expire_time = match payload {
+        Payload::PasswordResetRequested(event) => event.expire_time,
+        Payload::EmailVerificationRequested(event) => event.expire_time,
+        _ => return None,
+    }?;
+    DateTime::from_timestamp(expire_time.seconds, u32::try_from(expire_time.nanos).unwrap_or(0))
 }

@@ -220,6 +220,9 @@ impl Registry {
             // `=`: a secret may start with `-`.
             args.push(format!("--service-client-secret={secret}"));
         }
+        if spec.produces.iter().chain(spec.consumes).any(|t| t.carries_secret()) {
+            args.push(format!("--event-secrets-key={}", clients.event_secrets_key));
+        }
         args
     }
 
@@ -235,7 +238,12 @@ impl Registry {
             entries.push(format!("{}:{secret}:{}", spec.name, spec.scopes.join(" ")));
             secrets.insert(spec.name, secret);
         }
-        SuiteClients { secrets, entries }
+        let event_secrets_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        SuiteClients {
+            secrets,
+            entries,
+            event_secrets_key,
+        }
     }
 
     /// Starts `spec` with the settings in `launch`, on its listener. Its
@@ -281,13 +289,17 @@ pub struct Launch {
     pub suite_clients: Vec<String>,
 }
 
-/// The service clients of a suite, from [`Registry::suite_clients`].
+/// The service clients of a suite, from [`Registry::suite_clients`], and the
+/// key its services seal event secrets with.
 #[derive(Clone)]
 pub struct SuiteClients {
     /// Each service's secret, by name.
     pub secrets: BTreeMap<&'static str, String>,
     /// The KEEL_SERVICE_CLIENTS entries for auth.
     pub entries: Vec<String>,
+    /// KEEL_EVENT_SECRETS_KEY, for the services that produce or consume
+    /// events carrying secrets.
+    pub event_secrets_key: String,
 }
 
 impl std::fmt::Debug for SuiteClients {

@@ -9,14 +9,15 @@
 //! backoff and jitter; other events do not wait for it. A relay that dies
 //! mid-batch leaves its leased rows to be sent again when the lease ends.
 //! Events that no subscriber wants are marked done at once; every done event
-//! is deleted after the retention period.
+//! is deleted after the retention period, and an event carrying a secret
+//! when the secret expires.
 
 use std::{fmt, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use chrono::Utc;
 use clap::Args;
-use diesel::{ExpressionMethods as _, QueryDsl as _};
+use diesel::{BoolExpressionMethods as _, ExpressionMethods as _, QueryDsl as _};
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 use keel::events::v1::{DeliverRequest, Event, event_sink_client::EventSinkClient};
 use prost::Message as _;
@@ -250,14 +251,22 @@ impl Relay {
     }
 
     /// Deletes events delivered (or unwanted) longer than the retention
-    /// period ago.
+    /// period ago, and events whose secret has expired.
     async fn prune(&self) -> anyhow::Result<()> {
         let retention = chrono::Duration::from_std(Duration::from_secs(self.config.outbox_retention_secs))
             .context("KEEL_OUTBOX_RETENTION_SECS is too large")?;
         let mut conn = self.pool.get().await.context("taking a connection")?;
-        let deleted = diesel::delete(table::table.filter(table::published_at.lt(Utc::now() - retention)))
-            .execute(&mut conn)
-            .await?;
+        let deleted = diesel::delete(
+            table::table.filter(
+                table::published_at
+                    .lt(Utc::now() - retention)
+                    // A secret that no longer works is of no use to anyone:
+                    // its event goes, delivered or not.
+                    .or(table::discard_after.lt(diesel::dsl::now)),
+            ),
+        )
+        .execute(&mut conn)
+        .await?;
         if deleted > 0 {
             tracing::debug!(deleted, "deleted old outbox events");
         }

@@ -14,7 +14,9 @@ use keel::{
 use keel_auth::{AuthConfig, domain, store::UserRow};
 use keel_platform::{
     Role,
+    events::EventType,
     registry::{self, Launch, ServiceSpec, SuiteClients},
+    sealing::SealingKey,
 };
 use keel_registry::REGISTRY;
 use tokio::task::JoinHandle;
@@ -147,6 +149,8 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
         );
         if spec.name == registry::AUTH {
             argv.extend(["--service-clients", &test_clients].map(str::to_owned));
+            // Tests run auth as production should: signing keys sealed.
+            argv.push(format!("--key-encryption-key={}", SealingKey::generate()?.1));
         }
         argv.extend(options.args.get(spec.name).into_iter().flatten().cloned());
         let addr = addrs[spec.name];
@@ -475,6 +479,20 @@ impl Suite {
             .select(users::password_hash)
             .first(&mut self.auth_db().await?)
             .await?)
+    }
+
+    /// Opens the one-time token sealed in a PasswordResetRequested or
+    /// EmailVerificationRequested event, as the consumer that mails it does.
+    pub fn open_token(&self, payload: &keel::events::v1::event::Payload) -> anyhow::Result<String> {
+        use keel::events::v1::event::Payload;
+        let (user_id, sealed) = match payload {
+            Payload::PasswordResetRequested(event) => (&event.user_id, &event.sealed_token),
+            Payload::EmailVerificationRequested(event) => (&event.user_id, &event.sealed_token),
+            other => anyhow::bail!("{} events carry no token", EventType::of(other)),
+        };
+        let key: SealingKey = self.clients.event_secrets_key.parse()?;
+        let sealed = sealed.as_ref().context("the event carries no sealed token")?;
+        key.open_event_secret(EventType::of(payload), user_id, sealed)
     }
 
     /// Auth's outbox events of `event_type` (of every type when None),

@@ -74,6 +74,25 @@ pub struct Auth {
     pub(crate) trusted_proxies: Arc<[IpAddr]>,
     /// New revocations, for WatchRevocations and auth's own verifier.
     pub(crate) revocations: crate::revocations::RevocationFeed,
+    /// Seals the one-time tokens in events for their consumer.
+    pub(crate) event_secrets: Option<keel_platform::sealing::SealingKey>,
+}
+
+impl Auth {
+    /// `token` sealed for the consumer of `event_type` events about
+    /// `user_id`; None without an event secrets key.
+    pub(crate) fn seal_token(
+        &self,
+        event_type: keel_platform::events::EventType,
+        user_id: uuid::Uuid,
+        token: &crate::domain::OpaqueToken,
+    ) -> Result<Option<keel::events::v1::SealedSecret>, Error> {
+        self.event_secrets
+            .as_ref()
+            .map(|key| key.seal_event_secret(event_type, &user_id.to_string(), token.expose()))
+            .transpose()
+            .map_err(Error::Internal)
+    }
 }
 
 impl std::fmt::Debug for Auth {

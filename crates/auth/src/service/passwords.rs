@@ -7,7 +7,9 @@ use keel::{
     events::v1::{PasswordResetRequested, event::Payload},
 };
 use keel_platform::{
-    Error, outbox,
+    Error,
+    events::EventType,
+    outbox,
     principal::UserPrincipal,
     proto::timestamp,
     rpc::{collect, invalid},
@@ -90,6 +92,7 @@ pub(super) async fn request_reset(
     if let Some(user) = user.filter(|u| !u.disabled) {
         let token = OpaqueToken::generate()?;
         let expires = Utc::now() + RESET_TOKEN_TTL;
+        let sealed_token = auth.seal_token(EventType::PasswordResetRequested, user.id, &token)?;
         conn.transaction::<_, Error, _>(async |conn| {
             store::expire_one_time_tokens(conn, user.id, TokenPurpose::PasswordReset).await?;
             store::insert_one_time_token(conn, &token.hash(), user.id, TokenPurpose::PasswordReset, expires).await?;
@@ -99,8 +102,8 @@ pub(super) async fn request_reset(
                 Payload::PasswordResetRequested(PasswordResetRequested {
                     user_id: user.id.to_string(),
                     email: user.email.clone(),
-                    token: token.expose().to_owned(),
                     expire_time: Some(timestamp(expires)),
+                    sealed_token,
                 }),
             )
             .await?;

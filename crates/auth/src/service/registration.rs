@@ -7,7 +7,9 @@ use keel::{
     events::v1::{EmailVerificationRequested, UserRegistered, event::Payload},
 };
 use keel_platform::{
-    Error, Role, outbox,
+    Error, Role,
+    events::EventType,
+    outbox,
     proto::timestamp,
     rpc::{collect, invalid},
 };
@@ -133,11 +135,14 @@ impl Auth {
                     user_id: user.id.to_string(),
                     email: user.email.clone(),
                 });
+                let sealed_token = self
+                    .seal_token(EventType::EmailVerificationRequested, user.id, &verification)
+                    .map_err(RegisterFailure::Other)?;
                 let verify = Payload::EmailVerificationRequested(EmailVerificationRequested {
                     user_id: user.id.to_string(),
                     email: user.email.clone(),
-                    token: verification.expose().to_owned(),
                     expire_time: Some(timestamp(verification_expires)),
+                    sealed_token,
                 });
                 for payload in [registered, verify] {
                     outbox::enqueue(conn, SOURCE, payload)

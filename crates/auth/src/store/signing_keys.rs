@@ -1,21 +1,25 @@
 //! The `signing_keys` table: the keys that sign access tokens.
 
 use chrono::{DateTime, Utc};
-use diesel::{ExpressionMethods as _, QueryDsl as _, Queryable, Selectable, SelectableHelper as _};
+use diesel::{ExpressionMethods as _, Insertable, QueryDsl as _, Queryable, Selectable, SelectableHelper as _};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 
 use super::QueryResult;
 use crate::schema::signing_keys;
 
-/// A newly generated key pair, to store (`NewKey::generate` makes one). Its
-/// `Debug` leaves the private key out.
+/// A newly generated key pair, as it is stored (`NewKey::generate` makes
+/// one). Its `Debug` leaves the private key out.
+#[derive(Insertable)]
+#[diesel(table_name = signing_keys)]
 pub struct NewKey {
     /// RFC 7638 thumbprint of the public key.
     pub kid: String,
-    /// PKCS#8 v2 document.
+    /// The PKCS#8 v2 document, sealed when `sealed_with` names a key.
     pub private_key: Vec<u8>,
     /// The raw 32-byte public key.
     pub public_key: Vec<u8>,
+    /// The fingerprint of the key-encryption key that sealed the private key.
+    pub sealed_with: Option<String>,
 }
 
 impl std::fmt::Debug for NewKey {
@@ -30,12 +34,15 @@ impl std::fmt::Debug for NewKey {
 pub struct StoredKey {
     /// Its id.
     pub kid: String,
-    /// PKCS#8 document.
-    pub private_key: Vec<u8>,
+    /// The PKCS#8 document, sealed when `sealed_with` names a key; None once
+    /// the key has retired.
+    pub private_key: Option<Vec<u8>>,
     /// Raw public key.
     pub public_key: Vec<u8>,
     /// When it was generated.
     pub created_at: DateTime<Utc>,
+    /// The fingerprint of the key-encryption key that sealed the private key.
+    pub sealed_with: Option<String>,
 }
 
 impl std::fmt::Debug for StoredKey {
@@ -43,6 +50,7 @@ impl std::fmt::Debug for StoredKey {
         f.debug_struct("StoredKey")
             .field("kid", &self.kid)
             .field("created_at", &self.created_at)
+            .field("sealed_with", &self.sealed_with)
             .finish_non_exhaustive()
     }
 }
@@ -58,13 +66,63 @@ pub async fn newest_signing_keys(conn: &mut AsyncPgConnection, count: i64) -> Qu
 
 pub async fn insert_signing_key(conn: &mut AsyncPgConnection, key: &NewKey) -> QueryResult<()> {
     diesel::insert_into(signing_keys::table)
-        .values((
-            signing_keys::kid.eq(&key.kid),
-            signing_keys::private_key.eq(&key.private_key),
-            signing_keys::public_key.eq(&key.public_key),
-        ))
+        .values(key)
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Every key that still has its private key, locked until the transaction
+/// ends (so two replicas starting at once do not both seal a key).
+pub async fn lock_private_keys(conn: &mut AsyncPgConnection) -> QueryResult<Vec<StoredKey>> {
+    signing_keys::table
+        .filter(signing_keys::private_key.is_not_null())
+        .select(StoredKey::as_select())
+        .for_update()
+        .load(conn)
+        .await
+}
+
+/// Replaces a key's private key with its sealed form.
+pub async fn seal_private_key(
+    conn: &mut AsyncPgConnection,
+    kid: &str,
+    sealed: &[u8],
+    sealed_with: &str,
+) -> QueryResult<()> {
+    diesel::update(signing_keys::table.find(kid))
+        .set((
+            signing_keys::private_key.eq(sealed),
+            signing_keys::sealed_with.eq(sealed_with),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the private key of every key that a newer key, created before
+/// `successor_before`, has replaced. Returns the ids of the keys it retired.
+pub async fn delete_replaced_private_keys(
+    conn: &mut AsyncPgConnection,
+    successor_before: DateTime<Utc>,
+) -> QueryResult<Vec<String>> {
+    let successor = diesel::alias!(signing_keys as successor);
+    let replaced = diesel::dsl::exists(
+        successor
+            .filter(successor.field(signing_keys::created_at).gt(signing_keys::created_at))
+            .filter(successor.field(signing_keys::created_at).lt(successor_before)),
+    );
+    diesel::update(
+        signing_keys::table
+            .filter(signing_keys::private_key.is_not_null())
+            .filter(replaced),
+    )
+    .set((
+        signing_keys::private_key.eq(None::<Vec<u8>>),
+        signing_keys::sealed_with.eq(None::<String>),
+    ))
+    .returning(signing_keys::kid)
+    .get_results(conn)
+    .await
 }
