@@ -346,3 +346,132 @@ async fn error_messages_never_contain_the_password() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The security events logged so far that mention every one of `needles`.
+fn security_events(needles: &[&str]) -> Vec<String> {
+    if std::env::var_os("KEEL_SHOW_SECURITY_EVENTS").is_some() {
+        for line in logs()
+            .text()
+            .lines()
+            .filter(|l| l.contains(keel_platform::audit::TARGET))
+        {
+            eprintln!("{line}");
+        }
+    }
+    logs()
+        .text()
+        .lines()
+        .filter(|line| line.contains(keel_platform::audit::TARGET))
+        .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn from<T>(address: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", address.parse().expect("an address"));
+    request
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn security_events_name_the_subject_and_the_client_and_never_the_secret() -> anyhow::Result<()> {
+    logs();
+    let suite = keel_testkit::spawn_suite().await?;
+    let (email, password, wrong) = ("audited@example.com", "Audited-Passw0rd", "Guessed-Passw0rd");
+    let user = suite.register(email, password).await?;
+    let subject = format!("subject=user:{}", user.id);
+    let client = "client=192.0.2.44";
+
+    // Failed, then throttled sign-ins: the account and the address.
+    let guess = || pb::LoginRequest {
+        email: email.into(),
+        password: wrong.into(),
+    };
+    for _ in 0..5 {
+        suite
+            .auth()
+            .login(from("192.0.2.44", guess()))
+            .await
+            .expect_err("wrong");
+    }
+    let status = suite
+        .auth()
+        .login(from("192.0.2.44", guess()))
+        .await
+        .expect_err("throttled");
+    assert_eq!(keel_testkit::status::reason(&status), "TOO_MANY_ATTEMPTS");
+    assert_eq!(
+        security_events(&[&subject, client, "INVALID_CREDENTIALS", "WARN"]).len(),
+        5
+    );
+    assert_eq!(
+        security_events(&[&subject, client, "TOO_MANY_ATTEMPTS", "event=\"throttled\""]).len(),
+        1
+    );
+
+    // A token refused, with why (the caller only hears INVALID_TOKEN).
+    let tokens = login(&suite, email, password).await?;
+    let mut forged = tokens.access_token.clone();
+    let last = forged.pop().expect("a token");
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let request = authorized(pb::ListSessionsRequest::default(), &forged);
+    let status = suite.auth().list_sessions(request).await.expect_err("forged");
+    assert_eq!(keel_testkit::status::reason(&status), "INVALID_TOKEN");
+    assert_eq!(
+        security_events(&["INVALID_TOKEN", "token_refusal=\"bad_signature\"", "peer=127.0.0.1"]).len(),
+        1
+    );
+
+    // Denied permission: who asked.
+    let request = pb::DisableUserRequest {
+        user_id: uuid::Uuid::now_v7().to_string(),
+    };
+    let request = authorized(request, &tokens.access_token);
+    let status = suite.auth().disable_user(request).await.expect_err("not an admin");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        security_events(&[&subject, "event=\"permission_denied\"", "DisableUser"]).len(),
+        1
+    );
+
+    // A service client with a wrong secret.
+    let request = pb::IssueServiceTokenRequest {
+        client_id: TEST_CLIENT_ID.into(),
+        client_secret: "not-the-secret-of-this-client".into(),
+        scopes: vec![],
+    };
+    suite
+        .auth()
+        .issue_service_token(from("192.0.2.45", request))
+        .await
+        .expect_err("wrong secret");
+    let service = format!("subject=service:{TEST_CLIENT_ID}");
+    assert_eq!(
+        security_events(&[&service, "client=192.0.2.45", "INVALID_CLIENT"]).len(),
+        1
+    );
+
+    // A revocation: whose sessions, why.
+    let request = pb::LogoutRequest {
+        refresh_token: tokens.refresh_token.clone(),
+    };
+    suite.auth().logout(request).await?;
+    let user_id = format!("user_id={}", user.id);
+    assert_eq!(
+        security_events(&[&user_id, "event=\"revoked\"", "reason=\"logout\"", "INFO"]).len(),
+        1
+    );
+    suite.stop().await?;
+
+    assert_not_logged(&[
+        ("password", password.as_bytes()),
+        ("guessed password", wrong.as_bytes()),
+        ("access token", tokens.access_token.as_bytes()),
+        ("forged token", forged.as_bytes()),
+        ("refresh token", tokens.refresh_token.as_bytes()),
+        ("wrong client secret", b"not-the-secret-of-this-client"),
+    ]);
+    Ok(())
+}

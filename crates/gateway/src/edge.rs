@@ -22,6 +22,17 @@ pub enum ClientKey {
     Address(IpAddr),
 }
 
+/// As logs name it: `user:<id>`, `service:<client id>` or the address.
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientKey::User(id) => write!(f, "user:{id}"),
+            ClientKey::Service(id) => write!(f, "{}{id}", keel_platform::principal::SERVICE_SUBJECT_PREFIX),
+            ClientKey::Address(address) => write!(f, "{address}"),
+        }
+    }
+}
+
 impl ClientKey {
     /// The key for a request from `address`, with `principal` when its token
     /// verified.

@@ -19,6 +19,7 @@ use axum::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
 use keel_platform::{
+    audit,
     client_address::{FORWARDED_FOR, client_address},
     principal::Principal,
     telemetry::request_span,
@@ -144,6 +145,8 @@ async fn transcode(
         .iter()
         .filter_map(|v| v.to_str().ok());
     let client = client_address(peer.ip(), forwarded, &gateway.trusted_proxies);
+    audit::record_peer(peer);
+    audit::record_client(client);
     let mut response = match serve(&gateway, client, parts, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(&gateway.descriptors),
@@ -162,9 +165,11 @@ async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> R
         && let Some(limiter) = &gateway.limiter
     {
         // Probing for routes counts against the client's address too.
-        limiter
-            .check(&ClientKey::of(None, client))
-            .map_err(ApiError::rate_limited)?;
+        let key = ClientKey::of(None, client);
+        limiter.check(&key).map_err(|wait| {
+            audit::rate_limited(&key);
+            ApiError::rate_limited(wait)
+        })?;
     }
     let (route, bindings) = match resolved {
         Resolved::Route(route, bindings) => (route, bindings),
@@ -192,9 +197,11 @@ async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> R
     };
     if let Some(limiter) = &gateway.limiter {
         let verified = principal.as_ref().and_then(|p| p.as_ref().ok());
-        limiter
-            .check(&ClientKey::of(verified, client))
-            .map_err(ApiError::rate_limited)?;
+        let key = ClientKey::of(verified, client);
+        limiter.check(&key).map_err(|wait| {
+            audit::rate_limited(&key);
+            ApiError::rate_limited(wait)
+        })?;
     }
     principal.transpose()?;
 
@@ -233,6 +240,7 @@ async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Principa
     // (auth down) stay 503, so clients retry instead of signing in again.
     let refused = |err: keel_platform::Error| {
         let status = tonic::Status::from(err);
+        audit::refused(&status);
         if status.code() == Code::Unauthenticated {
             ApiError::invalid_token(status)
         } else {
@@ -245,7 +253,9 @@ async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Principa
             "this route needs an access token (authorization: Bearer …)",
         )
     })?;
-    gateway.verifier.verify(&token).await.map_err(refused)
+    let principal = gateway.verifier.verify(&token).await.map_err(refused)?;
+    audit::record_subject(&principal);
+    Ok(principal)
 }
 
 /// The body, refusing more than the limit (413) before reading it when the

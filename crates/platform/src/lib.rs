@@ -3,6 +3,7 @@
 //! Postgres for development, token verification, the outbox, and the one
 //! error type that maps to `tonic::Status`.
 
+pub mod audit;
 pub mod client;
 pub mod client_address;
 pub mod config;

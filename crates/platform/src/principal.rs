@@ -92,6 +92,17 @@ pub struct ServicePrincipal {
     pub scopes: Vec<String>,
 }
 
+/// The token subject: `user:<id>` (with the session) or `service:<client id>`,
+/// as logs name a caller.
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::User(user) => write!(f, "user:{} session:{}", user.user_id, user.session_id),
+            Principal::Service(service) => write!(f, "{SERVICE_SUBJECT_PREFIX}{}", service.client_id),
+        }
+    }
+}
+
 impl Principal {
     /// Reads a principal from verified claims.
     pub fn from_claims(claims: &Claims) -> Result<Self, Error> {

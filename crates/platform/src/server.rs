@@ -262,7 +262,7 @@ fn log_outcome(headers: &http::HeaderMap, latency: Duration) {
     ) && !is_malformed_request(&status);
     if server_fault {
         tracing::error!(?code, message = status.message(), latency_ms, "call failed");
-    } else {
+    } else if !crate::audit::refused(&status) {
         tracing::debug!(?code, message = status.message(), latency_ms, "call refused");
     }
 }

@@ -125,12 +125,25 @@ pub fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    // The subject fields are filled as the call learns them (see
+    // `crate::audit`), so every line it logs says who and from where.
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %request_id,
+        peer = tracing::field::Empty,
+        client = tracing::field::Empty,
+        subject = tracing::field::Empty,
+        token_refusal = tracing::field::Empty,
     );
+    if let Some(peer) = request
+        .extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+    {
+        span.record("peer", tracing::field::display(peer));
+    }
     continue_remote_trace(&span, request.headers());
     span
 }

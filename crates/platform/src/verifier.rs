@@ -158,18 +158,30 @@ impl Verifier {
             self.verified.remove(&digest);
         }
 
-        let invalid = || Error::unauthenticated("INVALID_TOKEN", "the access token is invalid");
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
-        if header.alg != Algorithm::EdDSA || !is_access_token_type(header.typ.as_deref()) {
-            return Err(invalid());
+        // The caller learns only INVALID_TOKEN; the log says why.
+        let invalid = |cause: &'static str| {
+            crate::audit::record_token_refusal(cause);
+            Error::unauthenticated("INVALID_TOKEN", "the access token is invalid")
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(invalid("algorithm_not_eddsa"));
         }
-        let kid = header.kid.ok_or_else(invalid)?;
-        let key = self.key(&kid).await?.ok_or_else(invalid)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|err| match err.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                Error::unauthenticated("TOKEN_EXPIRED", "the access token has expired")
+        if !is_access_token_type(header.typ.as_deref()) {
+            return Err(invalid("not_an_access_token"));
+        }
+        let kid = header.kid.ok_or_else(|| invalid("no_key_id"))?;
+        let key = self.key(&kid).await?.ok_or_else(|| invalid("unknown_key"))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|err| {
+            use jsonwebtoken::errors::ErrorKind;
+            match err.kind() {
+                ErrorKind::ExpiredSignature => Error::unauthenticated("TOKEN_EXPIRED", "the access token has expired"),
+                ErrorKind::InvalidSignature => invalid("bad_signature"),
+                ErrorKind::InvalidIssuer => invalid("wrong_issuer"),
+                ErrorKind::InvalidAudience => invalid("wrong_audience"),
+                ErrorKind::ImmatureSignature => invalid("not_yet_valid"),
+                _ => invalid("bad_claims"),
             }
-            _ => invalid(),
         })?;
         let principal = Principal::from_claims(&data.claims)?;
         let issued_ms = issued_ms(&data.claims);
@@ -183,6 +195,7 @@ impl Verifier {
 
     fn unless_revoked(&self, principal: Principal, issued_ms: i64) -> Result<Principal, Error> {
         if self.revoked.is_revoked(&principal, issued_ms) {
+            crate::audit::record_subject(&principal);
             return Err(Error::unauthenticated(
                 "TOKEN_REVOKED",
                 "the access token has been revoked; sign in or refresh again",
@@ -295,6 +308,7 @@ where
                 Ok(None) => {}
                 Ok(Some(token)) => match verifier.verify(&token).await {
                     Ok(principal) => {
+                        crate::audit::record_subject(&principal);
                         request.extensions_mut().insert(principal);
                     }
                     Err(err) => return Ok(tonic::Status::from(err).into_http()),

@@ -3,7 +3,7 @@
 use diesel_async::AsyncConnection as _;
 use keel::auth::v1 as pb;
 use keel_platform::{
-    Error, Role,
+    Error, Role, audit,
     error::FieldViolation,
     principal::UserPrincipal,
     rpc::{invalid, parse_id},
@@ -43,6 +43,7 @@ pub(super) async fn set_user_roles(
             Ok(user)
         })
         .await?;
+    audit::revoked(user_id, None, "roles_changed", 0);
     Ok(pb::SetUserRolesResponse {
         user: Some(user_pb(&user)),
     })
@@ -61,15 +62,16 @@ pub(super) async fn disable_user(
         ));
     }
     let mut conn = auth.pool.get().await?;
-    let user = conn
+    let (user, ended) = conn
         .transaction::<_, Error, _>(async |conn| {
             let user = store::disable_user(conn, user_id)
                 .await?
                 .ok_or_else(|| Error::not_found("user"))?;
-            store::revoke_user_sessions(conn, user_id, None, "user_disabled").await?;
-            Ok(user)
+            let ended = store::revoke_user_sessions(conn, user_id, None, "user_disabled").await?;
+            Ok((user, ended))
         })
         .await?;
+    audit::revoked(user_id, None, "user_disabled", ended);
     Ok(pb::DisableUserResponse {
         user: Some(user_pb(&user)),
     })

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel::auth::v1 as pb;
 use keel_platform::{
-    Error,
+    Error, audit,
     proto::timestamp,
     rpc::{collect, invalid},
 };
@@ -31,10 +31,16 @@ pub(super) async fn login(
 
     let user = {
         let mut conn = auth.pool.get().await?;
+        let user = store::find_user_by_email(&mut conn, email.as_str()).await?;
+        // A refusal's log names the account tried (never the email or
+        // password), throttled attempts included.
+        if let Some(user) = &user {
+            audit::record_subject(&format_args!("user:{}", user.id));
+        }
         // The attempt counts as a failure until it succeeds, so guesses sent
         // at once cannot all pass the check while their hashes run.
         auth.admit_login(&mut conn, &subjects).await?;
-        store::find_user_by_email(&mut conn, email.as_str()).await?
+        user
         // The connection goes back to the pool for the hashing.
     };
     // Unknown emails are checked against a dummy hash: the same cost, the
@@ -87,11 +93,11 @@ pub(super) async fn refresh(auth: &Auth, request: pb::RefreshRequest) -> Result<
                     "the refresh token is not valid",
                 )));
             };
+            audit::record_subject(&format_args!("user:{} session:{}", session.user_id, session.id));
             if token.spent_at.is_some() {
                 // Someone holds a copy of a spent token: end the family.
-                let revoked = store::revoke_session(conn, session.id, "refresh_token_reused").await?;
-                if revoked {
-                    tracing::warn!(session_id = %session.id, user_id = %session.user_id, "refresh token reuse: session revoked");
+                if store::revoke_session(conn, session.id, "refresh_token_reused").await? {
+                    audit::revoked(session.user_id, Some(session.id), "refresh_token_reused", 1);
                 }
                 return Ok(Refreshed::Refused(Error::unauthenticated(
                     "REFRESH_TOKEN_REUSED",
@@ -123,8 +129,13 @@ pub(super) async fn refresh(auth: &Auth, request: pb::RefreshRequest) -> Result<
                 .await?
                 .ok_or_else(|| Error::not_found("user"))?;
             if user.disabled {
-                store::revoke_session(conn, session.id, "user_disabled").await?;
-                return Ok(Refreshed::Refused(Error::unauthenticated("USER_DISABLED", "this account is disabled")));
+                if store::revoke_session(conn, session.id, "user_disabled").await? {
+                    audit::revoked(session.user_id, Some(session.id), "user_disabled", 1);
+                }
+                return Ok(Refreshed::Refused(Error::unauthenticated(
+                    "USER_DISABLED",
+                    "this account is disabled",
+                )));
             }
             let next_expires = limits.expiry(session.created_at, now);
             store::spend_refresh_token(conn, &hash).await?;

@@ -22,7 +22,7 @@ use std::{net::IpAddr, sync::Arc};
 use chrono::{DateTime, Duration, Utc};
 use keel::auth::v1::{self as pb, auth_service_server::AuthService};
 use keel_platform::{
-    Error, Role,
+    Error, Role, audit,
     client_address::{FORWARDED_FOR, client_address},
     db::Pool,
     principal,
@@ -222,17 +222,18 @@ impl ClientInfo {
             .chars()
             .take(256)
             .collect();
-        ClientInfo {
-            address: request.remote_addr().map(|peer| {
-                let forwarded = request
-                    .metadata()
-                    .get_all(FORWARDED_FOR)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok());
-                client_address(peer.ip(), forwarded, trusted_proxies)
-            }),
-            user_agent,
+        let address = request.remote_addr().map(|peer| {
+            let forwarded = request
+                .metadata()
+                .get_all(FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            client_address(peer.ip(), forwarded, trusted_proxies)
+        });
+        if let Some(address) = address {
+            audit::record_client(address);
         }
+        ClientInfo { address, user_agent }
     }
 }
 

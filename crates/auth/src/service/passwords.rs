@@ -7,7 +7,7 @@ use keel::{
     events::v1::{PasswordResetRequested, event::Payload},
 };
 use keel_platform::{
-    Error,
+    Error, audit,
     events::EventType,
     outbox,
     principal::UserPrincipal,
@@ -61,6 +61,7 @@ pub(super) async fn change(
             Ok(store::revoke_user_sessions(conn, user.id, Some(caller.session_id), "password_changed").await?)
         })
         .await?;
+    audit::revoked(user.id, None, "password_changed", ended);
     Ok(pb::ChangePasswordResponse {
         ended_session_count: i32::try_from(ended).unwrap_or(i32::MAX),
     })
@@ -130,20 +131,22 @@ pub(super) async fn reset(auth: &Auth, request: pb::ResetPasswordRequest) -> Res
     drop(conn);
     let password_hash = auth.hasher.hash(&password).await?;
     let mut conn = auth.pool.get().await?;
-    conn.transaction::<_, Error, _>(async |conn| {
-        let user_id = store::use_one_time_token(conn, &hash, TokenPurpose::PasswordReset)
-            .await?
-            .ok_or_else(invalid_token)?;
-        let user = store::find_user(conn, user_id)
-            .await?
-            .ok_or_else(|| Error::not_found("user"))?;
-        store::set_password_hash(conn, user_id, &password_hash).await?;
-        store::revoke_user_sessions(conn, user_id, None, "password_reset").await?;
-        // Whoever guessed at the old password, the owner is back in charge:
-        // their failures no longer hold the account back.
-        Auth::clear_login_failures(conn, &user.email).await?;
-        Ok(())
-    })
-    .await?;
+    let (user_id, ended) = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let user_id = store::use_one_time_token(conn, &hash, TokenPurpose::PasswordReset)
+                .await?
+                .ok_or_else(invalid_token)?;
+            let user = store::find_user(conn, user_id)
+                .await?
+                .ok_or_else(|| Error::not_found("user"))?;
+            store::set_password_hash(conn, user_id, &password_hash).await?;
+            let ended = store::revoke_user_sessions(conn, user_id, None, "password_reset").await?;
+            // Whoever guessed at the old password, the owner is back in charge:
+            // their failures no longer hold the account back.
+            Auth::clear_login_failures(conn, &user.email).await?;
+            Ok((user_id, ended))
+        })
+        .await?;
+    audit::revoked(user_id, None, "password_reset", ended);
     Ok(pb::ResetPasswordResponse {})
 }

@@ -2,7 +2,7 @@
 //! verify every token.
 
 use keel::auth::v1 as pb;
-use keel_platform::{Error, proto::timestamp};
+use keel_platform::{Error, audit, principal::SERVICE_SUBJECT_PREFIX, proto::timestamp};
 
 use super::{Auth, ClientInfo, throttle::address_key};
 
@@ -18,6 +18,9 @@ pub(super) async fn issue(
         true => request.client_id.as_str(),
         false => "?",
     };
+    // A refusal's log names the client (an unknown id, chosen by the caller,
+    // is not repeated).
+    audit::record_subject(&format_args!("{SERVICE_SUBJECT_PREFIX}{id}"));
     auth.limit_calls(
         &mut *auth.pool.get().await?,
         &[(

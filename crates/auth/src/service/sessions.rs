@@ -2,7 +2,7 @@
 
 use keel::auth::v1 as pb;
 use keel_platform::{
-    Error, paging,
+    Error, audit, paging,
     principal::UserPrincipal,
     proto::timestamp,
     rpc::{invalid, parse_id},
@@ -18,8 +18,10 @@ use crate::{
 pub(super) async fn logout(auth: &Auth, request: pb::LogoutRequest) -> Result<pb::LogoutResponse, Error> {
     let token = OpaqueToken::parse("refresh_token", &request.refresh_token).map_err(invalid)?;
     let mut conn = auth.pool.get().await?;
-    if let Some((_, session)) = store::lock_refresh_token(&mut conn, &token.hash()).await? {
-        store::revoke_session(&mut conn, session.id, "logout").await?;
+    if let Some((_, session)) = store::lock_refresh_token(&mut conn, &token.hash()).await?
+        && store::revoke_session(&mut conn, session.id, "logout").await?
+    {
+        audit::revoked(session.user_id, Some(session.id), "logout", 1);
     }
     Ok(pb::LogoutResponse {})
 }
@@ -50,7 +52,9 @@ pub(super) async fn revoke(
     match store::find_session(&mut conn, session_id).await? {
         // Another user's session is reported exactly like a missing one.
         Some(session) if session.user_id == caller.user_id => {
-            store::revoke_session(&mut conn, session.id, "revoked_by_user").await?;
+            if store::revoke_session(&mut conn, session.id, "revoked_by_user").await? {
+                audit::revoked(session.user_id, Some(session.id), "revoked_by_user", 1);
+            }
             Ok(pb::RevokeSessionResponse {})
         }
         _ => Err(Error::not_found("session")),
