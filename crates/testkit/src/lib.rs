@@ -9,6 +9,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod card_gateway;
 pub mod database;
 pub mod http;
 pub mod reflection;
