@@ -40,10 +40,17 @@ pub fn bind(route: &Route, input: Input<'_>) -> Result<DynamicMessage, ApiError>
             }
         }
         Some(field) => {
-            if let Some(value) = body_json(&input)? {
-                let field = request
-                    .get_field_by_name(field)
-                    .ok_or_else(|| ApiError::bad_request(format!("the route's body field {field} is unknown")))?;
+            let field = request
+                .get_field_by_name(field)
+                .ok_or_else(|| ApiError::bad_request(format!("the route's body field {field} is unknown")))?;
+            let raw = matches!(field.kind(), Kind::Message(m) if m.full_name() == HTTP_BODY);
+            // A google.api.HttpBody takes the body as it came, byte for byte
+            // (a signed webhook is verified over exactly these bytes).
+            let value = match raw {
+                true => Some(http_body(&input)),
+                false => body_json(&input)?,
+            };
+            if let Some(value) = value {
                 root.insert(field.json_name().to_owned(), value);
             }
         }
@@ -79,6 +86,18 @@ pub fn bind(route: &Route, input: Input<'_>) -> Result<DynamicMessage, ApiError>
 
     DynamicMessage::deserialize_with_options(request, Value::Object(root), &DeserializeOptions::new())
         .map_err(|err| ApiError::bad_request(format!("invalid request: {err}")))
+}
+
+/// The message that carries a body unparsed.
+pub const HTTP_BODY: &str = "google.api.HttpBody";
+
+/// The body as the JSON form of a `google.api.HttpBody` (bytes in base64).
+fn http_body(input: &Input<'_>) -> Value {
+    use base64::Engine as _;
+    serde_json::json!({
+        "contentType": input.content_type.unwrap_or_default(),
+        "data": base64::engine::general_purpose::STANDARD.encode(input.body),
+    })
 }
 
 /// The body as JSON, or None when there is none.

@@ -45,8 +45,15 @@ use crate::{
     routes::Resolved,
 };
 
-/// Headers passed on to the services as they arrived.
-const FORWARDED: [&str; 4] = ["x-request-id", "traceparent", "tracestate", "user-agent"];
+/// Headers passed on to the services as they arrived (`stripe-signature`:
+/// the card gateway's webhook signs its raw body).
+const FORWARDED: [&str; 5] = [
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "user-agent",
+    "stripe-signature",
+];
 
 /// The gateway's HTTP router.
 pub fn router(gateway: Arc<Gateway>, cors_origins: &[String]) -> anyhow::Result<Router> {

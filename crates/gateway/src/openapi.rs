@@ -134,7 +134,14 @@ impl Builder {
         let body_schema = match route.body.as_deref() {
             None => None,
             Some("*") => Some(self.body_schema(&input, &path_fields)),
-            Some(name) => input.get_field_by_name(name).map(|field| self.value_schema(&field)),
+            // A raw body (google.api.HttpBody) is whatever the sender signs:
+            // any JSON, passed on byte for byte.
+            Some(name) => input.get_field_by_name(name).map(|field| match field.kind() {
+                prost_reflect::Kind::Message(m) if m.full_name() == crate::bind::HTTP_BODY => {
+                    json!({ "description": "The raw body, passed on unchanged." })
+                }
+                _ => self.value_schema(&field),
+            }),
         };
         if let Some(schema) = body_schema {
             operation.insert(
