@@ -129,3 +129,61 @@ fn reason(status: &Status) -> String {
         .map(|info| info.reason)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tonic_types::ErrorDetails;
+
+    use super::*;
+
+    fn refused(code: Code, reason: &str) -> Status {
+        Status::with_error_details(
+            code,
+            "refused",
+            ErrorDetails::with_error_info(reason, "keel.dev", HashMap::<String, String>::new()),
+        )
+    }
+
+    #[test]
+    fn only_a_definite_refusal_is_a_decline() {
+        assert_eq!(
+            debit_refused(&refused(Code::FailedPrecondition, "INSUFFICIENT_FUNDS")),
+            ChargeOutcome::Declined(Decline::InsufficientFunds)
+        );
+        assert_eq!(
+            debit_refused(&refused(Code::NotFound, "NOT_FOUND")),
+            ChargeOutcome::Declined(Decline::InsufficientFunds)
+        );
+        assert!(matches!(
+            debit_refused(&refused(Code::FailedPrecondition, "CURRENCY_MISMATCH")),
+            ChargeOutcome::Declined(Decline::Declined(_))
+        ));
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Internal,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+        ] {
+            assert!(
+                matches!(debit_refused(&Status::new(code, "x")), ChargeOutcome::Uncertain(_)),
+                "{code:?} must be retried, not treated as a decline"
+            );
+        }
+        // The same key with other parameters is a bug, not a decline.
+        assert!(matches!(
+            debit_refused(&refused(Code::FailedPrecondition, "REQUEST_ID_REUSED")),
+            ChargeOutcome::Uncertain(_)
+        ));
+    }
+
+    #[test]
+    fn keys_are_derived_from_the_order_and_the_step() {
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(super::super::charge_key(id), format!("order:{id}:charge"));
+        assert_eq!(super::super::refund_key(id), format!("order:{id}:refund"));
+        assert_ne!(super::super::charge_key(id), super::super::refund_key(id));
+    }
+}
