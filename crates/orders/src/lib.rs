@@ -104,14 +104,23 @@ pub struct SagaConfig {
     pub resume_interval_ms: u64,
 
     /// The most orders one resumer pass claims.
-    #[arg(long, env = "KEEL_ORDERS_RESUME_BATCH", default_value_t = 32)]
+    #[arg(long, env = "KEEL_ORDERS_RESUME_BATCH", default_value_t = 32,
+          value_parser = clap::value_parser!(i64).range(1..=1000))]
     pub resume_batch: i64,
 
-    /// Test hook: CreateOrder charges and then stops as if the process died
-    /// before recording the result (the resumer records it). Never set it in
-    /// production.
-    #[arg(long, env = "KEEL_ORDERS_TEST_CRASH_AFTER_CHARGE", hide = true)]
-    pub test_crash_after_charge: bool,
+    /// Test hook: CreateOrder stops after this step as if the process died
+    /// there, leaving the rest to the resumer. Never set it in production.
+    #[arg(long, env = "KEEL_ORDERS_TEST_CRASH_AFTER", value_enum, hide = true)]
+    pub test_crash_after: Option<CrashPoint>,
+}
+
+/// Where the test hook [`SagaConfig::test_crash_after`] stops CreateOrder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrashPoint {
+    /// After the transaction that reserves the stock, before the charge.
+    Reservation,
+    /// After the charge, before its outcome is recorded.
+    Charge,
 }
 
 impl Default for SagaConfig {
@@ -121,7 +130,7 @@ impl Default for SagaConfig {
             payment_lease_ms: 30_000,
             resume_interval_ms: 5_000,
             resume_batch: 32,
-            test_crash_after_charge: false,
+            test_crash_after: None,
         }
     }
 }

@@ -17,7 +17,7 @@ const ACCOUNTS: &str = "accounts";
 const ORDERS: &str = "orders";
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_order_reserved_before_a_crash_is_paid_once_after_restart() -> anyhow::Result<()> {
+async fn an_order_placed_while_accounts_is_down_is_paid_once_after_a_restart() -> anyhow::Result<()> {
     let mut fx = fixture_with(&[]).await?;
     let tea = fx.product("Tea", 450, 10).await?;
     let buyer = fx.buyer(1_000).await?;
@@ -53,8 +53,29 @@ async fn an_order_reserved_before_a_crash_is_paid_once_after_restart() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_order_that_crashed_before_its_charge_is_charged_once_after_restart() -> anyhow::Result<()> {
+    let mut fx = fixture_with(&["--test-crash-after", "reservation"]).await?;
+    let tea = fx.product("Tea", 450, 10).await?;
+    let buyer = fx.buyer(1_000).await?;
+
+    let order = fx.order(&buyer, "reserved-then-crashed", &[(&tea.id, 2)]).await?;
+    assert_eq!(order.status, pb::OrderStatus::PendingPayment as i32);
+    assert_eq!(fx.stock(&tea.id).await?, 8);
+    fx.suite.stop_service(ORDERS).await?;
+    fx.suite.start(ORDERS).await?;
+
+    let paid = fx
+        .settled(&order.id, |o| o.status != OrderStatus::PendingPayment)
+        .await?;
+    assert_eq!(paid.status, OrderStatus::Paid);
+    assert_eq!(fx.charges_of(&order.id).await?, 1);
+    assert_eq!(fx.balance(&buyer).await?, 100);
+    fx.check_invariants().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_order_charged_before_a_crash_is_recorded_once_after_restart() -> anyhow::Result<()> {
-    let mut fx = fixture_with(&["--test-crash-after-charge"]).await?;
+    let mut fx = fixture_with(&["--test-crash-after", "charge"]).await?;
     let tea = fx.product("Tea", 450, 10).await?;
     let buyer = fx.buyer(1_000).await?;
 
@@ -86,6 +107,14 @@ async fn a_decline_found_on_resume_cancels_and_releases_the_stock() -> anyhow::R
     fx.suite.stop_service(ACCOUNTS).await?;
     let order = fx.order(&buyer, "short", &[(&tea.id, 1)]).await?;
     assert_eq!(order.status, pb::OrderStatus::PendingPayment as i32);
+    // An unpaid order is neither shipped nor delivered.
+    for refused in [
+        fx.ship(&fx.admin, &order.id).await,
+        fx.deliver(&fx.admin, &order.id).await,
+    ] {
+        let refused = refused.expect_err("unpaid");
+        assert_eq!(reason(&refused), "INVALID_ORDER_STATUS");
+    }
     fx.suite.start(ACCOUNTS).await?;
 
     let cancelled = fx
@@ -167,7 +196,7 @@ async fn an_order_unpaid_past_its_deadline_is_cancelled_and_a_late_charge_refund
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelling_an_unpaid_order_settles_a_charge_that_went_through() -> anyhow::Result<()> {
-    let mut fx = fixture_with(&["--test-crash-after-charge"]).await?;
+    let mut fx = fixture_with(&["--test-crash-after", "charge"]).await?;
     let tea = fx.product("Tea", 450, 10).await?;
     let buyer = fx.buyer(1_000).await?;
     // Charged, but orders "crashed" before recording it; the buyer cancels

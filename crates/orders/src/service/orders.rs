@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::{Orders, etag};
 use crate::{
+    CrashPoint,
     domain::{self, MAX_LINES, RequestId},
     saga::{Line, PlaceOrder, Placed, reasons},
     status::{OrderStatus, PaymentMethod},
@@ -31,8 +32,9 @@ pub(super) async fn create_order(
     // Refused before anything is reserved.
     orders.payments.get(order.method)?;
     let placed = match orders.place(&order).await? {
-        Placed::New(order) if orders.saga.test_crash_after_charge => {
-            // Test hook: charge, then stop as a crashed process would.
+        // Test hook: stop as a crashed process would.
+        Placed::New(order) if orders.saga.test_crash_after == Some(CrashPoint::Reservation) => order,
+        Placed::New(order) if orders.saga.test_crash_after == Some(CrashPoint::Charge) => {
             orders.charge(order.clone()).await?;
             order
         }
