@@ -10,8 +10,8 @@
 //!    out and the resumer tries again with the same key.
 //! 3. [`Orders::cancel`] and [`Orders::expire`] cancel in one transaction
 //!    (stock released, OrderCancelled) and note what is still owed: a refund
-//!    of a paid order, or for an unpaid one, finding out whether a charge went
-//!    through. [`Orders::settle`] does that outside the transaction, with
+//!    of a paid order, or for an unpaid one, voiding a charge that may be in
+//!    flight. [`Orders::settle`] does that outside the transaction, with
 //!    `order:<id>:refund`; it too is retried by the resumer until it ends.
 
 use chrono::{DateTime, Utc};
@@ -457,8 +457,9 @@ impl Orders {
         }
     }
 
-    /// Settles what a cancelled order still owes: finds out whether a charge
-    /// whose outcome was unknown went through, and refunds a charge in full.
+    /// Settles what a cancelled order still owes: voids a charge whose
+    /// outcome was unknown (learning whether it went through), and refunds a
+    /// charge in full.
     /// An uncertain step leaves it for the resumer. Other orders are
     /// returned as they are.
     pub async fn settle(&self, order: OrderRow) -> Result<OrderRow, Error> {
@@ -468,7 +469,7 @@ impl Orders {
         let mut order = order;
         if order.refund_state == RefundState::Unknown {
             let provider = self.payments.get(order.payment_method)?;
-            let (state, changes) = match provider.lookup(&charge_of(&order)).await {
+            let (state, changes) = match provider.void(&charge_of(&order)).await {
                 ChargeOutcome::Paid { reference } => (RefundState::Due, Some(reference)),
                 ChargeOutcome::Declined(_) => (RefundState::NotNeeded, None),
                 ChargeOutcome::Pending { .. } | ChargeOutcome::Uncertain(_) => {

@@ -53,11 +53,12 @@ impl PaymentProvider for AccountBalance {
         }
     }
 
-    /// Accounts offers a service no lookup by key: the Debit is replayed. Its
-    /// key makes that return the first debit when there was one; when there
-    /// was none, it debits now, and the saga refunds it as it would any
-    /// charge of a cancelled order.
-    async fn lookup(&self, charge: &Charge) -> ChargeOutcome {
+    /// Accounts offers a service neither a lookup by key nor a void: the Debit
+    /// is replayed. Its key makes that return the first debit when there was
+    /// one; when there was none, it debits now, and the saga refunds it as it
+    /// would any charge of a cancelled order. Either way nothing can be
+    /// charged later under this key without the saga knowing.
+    async fn void(&self, charge: &Charge) -> ChargeOutcome {
         self.charge(charge).await
     }
 

@@ -161,9 +161,12 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
     /// confirmed, finds out how it ended).
     async fn charge(&self, charge: &Charge) -> ChargeOutcome;
 
-    /// Finds out how a charge that may have been attempted ended, for an order
-    /// cancelled while its outcome was unknown.
-    async fn lookup(&self, charge: &Charge) -> ChargeOutcome;
+    /// For an order cancelled while its charge's outcome was unknown: makes
+    /// sure the charge can no longer complete (a card gateway cancels an
+    /// unconfirmed or `requires_action` intent) and says how it ended:
+    /// `Declined` when nothing was taken, `Paid` when the money had already
+    /// moved (the saga then refunds it), `Uncertain` to be asked again.
+    async fn void(&self, charge: &Charge) -> ChargeOutcome;
 
     /// Gives back a charge in full.
     async fn refund(&self, refund: &Refund) -> RefundOutcome;
