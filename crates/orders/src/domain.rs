@@ -74,10 +74,29 @@ pub fn description(field: &str, raw: &str) -> Result<String, FieldViolation> {
     Ok(raw.to_owned())
 }
 
-/// A stock count: never negative.
+/// The most units a product may hold, and the most one adjustment may move:
+/// far below where sums of stock overflow.
+pub const MAX_STOCK: i64 = 1_000_000_000_000;
+
+/// The largest order total (10^15 minor units): the most one accounts
+/// movement may carry, so every total placed can be charged.
+pub const MAX_TOTAL_MINOR: i64 = 1_000_000_000_000_000;
+
+/// A stock count: 0 to [`MAX_STOCK`].
 pub fn stock(field: &str, raw: i64) -> Result<i64, FieldViolation> {
-    if raw < 0 {
-        return Err(violation(field, "must not be negative"));
+    if !(0..=MAX_STOCK).contains(&raw) {
+        return Err(violation(field, format!("must be between 0 and {MAX_STOCK}")));
+    }
+    Ok(raw)
+}
+
+/// A stock adjustment: not zero, at most [`MAX_STOCK`] either way.
+pub fn stock_delta(field: &str, raw: i64) -> Result<i64, FieldViolation> {
+    if raw == 0 || raw.unsigned_abs() > MAX_STOCK.unsigned_abs() {
+        return Err(violation(
+            field,
+            format!("must not be zero, and at most {MAX_STOCK} either way"),
+        ));
     }
     Ok(raw)
 }
@@ -155,5 +174,10 @@ mod tests {
         assert!(quantity("quantity", 1001).is_err());
         assert_eq!(quantity("quantity", 1000).ok(), Some(1000));
         assert!(stock("stock_quantity", -1).is_err());
+        assert!(stock("stock_quantity", MAX_STOCK + 1).is_err());
+        assert!(stock_delta("delta", 0).is_err());
+        assert!(stock_delta("delta", i64::MIN).is_err());
+        assert!(stock_delta("delta", i64::MAX).is_err());
+        assert_eq!(stock_delta("delta", -MAX_STOCK).ok(), Some(-MAX_STOCK));
     }
 }

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::{
     Orders,
-    domain::RequestId,
+    domain::{MAX_TOTAL_MINOR, RequestId},
     payment::{Charge, ChargeOutcome, Refund, RefundOutcome, charge_key, refund_key},
     service::SOURCE,
     status::{OrderStatus, PaymentMethod, RefundState, Transition},
@@ -150,7 +150,13 @@ impl Orders {
                     .price_minor
                     .checked_mul(i64::from(line.quantity))
                     .and_then(|line_total| total.checked_add(line_total))
-                    .ok_or_else(|| Error::invalid_argument("TOTAL_TOO_LARGE", "the order's total is too large"))?;
+                    .filter(|total| *total <= MAX_TOTAL_MINOR)
+                    .ok_or_else(|| {
+                        Error::invalid_argument(
+                            "TOTAL_TOO_LARGE",
+                            format!("an order's total is at most {MAX_TOTAL_MINOR} minor units"),
+                        )
+                    })?;
                 items.push(NewItem {
                     order_id: id,
                     position: i32::try_from(position).map_err(anyhow::Error::from)?,

@@ -358,6 +358,19 @@ async fn stock_adjusts_once_per_request_id_and_never_below_zero() -> anyhow::Res
         .await
         .expect_err("zero delta, no key");
     assert_eq!(violated_fields(&zero), ["request_id", "delta"]);
+    let huge = orders
+        .adjust_stock(authorized(adjust(&product.id, i64::MAX, "huge"), &fx.admin))
+        .await
+        .expect_err("beyond any stock");
+    assert_eq!(violated_fields(&huge), ["delta"]);
+    orders
+        .adjust_stock(authorized(adjust(&product.id, 1_000_000_000_000, "most"), &fx.admin))
+        .await?;
+    let over = orders
+        .adjust_stock(authorized(adjust(&product.id, 1, "one-more"), &fx.admin))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(reason(&over), "STOCK_LIMIT_EXCEEDED");
     let missing = orders
         .adjust_stock(authorized(adjust(&uuid::Uuid::now_v7().to_string(), 1, "x"), &fx.admin))
         .await

@@ -223,6 +223,16 @@ async fn invalid_orders_are_refused_naming_every_bad_field() -> anyhow::Result<(
     let empty = fx.order(&buyer, "empty", &[]).await.expect_err("no lines");
     assert_eq!(violated_fields(&empty), ["items"]);
 
+    // A total no payment could carry is refused before anything is reserved.
+    let gold = fx.product("Gold bar", 1_000_000_000_000, 5_000).await?;
+    let dear = fx
+        .order(&buyer, "dear", &[(&gold.id, 1000), (&tea.id, 1)])
+        .await
+        .expect_err("10^15 + 450");
+    assert_eq!(dear.code(), Code::InvalidArgument);
+    assert_eq!(reason(&dear), "TOTAL_TOO_LARGE");
+    assert_eq!(fx.stock(&gold.id).await?, 5_000);
+
     let card = fx
         .orders()
         .create_order(authorized(

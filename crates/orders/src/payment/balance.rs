@@ -101,6 +101,16 @@ fn debit_refused(status: &Status) -> ChargeOutcome {
         (Code::FailedPrecondition, "CURRENCY_MISMATCH") => {
             ChargeOutcome::Declined(Decline::Declined("the account holds another currency".into()))
         }
+        // Accounts refused the request as it stands, before any lookup by
+        // key: every retry of it would be refused the same way, and nothing
+        // was taken.
+        (Code::InvalidArgument, _) => {
+            tracing::error!(reason = %why, message = status.message(), "accounts refused a debit as invalid");
+            ChargeOutcome::Declined(Decline::Declined(format!(
+                "accounts refused the debit: {}",
+                status.message()
+            )))
+        }
         (code, _) => {
             if !transient(code) {
                 tracing::error!(?code, reason = %why, message = status.message(), "accounts refused a debit");
@@ -157,10 +167,15 @@ mod tests {
             debit_refused(&refused(Code::NotFound, "NOT_FOUND")),
             ChargeOutcome::Declined(Decline::InsufficientFunds)
         );
-        assert!(matches!(
-            debit_refused(&refused(Code::FailedPrecondition, "CURRENCY_MISMATCH")),
-            ChargeOutcome::Declined(Decline::Declined(_))
-        ));
+        for (code, reason) in [
+            (Code::FailedPrecondition, "CURRENCY_MISMATCH"),
+            (Code::InvalidArgument, "INVALID_ARGUMENT"),
+        ] {
+            assert!(matches!(
+                debit_refused(&refused(code, reason)),
+                ChargeOutcome::Declined(Decline::Declined(_))
+            ));
+        }
         for code in [
             Code::Unavailable,
             Code::DeadlineExceeded,

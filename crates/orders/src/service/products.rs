@@ -160,14 +160,7 @@ pub(super) async fn adjust_stock(
     let id = violations.check(keel_platform::rpc::uuid_field("product_id", &request.product_id));
     let request_id = violations.check(RequestId::parse("request_id", &request.request_id));
     let reason = violations.check(domain::note("reason", &request.reason));
-    let delta = violations.check(if request.delta == 0 {
-        Err(keel_platform::error::FieldViolation {
-            field: "delta".into(),
-            description: "must not be zero".into(),
-        })
-    } else {
-        Ok(request.delta)
-    });
+    let delta = violations.check(domain::stock_delta("delta", request.delta));
     let (Some(id), Some(request_id), Some(reason), Some(delta)) = (id, request_id, reason, delta) else {
         return Err(violations.into_error());
     };
@@ -187,6 +180,13 @@ pub(super) async fn adjust_stock(
                     "REQUEST_ID_REUSED",
                     "this request_id was used for a different adjustment; use a new one",
                 ));
+            }
+            if current.stock_quantity.saturating_add(delta) > domain::MAX_STOCK {
+                return Err(Error::failed_precondition(
+                    "STOCK_LIMIT_EXCEEDED",
+                    format!("a product holds at most {} units", domain::MAX_STOCK),
+                )
+                .with_metadata("product_id", id.to_string()));
             }
             let moved = products::move_stock(conn, id, delta).await?.ok_or_else(|| {
                 Error::failed_precondition(
