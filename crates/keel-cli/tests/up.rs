@@ -32,6 +32,7 @@ fn postgres_running_in(dir: &std::path::Path) -> bool {
 async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
     let data_dir = std::env::temp_dir().join(format!("keel-up-test-{}", uuid::Uuid::now_v7().simple()));
     let (port, accounts_port, gateway_port) = (free_port(), free_port(), free_port());
+    let orders_port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args([
             "up",
@@ -39,6 +40,8 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
             &format!("127.0.0.1:{port}"),
             "--accounts-listen",
             &format!("127.0.0.1:{accounts_port}"),
+            "--orders-listen",
+            &format!("127.0.0.1:{orders_port}"),
             "--gateway-listen",
             &format!("127.0.0.1:{gateway_port}"),
         ])
@@ -69,6 +72,7 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
         banner.contains(&format!("grpc://127.0.0.1:{accounts_port}")),
         "{banner}"
     );
+    assert!(banner.contains(&format!("grpc://127.0.0.1:{orders_port}")), "{banner}");
     assert!(banner.contains(&format!("http://127.0.0.1:{gateway_port}")), "{banner}");
     assert!(
         banner.contains(&data_dir.display().to_string()),

@@ -1,0 +1,173 @@
+//! How an order's money moves: a [`PaymentProvider`] per payment method.
+//!
+//! The saga calls a provider outside any database transaction, with
+//! idempotency keys derived from the order and the step
+//! ([`charge_key`], [`refund_key`]), so a retry after a crash or a timeout
+//! repeats the same operation instead of starting another. Every outcome a
+//! provider can report is one of [`ChargeOutcome`]'s: money taken, definitely
+//! not taken, not finished yet, or not known.
+//!
+//! A provider that keeps its own object for a charge (a card gateway's
+//! PaymentIntent) creates it in [`PaymentProvider::prepare`], before any
+//! money moves; the saga stores the reference it returns and hands it back to
+//! every later call, so a resumed saga looks up that object instead of
+//! creating a second one.
+
+pub mod balance;
+
+use std::sync::Arc;
+
+use keel_platform::Error;
+use uuid::Uuid;
+
+use crate::status::PaymentMethod;
+
+pub use balance::AccountBalance;
+
+/// The provider of each payment method.
+#[derive(Debug, Clone)]
+pub struct Providers {
+    /// PAYMENT_METHOD_ACCOUNT_BALANCE.
+    pub balance: Arc<dyn PaymentProvider>,
+    /// PAYMENT_METHOD_EXTERNAL, when a card gateway is configured.
+    pub external: Option<Arc<dyn PaymentProvider>>,
+}
+
+impl Providers {
+    /// The provider of `method`, or FAILED_PRECONDITION when none is set up.
+    pub fn get(&self, method: PaymentMethod) -> Result<&Arc<dyn PaymentProvider>, Error> {
+        match method {
+            PaymentMethod::AccountBalance => Ok(&self.balance),
+            PaymentMethod::External => self.external.as_ref().ok_or_else(|| {
+                Error::failed_precondition(
+                    "PAYMENT_METHOD_UNAVAILABLE",
+                    "no external payment gateway is configured; pay from the account balance",
+                )
+            }),
+        }
+    }
+}
+
+/// The idempotency key of an order's charge.
+pub fn charge_key(order_id: Uuid) -> String {
+    format!("order:{order_id}:charge")
+}
+
+/// The idempotency key of an order's refund.
+pub fn refund_key(order_id: Uuid) -> String {
+    format!("order:{order_id}:refund")
+}
+
+/// A charge of an order's total to its buyer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The idempotency key ([`charge_key`]).
+    pub key: String,
+    /// The order paid for.
+    pub order_id: Uuid,
+    /// The buyer.
+    pub user_id: Uuid,
+    /// Minor units, > 0.
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// The provider's reference from an earlier step (prepare, or a charge
+    /// that was left pending), if any.
+    pub reference: Option<String>,
+}
+
+/// A refund of a charge, in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    /// The idempotency key ([`refund_key`]).
+    pub key: String,
+    /// The order refunded.
+    pub order_id: Uuid,
+    /// The buyer.
+    pub user_id: Uuid,
+    /// Minor units, > 0: the charge's amount.
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// The provider's reference of the charge given back.
+    pub charge_reference: String,
+}
+
+/// Why a charge was definitely refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decline {
+    /// The balance is lower than the total.
+    InsufficientFunds,
+    /// The provider refused, for the given reason (e.g. `card_declined`).
+    Declined(String),
+}
+
+impl Decline {
+    /// The stable reason the order is cancelled with and the buyer sees.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Decline::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            Decline::Declined(_) => "PAYMENT_DECLINED",
+        }
+    }
+}
+
+/// How a charge ended, as far as the provider can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    /// The money was taken; `reference` names the charge for a refund.
+    Paid {
+        /// The provider's id of the charge.
+        reference: String,
+    },
+    /// Definitely not taken.
+    Declined(Decline),
+    /// Not finished (e.g. the buyer must authenticate): ask again later.
+    Pending {
+        /// The provider's id of the charge, to store for later calls.
+        reference: Option<String>,
+    },
+    /// Unknown: the provider timed out, failed or could not be reached. The
+    /// money may or may not have moved; retrying with the same key tells.
+    Uncertain(String),
+}
+
+/// How a refund ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    /// Given back; `reference` names the refund.
+    Refunded {
+        /// The provider's id of the refund.
+        reference: String,
+    },
+    /// Unknown or failed for now; retrying with the same key is safe.
+    Uncertain(String),
+}
+
+/// A way to take and give back money for an order. Implementations must be
+/// idempotent by the keys they are given.
+#[tonic::async_trait]
+pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
+    /// Creates the provider's record of the charge without moving money and
+    /// returns its reference, which the saga stores before calling
+    /// [`PaymentProvider::charge`]. Providers with no such record return
+    /// `Ok(None)`; an error means nothing usable was created (try again).
+    async fn prepare(&self, charge: &Charge) -> Result<Option<String>, String> {
+        let _ = charge;
+        Ok(None)
+    }
+
+    /// Takes the money (or, when `charge.reference` names a charge already
+    /// confirmed, finds out how it ended).
+    async fn charge(&self, charge: &Charge) -> ChargeOutcome;
+
+    /// For an order cancelled while its charge's outcome was unknown: makes
+    /// sure the charge can no longer complete (a card gateway cancels an
+    /// unconfirmed or `requires_action` intent) and says how it ended:
+    /// `Declined` when nothing was taken, `Paid` when the money had already
+    /// moved (the saga then refunds it), `Uncertain` to be asked again.
+    async fn void(&self, charge: &Charge) -> ChargeOutcome;
+
+    /// Gives back a charge in full.
+    async fn refund(&self, refund: &Refund) -> RefundOutcome;
+}

@@ -1,0 +1,83 @@
+// @generated in the shape of `diesel print-schema`; keep in step with migrations/.
+
+pub mod sql_types {
+    #[derive(diesel::query_builder::QueryId, Clone, Debug, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "order_status"))]
+    pub struct OrderStatus;
+
+    #[derive(diesel::query_builder::QueryId, Clone, Debug, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "payment_method"))]
+    pub struct PaymentMethod;
+
+    #[derive(diesel::query_builder::QueryId, Clone, Debug, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "refund_state"))]
+    pub struct RefundState;
+}
+
+diesel::table! {
+    products (id) {
+        id -> Uuid,
+        name -> Text,
+        description -> Text,
+        price_minor -> Int8,
+        currency -> Text,
+        stock_quantity -> Int8,
+        initial_stock -> Int8,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    stock_adjustments (id) {
+        id -> Uuid,
+        product_id -> Uuid,
+        request_id -> Text,
+        delta -> Int8,
+        reason -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::{OrderStatus, PaymentMethod, RefundState};
+
+    orders (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        request_id -> Text,
+        status -> OrderStatus,
+        payment_method -> PaymentMethod,
+        total_minor -> Int8,
+        currency -> Text,
+        charge_reference -> Nullable<Text>,
+        refund_state -> RefundState,
+        cancel_reason -> Nullable<Text>,
+        cancel_request_id -> Nullable<Text>,
+        payment_deadline -> Timestamptz,
+        lease_until -> Nullable<Timestamptz>,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    order_items (order_id, position) {
+        order_id -> Uuid,
+        position -> Int4,
+        product_id -> Uuid,
+        product_name -> Text,
+        quantity -> Int4,
+        unit_price_minor -> Int8,
+        currency -> Text,
+    }
+}
+
+diesel::joinable!(order_items -> orders (order_id));
+diesel::joinable!(order_items -> products (product_id));
+diesel::joinable!(stock_adjustments -> products (product_id));
+
+diesel::allow_tables_to_appear_in_same_query!(order_items, orders, products, stock_adjustments,);

@@ -1,0 +1,140 @@
+//! `keel.orders.v1.OrdersService`.
+//!
+//! The trait impl below only adapts gRPC to the handlers: each reads the
+//! caller from the request and hands the message to a function of the
+//! resource's module (products, orders), which returns `Result<_, Error>`.
+
+mod orders;
+mod products;
+
+use std::sync::Arc;
+
+use keel::orders::v1::{self as pb, orders_service_server::OrdersService};
+use keel_platform::{db::Pool, principal::principal, rpc::Reply};
+use tonic::{Request, Response};
+
+use crate::{SagaConfig, payment::Providers};
+
+/// The event source name of orders: its service name, which is also the
+/// client id its relay's tokens carry.
+pub const SOURCE: &str = crate::SERVICE.name;
+
+/// The orders service.
+#[derive(Clone)]
+pub struct Orders {
+    pub(crate) pool: Pool,
+    pub(crate) payments: Providers,
+    pub(crate) saga: Arc<SagaConfig>,
+}
+
+impl std::fmt::Debug for Orders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orders")
+            .field("payments", &self.payments)
+            .field("saga", &self.saga)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Orders {
+    /// Orders over a (migrated) database, paying through `payments`.
+    pub fn new(pool: Pool, payments: Providers, saga: SagaConfig) -> Self {
+        Self {
+            pool,
+            payments,
+            saga: Arc::new(saga),
+        }
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+#[tonic::async_trait]
+impl OrdersService for Orders {
+    async fn create_product(&self, request: Request<pb::CreateProductRequest>) -> Reply<pb::CreateProductResponse> {
+        principal(&request)?.admin()?;
+        Ok(Response::new(
+            products::create_product(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_product(&self, request: Request<pb::GetProductRequest>) -> Reply<pb::GetProductResponse> {
+        principal(&request)?.user()?;
+        Ok(Response::new(products::get_product(self, request.into_inner()).await?))
+    }
+
+    async fn list_products(&self, request: Request<pb::ListProductsRequest>) -> Reply<pb::ListProductsResponse> {
+        principal(&request)?.user()?;
+        Ok(Response::new(
+            products::list_products(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn update_product(&self, request: Request<pb::UpdateProductRequest>) -> Reply<pb::UpdateProductResponse> {
+        principal(&request)?.admin()?;
+        Ok(Response::new(
+            products::update_product(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn adjust_stock(&self, request: Request<pb::AdjustStockRequest>) -> Reply<pb::AdjustStockResponse> {
+        principal(&request)?.admin()?;
+        Ok(Response::new(products::adjust_stock(self, request.into_inner()).await?))
+    }
+
+    async fn create_order(&self, request: Request<pb::CreateOrderRequest>) -> Reply<pb::CreateOrderResponse> {
+        let caller = principal(&request)?.user()?.clone();
+        Ok(Response::new(
+            orders::create_order(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Reply<pb::GetOrderResponse> {
+        let caller = principal(&request)?.user()?.clone();
+        Ok(Response::new(
+            orders::get_order(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_orders(&self, request: Request<pb::ListOrdersRequest>) -> Reply<pb::ListOrdersResponse> {
+        let caller = principal(&request)?.user()?.clone();
+        Ok(Response::new(
+            orders::list_orders(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn cancel_order(&self, request: Request<pb::CancelOrderRequest>) -> Reply<pb::CancelOrderResponse> {
+        let caller = principal(&request)?.user()?.clone();
+        Ok(Response::new(
+            orders::cancel_order(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn ship_order(&self, request: Request<pb::ShipOrderRequest>) -> Reply<pb::ShipOrderResponse> {
+        principal(&request)?.admin()?;
+        Ok(Response::new(orders::ship_order(self, request.into_inner()).await?))
+    }
+
+    async fn deliver_order(&self, request: Request<pb::DeliverOrderRequest>) -> Reply<pb::DeliverOrderResponse> {
+        principal(&request)?.admin()?;
+        Ok(Response::new(orders::deliver_order(self, request.into_inner()).await?))
+    }
+}
+
+fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Reads an etag this service handed out; `field` names it in the error.
+fn parse_etag(field: &str, etag: &str) -> Result<Option<i64>, keel_platform::Error> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    etag.trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| keel_platform::Error::invalid_field(field, "is not an etag from this service"))
+}

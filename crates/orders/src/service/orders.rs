@@ -1,0 +1,274 @@
+//! CreateOrder, GetOrder, ListOrders, CancelOrder, ShipOrder and
+//! DeliverOrder: reading requests and shaping answers around the saga.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use keel::{common::v1::Money, orders::v1 as pb};
+use keel_platform::{
+    Error,
+    error::FieldViolation,
+    paging,
+    principal::UserPrincipal,
+    proto::timestamp,
+    rpc::{parse_id, uuid_field},
+};
+use uuid::Uuid;
+
+use super::{Orders, etag};
+use crate::{
+    CrashPoint,
+    domain::{self, MAX_LINES, RequestId},
+    saga::{Line, PlaceOrder, Placed, reasons},
+    status::{OrderStatus, PaymentMethod},
+    store::{self, ItemRow, OrderRow},
+};
+
+pub(super) async fn create_order(
+    orders: &Orders,
+    caller: &UserPrincipal,
+    request: pb::CreateOrderRequest,
+) -> Result<pb::CreateOrderResponse, Error> {
+    let order = read_order(caller, &request)?;
+    // Refused before anything is reserved.
+    orders.payments.get(order.method)?;
+    let placed = match orders.place(&order).await? {
+        // Test hook: stop as a crashed process would.
+        Placed::New(order) if orders.saga.test_crash_after == Some(CrashPoint::Reservation) => order,
+        Placed::New(order) if orders.saga.test_crash_after == Some(CrashPoint::Charge) => {
+            orders.charge(order.clone()).await?;
+            order
+        }
+        Placed::New(order) => orders.pay(order).await?,
+        // A retry of an order still unpaid helps it along unless someone
+        // else (the first call, the resumer) is at it.
+        Placed::Existing(order) if order.status == OrderStatus::PendingPayment => match orders.claim(&order).await? {
+            Some(claimed) => orders.pay(claimed).await?,
+            None => order,
+        },
+        Placed::Existing(order) => order,
+    };
+    if let Some(reason) = placed.cancel_reason.as_deref()
+        && reasons::is_payment_failure(reason)
+    {
+        let reason = if reason == reasons::INSUFFICIENT_FUNDS {
+            reasons::INSUFFICIENT_FUNDS
+        } else {
+            reasons::PAYMENT_DECLINED
+        };
+        return Err(
+            Error::failed_precondition(reason, format!("the payment failed: {}", reasons::describe(reason)))
+                .with_metadata("order_id", placed.id.to_string()),
+        );
+    }
+    Ok(pb::CreateOrderResponse {
+        order: Some(orders.order_pb(placed).await?),
+    })
+}
+
+/// Reads a CreateOrder into a [`PlaceOrder`], naming every bad field.
+fn read_order(caller: &UserPrincipal, request: &pb::CreateOrderRequest) -> Result<PlaceOrder, Error> {
+    let mut bad = Vec::new();
+    let request_id = RequestId::parse("request_id", &request.request_id)
+        .map_err(|v| bad.push(v))
+        .ok();
+    let method = pb::PaymentMethod::try_from(request.payment_method)
+        .ok()
+        .and_then(PaymentMethod::from_pb);
+    if method.is_none() {
+        bad.push(field("payment_method", "must be ACCOUNT_BALANCE or EXTERNAL"));
+    }
+    if request.items.is_empty() || request.items.len() > MAX_LINES {
+        bad.push(field("items", &format!("must have 1 to {MAX_LINES} lines")));
+    }
+    let mut seen = BTreeSet::new();
+    let mut lines = Vec::with_capacity(request.items.len());
+    for (i, item) in request.items.iter().enumerate() {
+        let product_id = uuid_field(&format!("items[{i}].product_id"), &item.product_id).map_err(|v| bad.push(v));
+        let quantity = domain::quantity(&format!("items[{i}].quantity"), item.quantity).map_err(|v| bad.push(v));
+        if let Ok(product_id) = product_id
+            && !seen.insert(product_id)
+        {
+            bad.push(field(
+                &format!("items[{i}].product_id"),
+                "names a product already ordered in another line",
+            ));
+        }
+        if let (Ok(product_id), Ok(quantity)) = (product_id, quantity) {
+            lines.push(Line { product_id, quantity });
+        }
+    }
+    match (request_id, method) {
+        (Some(request_id), Some(method)) if bad.is_empty() => Ok(PlaceOrder {
+            user_id: caller.user_id,
+            request_id,
+            lines,
+            method,
+        }),
+        _ => Err(Error::invalid_fields(bad)),
+    }
+}
+
+fn field(name: &str, description: &str) -> FieldViolation {
+    FieldViolation {
+        field: name.into(),
+        description: description.into(),
+    }
+}
+
+pub(super) async fn get_order(
+    orders: &Orders,
+    caller: &UserPrincipal,
+    request: pb::GetOrderRequest,
+) -> Result<pb::GetOrderResponse, Error> {
+    let order = visible_order(orders, caller, &request.order_id).await?;
+    Ok(pb::GetOrderResponse {
+        order: Some(orders.order_pb(order).await?),
+    })
+}
+
+pub(super) async fn list_orders(
+    orders: &Orders,
+    caller: &UserPrincipal,
+    request: pb::ListOrdersRequest,
+) -> Result<pb::ListOrdersResponse, Error> {
+    let limit = paging::page_size(request.page_size)?;
+    let before = paging::decode_token(&request.page_token)?;
+    let status = match pb::OrderStatus::try_from(request.status) {
+        Ok(status) => OrderStatus::from_pb(status),
+        Err(_) => return Err(Error::invalid_field("status", "is not an order status")),
+    };
+    let buyer = match request.user_id.as_str() {
+        "" if caller.is_admin() => None,
+        "" => Some(caller.user_id),
+        raw => {
+            let id = parse_id("user_id", raw)?;
+            if id != caller.user_id && !caller.is_admin() {
+                return Err(Error::permission_denied(
+                    "NOT_ORDER_OWNER",
+                    "a user may only list their own orders",
+                ));
+            }
+            Some(id)
+        }
+    };
+    let rows = {
+        let mut conn = orders.pool.get().await?;
+        store::orders::list(&mut conn, buyer, status, before, limit + 1).await?
+    };
+    let (page, next_page_token) = paging::page(rows, limit, |row| paging::encode_token(row.id));
+    Ok(pb::ListOrdersResponse {
+        orders: orders.orders_pb(page).await?,
+        next_page_token,
+    })
+}
+
+pub(super) async fn cancel_order(
+    orders: &Orders,
+    caller: &UserPrincipal,
+    request: pb::CancelOrderRequest,
+) -> Result<pb::CancelOrderResponse, Error> {
+    let request_id = RequestId::parse("request_id", &request.request_id).map_err(keel_platform::rpc::invalid)?;
+    let order = visible_order(orders, caller, &request.order_id).await?;
+    let cancelled = orders.cancel(order, &request_id).await?;
+    Ok(pb::CancelOrderResponse {
+        order: Some(orders.order_pb(cancelled).await?),
+    })
+}
+
+pub(super) async fn ship_order(orders: &Orders, request: pb::ShipOrderRequest) -> Result<pb::ShipOrderResponse, Error> {
+    let order = find_order(orders, &request.order_id).await?;
+    let shipped = orders.ship(order).await?;
+    Ok(pb::ShipOrderResponse {
+        order: Some(orders.order_pb(shipped).await?),
+    })
+}
+
+pub(super) async fn deliver_order(
+    orders: &Orders,
+    request: pb::DeliverOrderRequest,
+) -> Result<pb::DeliverOrderResponse, Error> {
+    let order = find_order(orders, &request.order_id).await?;
+    let delivered = orders.deliver(order).await?;
+    Ok(pb::DeliverOrderResponse {
+        order: Some(orders.order_pb(delivered).await?),
+    })
+}
+
+async fn find_order(orders: &Orders, raw_id: &str) -> Result<OrderRow, Error> {
+    let id = parse_id("order_id", raw_id)?;
+    let mut conn = orders.pool.get().await?;
+    store::orders::find(&mut conn, id)
+        .await?
+        .ok_or_else(|| Error::not_found("order"))
+}
+
+/// The order, if the caller may see it: their own, or any for an admin.
+/// Another user's order answers as a missing one, so ids reveal nothing.
+async fn visible_order(orders: &Orders, caller: &UserPrincipal, raw_id: &str) -> Result<OrderRow, Error> {
+    let order = find_order(orders, raw_id).await?;
+    if order.user_id == caller.user_id || caller.is_admin() {
+        Ok(order)
+    } else {
+        Err(Error::not_found("order"))
+    }
+}
+
+impl Orders {
+    async fn order_pb(&self, order: OrderRow) -> Result<pb::Order, Error> {
+        let mut all = self.orders_pb(vec![order]).await?;
+        all.pop()
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("an order went missing while being read")))
+    }
+
+    async fn orders_pb(&self, rows: Vec<OrderRow>) -> Result<Vec<pb::Order>, Error> {
+        let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+        let items = {
+            let mut conn = self.pool.get().await?;
+            store::orders::items(&mut conn, &ids).await?
+        };
+        let mut by_order: BTreeMap<Uuid, Vec<ItemRow>> = BTreeMap::new();
+        for item in items {
+            by_order.entry(item.order_id).or_default().push(item);
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let items = by_order.remove(&row.id).unwrap_or_default();
+                order_pb(&row, &items)
+            })
+            .collect())
+    }
+}
+
+fn money(amount_minor: i64, currency: &str) -> Option<Money> {
+    Some(Money {
+        amount_minor,
+        currency_code: currency.to_owned(),
+    })
+}
+
+fn order_pb(row: &OrderRow, items: &[ItemRow]) -> pb::Order {
+    pb::Order {
+        id: row.id.to_string(),
+        user_id: row.user_id.to_string(),
+        items: items
+            .iter()
+            .map(|item| pb::OrderItem {
+                product_id: item.product_id.to_string(),
+                product_name: item.product_name.clone(),
+                quantity: item.quantity,
+                unit_price: money(item.unit_price_minor, &item.currency),
+                line_total: money(
+                    item.unit_price_minor.saturating_mul(i64::from(item.quantity)),
+                    &item.currency,
+                ),
+            })
+            .collect(),
+        total: money(row.total_minor, &row.currency),
+        status: row.status.to_pb() as i32,
+        payment_method: row.payment_method.to_pb() as i32,
+        etag: etag(row.version),
+        create_time: Some(timestamp(row.created_at)),
+        update_time: Some(timestamp(row.updated_at)),
+    }
+}
