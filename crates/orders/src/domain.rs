@@ -139,6 +139,12 @@ pub fn quantity(field: &str, raw: i32) -> Result<i32, FieldViolation> {
     Ok(raw)
 }
 
+/// Whether `raw` can be an id at the card gateway (a Stripe `pm_...`): 1 to
+/// 255 ASCII letters, digits and underscores, as the orders table checks.
+pub fn is_gateway_id(raw: &str) -> bool {
+    (1..=255).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

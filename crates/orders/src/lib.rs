@@ -74,6 +74,9 @@ pub struct OrdersConfig {
     pub saga: SagaConfig,
 
     #[command(flatten)]
+    pub card_gateway: CardGatewayConfig,
+
+    #[command(flatten)]
     pub tokens: TokenConfig,
 
     #[command(flatten)]
@@ -81,6 +84,73 @@ pub struct OrdersConfig {
 
     #[command(flatten)]
     pub server: ServerConfig,
+}
+
+/// The external card gateway (Stripe's API); unset, PAYMENT_METHOD_EXTERNAL
+/// is refused with PAYMENT_METHOD_UNAVAILABLE.
+#[derive(Clone, Args)]
+pub struct CardGatewayConfig {
+    /// The card gateway's base URL (`https://api.stripe.com`, or a stand-in).
+    #[arg(long, env = "KEEL_ORDERS_CARD_GATEWAY_URL")]
+    pub card_gateway_url: Option<String>,
+
+    /// The secret API key, sent as the bearer token.
+    #[arg(long, env = "KEEL_ORDERS_CARD_GATEWAY_SECRET_KEY", hide_env_values = true)]
+    pub card_gateway_secret_key: Option<String>,
+
+    /// The webhook signing secrets (`whsec_...`), comma-separated: during a
+    /// rotation give both, the new one first.
+    #[arg(
+        long,
+        env = "KEEL_ORDERS_CARD_WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub card_webhook_secrets: Vec<String>,
+
+    /// How long one call to the card gateway may take (milliseconds); after
+    /// that its outcome counts as unknown and the resumer asks again.
+    #[arg(long, env = "KEEL_ORDERS_CARD_GATEWAY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub card_gateway_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for CardGatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CardGatewayConfig")
+            .field("card_gateway_url", &self.card_gateway_url)
+            .field("card_gateway_timeout_ms", &self.card_gateway_timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CardGatewayConfig {
+    /// The card provider, when a gateway is configured.
+    pub fn provider(&self) -> anyhow::Result<Option<payment::CardGateway>> {
+        let Some(url) = &self.card_gateway_url else {
+            return Ok(None);
+        };
+        let key = self
+            .card_gateway_secret_key
+            .clone()
+            .context("KEEL_ORDERS_CARD_GATEWAY_URL is set, so KEEL_ORDERS_CARD_GATEWAY_SECRET_KEY must be too")?;
+        if self.card_webhook_secrets.iter().all(|s| s.trim().is_empty()) {
+            tracing::warn!(
+                "KEEL_ORDERS_CARD_WEBHOOK_SECRETS is not set: card gateway webhooks are refused, and payments \
+                 that need 3-D Secure settle only when the resumer asks the gateway"
+            );
+        }
+        let timeout = Duration::from_millis(self.card_gateway_timeout_ms.max(1));
+        Ok(Some(payment::CardGateway::new(url, key, timeout)?))
+    }
+
+    /// The webhook secrets given.
+    pub fn webhook_secrets(&self) -> Vec<String> {
+        self.card_webhook_secrets
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
 }
 
 /// How the payment saga paces itself.
@@ -165,12 +235,14 @@ pub async fn run(config: OrdersConfig, context: Context) -> anyhow::Result<()> {
         .context("migrating keel_orders")?;
     let tokens = context.service_tokens()?;
     let accounts = context.service_channel(ACCOUNTS, tokens.clone())?;
+    let external = config.card_gateway.provider()?;
     let payments = payment::Providers {
         balance: Arc::new(payment::AccountBalance::new(accounts)),
-        external: None,
+        external: external.map(|card| Arc::new(card) as Arc<dyn payment::PaymentProvider>),
     };
     let pool = db::pool(&context.database_url, &config.pool)?;
-    let orders = Orders::new(pool.clone(), payments, config.saga.clone());
+    let orders = Orders::new(pool.clone(), payments, config.saga.clone())
+        .with_webhook_secrets(config.card_gateway.webhook_secrets());
     let verifier = context.verifier(&config.tokens)?;
     let resumer = tokio::spawn(resumer::run(orders.clone(), context.shutdown.clone()));
     let serving = Serving {

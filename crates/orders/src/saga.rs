@@ -85,6 +85,8 @@ pub struct PlaceOrder {
     pub lines: Vec<Line>,
     /// How it is paid.
     pub method: PaymentMethod,
+    /// The buyer's payment method at the card gateway (EXTERNAL only).
+    pub payment_method_id: Option<String>,
 }
 
 /// What [`Orders::place`] found or made.
@@ -178,6 +180,7 @@ impl Orders {
                     currency: &currency,
                     payment_deadline: deadline,
                     lease_until: Some(lease_until),
+                    payment_method_id: order.payment_method_id.as_deref(),
                 },
                 &items,
             )
@@ -630,6 +633,7 @@ pub fn charge_of(order: &OrderRow) -> Charge {
         amount_minor: order.total_minor,
         currency: order.currency.clone(),
         reference: order.charge_reference.clone(),
+        payment_method_id: order.payment_method_id.clone(),
     }
 }
 

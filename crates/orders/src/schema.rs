@@ -61,6 +61,16 @@ diesel::table! {
         version -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        payment_method_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    card_gateway_events (id) {
+        id -> Text,
+        event_type -> Text,
+        object_id -> Text,
+        received_at -> Timestamptz,
     }
 }
 
@@ -80,4 +90,4 @@ diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_items -> products (product_id));
 diesel::joinable!(stock_adjustments -> products (product_id));
 
-diesel::allow_tables_to_appear_in_same_query!(order_items, orders, products, stock_adjustments,);
+diesel::allow_tables_to_appear_in_same_query!(card_gateway_events, order_items, orders, products, stock_adjustments,);

@@ -204,6 +204,7 @@ async fn invalid_orders_are_refused_naming_every_bad_field() -> anyhow::Result<(
                     },
                 ],
                 payment_method: pb::PaymentMethod::Unspecified as i32,
+                external_payment_method_id: String::new(),
             },
             &buyer.token,
         ))
@@ -243,6 +244,7 @@ async fn invalid_orders_are_refused_naming_every_bad_field() -> anyhow::Result<(
                     quantity: 1,
                 }],
                 payment_method: pb::PaymentMethod::External as i32,
+                external_payment_method_id: "pm_card_visa".into(),
             },
             &buyer.token,
         ))
@@ -263,6 +265,7 @@ async fn invalid_orders_are_refused_naming_every_bad_field() -> anyhow::Result<(
                     quantity: 1,
                 }],
                 payment_method: pb::PaymentMethod::AccountBalance as i32,
+                external_payment_method_id: String::new(),
             },
             &admin_service,
         ))

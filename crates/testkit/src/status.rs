@@ -18,3 +18,10 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
 }
+
+/// A value of the `ErrorInfo` metadata of a refused call.
+pub fn metadata(status: &Status, key: &str) -> Option<String> {
+    status
+        .get_details_error_info()
+        .and_then(|info| info.metadata.get(key).cloned())
+}

@@ -14,6 +14,8 @@
 //! creating a second one.
 
 pub mod balance;
+pub mod card;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ use uuid::Uuid;
 use crate::status::PaymentMethod;
 
 pub use balance::AccountBalance;
+pub use card::CardGateway;
 
 /// The provider of each payment method.
 #[derive(Debug, Clone)]
@@ -74,6 +77,9 @@ pub struct Charge {
     /// The provider's reference from an earlier step (prepare, or a charge
     /// that was left pending), if any.
     pub reference: Option<String>,
+    /// The buyer's payment method at the card gateway (`pm_...`), for
+    /// external payments.
+    pub payment_method_id: Option<String>,
 }
 
 /// A refund of a charge, in full.

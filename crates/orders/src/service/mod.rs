@@ -6,6 +6,7 @@
 
 mod orders;
 mod products;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -25,6 +26,8 @@ pub struct Orders {
     pub(crate) pool: Pool,
     pub(crate) payments: Providers,
     pub(crate) saga: Arc<SagaConfig>,
+    /// The card gateway's webhook signing secrets.
+    pub(crate) webhook_secrets: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Orders {
@@ -43,7 +46,15 @@ impl Orders {
             pool,
             payments,
             saga: Arc::new(saga),
+            webhook_secrets: Arc::new([]),
         }
+    }
+
+    /// Accepts card gateway webhooks signed with any of `secrets`.
+    #[must_use]
+    pub fn with_webhook_secrets(mut self, secrets: Vec<String>) -> Self {
+        self.webhook_secrets = secrets.into();
+        self
     }
 
     /// The database pool.
@@ -116,6 +127,17 @@ impl OrdersService for Orders {
     async fn ship_order(&self, request: Request<pb::ShipOrderRequest>) -> Reply<pb::ShipOrderResponse> {
         principal(&request)?.admin()?;
         Ok(Response::new(orders::ship_order(self, request.into_inner()).await?))
+    }
+
+    async fn handle_card_gateway_webhook(
+        &self,
+        request: Request<pb::HandleCardGatewayWebhookRequest>,
+    ) -> Reply<pb::HandleCardGatewayWebhookResponse> {
+        // Public: the card gateway signs the body instead of holding a token.
+        let signature = webhooks::signature(&request);
+        Ok(Response::new(
+            webhooks::handle(self, signature.as_deref(), request.into_inner()).await?,
+        ))
     }
 
     async fn deliver_order(&self, request: Request<pb::DeliverOrderRequest>) -> Reply<pb::DeliverOrderResponse> {

@@ -77,6 +77,25 @@ fn read_order(caller: &UserPrincipal, request: &pb::CreateOrderRequest) -> Resul
     if method.is_none() {
         bad.push(field("payment_method", "must be ACCOUNT_BALANCE or EXTERNAL"));
     }
+    let payment_method_id = request.external_payment_method_id.trim();
+    let payment_method_id = match method {
+        Some(PaymentMethod::External) if domain::is_gateway_id(payment_method_id) => Some(payment_method_id.to_owned()),
+        Some(PaymentMethod::External) => {
+            bad.push(field(
+                "external_payment_method_id",
+                "must name the card gateway's payment method (1 to 255 letters, digits and underscores)",
+            ));
+            None
+        }
+        _ if !payment_method_id.is_empty() => {
+            bad.push(field(
+                "external_payment_method_id",
+                "must be empty unless payment_method is EXTERNAL",
+            ));
+            None
+        }
+        _ => None,
+    };
     if request.items.is_empty() || request.items.len() > MAX_LINES {
         bad.push(field("items", &format!("must have 1 to {MAX_LINES} lines")));
     }
@@ -103,6 +122,7 @@ fn read_order(caller: &UserPrincipal, request: &pb::CreateOrderRequest) -> Resul
             request_id,
             lines,
             method,
+            payment_method_id,
         }),
         _ => Err(Error::invalid_fields(bad)),
     }

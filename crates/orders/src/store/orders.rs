@@ -34,6 +34,7 @@ pub struct OrderRow {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub payment_method_id: Option<String>,
 }
 
 /// A new order: always PENDING_PAYMENT (the column's default), leased to the
@@ -49,6 +50,7 @@ pub struct NewOrder<'a> {
     pub currency: &'a str,
     pub payment_deadline: DateTime<Utc>,
     pub lease_until: Option<DateTime<Utc>>,
+    pub payment_method_id: Option<&'a str>,
 }
 
 /// A line as stored.
