@@ -58,10 +58,12 @@ pub mod reasons {
         }
     }
 
-    /// Whether `reason` says the payment failed (CreateOrder answers it as
-    /// an error, to the first call and every retry).
-    pub fn is_payment_failure(reason: &str) -> bool {
-        reason == INSUFFICIENT_FUNDS || reason == PAYMENT_DECLINED
+    /// The reason itself when it says the payment failed: CreateOrder answers
+    /// such an order with that error, to the first call and every retry.
+    pub fn payment_failure(reason: &str) -> Option<&'static str> {
+        [INSUFFICIENT_FUNDS, PAYMENT_DECLINED]
+            .into_iter()
+            .find(|known| *known == reason)
     }
 }
 

@@ -47,14 +47,7 @@ pub(super) async fn create_order(
         },
         Placed::Existing(order) => order,
     };
-    if let Some(reason) = placed.cancel_reason.as_deref()
-        && reasons::is_payment_failure(reason)
-    {
-        let reason = if reason == reasons::INSUFFICIENT_FUNDS {
-            reasons::INSUFFICIENT_FUNDS
-        } else {
-            reasons::PAYMENT_DECLINED
-        };
+    if let Some(reason) = placed.cancel_reason.as_deref().and_then(reasons::payment_failure) {
         return Err(
             Error::failed_precondition(reason, format!("the payment failed: {}", reasons::describe(reason)))
                 .with_metadata("order_id", placed.id.to_string()),
