@@ -301,6 +301,19 @@ fn error(status: u16, kind: &str, code: &str, message: &str) -> Answer {
     )
 }
 
+fn no_such_intent() -> Answer {
+    error(
+        404,
+        "invalid_request_error",
+        "resource_missing",
+        "No such payment_intent",
+    )
+}
+
+fn unexpected_state(message: &str) -> Answer {
+    error(400, "invalid_request_error", "payment_intent_unexpected_state", message)
+}
+
 fn form(body: &[u8]) -> BTreeMap<String, String> {
     form_urlencoded::parse(body).into_owned().collect()
 }
@@ -539,10 +552,7 @@ fn confirm(ledger: &mut Ledger, intent: &mut Intent) -> Result<(), Answer> {
             "resource_missing",
             &format!("No such PaymentMethod: '{other}'"),
         )),
-        None => Err(error(
-            400,
-            "invalid_request_error",
-            "payment_intent_unexpected_state",
+        None => Err(unexpected_state(
             "You cannot confirm this PaymentIntent because it's missing a payment method.",
         )),
     }
@@ -564,24 +574,15 @@ async fn confirm_intent(
         &headers,
         &body,
         |ledger| {
-            let mut intent = ledger.intents.get(&id).cloned().ok_or_else(|| {
-                error(
-                    404,
-                    "invalid_request_error",
-                    "resource_missing",
-                    "No such payment_intent",
-                )
-            })?;
+            let mut intent = ledger.intents.get(&id).cloned().ok_or_else(no_such_intent)?;
             if !matches!(
                 intent.status.as_str(),
                 "requires_confirmation" | "requires_payment_method"
             ) {
-                return Err(error(
-                    400,
-                    "invalid_request_error",
-                    "payment_intent_unexpected_state",
-                    &format!("This PaymentIntent's status is {}.", intent.status),
-                ));
+                return Err(unexpected_state(&format!(
+                    "This PaymentIntent's status is {}.",
+                    intent.status
+                )));
             }
             if let Some(method) = form.get("payment_method") {
                 intent.payment_method = Some(method.clone());
@@ -610,27 +611,15 @@ async fn cancel_intent(
         &headers,
         &body,
         |ledger| {
-            let intent = ledger.intents.get_mut(&id).ok_or_else(|| {
-                error(
-                    404,
-                    "invalid_request_error",
-                    "resource_missing",
-                    "No such payment_intent",
-                )
-            })?;
+            let intent = ledger.intents.get_mut(&id).ok_or_else(no_such_intent)?;
             if !matches!(
                 intent.status.as_str(),
                 "requires_payment_method" | "requires_confirmation" | "requires_action"
             ) {
-                return Err(error(
-                    400,
-                    "invalid_request_error",
-                    "payment_intent_unexpected_state",
-                    &format!(
-                        "You cannot cancel this PaymentIntent because it has a status of {}.",
-                        intent.status
-                    ),
-                ));
+                return Err(unexpected_state(&format!(
+                    "You cannot cancel this PaymentIntent because it has a status of {}.",
+                    intent.status
+                )));
             }
             intent.status = "canceled".into();
             Ok((200, intent_json(intent)))
@@ -640,21 +629,9 @@ async fn cancel_intent(
 }
 
 fn finish_authentication(ledger: &mut Ledger, id: &str, success: bool) -> Result<Value, Answer> {
-    let mut intent = ledger.intents.get(id).cloned().ok_or_else(|| {
-        error(
-            404,
-            "invalid_request_error",
-            "resource_missing",
-            "No such payment_intent",
-        )
-    })?;
+    let mut intent = ledger.intents.get(id).cloned().ok_or_else(no_such_intent)?;
     if intent.status != "requires_action" {
-        return Err(error(
-            400,
-            "invalid_request_error",
-            "payment_intent_unexpected_state",
-            "This PaymentIntent does not need authentication.",
-        ));
+        return Err(unexpected_state("This PaymentIntent does not need authentication."));
     }
     if success {
         intent.status = "succeeded".into();
@@ -705,14 +682,7 @@ async fn retrieve_intent(State(stand): State<Stand>, Path(id): Path<String>, hea
         &headers,
         &[],
         |ledger| {
-            let intent = ledger.intents.get(&id).ok_or_else(|| {
-                error(
-                    404,
-                    "invalid_request_error",
-                    "resource_missing",
-                    "No such payment_intent",
-                )
-            })?;
+            let intent = ledger.intents.get(&id).ok_or_else(no_such_intent)?;
             Ok((200, intent_json(intent)))
         },
     )
@@ -737,14 +707,7 @@ async fn create_refund(State(stand): State<Stand>, headers: HeaderMap, body: Byt
                     "Missing payment_intent",
                 )
             })?;
-            let intent = ledger.intents.get(intent_id).cloned().ok_or_else(|| {
-                error(
-                    404,
-                    "invalid_request_error",
-                    "resource_missing",
-                    "No such payment_intent",
-                )
-            })?;
+            let intent = ledger.intents.get(intent_id).cloned().ok_or_else(no_such_intent)?;
             if intent.status != "succeeded" {
                 return Err(error(
                     400,
