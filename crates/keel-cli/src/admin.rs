@@ -85,38 +85,49 @@ async fn create_user(
     password: Option<String>,
 ) -> anyhow::Result<()> {
     database.prepare(keel_auth::DATABASE, keel_auth::MIGRATIONS).await?;
-    let config = AuthConfig::from_args(["keel"])?;
-    let auth = keel_auth::Auth::build(&config, &database.url(keel_auth::DATABASE)?, &[]).await?;
-
     let generated = password.is_none();
     let password = match password {
         Some(password) => password,
         None => domain::OpaqueToken::generate()?.expose().to_owned(),
     };
-    let email = domain::Email::parse(email).map_err(|v| anyhow::anyhow!("email {}", v.description))?;
-    let password =
-        domain::Password::parse("password", password).map_err(|v| anyhow::anyhow!("password {}", v.description))?;
-    let roles = std::iter::once(Role::User)
-        .chain(roles.iter().map(|r| match r {
+    let roles: Vec<Role> = roles
+        .iter()
+        .map(|r| match r {
             RoleArg::User => Role::User,
             RoleArg::Admin => Role::Admin,
-        }))
+        })
         .collect();
-    let roles = domain::Roles::new(roles).map_err(|v| anyhow::anyhow!("roles {}", v.description))?;
-    let user = auth
-        .create_user(&email, &password, &roles, None)
-        .await
-        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let user = insert_user(&database.url(keel_auth::DATABASE)?, email, &password, &roles).await?;
     println!(
         "created user {} <{}> with roles {}",
         user.id,
         user.email,
-        roles.names().join(", ")
+        user.roles.join(", ")
     );
     if generated {
-        println!("password: {}", String::from_utf8_lossy(password.expose()));
+        println!("password: {password}");
     }
     Ok(())
+}
+
+/// Creates a user straight in auth's database at `url`, with `roles` and
+/// always `user`: how the first administrator comes to exist.
+pub(crate) async fn insert_user(
+    url: &str,
+    email: &str,
+    password: &str,
+    roles: &[Role],
+) -> anyhow::Result<keel_auth::store::UserRow> {
+    let config = AuthConfig::from_args(["keel"])?;
+    let auth = keel_auth::Auth::build(&config, url, &[]).await?;
+    let email = domain::Email::parse(email).map_err(|v| anyhow::anyhow!("email {}", v.description))?;
+    let password = domain::Password::parse("password", password.to_owned())
+        .map_err(|v| anyhow::anyhow!("password {}", v.description))?;
+    let roles = std::iter::once(Role::User).chain(roles.iter().copied()).collect();
+    let roles = domain::Roles::new(roles).map_err(|v| anyhow::anyhow!("roles {}", v.description))?;
+    auth.create_user(&email, &password, &roles, None)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))
 }
 
 async fn verify_ledger(database: &crate::database::Database) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ use keel::{
     common::v1::Money,
 };
 use keel_platform::{
+    Role,
     registry::{self, Launch, ServiceSpec},
     scopes,
 };
@@ -46,29 +47,32 @@ pub(super) async fn drop_bench_databases(server: &str) {
     }
 }
 
+/// The database pgbench's tables live in.
 const PGBENCH_DB: &str = "keel_bench_pgbench";
 const CLIENT_SECRET: &str = "bench-client-secret-0123456789";
 const PASSWORD: &str = "benchmark password, long enough";
+
+/// Drops the bench's databases, pgbench's included (best effort, as
+/// [`drop_bench_databases`]).
+pub(super) async fn drop_scratch_databases(database: &Database) {
+    if let Ok(server) = database.url("postgres") {
+        drop_bench_databases(&server).await;
+        let _ = keel_platform::db::drop_database(&server, PGBENCH_DB).await;
+    }
+}
 
 impl AccountsBench {
     /// Runs the bench.
     pub async fn run(self) -> anyhow::Result<()> {
         let database = self.database.open().await?;
         let result = self.run_on(&database).await;
-        let server = database.url("postgres");
-        if let Ok(server) = server {
-            drop_bench_databases(&server).await;
-            let _ = keel_platform::db::drop_database(&server, PGBENCH_DB).await;
-        }
+        drop_scratch_databases(&database).await;
         database.close();
         result
     }
 
     async fn run_on(&self, database: &Database) -> anyhow::Result<()> {
-        let server = database.url("postgres")?;
-        keel_platform::db::drop_database(&server, PGBENCH_DB).await?;
-        keel_platform::db::ensure_database(&server, PGBENCH_DB).await?;
-        let pgbench = Pgbench::new(database.url(PGBENCH_DB)?, self.phases.concurrency)?;
+        let pgbench = Pgbench::create(database, self.phases.concurrency).await?;
         println!(
             "keel bench accounts: {} clients, {} rounds of {}s phases; pgbench scale {}",
             self.phases.concurrency, self.phases.rounds, self.phases.seconds, self.phases.concurrency
@@ -117,13 +121,21 @@ impl AccountsBench {
 }
 
 /// The pgbench client on the same server.
-struct Pgbench {
+pub(super) struct Pgbench {
     binary: std::path::PathBuf,
     url: String,
     clients: usize,
 }
 
 impl Pgbench {
+    /// pgbench for `clients` on a fresh, empty database of `database`'s server.
+    pub(super) async fn create(database: &Database, clients: usize) -> anyhow::Result<Self> {
+        let server = database.url("postgres")?;
+        keel_platform::db::drop_database(&server, PGBENCH_DB).await?;
+        keel_platform::db::ensure_database(&server, PGBENCH_DB).await?;
+        Self::new(database.url(PGBENCH_DB)?, clients)
+    }
+
     fn new(url: String, clients: usize) -> anyhow::Result<Self> {
         let binary = keel_platform::local_postgres::find_binaries()?.join("pgbench");
         anyhow::ensure!(
@@ -140,7 +152,7 @@ impl Pgbench {
 
     /// `pgbench -i` at scale = clients, so tpcb-like's branch rows are not a
     /// single hot spot.
-    fn initialize(&self) -> anyhow::Result<()> {
+    pub(super) fn initialize(&self) -> anyhow::Result<()> {
         let output = Command::new(&self.binary)
             .args(["-i", "-q", "-s", &self.clients.to_string(), &self.url])
             .output()
@@ -154,7 +166,7 @@ impl Pgbench {
     }
 
     /// Runs pgbench for `seconds` with `extra` flags; returns its tps.
-    fn run(&self, extra: &[&str], seconds: u64) -> anyhow::Result<f64> {
+    pub(super) fn run(&self, extra: &[&str], seconds: u64) -> anyhow::Result<f64> {
         let threads = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .min(self.clients);
@@ -195,6 +207,8 @@ pub(super) struct Services {
     pub(super) accounts: Channel,
     pub(super) accounts_addr: String,
     pub(super) accounts_url: String,
+    /// Auth's database, where the bench's administrator is created.
+    auth_database_url: String,
     /// Where every service listens, by name.
     pub(super) addrs: BTreeMap<&'static str, SocketAddr>,
 }
@@ -257,8 +271,27 @@ impl Services {
             accounts: Channel::from_shared(accounts_url.clone())?.connect_lazy(),
             accounts_addr: accounts_url,
             accounts_url: database.url(&bench_database(&keel_accounts::SERVICE))?,
+            auth_database_url: database.url(&bench_database(&keel_auth::SERVICE))?,
             addrs,
         })
+    }
+
+    /// The access token of a new administrator: created straight in auth's
+    /// database, as `keel admin create-user` does, then signed in.
+    pub(super) async fn admin_token(&self) -> anyhow::Result<String> {
+        let email = format!("bench-admin-{}@example.com", uuid::Uuid::now_v7().simple());
+        crate::admin::insert_user(&self.auth_database_url, &email, PASSWORD, &[Role::Admin])
+            .await
+            .context("creating the bench's administrator")?;
+        let login = AuthServiceClient::new(self.auth.clone())
+            .login(LoginRequest {
+                email,
+                password: PASSWORD.into(),
+            })
+            .await
+            .context("signing the administrator in")?
+            .into_inner();
+        Ok(login.tokens.context("no tokens")?.access_token)
     }
 
     /// One signed-in user per client, each with a funded account, and a
@@ -386,7 +419,7 @@ async fn throughput(clients: &[Client], phase: Duration, op: Op) -> anyhow::Resu
     .await
 }
 
-fn usd(amount_minor: i64) -> Money {
+pub(super) fn usd(amount_minor: i64) -> Money {
     Money {
         amount_minor,
         currency_code: "USD".into(),

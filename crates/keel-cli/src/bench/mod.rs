@@ -5,10 +5,11 @@
 mod accounts;
 mod gateway;
 mod login;
+mod orders;
 
 use std::{
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -28,6 +29,10 @@ pub enum BenchCommand {
     /// GET /v1/accounts/me through the gateway against GetAccount made
     /// directly over gRPC, at the same concurrency.
     Gateway(gateway::GatewayBench),
+    /// CreateOrder paid from the balance (orders, accounts, both outboxes)
+    /// against pgbench's tpcb-like transaction, at the same concurrency on the
+    /// same Postgres.
+    Orders(orders::OrdersBench),
 }
 
 impl BenchCommand {
@@ -37,6 +42,7 @@ impl BenchCommand {
             BenchCommand::Login(bench) => bench.run().await,
             BenchCommand::Accounts(bench) => bench.run().await,
             BenchCommand::Gateway(bench) => bench.run().await,
+            BenchCommand::Orders(bench) => bench.run().await,
         }
     }
 }
@@ -82,25 +88,57 @@ fn ms(duration: Duration) -> f64 {
 }
 
 /// Calls per second: one loop per client, each awaiting `call` on its own
-/// copy of the client until `phase` is over.
+/// copy of the client until `phase` is over. Any error ends the bench.
 async fn throughput<C, F, Fut>(clients: &[C], phase: Duration, call: F) -> anyhow::Result<f64>
 where
     C: Clone + Send + 'static,
     F: Fn(C) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
+    let tally = tally(clients, phase, move |client| {
+        let call = call.clone();
+        async move { call(client).await.map(Ok) }
+    })
+    .await?;
+    Ok(tally.per_second)
+}
+
+/// What one phase did: successful calls per second, and the calls that failed.
+struct Tally {
+    per_second: f64,
+    failed: u64,
+    /// Why the first failed call failed.
+    first_failure: Option<String>,
+}
+
+/// As [`throughput`], but a call may fail (`Ok(Err(why))`) without ending the
+/// bench: it is counted apart and does not count as done.
+async fn tally<C, F, Fut>(clients: &[C], phase: Duration, call: F) -> anyhow::Result<Tally>
+where
+    C: Clone + Send + 'static,
+    F: Fn(C) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<Result<(), String>>> + Send,
+{
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_failure = Arc::new(OnceLock::new());
     let started = Instant::now();
     let loops: Vec<_> = clients
         .iter()
         .cloned()
         .map(|client| {
             let (stop, done, call) = (stop.clone(), done.clone(), call.clone());
+            let (failed, first_failure) = (failed.clone(), first_failure.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    call(client.clone()).await?;
-                    done.fetch_add(1, Ordering::Relaxed);
+                    match call(client.clone()).await? {
+                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(why) => {
+                            let _ = first_failure.set(why);
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
                 }
                 anyhow::Ok(())
             })
@@ -112,7 +150,11 @@ where
     for task in loops {
         task.await??;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+    Ok(Tally {
+        per_second: done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+        failed: failed.load(Ordering::Relaxed),
+        first_failure: first_failure.get().cloned(),
+    })
 }
 
 /// Retries `call` for up to 30 s: the services may still be starting.
