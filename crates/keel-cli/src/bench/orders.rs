@@ -97,7 +97,9 @@ impl OrdersBench {
 }
 
 /// One buyer per client, each with a funded account (as the accounts bench
-/// has them), all ordering the same product.
+/// has them) and a product of their own: pgbench's tpcb-like spreads its
+/// writes over one branch per client, and so does this, rather than
+/// measuring every client queueing on one product's row lock.
 async fn buyers(suite: &Services, count: usize) -> anyhow::Result<Vec<Buyer>> {
     let orders_url = suite
         .addrs
@@ -105,15 +107,16 @@ async fn buyers(suite: &Services, count: usize) -> anyhow::Result<Vec<Buyer>> {
         .map(|addr| format!("http://{addr}"))
         .context("orders is not registered")?;
     let admin = suite.admin_token().await?;
-    let product_id = create_product(Channel::from_shared(orders_url.clone())?.connect_lazy(), &admin).await?;
+    let catalog = Channel::from_shared(orders_url.clone())?.connect_lazy();
     let mut buyers = Vec::new();
     for client in suite.clients(count).await? {
+        let product_id = create_product(catalog.clone(), &admin).await?;
         // One connection per client, as pgbench has.
         let connection = Channel::from_shared(orders_url.clone())?.connect().await?;
         buyers.push(Buyer {
             orders: OrdersServiceClient::new(connection),
             token: client.user_token,
-            product_id: product_id.clone(),
+            product_id,
         });
     }
     Ok(buyers)
