@@ -61,6 +61,27 @@ pub(super) async fn drop_scratch_databases(database: &Database) {
     }
 }
 
+/// Sets up pgbench and the services on `database`, prints the bench's
+/// header, runs `measure`, and stops the services whatever it returned.
+pub(super) async fn against_pgbench(
+    database: &Database,
+    name: &str,
+    phases: &super::Phases,
+    measure: impl AsyncFnOnce(&Services, &Pgbench) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let pgbench = Pgbench::create(database, phases.concurrency).await?;
+    println!(
+        "keel bench {name}: {} clients, {} rounds of {}s phases; pgbench scale {}",
+        phases.concurrency, phases.rounds, phases.seconds, phases.concurrency
+    );
+    pgbench.initialize()?;
+
+    let suite = Services::start(database).await?;
+    let result = measure(&suite, &pgbench).await;
+    suite.stop().await?;
+    result
+}
+
 impl AccountsBench {
     /// Runs the bench.
     pub async fn run(self) -> anyhow::Result<()> {
@@ -72,17 +93,10 @@ impl AccountsBench {
     }
 
     async fn run_on(&self, database: &Database) -> anyhow::Result<()> {
-        let pgbench = Pgbench::create(database, self.phases.concurrency).await?;
-        println!(
-            "keel bench accounts: {} clients, {} rounds of {}s phases; pgbench scale {}",
-            self.phases.concurrency, self.phases.rounds, self.phases.seconds, self.phases.concurrency
-        );
-        pgbench.initialize()?;
-
-        let suite = Services::start(database).await?;
-        let result = self.measure(&suite, &pgbench).await;
-        suite.stop().await?;
-        result
+        against_pgbench(database, "accounts", &self.phases, async |suite, pgbench| {
+            self.measure(suite, pgbench).await
+        })
+        .await
     }
 
     async fn measure(&self, suite: &Services, pgbench: &Pgbench) -> anyhow::Result<()> {

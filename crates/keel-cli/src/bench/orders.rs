@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use super::{
     Phases,
-    accounts::{Pgbench, Services, bearer, drop_scratch_databases, usd},
+    accounts::{Pgbench, Services, against_pgbench, bearer, drop_scratch_databases, usd},
     median, tally,
 };
 use crate::database::{Database, DatabaseArgs};
@@ -50,17 +50,10 @@ impl OrdersBench {
     }
 
     async fn run_on(&self, database: &Database) -> anyhow::Result<()> {
-        let pgbench = Pgbench::create(database, self.phases.concurrency).await?;
-        println!(
-            "keel bench orders: {} clients, {} rounds of {}s phases; pgbench scale {}",
-            self.phases.concurrency, self.phases.rounds, self.phases.seconds, self.phases.concurrency
-        );
-        pgbench.initialize()?;
-
-        let suite = Services::start(database).await?;
-        let result = self.measure(&suite, &pgbench).await;
-        suite.stop().await?;
-        result
+        against_pgbench(database, "orders", &self.phases, async |suite, pgbench| {
+            self.measure(suite, pgbench).await
+        })
+        .await
     }
 
     async fn measure(&self, suite: &Services, pgbench: &Pgbench) -> anyhow::Result<()> {
