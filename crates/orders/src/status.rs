@@ -6,14 +6,7 @@
 //! The enums here are stored as Postgres enums; reading a value the code does
 //! not know fails the query instead of guessing.
 
-use std::io::Write as _;
-
-use diesel::{
-    deserialize::{self, FromSql, FromSqlRow},
-    expression::AsExpression,
-    pg::{Pg, PgValue},
-    serialize::{self, IsNull, Output, ToSql},
-};
+use diesel::{deserialize::FromSqlRow, expression::AsExpression};
 use keel::orders::v1 as pb;
 
 use crate::schema::sql_types;
@@ -206,32 +199,9 @@ impl RefundState {
     }
 }
 
-/// `ToSql`/`FromSql` for a Rust enum stored as a Postgres enum of the same
-/// labels; an unknown label is an error, never a default.
-macro_rules! pg_enum {
-    ($rust:ty, $sql:ty, $what:literal) => {
-        impl ToSql<$sql, Pg> for $rust {
-            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-                out.write_all(self.as_str().as_bytes())?;
-                Ok(IsNull::No)
-            }
-        }
-
-        impl FromSql<$sql, Pg> for $rust {
-            fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
-                let label = value.as_bytes();
-                <$rust>::ALL
-                    .into_iter()
-                    .find(|known| known.as_str().as_bytes() == label)
-                    .ok_or_else(|| format!("unknown {} {:?}", $what, String::from_utf8_lossy(label)).into())
-            }
-        }
-    };
-}
-
-pg_enum!(OrderStatus, sql_types::OrderStatus, "order status");
-pg_enum!(PaymentMethod, sql_types::PaymentMethod, "payment method");
-pg_enum!(RefundState, sql_types::RefundState, "refund state");
+keel_platform::pg_enum!(OrderStatus, sql_types::OrderStatus, "order status");
+keel_platform::pg_enum!(PaymentMethod, sql_types::PaymentMethod, "payment method");
+keel_platform::pg_enum!(RefundState, sql_types::RefundState, "refund state");
 
 #[cfg(test)]
 mod tests {

@@ -187,6 +187,34 @@ async fn listen_once(url: &str, channel: &str, wake: &tokio::sync::Notify) -> an
     Ok(())
 }
 
+/// `ToSql`/`FromSql` for a Rust enum stored as a Postgres enum of the same
+/// labels (the enum gives `ALL` and `as_str`, and derives `AsExpression` and
+/// `FromSqlRow` for `$sql`); an unknown label is an error, never a default.
+#[macro_export]
+macro_rules! pg_enum {
+    ($rust:ty, $sql:ty, $what:literal) => {
+        impl ::diesel::serialize::ToSql<$sql, ::diesel::pg::Pg> for $rust {
+            fn to_sql<'b>(
+                &'b self,
+                out: &mut ::diesel::serialize::Output<'b, '_, ::diesel::pg::Pg>,
+            ) -> ::diesel::serialize::Result {
+                ::std::io::Write::write_all(out, self.as_str().as_bytes())?;
+                Ok(::diesel::serialize::IsNull::No)
+            }
+        }
+
+        impl ::diesel::deserialize::FromSql<$sql, ::diesel::pg::Pg> for $rust {
+            fn from_sql(value: ::diesel::pg::PgValue<'_>) -> ::diesel::deserialize::Result<Self> {
+                let label = value.as_bytes();
+                <$rust>::ALL
+                    .into_iter()
+                    .find(|known| known.as_str().as_bytes() == label)
+                    .ok_or_else(|| format!("unknown {} {:?}", $what, String::from_utf8_lossy(label)).into())
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

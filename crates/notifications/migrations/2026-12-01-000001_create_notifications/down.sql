@@ -1,0 +1,10 @@
+DROP TABLE link_keys;
+DROP TABLE dead_letters;
+DROP TABLE deliveries;
+DROP TABLE webhook_endpoints;
+DROP TABLE preferences;
+DROP TABLE notifications;
+DROP TABLE inboxes;
+DROP TABLE recipients;
+DROP TYPE delivery_state;
+DROP TYPE channel;

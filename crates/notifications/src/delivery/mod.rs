@@ -1,0 +1,5 @@
+//! The delivery workers every channel shares.
+
+mod outcome;
+
+pub use outcome::Outcome;

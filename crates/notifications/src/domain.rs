@@ -1,0 +1,178 @@
+//! The service's vocabulary, valid by construction: channels, delivery
+//! states and the topics users choose channels for. The enums stored in
+//! Postgres fail loudly on a label the code does not know.
+
+use diesel::{deserialize::FromSqlRow, expression::AsExpression};
+use keel::notifications::v1 as pb;
+use keel_platform::{error::FieldViolation, events::EventType};
+
+use crate::schema::sql_types;
+
+/// A way to reach a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, AsExpression, FromSqlRow)]
+#[diesel(sql_type = sql_types::Channel)]
+pub enum Channel {
+    /// Mail to the user's address.
+    Email,
+    /// A signed POST to each of the user's webhook endpoints.
+    Webhook,
+    /// The in-app inbox.
+    InApp,
+}
+
+impl Channel {
+    /// Every channel, in the order defaults list them.
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Webhook, Channel::InApp];
+
+    /// The stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Webhook => "webhook",
+            Channel::InApp => "in_app",
+        }
+    }
+
+    /// Reads the proto enum value at `field`; UNSPECIFIED and unknown numbers
+    /// are refused.
+    pub fn parse(field: &str, value: i32) -> Result<Self, FieldViolation> {
+        match pb::Channel::try_from(value) {
+            Ok(pb::Channel::Email) => Ok(Channel::Email),
+            Ok(pb::Channel::Webhook) => Ok(Channel::Webhook),
+            Ok(pb::Channel::InApp) => Ok(Channel::InApp),
+            _ => Err(FieldViolation {
+                field: field.into(),
+                description: "must be CHANNEL_EMAIL, CHANNEL_WEBHOOK or CHANNEL_IN_APP".into(),
+            }),
+        }
+    }
+
+    /// The proto enum.
+    pub fn to_proto(self) -> pb::Channel {
+        match self {
+            Channel::Email => pb::Channel::Email,
+            Channel::Webhook => pb::Channel::Webhook,
+            Channel::InApp => pb::Channel::InApp,
+        }
+    }
+}
+
+keel_platform::pg_enum!(Channel, sql_types::Channel, "channel");
+
+/// Where a delivery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]
+#[diesel(sql_type = sql_types::DeliveryState)]
+pub enum DeliveryState {
+    /// Waiting for its first or next attempt.
+    Pending,
+    /// The receiver took it.
+    Delivered,
+    /// Given up on; a dead letter records it.
+    Dead,
+    /// Its target went away (endpoint deleted or disabled).
+    Dropped,
+}
+
+impl DeliveryState {
+    /// Every state.
+    pub const ALL: [DeliveryState; 4] = [
+        DeliveryState::Pending,
+        DeliveryState::Delivered,
+        DeliveryState::Dead,
+        DeliveryState::Dropped,
+    ];
+
+    /// The stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+            DeliveryState::Dropped => "dropped",
+        }
+    }
+}
+
+keel_platform::pg_enum!(DeliveryState, sql_types::DeliveryState, "delivery state");
+
+/// What a notification is about: the names users choose channels for, and
+/// the `type` of webhook payloads. Security mail (verification, reset) is
+/// not a topic: it always goes by email and can't be switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// `user.registered`: the welcome.
+    UserRegistered,
+    /// `order.placed`
+    OrderPlaced,
+    /// `order.paid`
+    OrderPaid,
+    /// `order.shipped`
+    OrderShipped,
+    /// `order.cancelled`
+    OrderCancelled,
+    /// `balance.changed`
+    BalanceChanged,
+    /// `webhook_endpoint.disabled`: in the inbox only.
+    WebhookEndpointDisabled,
+}
+
+impl Topic {
+    /// Every topic.
+    pub const ALL: [Topic; 7] = [
+        Topic::UserRegistered,
+        Topic::OrderPlaced,
+        Topic::OrderPaid,
+        Topic::OrderShipped,
+        Topic::OrderCancelled,
+        Topic::BalanceChanged,
+        Topic::WebhookEndpointDisabled,
+    ];
+
+    /// The public name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Topic::UserRegistered => "user.registered",
+            Topic::OrderPlaced => "order.placed",
+            Topic::OrderPaid => "order.paid",
+            Topic::OrderShipped => "order.shipped",
+            Topic::OrderCancelled => "order.cancelled",
+            Topic::BalanceChanged => "balance.changed",
+            Topic::WebhookEndpointDisabled => "webhook_endpoint.disabled",
+        }
+    }
+
+    /// The topic named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Topic::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// Reads a topic name at `field`.
+    pub fn parse(field: &str, name: &str) -> Result<Self, FieldViolation> {
+        Topic::from_name(name).ok_or_else(|| FieldViolation {
+            field: field.into(),
+            description: format!("must be one of {}", Topic::ALL.map(Topic::as_str).join(", ")),
+        })
+    }
+
+    /// The topic an event announces; `None` for security mail.
+    pub fn of(event: EventType) -> Option<Self> {
+        match event {
+            EventType::UserRegistered => Some(Topic::UserRegistered),
+            EventType::OrderPlaced => Some(Topic::OrderPlaced),
+            EventType::OrderPaid => Some(Topic::OrderPaid),
+            EventType::OrderShipped => Some(Topic::OrderShipped),
+            EventType::OrderCancelled => Some(Topic::OrderCancelled),
+            EventType::BalanceChanged => Some(Topic::BalanceChanged),
+            EventType::PasswordResetRequested | EventType::EmailVerificationRequested => None,
+        }
+    }
+
+    /// The channels that can carry it: the endpoint notice is for the inbox
+    /// alone (its mail or webhook could be what failed).
+    pub fn channels(self) -> &'static [Channel] {
+        match self {
+            Topic::WebhookEndpointDisabled => &[Channel::InApp],
+            _ => &Channel::ALL,
+        }
+    }
+}

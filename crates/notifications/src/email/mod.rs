@@ -1,0 +1,1 @@
+//! Email over SMTP (or .eml files when no server is set).
