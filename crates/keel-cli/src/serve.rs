@@ -53,6 +53,7 @@ impl ServeCommand {
                     listener,
                     shutdown,
                     suite_clients: Vec::new(),
+                    data_dir: None,
                 },
             )?;
             service.await

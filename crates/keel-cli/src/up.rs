@@ -127,6 +127,7 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
                 listener,
                 shutdown: shutdown.clone(),
                 suite_clients: clients.entries.clone(),
+                data_dir: Some(args.database.data_dir.clone()),
             },
         )?;
         services.push(Service {
@@ -176,7 +177,7 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
         }
     };
     if matches!(outcome, Ok(true)) {
-        print_banner(&services, database);
+        print_banner(&services, database, &args.database.data_dir);
         tokio::select! {
             () = keel_platform::server::shutdown_signal() => say("\nStopping…\n"),
             failed = first_exit(&mut services) => {
@@ -221,7 +222,7 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn print_banner(services: &[Service], database: &Database) {
+fn print_banner(services: &[Service], database: &Database, data_dir: &std::path::Path) {
     use std::fmt::Write as _;
     let postgres = match database.cluster() {
         Some(cluster) => format!(
@@ -236,10 +237,22 @@ fn print_banner(services: &[Service], database: &Database) {
         ),
         None => keel_platform::db::redact(&database.url("postgres").unwrap_or_default()),
     };
+    // Where notifications sends mail, as it reads the same settings.
+    let mail = match (
+        std::env::var_os("KEEL_SMTP_URL"),
+        std::env::var_os("KEEL_NOTIFICATIONS_MAIL_DIR"),
+    ) {
+        (Some(_), _) => "sent over SMTP (KEEL_SMTP_URL)".to_owned(),
+        (None, Some(dir)) => format!("written as .eml files to {}", std::path::Path::new(&dir).display()),
+        (None, None) => format!(
+            "written as .eml files to {} (set KEEL_SMTP_URL to send it)",
+            data_dir.join("mail").display()
+        ),
+    };
     let mut text = String::from("\nKeel is up.\n\n");
-    let _ = writeln!(text, "  {:<10} {:<28} HEALTH", "SERVICE", "ENDPOINT");
+    let _ = writeln!(text, "  {:<14} {:<28} HEALTH", "SERVICE", "ENDPOINT");
     for service in services {
-        let _ = writeln!(text, "  {:<10} {:<28} SERVING", service.name, service.endpoint);
+        let _ = writeln!(text, "  {:<14} {:<28} SERVING", service.name, service.endpoint);
     }
     let auth = services
         .iter()
@@ -248,7 +261,7 @@ fn print_banner(services: &[Service], database: &Database) {
     let gateway = services.iter().find(|s| s.grpc_name.is_none()).map_or(auth, |s| s.addr);
     let _ = write!(
         text,
-        "\nPostgres: {postgres}\n\nTry it:\n  \
+        "\nPostgres: {postgres}\nMail:     {mail}\n\nTry it:\n  \
          curl http://{gateway}/v1/auth/jwks\n  \
          curl http://{gateway}/openapi.json\n  \
          buf curl --protocol grpc --http2-prior-knowledge http://{auth}/keel.auth.v1.AuthService/GetJwks\n  \

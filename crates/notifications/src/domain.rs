@@ -176,3 +176,92 @@ impl Topic {
         }
     }
 }
+
+/// A user's choice of channels: a default, and overrides per topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preferences {
+    /// Channels for every topic without an override.
+    pub default_channels: Vec<Channel>,
+    /// Per-topic choices; an empty list turns the topic off.
+    pub overrides: std::collections::BTreeMap<Topic, Vec<Channel>>,
+}
+
+impl Default for Preferences {
+    /// Everything on every channel.
+    fn default() -> Self {
+        Self {
+            default_channels: Channel::ALL.to_vec(),
+            overrides: Default::default(),
+        }
+    }
+}
+
+impl Preferences {
+    /// The channels `topic` goes out on.
+    pub fn channels_for(&self, topic: Topic) -> Vec<Channel> {
+        let chosen = self.overrides.get(&topic).unwrap_or(&self.default_channels);
+        chosen
+            .iter()
+            .copied()
+            .filter(|c| topic.channels().contains(c))
+            .collect()
+    }
+
+    /// These preferences with `channel` turned off for `topic` (what an
+    /// unsubscribe link does).
+    #[must_use]
+    pub fn without(mut self, topic: Topic, channel: Channel) -> Self {
+        let kept = self
+            .channels_for_choice(topic)
+            .into_iter()
+            .filter(|c| *c != channel)
+            .collect();
+        self.overrides.insert(topic, kept);
+        self
+    }
+
+    fn channels_for_choice(&self, topic: Topic) -> Vec<Channel> {
+        self.overrides.get(&topic).unwrap_or(&self.default_channels).clone()
+    }
+
+    /// The overrides as stored: `{"order.paid": ["in_app"]}`.
+    pub fn overrides_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.overrides
+                .iter()
+                .map(|(topic, channels)| {
+                    let names = channels.iter().map(|c| serde_json::Value::from(c.as_str())).collect();
+                    (topic.as_str().to_owned(), serde_json::Value::Array(names))
+                })
+                .collect(),
+        )
+    }
+
+    /// Reads stored overrides; a topic or channel the code does not know is
+    /// an error, never skipped.
+    pub fn overrides_from_json(
+        value: &serde_json::Value,
+    ) -> anyhow::Result<std::collections::BTreeMap<Topic, Vec<Channel>>> {
+        let object = value
+            .as_object()
+            .ok_or_else(|| anyhow::anyhow!("stored preferences are not an object"))?;
+        object
+            .iter()
+            .map(|(name, channels)| {
+                let topic = Topic::from_name(name).ok_or_else(|| anyhow::anyhow!("unknown stored topic {name:?}"))?;
+                let channels = channels
+                    .as_array()
+                    .ok_or_else(|| anyhow::anyhow!("stored channels of {name} are not a list"))?
+                    .iter()
+                    .map(|c| {
+                        Channel::ALL
+                            .into_iter()
+                            .find(|known| Some(known.as_str()) == c.as_str())
+                            .ok_or_else(|| anyhow::anyhow!("unknown stored channel {c}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok((topic, channels))
+            })
+            .collect()
+    }
+}

@@ -10,23 +10,34 @@
 //! the two channels they send on; [`live`] carries new inbox entries to open
 //! streams across replicas.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, FromArgMatches as _};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use keel::{
+    events::v1::event_sink_server::EventSinkServer,
+    notifications::v1::notifications_service_server::NotificationsServiceServer,
+};
 use keel_platform::{
     config::{PoolConfig, ServerConfig, TokenConfig},
+    db,
     events::EventType,
-    registry::{Context, ServiceFuture, ServiceSpec},
+    registry::{Context, ServiceFuture, ServiceSpec, Serving},
     sealing::SealingKey,
 };
 
 pub mod delivery;
 pub mod domain;
 pub mod email;
+pub mod live;
+pub mod messages;
 pub mod schema;
+pub mod service;
+pub mod store;
 pub mod webhook;
+
+pub use service::Notifications;
 
 /// The service's migrations, embedded in the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -166,7 +177,8 @@ pub struct WebhookConfig {
     /// Allow endpoint URLs that resolve to loopback, private, link-local or
     /// metadata addresses, and plain `http://` (local development and tests
     /// only: it lets users make Keel call into its own network).
-    #[arg(long, env = "KEEL_NOTIFICATIONS_WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
+    #[arg(long, env = "KEEL_NOTIFICATIONS_WEBHOOK_ALLOW_PRIVATE", default_value_t = false,
+          action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
 
     /// How long one delivery may take (ms).
@@ -265,9 +277,80 @@ fn start(settings: &clap::ArgMatches, context: Context) -> anyhow::Result<Servic
 /// Serves notifications until the context's shutdown, with the delivery
 /// workers beside it. Its database must exist; it is migrated first.
 pub async fn run(config: NotificationsConfig, context: Context) -> anyhow::Result<()> {
-    keel_platform::db::migrate(&context.database_url, MIGRATIONS)
+    db::migrate(&context.database_url, MIGRATIONS)
         .await
         .context("migrating keel_notifications")?;
-    let _ = (config, context);
-    anyhow::bail!("notifications is being assembled")
+    let pool = db::pool(&context.database_url, &config.pool)?;
+    let mut email = config.email.clone();
+    if email.smtp_url.is_none() && email.mail_dir.is_none() {
+        email.mail_dir = context.data_dir.as_ref().map(|dir| dir.join("mail"));
+    }
+    let mailer = Arc::new(email::Mailer::new(&email)?);
+    tracing::info!(mail = %mailer.describe(), "notifications is ready to send mail");
+    if config.event_secrets_key.is_none() {
+        tracing::warn!(
+            "KEEL_EVENT_SECRETS_KEY is not set: verification and password-reset mail can't carry their tokens \
+             and is dead-lettered"
+        );
+    }
+    if config.secrets_key.is_none() {
+        tracing::warn!("KEEL_NOTIFICATIONS_SECRETS_KEY is not set: webhook signing secrets are stored unencrypted");
+    }
+    let templates = Arc::new(email::templates::Templates::new()?);
+    let webhooks = Arc::new(webhook::send::Sender::new(&config.webhooks)?);
+    let link_key = link_key(&pool).await?;
+    let hub = live::Hub::start(context.database_url.clone(), context.shutdown.clone());
+    let notifications = Notifications {
+        pool: pool.clone(),
+        event_producers: context.event_producers.clone(),
+        hub,
+        templates: templates.clone(),
+        webhooks: webhooks.clone(),
+        secrets_key: config.secrets_key.clone(),
+        link_key,
+        stream_buffer: config.inbox.stream_buffer as usize,
+        shutdown: context.shutdown.clone(),
+    };
+    let workers = delivery::Workers {
+        pool: pool.clone(),
+        mailer,
+        webhooks,
+        schedule: webhook::schedule::Schedule::from(&config.webhooks),
+        templates,
+        links: Arc::new(messages::Links {
+            base_url: config.public_base_url.clone(),
+            password_reset: config.password_reset_link.clone(),
+            unsubscribe_key: link_key,
+        }),
+        event_secrets: config.event_secrets_key.clone(),
+        secrets_key: config.secrets_key.clone(),
+        config: config.delivery.clone(),
+        disable_after: config.webhooks.disable_after(),
+    };
+    let delivering = tokio::spawn(workers.run(context.database_url.clone(), context.shutdown.clone()));
+    let serving = Serving {
+        routes: tonic::service::Routes::new(NotificationsServiceServer::new(notifications.clone()))
+            .add_service(EventSinkServer::new(notifications)),
+        verifier: context.verifier(&config.tokens)?,
+        pool,
+        tokens: None,
+        server: config.server.clone(),
+    };
+    let served = context.serve(serving).await;
+    // What a worker had in flight is sent again once its lease ends.
+    if tokio::time::timeout(Duration::from_secs(2), delivering).await.is_err() {
+        tracing::warn!("the notification workers did not stop in time");
+    }
+    served
+}
+
+/// The key that signs unsubscribe links: the stored one, made on first start.
+async fn link_key(pool: &db::Pool) -> anyhow::Result<[u8; 32]> {
+    // rand's thread RNG is a CSPRNG seeded from the OS.
+    let candidate: [u8; 32] = rand::random();
+    let mut conn = pool.get().await.context("connecting to keel_notifications")?;
+    let stored = store::link_keys::get_or_create(&mut conn, &candidate)
+        .await
+        .context("loading the unsubscribe link key")?;
+    <[u8; 32]>::try_from(stored.as_slice()).context("the stored unsubscribe link key is not 32 bytes")
 }

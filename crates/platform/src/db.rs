@@ -152,6 +152,18 @@ pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+diesel::define_sql_function! {
+    /// Postgres `pg_notify(channel, payload)`: delivered when the transaction commits.
+    fn pg_notify(channel: diesel::sql_types::Text, payload: diesel::sql_types::Text);
+}
+
+/// Sends NOTIFY `channel` with `payload` when the caller's transaction
+/// commits (at once outside one).
+pub async fn notify(conn: &mut AsyncPgConnection, channel: &str, payload: &str) -> diesel::QueryResult<()> {
+    diesel::select(pg_notify(channel, payload)).execute(conn).await?;
+    Ok(())
+}
+
 /// Wakes `wake` on every NOTIFY of `channel` in the database at `url` until
 /// `shutdown`, reconnecting after errors. Each (re)connection wakes it once
 /// too: what was committed before LISTEN took effect is found by that pass.
@@ -161,8 +173,26 @@ pub async fn listen(
     wake: std::sync::Arc<tokio::sync::Notify>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    listen_with(url, channel, move |_| wake.notify_one(), shutdown).await;
+}
+
+/// Calls `on_notify` with each NOTIFY's payload on `channel` in the database
+/// at `url` until `shutdown`, reconnecting after errors; after each
+/// (re)connection it is called with `None`, since notifications sent while
+/// no connection listened are lost and whoever relies on them must look.
+pub async fn listen_with(
+    url: String,
+    channel: &'static str,
+    on_notify: impl Fn(Option<&str>) + Send + Sync,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     while !shutdown.is_cancelled() {
-        if let Err(err) = listen_once(&url, channel, &wake).await {
+        let listening = listen_once(&url, channel, &on_notify);
+        let lost = tokio::select! {
+            lost = listening => lost,
+            () = shutdown.cancelled() => return,
+        };
+        if let Err(err) = lost {
             tracing::debug!(error = format!("{err:#}"), channel, "a LISTEN connection was lost");
         }
         tokio::select! {
@@ -172,17 +202,16 @@ pub async fn listen(
     }
 }
 
-async fn listen_once(url: &str, channel: &str, wake: &tokio::sync::Notify) -> anyhow::Result<()> {
+async fn listen_once(url: &str, channel: &str, on_notify: &(impl Fn(Option<&str>) + Sync)) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     let mut conn = AsyncPgConnection::establish(url).await?;
     diesel::sql_query(format!("LISTEN {}", quote_ident(channel)))
         .execute(&mut conn)
         .await?;
-    wake.notify_one();
+    on_notify(None);
     let mut notifications = std::pin::pin!(conn.notifications_stream());
     while let Some(notification) = notifications.next().await {
-        notification?;
-        wake.notify_one();
+        on_notify(Some(&notification?.payload));
     }
     Ok(())
 }

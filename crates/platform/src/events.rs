@@ -150,8 +150,25 @@ impl EventProducers {
 pub struct Delivery {
     /// The event's id, the consumer's idempotency key.
     pub event_id: Uuid,
+    /// The service that produced it.
+    pub source: String,
+    /// When the producer committed it.
+    pub create_time: Option<prost_types::Timestamp>,
     /// What happened.
     pub payload: Payload,
+}
+
+impl Delivery {
+    /// The event again, as a consumer that keeps it stores it.
+    pub fn to_event(&self) -> keel::events::v1::Event {
+        keel::events::v1::Event {
+            id: self.event_id.to_string(),
+            source: self.source.clone(),
+            create_time: self.create_time,
+            trace_context: Default::default(),
+            payload: Some(self.payload.clone()),
+        }
+    }
 }
 
 /// Reads and authorizes a Deliver call: every sink goes through here, so
@@ -182,7 +199,12 @@ pub fn delivery(request: tonic::Request<DeliverRequest>, producers: &EventProduc
     // another service may (a UserRegistered from anyone but auth).
     let event_type = EventType::of(&payload);
     match producers.producer(event_type) {
-        Some(owner) if owner == event.source => Ok(Delivery { event_id, payload }),
+        Some(owner) if owner == event.source => Ok(Delivery {
+            event_id,
+            source: event.source,
+            create_time: event.create_time,
+            payload,
+        }),
         owner => Err(Error::permission_denied(
             "EVENT_SOURCE_NOT_OWNER",
             format!(

@@ -3,7 +3,7 @@
 //! change; a relay delivers the rows afterwards.
 
 use chrono::{DateTime, Utc};
-use diesel::{ExpressionMethods as _, sql_types::Text};
+use diesel::ExpressionMethods as _;
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use keel::events::v1::{Event, event::Payload};
 use prost::Message as _;
@@ -30,11 +30,6 @@ diesel::table! {
 /// The channel the relay listens on for new rows.
 pub const NOTIFY_CHANNEL: &str = "keel_outbox";
 
-diesel::define_sql_function! {
-    /// Postgres `pg_notify(channel, payload)`: delivered when the transaction commits.
-    fn pg_notify(channel: Text, payload: Text);
-}
-
 /// Writes `payload` to the outbox as a new event from `source`, with the
 /// current trace context, and wakes the relay when the transaction commits.
 /// An event that carries a secret is deleted when the secret expires.
@@ -58,9 +53,7 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, source: &str, payload: Payloa
         ))
         .execute(conn)
         .await?;
-    diesel::select(pg_notify(NOTIFY_CHANNEL, event_type))
-        .execute(conn)
-        .await?;
+    crate::db::notify(conn, NOTIFY_CHANNEL, event_type).await?;
     Ok(id)
 }
 

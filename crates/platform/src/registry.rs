@@ -271,6 +271,7 @@ impl Registry {
                 .collect(),
             suite_clients: launch.suite_clients,
             event_producers: self.event_producers()?,
+            data_dir: launch.data_dir,
         };
         (spec.start)(&launch.matches, context)
     }
@@ -287,6 +288,8 @@ pub struct Launch {
     pub shutdown: CancellationToken,
     /// See [`Context::suite_clients`].
     pub suite_clients: Vec<String>,
+    /// See [`Context::data_dir`].
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// The service clients of a suite, from [`Registry::suite_clients`], and the
@@ -390,6 +393,10 @@ pub struct Context {
     /// Which service produces each event type: an event sink accepts an
     /// event only from its type's producer (see [`crate::events::delivery`]).
     pub event_producers: EventProducers,
+    /// The folder of the machine's suite (`keel up`'s data folder), for what
+    /// a service keeps as files when nothing else is configured (mail as
+    /// `.eml` files); None when it runs on its own.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Context {

@@ -93,3 +93,20 @@ mod tests {
         );
     }
 }
+
+/// The etag of a row at `version` (quoted, as HTTP writes entity tags).
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Reads an etag [`etag`] handed out; empty means none given. `field` names
+/// it in the error.
+pub fn parse_etag(field: &str, etag: &str) -> Result<Option<i64>, Error> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    etag.trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| Error::invalid_field(field, "is not an etag from this service"))
+}

@@ -7,4 +7,9 @@ use keel_platform::registry::Registry;
 
 /// Every Keel service, in start order: auth first, since the others fetch
 /// its signing keys and service tokens.
-pub const REGISTRY: Registry = Registry(&[&keel_auth::SERVICE, &keel_accounts::SERVICE, &keel_orders::SERVICE]);
+pub const REGISTRY: Registry = Registry(&[
+    &keel_auth::SERVICE,
+    &keel_accounts::SERVICE,
+    &keel_orders::SERVICE,
+    &keel_notifications::SERVICE,
+]);

@@ -15,6 +15,7 @@ pub mod http;
 pub mod reflection;
 pub mod status;
 pub mod suite;
+pub mod webhook_receiver;
 
 pub use database::{TestDatabase, server_url};
 pub use suite::{

@@ -93,12 +93,37 @@ struct Member {
     running: Option<Running>,
 }
 
+/// A second instance of a service, from [`Suite::spawn_replica`].
+#[derive(Debug)]
+pub struct Replica {
+    /// The channel to it.
+    pub channel: Channel,
+    running: Running,
+}
+
+impl Replica {
+    /// Stops it as a shutdown signal does, and waits for it to exit.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.running.shutdown.cancel();
+        (&mut self.running.task).await.context("the replica panicked")?
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.running.shutdown.cancel();
+        self.running.task.abort();
+    }
+}
+
 /// A running suite; dropping it shuts every service down.
 #[derive(Debug)]
 pub struct Suite {
     members: Vec<Member>,
     clients: SuiteClients,
     auth_config: AuthConfig,
+    /// The suite's data folder (removed with it): what `keel up`'s is.
+    data_dir: std::path::PathBuf,
 }
 
 /// Starts the suite with default settings.
@@ -125,6 +150,8 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
         .map(|(spec, listener)| Ok((spec.name, listener.local_addr()?)))
         .collect::<anyhow::Result<_>>()?;
     let clients = REGISTRY.suite_clients();
+    let data_dir = std::env::temp_dir().join(format!("keel-suite-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let test_clients = format!(
         "{TEST_CLIENT_ID}:{TEST_CLIENT_SECRET}:{TEST_CLIENT_SCOPES};\
          {AUTH_RELAY_CLIENT_ID}:{AUTH_RELAY_CLIENT_SECRET}:events.deliver"
@@ -163,7 +190,7 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
             running: None,
         };
         if !options.withheld.contains(&spec.name) {
-            member.start_on(listener, &clients)?;
+            member.start_on(listener, &clients, &data_dir)?;
         }
         members.push(member);
     }
@@ -176,6 +203,7 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
         members,
         clients,
         auth_config,
+        data_dir,
     };
     for member in suite.members.iter().filter(|m| m.running.is_some()) {
         member.wait_until_serving().await?;
@@ -209,7 +237,12 @@ pub async fn spawn_suite_with_withheld_registration() -> anyhow::Result<(Suite, 
 }
 
 impl Member {
-    fn start_on(&mut self, listener: tokio::net::TcpListener, clients: &SuiteClients) -> anyhow::Result<()> {
+    fn start_on(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        clients: &SuiteClients,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(self.running.is_none(), "{} is already running", self.spec.name);
         let shutdown = CancellationToken::new();
         let matches = REGISTRY.parse(self.spec, &self.argv)?;
@@ -220,6 +253,7 @@ impl Member {
                 listener,
                 shutdown: shutdown.clone(),
                 suite_clients: clients.entries.clone(),
+                data_dir: Some(data_dir.to_owned()),
             },
         )?;
         self.running = Some(Running {
@@ -261,6 +295,12 @@ impl Suite {
             .unwrap_or_else(|| panic!("no service {name} in the registry"))
     }
 
+    /// The suite's data folder: where mail is written as `.eml` files (its
+    /// `mail` folder) when notifications has no SMTP server.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     /// Every registered service's name, in start order.
     pub fn service_names(&self) -> Vec<&'static str> {
         self.members.iter().map(|m| m.spec.name).collect()
@@ -290,10 +330,40 @@ impl Suite {
     /// Starts service `name` (again) on its address.
     pub async fn start(&mut self, name: &str) -> anyhow::Result<()> {
         let clients = self.clients.clone();
+        let data_dir = self.data_dir.clone();
         let member = self.member_mut(name);
         let listener = tokio::net::TcpListener::bind(member.addr).await?;
-        member.start_on(listener, &clients)?;
+        member.start_on(listener, &clients, &data_dir)?;
         self.member(name).wait_until_serving().await
+    }
+
+    /// Another instance of service `name` with the same settings and
+    /// database (a replica), on a port of its own; it stops when dropped.
+    pub async fn spawn_replica(&self, name: &str) -> anyhow::Result<Replica> {
+        let member = self.member(name);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let serve = REGISTRY.start(
+            member.spec,
+            Launch {
+                matches: REGISTRY.parse(member.spec, &member.argv)?,
+                listener,
+                shutdown: shutdown.clone(),
+                suite_clients: self.clients.entries.clone(),
+                data_dir: Some(self.data_dir.clone()),
+            },
+        )?;
+        let replica = Replica {
+            channel: Channel::from_shared(format!("http://{addr}"))?.connect_lazy(),
+            running: Running {
+                shutdown,
+                task: tokio::spawn(serve),
+            },
+        };
+        let service = member.spec.grpc_services.first().copied().unwrap_or_default();
+        keel_platform::server::wait_until_serving(replica.channel.clone(), service, Duration::from_secs(30)).await?;
+        Ok(replica)
     }
 
     /// Stops service `name` and waits for it to exit.
@@ -534,6 +604,7 @@ impl Drop for Suite {
             running.shutdown.cancel();
             running.task.abort();
         }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 

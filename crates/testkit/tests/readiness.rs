@@ -63,6 +63,7 @@ async fn health_follows_the_database_down_and_back_without_flapping() -> anyhow:
             listener,
             shutdown: shutdown.clone(),
             suite_clients: Vec::new(),
+            data_dir: None,
         },
     )?;
     let service = tokio::spawn(serve);

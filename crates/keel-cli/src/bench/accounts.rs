@@ -267,6 +267,7 @@ impl Services {
                     listener,
                     shutdown: shutdown.clone(),
                     suite_clients: clients.entries.clone(),
+                    data_dir: None,
                 },
             )?;
             tasks.push(tokio::spawn(serve));

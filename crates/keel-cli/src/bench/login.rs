@@ -161,6 +161,7 @@ where
             listener,
             shutdown: shutdown.clone(),
             suite_clients: Vec::new(),
+            data_dir: None,
         },
     )?;
     let server_task = tokio::spawn(serve);

@@ -1,5 +1,13 @@
-//! The delivery workers every channel shares.
+//! The delivery workers every channel shares. Each worker claims due
+//! deliveries with `FOR UPDATE SKIP LOCKED` and a lease, so replicas share
+//! the queue; sends each at least once (a receiver may see a delivery twice
+//! if a worker dies between sending and recording, which is why mail carries
+//! a stable Message-ID and webhooks a stable `webhook-id`); and records what
+//! came of it: delivered, retried later with backoff, or dead-lettered.
 
+mod backoff;
 mod outcome;
+mod worker;
 
 pub use outcome::Outcome;
+pub use worker::Workers;

@@ -145,18 +145,3 @@ impl OrdersService for Orders {
         Ok(Response::new(orders::deliver_order(self, request.into_inner()).await?))
     }
 }
-
-fn etag(version: i64) -> String {
-    format!("\"{version}\"")
-}
-
-/// Reads an etag this service handed out; `field` names it in the error.
-fn parse_etag(field: &str, etag: &str) -> Result<Option<i64>, keel_platform::Error> {
-    if etag.is_empty() {
-        return Ok(None);
-    }
-    etag.trim_matches('"')
-        .parse()
-        .map(Some)
-        .map_err(|_| keel_platform::Error::invalid_field(field, "is not an etag from this service"))
-}

@@ -14,7 +14,9 @@ use keel_platform::{
 };
 use uuid::Uuid;
 
-use super::{Orders, etag};
+use keel_platform::rpc::etag;
+
+use super::Orders;
 use crate::{
     CrashPoint,
     domain::{self, MAX_LINES, RequestId},

@@ -10,7 +10,9 @@ use keel_platform::{
 };
 use uuid::Uuid;
 
-use super::{Orders, etag, parse_etag};
+use keel_platform::rpc::{etag, parse_etag};
+
+use super::Orders;
 use crate::{
     domain::{self, Price, RequestId},
     store::{NewAdjustment, NewProduct, ProductChanges, ProductRow, products},

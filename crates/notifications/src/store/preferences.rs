@@ -1,0 +1,69 @@
+//! Users' channel choices. A user without a row has the defaults.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, Queryable, Selectable, SelectableHelper as _,
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
+use uuid::Uuid;
+
+use super::QueryResult;
+use crate::{domain::Channel, schema::preferences};
+
+/// A user's preferences as stored.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = preferences)]
+pub struct PreferencesRow {
+    pub user_id: Uuid,
+    pub default_channels: Vec<Channel>,
+    pub event_types: serde_json::Value,
+    pub version: i64,
+    pub update_time: DateTime<Utc>,
+}
+
+/// The user's row, if they ever changed their preferences.
+pub async fn get(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Option<PreferencesRow>> {
+    preferences::table
+        .find(user_id)
+        .select(PreferencesRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The user's row, locked until commit.
+pub async fn lock(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Option<PreferencesRow>> {
+    preferences::table
+        .find(user_id)
+        .select(PreferencesRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Writes the user's preferences, bumping the version.
+pub async fn put(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    default_channels: &[Channel],
+    event_types: &serde_json::Value,
+) -> QueryResult<PreferencesRow> {
+    diesel::insert_into(preferences::table)
+        .values((
+            preferences::user_id.eq(user_id),
+            preferences::default_channels.eq(default_channels),
+            preferences::event_types.eq(event_types),
+        ))
+        .on_conflict(preferences::user_id)
+        .do_update()
+        .set((
+            preferences::default_channels.eq(default_channels),
+            preferences::event_types.eq(event_types),
+            preferences::version.eq(preferences::version + 1),
+            preferences::update_time.eq(diesel::dsl::now),
+        ))
+        .returning(PreferencesRow::as_returning())
+        .get_result(conn)
+        .await
+}
