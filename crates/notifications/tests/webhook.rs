@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use axum::{
     Router,
     body::Bytes,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::post,
@@ -29,6 +29,8 @@ use sha2::Sha256;
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
 struct Received {
+    /// The sender's end of the connection.
+    peer: SocketAddr,
     path: String,
     headers: HeaderMap,
     body: Bytes,
@@ -59,7 +61,9 @@ impl Receiver {
             .with_state(receiver.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(
+            async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await },
+        );
         Ok((receiver, addr))
     }
 
@@ -68,7 +72,13 @@ impl Receiver {
     }
 }
 
-async fn answer(State(receiver): State<Receiver>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn answer(
+    State(receiver): State<Receiver>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let verified = receiver
         .secrets
         .iter()
@@ -80,6 +90,7 @@ async fn answer(State(receiver): State<Receiver>, uri: Uri, headers: HeaderMap, 
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .push(Received {
+            peer,
             path: path.clone(),
             headers,
             body,
@@ -148,6 +159,10 @@ async fn a_2xx_is_delivered_signed_and_a_retry_keeps_its_id() -> anyhow::Result<
 
     let received = receiver.received();
     assert_eq!(received.len(), 2);
+    assert_eq!(
+        received[0].peer, received[1].peer,
+        "the second send reuses the connection"
+    );
     let now = chrono::Utc::now().timestamp();
     for request in &received {
         assert_eq!(request.verified, [true], "the signature verifies");
@@ -287,6 +302,31 @@ async fn nothing_listening_is_retried() -> anyhow::Result<()> {
     };
     assert!(error.starts_with("could not connect"), "{error}");
     assert!(!error.contains("http://"), "no URL: {error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_retried() -> anyhow::Result<()> {
+    let secret = SigningSecret::generate()?;
+    let sender = Sender::new(&config(false, 5_000))?;
+    // `.invalid` never resolves (RFC 6761); DNS may answer later, so this is
+    // no reason to give up on the delivery.
+    let outcome = sender
+        .send("https://nowhere.invalid/hook", "msg_nxdomain", BODY, &[&secret])
+        .await;
+    let Outcome::Retry {
+        status: None,
+        ref error,
+        ..
+    } = outcome
+    else {
+        panic!("an unresolved name is retried: {outcome:?}");
+    };
+    assert!(error.starts_with("nowhere.invalid does not resolve"), "{error}");
+    assert!(matches!(
+        sender.check_endpoint("https://nowhere.invalid/hook").await,
+        Err(Refusal::Unresolved { .. })
+    ));
     Ok(())
 }
 
