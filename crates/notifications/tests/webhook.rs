@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use axum::{
     Router,
     body::Bytes,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::post,
@@ -29,6 +29,8 @@ use sha2::Sha256;
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
 struct Received {
+    /// The sender's end of the connection.
+    peer: SocketAddr,
     path: String,
     headers: HeaderMap,
     body: Bytes,
@@ -59,7 +61,9 @@ impl Receiver {
             .with_state(receiver.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(
+            async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await },
+        );
         Ok((receiver, addr))
     }
 
@@ -68,7 +72,13 @@ impl Receiver {
     }
 }
 
-async fn answer(State(receiver): State<Receiver>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn answer(
+    State(receiver): State<Receiver>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let verified = receiver
         .secrets
         .iter()
@@ -80,6 +90,7 @@ async fn answer(State(receiver): State<Receiver>, uri: Uri, headers: HeaderMap, 
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .push(Received {
+            peer,
             path: path.clone(),
             headers,
             body,
@@ -148,6 +159,10 @@ async fn a_2xx_is_delivered_signed_and_a_retry_keeps_its_id() -> anyhow::Result<
 
     let received = receiver.received();
     assert_eq!(received.len(), 2);
+    assert_eq!(
+        received[0].peer, received[1].peer,
+        "the second send reuses the connection"
+    );
     let now = chrono::Utc::now().timestamp();
     for request in &received {
         assert_eq!(request.verified, [true], "the signature verifies");
@@ -291,6 +306,31 @@ async fn nothing_listening_is_retried() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_name_that_does_not_resolve_is_retried() -> anyhow::Result<()> {
+    let secret = SigningSecret::generate()?;
+    let sender = Sender::new(&config(false, 5_000))?;
+    // `.invalid` never resolves (RFC 6761); DNS may answer later, so this is
+    // no reason to give up on the delivery.
+    let outcome = sender
+        .send("https://nowhere.invalid/hook", "msg_nxdomain", BODY, &[&secret])
+        .await;
+    let Outcome::Retry {
+        status: None,
+        ref error,
+        ..
+    } = outcome
+    else {
+        panic!("an unresolved name is retried: {outcome:?}");
+    };
+    assert!(error.starts_with("nowhere.invalid does not resolve"), "{error}");
+    assert!(matches!(
+        sender.check_endpoint("https://nowhere.invalid/hook").await,
+        Err(Refusal::Unresolved { .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
 async fn private_addresses_are_refused_and_nothing_is_sent() -> anyhow::Result<()> {
     let secret = SigningSecret::generate()?;
     let (receiver, addr) = Receiver::start(&[&secret]).await?;
@@ -386,5 +426,117 @@ async fn a_delivery_without_secrets_is_refused() -> anyhow::Result<()> {
         .await;
     assert!(matches!(outcome, Outcome::Refused { .. }), "{outcome:?}");
     assert!(receiver.received().is_empty());
+    Ok(())
+}
+
+/// Keel's deliveries verified by the reference Python library through
+/// `.ci/webhook-verifier.py`. Needs a Python with `standardwebhooks`
+/// (.ci/requirements-webhooks.txt): `KEEL_WEBHOOK_VERIFIER_PYTHON=.venv/bin/python
+/// cargo test -p keel-notifications --test webhook -- --ignored`.
+#[tokio::test]
+#[ignore = "needs Python with the standardwebhooks package"]
+async fn the_reference_python_library_verifies_keels_signatures() -> anyhow::Result<()> {
+    let python = std::env::var("KEEL_WEBHOOK_VERIFIER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/webhook-verifier.py");
+    let dir = std::env::temp_dir().join(format!("keel-webhook-verifier-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    let (log, port_file) = (dir.join("requests.jsonl"), dir.join("port"));
+    let (new, old, stranger) = (
+        SigningSecret::generate()?,
+        SigningSecret::generate()?,
+        SigningSecret::generate()?,
+    );
+    let mut verifier = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(&log)
+        .arg("--port-file")
+        .arg(&port_file)
+        .env("KEEL_WEBHOOK_SECRETS", format!("{} {}", new.to_whsec(), old.to_whsec()))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {script} with {python}"))?;
+    let mut port = None;
+    for _ in 0..100 {
+        if let Ok(text) = std::fs::read_to_string(&port_file)
+            && let Ok(found) = text.trim().parse::<u16>()
+        {
+            port = Some(found);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let port = port.context("the verifier did not start")?;
+
+    // A body as Keel builds it from an event, non-ASCII text included.
+    let event = keel::events::v1::Event {
+        id: "0192f0c4-7a3e-7b6f-9d2e-1a2b3c4d5e6f".into(),
+        source: "orders".into(),
+        create_time: Some(prost_types::Timestamp {
+            seconds: 1_764_590_400,
+            nanos: 0,
+        }),
+        trace_context: Default::default(),
+        payload: Some(keel::events::v1::event::Payload::OrderCancelled(
+            keel::events::v1::OrderCancelled {
+                order_id: "o1".into(),
+                user_id: "u1".into(),
+                reason: "épuisé — out of stock".into(),
+                refunded: true,
+            },
+        )),
+    };
+    let body = keel_notifications::webhook::body(&event)?.context("order.cancelled is webhooked")?;
+
+    let sender = Sender::new(&config(true, 5_000))?;
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let outcomes = [
+        sender.send(&url, "msg_new", &body, &[&new]).await,
+        sender.send(&url, "msg_rotated", BODY, &[&new, &old]).await,
+        sender.send(&url, "msg_stranger", BODY, &[&stranger]).await,
+        sender
+            .send(
+                &format!("http://127.0.0.1:{port}/status/410"),
+                "msg_gone",
+                BODY,
+                &[&old],
+            )
+            .await,
+    ];
+    verifier.kill().await?;
+
+    assert_eq!(outcomes[0], Outcome::Delivered);
+    assert_eq!(outcomes[1], Outcome::Delivered);
+    assert!(
+        matches!(outcomes[2], Outcome::Retry { status: Some(400), .. }),
+        "{:?}",
+        outcomes[2]
+    );
+    assert_eq!(outcomes[3], Outcome::Gone);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let seen: Vec<_> = lines
+        .iter()
+        .map(|line| {
+            (
+                line["webhook_id"].clone(),
+                line["valid"].clone(),
+                line["verified_by"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("msg_new".into(), true.into(), serde_json::json!([0])),
+            ("msg_rotated".into(), true.into(), serde_json::json!([0, 1])),
+            ("msg_stranger".into(), false.into(), serde_json::json!([])),
+            ("msg_gone".into(), true.into(), serde_json::json!([1])),
+        ]
+    );
+    assert_eq!(lines[0]["type"], "order.cancelled");
+    assert_eq!(lines[1]["type"], "order.paid");
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

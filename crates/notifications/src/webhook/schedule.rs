@@ -1,5 +1,5 @@
 //! When a webhook delivery is attempted: the Standard Webhooks example
-//! schedule, spanning about 32 hours, with jitter so that retries of many
+//! schedule, spanning about 27 and a half hours, with jitter so that retries of many
 //! deliveries that failed together (a receiver's outage) do not arrive
 //! together.
 

@@ -10,6 +10,7 @@ use base64::{
 };
 use keel_platform::sealing::SealingKey;
 use rand::{TryRngCore as _, rngs::OsRng};
+use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -34,8 +35,9 @@ pub const LEN_RANGE: std::ops::RangeInclusive<usize> = 24..=64;
 const KEY_SETTING: &str = "KEEL_NOTIFICATIONS_SECRETS_KEY";
 
 /// An HMAC-SHA256 signing secret of 24 to 64 bytes. `Debug` never shows the
-/// bytes, and they are wiped from memory when it is dropped.
-#[derive(Clone, PartialEq, Eq)]
+/// bytes, they are wiped from memory when it is dropped, and `==` compares
+/// in constant time.
+#[derive(Clone)]
 pub struct SigningSecret(Zeroizing<Vec<u8>>);
 
 impl SigningSecret {
@@ -133,6 +135,14 @@ impl SigningSecret {
 fn context(endpoint_id: Uuid) -> Vec<u8> {
     format!("keel webhook signing secret\0{endpoint_id}").into_bytes()
 }
+
+impl PartialEq for SigningSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes().ct_eq(other.as_bytes()).into()
+    }
+}
+
+impl Eq for SigningSecret {}
 
 impl fmt::Debug for SigningSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

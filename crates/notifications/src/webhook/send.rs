@@ -94,36 +94,53 @@ impl Sender {
         };
         let response = self.client.post(url).headers(headers).body(body.to_vec()).send().await;
         match response {
-            Ok(response) => outcome(response.status(), response.headers()),
+            Ok(response) => {
+                let outcome = outcome(response.status(), response.headers());
+                drain(response).await;
+                outcome
+            }
             Err(err) => self.failed(&err),
         }
     }
 
     /// What a request that got no answer comes to.
     fn failed(&self, err: &reqwest::Error) -> Outcome {
-        // The guarded resolver refused the name's addresses at this
-        // connection (DNS changed since the endpoint was checked).
         let mut source = err.source();
         while let Some(cause) = source {
-            if let Some(refusal) = cause.downcast_ref::<Refusal>() {
-                return refused(refusal.to_string());
+            match cause.downcast_ref::<Refusal>() {
+                // The guarded resolver refused the name's addresses at this
+                // connection (DNS changed since the endpoint was checked).
+                Some(refusal @ Refusal::Forbidden { .. }) => return refused(refusal.to_string()),
+                // A name that does not resolve now may again later.
+                Some(refusal) => return retry(refusal.to_string()),
+                None => source = cause.source(),
             }
-            source = cause.source();
         }
-        let error = if err.is_timeout() {
+        retry(if err.is_timeout() {
             format!("timed out after {} ms", self.timeout.as_millis())
         } else if err.is_connect() {
             format!("could not connect: {}", root_cause(err))
         } else {
             format!("the request failed: {}", root_cause(err))
-        };
-        Outcome::Retry {
-            status: None,
-            error,
-            retry_after: None,
+        })
+    }
+}
+
+/// Reads and drops a short answer's body, so its connection goes back to
+/// the pool; a long one is cut short (the connection is closed instead).
+/// The client's timeout bounds the reading.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if read > DRAIN_LIMIT {
+            break;
         }
     }
 }
+
+/// The most of an answer's body read only to keep its connection.
+const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// The Standard Webhooks headers; an error when the id cannot be one.
 fn headers(msg_id: &str, body: &[u8], secrets: &[&SigningSecret]) -> Result<HeaderMap, String> {
@@ -184,6 +201,14 @@ fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn retry(error: String) -> Outcome {
+    Outcome::Retry {
+        status: None,
+        error,
+        retry_after: None,
+    }
 }
 
 fn refused(error: String) -> Outcome {
