@@ -58,7 +58,9 @@ impl SmtpFault {
 pub enum SmtpStage {
     /// At `RCPT TO`, before any content is sent.
     Rcpt,
-    /// After the content (the `.` ending `DATA`): sent, and still refused.
+    /// At `DATA`, once the recipient was accepted. (Not after the content:
+    /// mailin stays in its data state after refusing there, and would take
+    /// the client's next commands for content.)
     Data,
 }
 
@@ -228,6 +230,14 @@ impl Handler for Recorder {
         response::OK
     }
 
+    fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, _to: &[String]) -> Response {
+        if let Some(refusal) = self.fault_at(SmtpStage::Data) {
+            self.current = None;
+            return refusal;
+        }
+        response::OK
+    }
+
     fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
         if let Some(current) = &mut self.current {
             current.data.extend_from_slice(buf);
@@ -236,10 +246,6 @@ impl Handler for Recorder {
     }
 
     fn data_end(&mut self) -> Response {
-        if let Some(refusal) = self.fault_at(SmtpStage::Data) {
-            self.current = None;
-            return refusal;
-        }
         if let Some(current) = self.current.take() {
             lock(&self.state).received.push(ReceivedMail {
                 from: current.from,
