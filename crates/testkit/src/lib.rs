@@ -13,6 +13,7 @@ pub mod card_gateway;
 pub mod database;
 pub mod http;
 pub mod reflection;
+pub mod smtp;
 pub mod status;
 pub mod suite;
 pub mod webhook_receiver;

@@ -168,7 +168,9 @@ impl Mailer {
             .from(self.from.clone())
             .to(to)
             .subject(mail.subject.clone())
-            .message_id(Some(self.message_id(&mail.message_id)));
+            .message_id(Some(self.message_id(&mail.message_id).ok_or_else(|| {
+                refuse("the message id is not printable ASCII without spaces".to_owned())
+            })?));
         if let Some(url) = &mail.unsubscribe_url {
             if !valid_unsubscribe_url(url) {
                 return Err(refuse("the unsubscribe link is not a valid URL".to_owned()));
@@ -180,14 +182,18 @@ impl Mailer {
             .map_err(|e| refuse(format!("the message could not be built: {e}")))
     }
 
-    /// `<id>`, with the sender's domain when `id` has none.
-    fn message_id(&self, id: &str) -> String {
+    /// `<id>`, with the sender's domain when `id` has none; `None` when
+    /// `id` could not stand in the header as it is.
+    fn message_id(&self, id: &str) -> Option<String> {
         let id = id.trim().trim_start_matches('<').trim_end_matches('>');
-        if id.contains('@') {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>') {
+            return None;
+        }
+        Some(if id.contains('@') {
             format!("<{id}>")
         } else {
             format!("<{id}@{}>", self.from.email.domain())
-        }
+        })
     }
 
     async fn deliver(&self, message: &Message) -> Outcome {
@@ -323,6 +329,23 @@ mod tests {
         assert_eq!(brief("auth failed for\n hunter2", &secrets), "auth failed for …");
         let long = "x".repeat(1000);
         assert_eq!(brief(&long, &[]).chars().count(), MAX_ERROR_LEN + 1);
+    }
+
+    #[test]
+    fn message_ids_are_bracketed_and_qualified() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let mailer = Mailer::new(&EmailConfig {
+            smtp_url: None,
+            mail_dir: Some(tmp.path().to_path_buf()),
+            mail_from: "Keel <no-reply@keel.localhost>".to_owned(),
+            smtp_timeout_ms: 1_000,
+        })?;
+        assert_eq!(mailer.message_id("abc").as_deref(), Some("<abc@keel.localhost>"));
+        assert_eq!(mailer.message_id("<a@b.c>").as_deref(), Some("<a@b.c>"));
+        assert_eq!(mailer.message_id("a b"), None);
+        assert_eq!(mailer.message_id("a\r\nBcc: x@y.z"), None);
+        assert_eq!(mailer.message_id(""), None);
+        Ok(())
     }
 
     #[tokio::test]
