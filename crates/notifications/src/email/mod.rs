@@ -242,10 +242,15 @@ fn smtp_sink(url: &str, timeout: Duration) -> anyhow::Result<Sink> {
         _ if parsed.query_pairs().any(|(k, _)| k == "tls") => 587,
         _ => 25,
     });
+    // As written and percent-decoded (lettre logs in with the latter);
+    // very short ones are left, as scrubbing them would garble the text.
     let secrets = [parsed.username(), parsed.password().unwrap_or_default()]
         .into_iter()
+        .flat_map(|s| {
+            let decoded = percent_encoding::percent_decode_str(s).decode_utf8_lossy();
+            [s.to_owned(), decoded.into_owned()]
+        })
         .filter(|s| s.len() >= 3)
-        .map(str::to_owned)
         .collect();
     let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
         .map_err(|e| anyhow::anyhow!("KEEL_SMTP_URL: {}", brief(&e.to_string(), &[])))?
