@@ -138,7 +138,7 @@ impl Mailer {
         };
         // lettre's own timeout covers connecting only; a server that stalls
         // mid-conversation must not hold a delivery past its lease.
-        let outcome = match tokio::time::timeout(self.timeout, self.deliver(&message)).await {
+        let outcome = match tokio::time::timeout(self.timeout, self.deliver(message)).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Retry {
                 status: None,
@@ -196,13 +196,13 @@ impl Mailer {
         })
     }
 
-    async fn deliver(&self, message: &Message) -> Outcome {
+    async fn deliver(&self, message: Message) -> Outcome {
         match &self.sink {
-            Sink::Smtp { transport, secrets, .. } => match transport.send(message.clone()).await {
+            Sink::Smtp { transport, secrets, .. } => match transport.send(message).await {
                 Ok(_) => Outcome::Delivered,
                 Err(e) => smtp_outcome(&e, secrets),
             },
-            Sink::Files { dir } => match write_eml(dir, message).await {
+            Sink::Files { dir } => match write_eml(dir, &message).await {
                 Ok(()) => Outcome::Delivered,
                 // A full disk or a permission problem may pass.
                 Err(e) => Outcome::Retry {
