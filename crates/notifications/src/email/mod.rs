@@ -353,6 +353,20 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn an_smtp_mailer_outside_a_runtime_is_an_error_not_a_panic() {
+        let built = Mailer::new(&EmailConfig {
+            smtp_url: Some("smtp://127.0.0.1:2525".to_owned()),
+            mail_dir: None,
+            mail_from: "Keel <no-reply@keel.localhost>".to_owned(),
+            smtp_timeout_ms: 1_000,
+        });
+        match built {
+            Ok(mailer) => panic!("built {mailer:?} outside a runtime"),
+            Err(e) => assert!(format!("{e:#}").contains("Tokio runtime"), "{e:#}"),
+        }
+    }
+
     #[tokio::test]
     async fn describe_hides_credentials() -> anyhow::Result<()> {
         for (url, endpoint) in [
