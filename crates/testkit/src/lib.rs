@@ -1,6 +1,7 @@
 //! Test support for Keel: a real PostgreSQL with zero set-up, a fresh
 //! database per test cloned from a migrated template, and the whole suite
-//! started in-process on port 0 with typed clients.
+//! started in-process on port 0 with typed clients; stand-ins for the
+//! outside world (a card gateway, an SMTP server) beside it.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

@@ -138,7 +138,7 @@ impl Mailer {
         };
         // lettre's own timeout covers connecting only; a server that stalls
         // mid-conversation must not hold a delivery past its lease.
-        let outcome = match tokio::time::timeout(self.timeout, self.deliver(&message)).await {
+        let outcome = match tokio::time::timeout(self.timeout, self.deliver(message)).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Retry {
                 status: None,
@@ -196,13 +196,13 @@ impl Mailer {
         })
     }
 
-    async fn deliver(&self, message: &Message) -> Outcome {
+    async fn deliver(&self, message: Message) -> Outcome {
         match &self.sink {
-            Sink::Smtp { transport, secrets, .. } => match transport.send(message.clone()).await {
+            Sink::Smtp { transport, secrets, .. } => match transport.send(message).await {
                 Ok(_) => Outcome::Delivered,
                 Err(e) => smtp_outcome(&e, secrets),
             },
-            Sink::Files { dir } => match write_eml(dir, message).await {
+            Sink::Files { dir } => match write_eml(dir, &message).await {
                 Ok(()) => Outcome::Delivered,
                 // A full disk or a permission problem may pass.
                 Err(e) => Outcome::Retry {
@@ -242,10 +242,15 @@ fn smtp_sink(url: &str, timeout: Duration) -> anyhow::Result<Sink> {
         _ if parsed.query_pairs().any(|(k, _)| k == "tls") => 587,
         _ => 25,
     });
+    // As written and percent-decoded (lettre logs in with the latter);
+    // very short ones are left, as scrubbing them would garble the text.
     let secrets = [parsed.username(), parsed.password().unwrap_or_default()]
         .into_iter()
+        .flat_map(|s| {
+            let decoded = percent_encoding::percent_decode_str(s).decode_utf8_lossy();
+            [s.to_owned(), decoded.into_owned()]
+        })
         .filter(|s| s.len() >= 3)
-        .map(str::to_owned)
         .collect();
     let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
         .map_err(|e| anyhow::anyhow!("KEEL_SMTP_URL: {}", brief(&e.to_string(), &[])))?
@@ -346,6 +351,20 @@ mod tests {
         assert_eq!(mailer.message_id("a\r\nBcc: x@y.z"), None);
         assert_eq!(mailer.message_id(""), None);
         Ok(())
+    }
+
+    #[test]
+    fn an_smtp_mailer_outside_a_runtime_is_an_error_not_a_panic() {
+        let built = Mailer::new(&EmailConfig {
+            smtp_url: Some("smtp://127.0.0.1:2525".to_owned()),
+            mail_dir: None,
+            mail_from: "Keel <no-reply@keel.localhost>".to_owned(),
+            smtp_timeout_ms: 1_000,
+        });
+        match built {
+            Ok(mailer) => panic!("built {mailer:?} outside a runtime"),
+            Err(e) => assert!(format!("{e:#}").contains("Tokio runtime"), "{e:#}"),
+        }
     }
 
     #[tokio::test]
