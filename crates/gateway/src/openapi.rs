@@ -513,7 +513,11 @@ mod tests {
         let doc = doc();
         let stream = &doc["paths"]["/v1/notifications:stream"]["get"];
         assert!(stream["responses"]["200"]["content"]["text/event-stream"].is_object());
-        assert!(stream["responses"]["101"]["description"].as_str().is_some_and(|d| d.contains("websocket")));
+        assert!(
+            stream["responses"]["101"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("websocket"))
+        );
         let parameters = stream["parameters"].as_array().expect("parameters");
         let header = parameters
             .iter()

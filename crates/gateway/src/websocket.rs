@@ -214,7 +214,8 @@ async fn run<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut sink, mut source) = socket.split();
-    let mut replies = std::pin::pin!(replies);
+    // Boxed, not pinned on the stack, so it can be dropped before the close.
+    let mut replies = Box::pin(replies);
     let mut pings = tokio::time::interval_at(Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     let mut heard = Instant::now();
     let end = loop {
@@ -229,7 +230,13 @@ async fn run<S>(
                 None => break End::Close(CloseCode::Normal, "the stream ended", None),
             },
             incoming = source.next() => match incoming {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::Gone,
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite has queued the answering close frame;
+                    // flushing sends it.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
+                    break End::Gone;
+                }
+                Some(Err(_)) | None => break End::Gone,
                 Some(Ok(_)) => {
                     // Pings are answered on the next write; flush so the
                     // pong goes now.
@@ -262,23 +269,27 @@ async fn run<S>(
     if let End::Close(code, reason, frame) = end {
         let farewell = async {
             if let Some(frame) = frame {
-                sink.send(frame).await?;
+                tokio::time::timeout(SEND_TIMEOUT, sink.send(frame)).await??;
             }
-            sink.send(Message::Close(Some(CloseFrame {
+            let close = Message::Close(Some(CloseFrame {
                 code,
                 reason: reason.into(),
-            })))
-            .await?;
+            }));
+            tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await??;
             // The client answers with its own close frame; then the
-            // connection may go.
-            while let Some(Ok(message)) = source.next().await {
-                if message.is_close() {
-                    break;
+            // connection may go. A client that does not is not waited for
+            // long: the gateway may be stopping.
+            let answer = async {
+                while let Some(Ok(message)) = source.next().await {
+                    if message.is_close() {
+                        break;
+                    }
                 }
-            }
-            Ok::<_, tokio_tungstenite::tungstenite::Error>(())
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, answer).await;
+            Ok::<_, anyhow::Error>(())
         };
-        if let Ok(Err(err)) = tokio::time::timeout(SEND_TIMEOUT + CLOSE_TIMEOUT, farewell).await {
+        if let Err(err) = farewell.await {
             tracing::debug!(error = %err, "closing a WebSocket");
         }
     }
