@@ -100,6 +100,8 @@ fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
                 HeaderName::from_static("x-request-id"),
                 HeaderName::from_static("traceparent"),
                 HeaderName::from_static("tracestate"),
+                // A fetch-based event stream resumes with it.
+                HeaderName::from_static(crate::resume::LAST_EVENT_ID),
             ])
             .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
             .max_age(Duration::from_secs(600)),
