@@ -47,19 +47,13 @@ impl StreamResume {
         let cursor = reply_path(&rpc.output(), &rule.cursor).map_err(|reason| {
             anyhow::anyhow!("{} stream_resume cursor {:?}: {reason}", rpc.full_name(), rule.cursor)
         })?;
-        let segments: Vec<String> = rule.resume_field.split('.').map(str::to_owned).collect();
-        let resume_field = settable_field_path(&rpc.input(), &segments)
-            .and_then(|path| match path.last() {
-                Some(field) if field.kind() == Kind::String && !field.is_list() => Ok(path),
-                _ => Err("is not a singular string field".to_owned()),
-            })
-            .map_err(|reason| {
-                anyhow::anyhow!(
-                    "{} stream_resume resume_field {:?}: {reason}",
-                    rpc.full_name(),
-                    rule.resume_field
-                )
-            })?;
+        let resume_field = request_path(&rpc.input(), &rule.resume_field).map_err(|reason| {
+            anyhow::anyhow!(
+                "{} stream_resume resume_field {:?}: {reason}",
+                rpc.full_name(),
+                rule.resume_field
+            )
+        })?;
         Ok(Some(StreamResume { cursor, resume_field }))
     }
 
@@ -84,6 +78,17 @@ impl StreamResume {
             .map(FieldDescriptor::json_name)
             .collect::<Vec<_>>()
             .join(".")
+    }
+}
+
+/// The fields a dotted path names in a request, when binding could set the
+/// last and it is a singular string.
+fn request_path(message: &MessageDescriptor, dotted: &str) -> Result<Vec<FieldDescriptor>, String> {
+    let segments: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+    let path = settable_field_path(message, &segments)?;
+    match path.last() {
+        Some(field) if field.kind() == Kind::String && !field.is_list() => Ok(path),
+        _ => Err("is not a singular string field".to_owned()),
     }
 }
 
@@ -172,6 +177,14 @@ mod tests {
         );
     }
 
+    fn message(name: &str) -> MessageDescriptor {
+        Descriptors::load()
+            .expect("descriptors")
+            .pool()
+            .get_message_by_name(name)
+            .expect("the message")
+    }
+
     #[test]
     fn paths_that_name_no_string_field_are_refused() {
         let (_, rpc) = stream();
@@ -186,5 +199,11 @@ mod tests {
         ] {
             assert!(reply_path(&output, bad).is_err(), "{bad}");
         }
+        let input = rpc.input();
+        assert!(request_path(&input, "after_notification_id").is_ok());
+        assert!(request_path(&input, "afterNotificationId").is_ok(), "JSON names too");
+        assert!(request_path(&input, "nosuch").is_err());
+        let list = message("keel.notifications.v1.ListNotificationsRequest");
+        assert!(request_path(&list, "page_size").is_err(), "not a string");
     }
 }
