@@ -204,15 +204,24 @@ async fn serve(gateway: &Gateway, client: IpAddr, mut parts: Parts, body: Body) 
     };
 
     let handshake = Handshake::read(&parts.headers)?;
-    if handshake.is_some() && !(route.is_streaming() && route.method == "GET") {
-        return Err(ApiError::bad_request(format!(
-            "{} {} does not upgrade to WebSocket: only streaming GET routes do",
-            parts.method,
-            parts.uri.path()
-        )));
-    }
+    let upgrade = match &handshake {
+        None => None,
+        Some(_) if !(route.is_streaming() && route.method == "GET") => {
+            return Err(ApiError::bad_request(format!(
+                "{} {} does not upgrade to WebSocket: only streaming GET routes do",
+                parts.method,
+                parts.uri.path()
+            )));
+        }
+        Some(_) => Some(
+            parts
+                .extensions
+                .remove::<OnUpgrade>()
+                .ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded"))?,
+        ),
+    };
     // A browser's WebSocket cannot set authorization; its token comes as a
-    // subprotocol, and from here on is treated as if it had.
+    // subprotocol, and from here on counts as if it had come as the header.
     if let Some(token) = handshake.as_ref().and_then(Handshake::bearer)
         && !parts.headers.contains_key(header::AUTHORIZATION)
     {
@@ -256,11 +265,7 @@ async fn serve(gateway: &Gateway, client: IpAddr, mut parts: Parts, body: Body) 
             .upstreams
             .server_streaming(route, message, metadata, gateway.upstream_timeout)
             .await?;
-        if let Some(handshake) = handshake {
-            let upgrade = parts
-                .extensions
-                .remove::<OnUpgrade>()
-                .ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded"))?;
+        if let (Some(handshake), Some(upgrade)) = (handshake, upgrade) {
             let session = websocket::Session {
                 route: route.clone(),
                 descriptors: gateway.descriptors.clone(),

@@ -178,9 +178,8 @@ pub fn accept(
             .max_message_size(Some(session.max_message_bytes))
             .max_frame_size(Some(session.max_message_bytes));
         let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        let slot = session.slot.clone();
+        // The session (and its connection slot) lives until the socket closes.
         run(socket, session, replies).await;
-        drop(slot);
     };
     tokio::spawn(task.instrument(tracing::Span::current()));
 
