@@ -224,6 +224,10 @@ struct Setup {
 
 impl Setup {
     async fn start(held: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(held, &[]).await
+    }
+
+    async fn start_with(held: &[&str], args: &[&str]) -> anyhow::Result<Self> {
         let suite = keel_testkit::spawn_suite().await?;
         let (calls_tx, calls) = mpsc::unbounded_channel();
         let fake = FakeNotifications {
@@ -239,7 +243,7 @@ impl Setup {
             .add_service(NotificationsServiceServer::new(fake.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
         tokio::spawn(server);
-        let gateway = suite.spawn_gateway_with([("notifications", url)].into(), &[]).await?;
+        let gateway = suite.spawn_gateway_with([("notifications", url)].into(), args).await?;
         suite
             .create_user("ada@example.com", "correct horse battery", &[Role::User])
             .await?;
@@ -625,4 +629,22 @@ async fn stopping_the_gateway_ends_open_streams_promptly() -> anyhow::Result<()>
     ended(sse_call).await;
     ended(ws_call).await;
     suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_websocket_keeps_its_place_under_the_connection_cap() -> anyhow::Result<()> {
+    let mut setup = Setup::start_with(&["n01"], &["--max-connections", "1", "--idle-timeout-ms", "300"]).await?;
+    // The login's kept-alive connection goes idle and is closed.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let bearer = [("authorization", format!("Bearer {}", setup.token))];
+    let (mut socket, _) = websocket(&setup.gateway, "/v1/notifications:stream", &bearer).await?;
+    let call = setup.call().await;
+    // hyper has let go of the upgraded connection, but it still counts.
+    let health = tokio::time::timeout(Duration::from_millis(800), setup.gateway.http().get("/healthz", None)).await;
+    assert!(health.is_err(), "a second connection waits while the WebSocket is open");
+    socket.close(None).await?;
+    ended(call).await;
+    let health = tokio::time::timeout(PATIENCE, setup.gateway.http().get("/healthz", None)).await??;
+    assert_eq!(health.status, StatusCode::OK);
+    setup.stop().await
 }
