@@ -6,6 +6,11 @@
 //! request's headers (closed if they are not complete within the header
 //! timeout, counted from the request's first byte), or serving requests (left
 //! alone: the body read timeout and the upstream timeout bound that).
+//!
+//! A connection upgraded to WebSocket leaves hyper (and its watchdog: the
+//! session pings its client instead), but keeps its place among the open
+//! connections through its [`ConnectionSlot`] until the session ends, so
+//! the cap and the shutdown's wait count it.
 
 use std::{
     convert::Infallible,
@@ -21,7 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -37,6 +42,14 @@ pub struct Limits {
     /// The most connections open at once; beyond it, new ones wait in the
     /// listen queue.
     pub max_connections: usize,
+}
+
+/// A connection's place among the open connections; every request carries
+/// it (as an extension), and the connection counts as open while any clone
+/// lives.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlot {
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 /// Serves `router` on `listener` until `stopping` is cancelled; then stops
@@ -71,9 +84,11 @@ pub async fn serve(
         };
         let router = router.clone();
         let stopping = stopping.clone();
+        let slot = ConnectionSlot {
+            _permit: Arc::new(permit),
+        };
         tokio::spawn(async move {
-            serve_connection(stream, peer, router, limits, stopping).await;
-            drop(permit);
+            serve_connection(stream, peer, router, limits, stopping, slot).await;
         });
     }
     // Every permit back means every connection has closed.
@@ -90,6 +105,7 @@ async fn serve_connection(
     router: Router,
     limits: Limits,
     stopping: CancellationToken,
+    slot: ConnectionSlot,
 ) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(error = %err, "TCP_NODELAY");
@@ -104,6 +120,7 @@ async fn serve_connection(
         hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
             let in_flight = activity.begin();
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(slot.clone());
             let router = router.clone();
             async move {
                 let response = router.oneshot(request.map(Body::new)).await?;
@@ -120,7 +137,9 @@ async fn serve_connection(
     };
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .serve_connection(io, service);
+        .serve_connection(io, service)
+        // WebSocket: the connection leaves hyper after its 101.
+        .with_upgrades();
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         served = connection.as_mut() => {

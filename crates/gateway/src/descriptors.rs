@@ -12,6 +12,7 @@ pub struct Descriptors {
     status: MessageDescriptor,
     http: ExtensionDescriptor,
     anonymous: ExtensionDescriptor,
+    stream_resume: ExtensionDescriptor,
 }
 
 impl Descriptors {
@@ -44,11 +45,15 @@ impl Descriptors {
         let anonymous = pool
             .get_extension_by_name("keel.common.v1.anonymous")
             .context("the descriptor set lacks keel.common.v1.anonymous")?;
+        let stream_resume = pool
+            .get_extension_by_name("keel.common.v1.stream_resume")
+            .context("the descriptor set lacks keel.common.v1.stream_resume")?;
         Ok(Descriptors {
             pool,
             status,
             http,
             anonymous,
+            stream_resume,
         })
     }
 
@@ -70,6 +75,11 @@ impl Descriptors {
     /// The `keel.common.v1.anonymous` method option.
     pub fn anonymous(&self) -> &ExtensionDescriptor {
         &self.anonymous
+    }
+
+    /// The `keel.common.v1.stream_resume` method option.
+    pub fn stream_resume(&self) -> &ExtensionDescriptor {
+        &self.stream_resume
     }
 }
 

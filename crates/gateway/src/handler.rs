@@ -18,6 +18,7 @@ use axum::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
+use hyper::upgrade::OnUpgrade;
 use keel_platform::{
     audit,
     client_address::{FORWARDED_FOR, client_address},
@@ -39,10 +40,13 @@ use tower_http::{
 use crate::{
     Gateway,
     bind::{Input, bind},
+    connections::ConnectionSlot,
     edge::ClientKey,
     error::ApiError,
     respond,
+    resume::LAST_EVENT_ID,
     routes::Resolved,
+    websocket::{self, Handshake},
 };
 
 /// Headers passed on to the services as they arrived (`stripe-signature`:
@@ -96,6 +100,8 @@ fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
                 HeaderName::from_static("x-request-id"),
                 HeaderName::from_static("traceparent"),
                 HeaderName::from_static("tracestate"),
+                // A fetch-based event stream resumes with it.
+                HeaderName::from_static(crate::resume::LAST_EVENT_ID),
             ])
             .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
             .max_age(Duration::from_secs(600)),
@@ -166,7 +172,7 @@ async fn transcode(
     response
 }
 
-async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> Result<Response, ApiError> {
+async fn serve(gateway: &Gateway, client: IpAddr, mut parts: Parts, body: Body) -> Result<Response, ApiError> {
     let resolved = gateway.routes.resolve(parts.method.as_str(), parts.uri.path());
     if !matches!(resolved, Resolved::Route(..))
         && let Some(limiter) = &gateway.limiter
@@ -197,6 +203,33 @@ async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> R
         }
     };
 
+    let handshake = Handshake::read(&parts.headers)?;
+    let upgrade = match &handshake {
+        None => None,
+        Some(_) if !(route.is_streaming() && route.method == "GET") => {
+            return Err(ApiError::bad_request(format!(
+                "{} {} does not upgrade to WebSocket: only streaming GET routes do",
+                parts.method,
+                parts.uri.path()
+            )));
+        }
+        Some(_) => Some(
+            parts
+                .extensions
+                .remove::<OnUpgrade>()
+                .ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded"))?,
+        ),
+    };
+    // A browser's WebSocket cannot set authorization; its token comes as a
+    // subprotocol, and from here on counts as if it had come as the header.
+    if let Some(token) = handshake.as_ref().and_then(Handshake::bearer)
+        && !parts.headers.contains_key(header::AUTHORIZATION)
+    {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ApiError::invalid_token(tonic::Status::unauthenticated("the token is not a header value")))?;
+        parts.headers.insert(header::AUTHORIZATION, value);
+    }
+
     let principal = if route.anonymous {
         None
     } else {
@@ -219,7 +252,12 @@ async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> R
         content_type: parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
         body: &body,
     };
-    let message = bind(route, input)?;
+    let mut message = bind(route, input)?;
+    if let Some(resume) = &route.resume
+        && let Some(last_id) = last_event_id(&parts.headers)?
+    {
+        resume.resume(&mut message, last_id);
+    }
     let metadata = metadata(&parts.headers, !route.anonymous, client);
 
     if route.is_streaming() {
@@ -227,10 +265,21 @@ async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> R
             .upstreams
             .server_streaming(route, message, metadata, gateway.upstream_timeout)
             .await?;
+        if let (Some(handshake), Some(upgrade)) = (handshake, upgrade) {
+            let session = websocket::Session {
+                route: route.clone(),
+                descriptors: gateway.descriptors.clone(),
+                stop: gateway.stopping.clone(),
+                slot: parts.extensions.remove::<ConnectionSlot>(),
+                max_message_bytes: gateway.max_body_bytes,
+            };
+            return Ok(websocket::accept(handshake, upgrade, session, replies));
+        }
         return Ok(respond::event_stream(
             route.clone(),
             gateway.descriptors.clone(),
             replies,
+            gateway.stopping.clone(),
         ));
     }
     let reply = gateway
@@ -238,6 +287,20 @@ async fn serve(gateway: &Gateway, client: IpAddr, parts: Parts, body: Body) -> R
         .unary(route, message, metadata, gateway.upstream_timeout)
         .await?;
     Ok(respond::json(route, &reply)?)
+}
+
+/// The `Last-Event-ID` a reconnecting EventSource sends; an empty one
+/// means none (the SSE spec's reset).
+fn last_event_id(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get(LAST_EVENT_ID) {
+        None => Ok(None),
+        Some(value) => {
+            let id = value
+                .to_str()
+                .map_err(|_| ApiError::bad_field(LAST_EVENT_ID, "must be visible ASCII"))?;
+            Ok(Some(id).filter(|id| !id.is_empty()))
+        }
+    }
 }
 
 /// Who the request's bearer token names; 401 when it is missing or does

@@ -24,10 +24,12 @@ pub mod error;
 pub mod handler;
 pub mod openapi;
 pub mod respond;
+pub mod resume;
 pub mod routes;
 pub mod status;
 pub mod template;
 pub mod upstream;
+pub mod websocket;
 
 use descriptors::Descriptors;
 use edge::ClientLimiter;
@@ -135,6 +137,10 @@ pub struct Gateway {
     upstream_timeout: Duration,
     trusted_proxies: Vec<std::net::IpAddr>,
     ready: std::sync::atomic::AtomicBool,
+    /// Cancelled when the gateway stops taking connections: open event
+    /// streams and WebSocket sessions end then, so clients reconnect
+    /// elsewhere instead of being cut at the end of the grace period.
+    stopping: CancellationToken,
 }
 
 impl Gateway {
@@ -185,6 +191,7 @@ impl Gateway {
             upstream_timeout: config.upstream_timeout(),
             trusted_proxies: config.trusted_proxies.clone(),
             ready: std::sync::atomic::AtomicBool::new(true),
+            stopping: CancellationToken::new(),
         })
     }
 
@@ -196,8 +203,9 @@ impl Gateway {
 
 /// Serves the gateway in front of `upstreams` (area -> URL) on `listener`
 /// until `shutdown` is cancelled: then `/readyz` fails at once, new
-/// connections are refused after the shutdown delay, and open requests
-/// (streams too) get the grace period to finish.
+/// connections are refused after the shutdown delay, open event streams and
+/// WebSocket sessions end, and other open requests get the grace period to
+/// finish.
 pub async fn run(
     config: GatewayConfig,
     upstreams: BTreeMap<&'static str, String>,
@@ -229,7 +237,7 @@ pub async fn run(
     let address = listener.local_addr().context("reading the gateway's address")?;
     tracing::info!(%address, routes = gateway.routes.routes().len(), "gateway serving HTTP");
 
-    let stopping = CancellationToken::new();
+    let stopping = gateway.stopping.clone();
     let drain = {
         let (gateway, stopping, shutdown) = (gateway.clone(), stopping.clone(), shutdown.clone());
         let delay = config.shutdown.delay();

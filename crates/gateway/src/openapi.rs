@@ -13,6 +13,14 @@ use crate::{
     routes::{Route, RouteTable},
 };
 
+/// How a streaming route answers a WebSocket upgrade (see `websocket.rs`).
+const WEBSOCKET: &str = "Switching Protocols: a GET with `Upgrade: websocket` (RFC 6455) gets the same stream as \
+    WebSocket text frames, one reply's JSON per frame. An error is one frame `{\"error\": <google.rpc.Status>}` \
+    and a close: 1001 for UNAVAILABLE or the gateway stopping (reconnect), 1008 for UNAUTHENTICATED and \
+    PERMISSION_DENIED, 1011 for internal errors, 1000 otherwise (the stream ended; ABORTED/STREAM_BEHIND \
+    means reconnect). Resume with the request's query parameter. Browsers, which cannot set \
+    `Authorization` here, may offer the subprotocols `keel.v1, bearer.<access token>` instead.";
+
 /// `google.api.FieldBehavior` values the document uses.
 const REQUIRED: i32 = 2;
 const OUTPUT_ONLY: i32 = 3;
@@ -128,6 +136,19 @@ impl Builder {
             operation.insert("summary".into(), json!(summary));
             operation.insert("description".into(), json!(text));
         }
+        if let Some(resume) = route.resume.as_ref().filter(|_| route.is_streaming()) {
+            parameters.push(json!({
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": false,
+                "description": format!(
+                    "The `id:` of the last event received: the stream resumes after it. \
+                    An EventSource sends it when it reconnects; it wins over the `{}` query parameter.",
+                    resume.resume_parameter()
+                ),
+                "schema": { "type": "string" },
+            }));
+        }
         if !parameters.is_empty() {
             operation.insert("parameters".into(), Json::Array(parameters));
         }
@@ -157,24 +178,33 @@ impl Builder {
             None => self.message_ref(&output),
         };
         let ok = if route.is_streaming() {
+            let id = if route.resume.is_some() {
+                " Each event's `id:` is the reply's id; reconnect with it as `Last-Event-ID` to miss nothing."
+            } else {
+                ""
+            };
             json!({
-                "description": "A stream of Server-Sent Events: each `data:` line holds one reply as JSON; \
-                    an `error` event holds a google.rpc.Status and ends the stream.",
+                "description": format!(
+                    "A stream of Server-Sent Events: a `retry:` hint first, then each `data:` line holds one \
+                    reply as JSON; an `error` event holds a google.rpc.Status and ends the stream; a \
+                    `: keep-alive` comment comes every 15 s.{id}"
+                ),
                 "content": { "text/event-stream": { "schema": { "type": "string" } } },
             })
         } else {
             json!({ "description": "OK", "content": { "application/json": { "schema": reply_schema } } })
         };
-        operation.insert(
-            "responses".into(),
-            json!({
-                "200": ok,
-                "default": {
-                    "description": "An error: the HTTP status follows the gRPC code.",
-                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/google.rpc.Status" } } },
-                },
-            }),
-        );
+        let mut responses = json!({
+            "200": ok,
+            "default": {
+                "description": "An error: the HTTP status follows the gRPC code.",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/google.rpc.Status" } } },
+            },
+        });
+        if route.is_streaming() && route.method == "GET" {
+            responses["101"] = json!({ "description": WEBSOCKET });
+        }
+        operation.insert("responses".into(), responses);
         let security = if route.anonymous {
             json!([])
         } else {
@@ -476,6 +506,27 @@ mod tests {
             .collect();
         assert_eq!(names, ["account_id", "updateMask"]);
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    }
+
+    #[test]
+    fn streams_document_events_their_resume_header_and_websocket() {
+        let doc = doc();
+        let stream = &doc["paths"]["/v1/notifications:stream"]["get"];
+        assert!(stream["responses"]["200"]["content"]["text/event-stream"].is_object());
+        assert!(
+            stream["responses"]["101"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("websocket"))
+        );
+        let parameters = stream["parameters"].as_array().expect("parameters");
+        let header = parameters
+            .iter()
+            .find(|p| p["in"] == "header")
+            .expect("a header parameter");
+        assert_eq!(header["name"], "Last-Event-ID");
+        assert!(parameters.iter().any(|p| p["name"] == "afterNotificationId"));
+        let unary = &doc["paths"]["/v1/accounts/{account_id}/balance"]["get"];
+        assert!(unary["responses"]["101"].is_null());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use http::{HeaderValue, StatusCode, header};
 use prost_reflect::{DynamicMessage, SerializeOptions};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::{descriptors::Descriptors, error::status_json, routes::Route};
@@ -25,17 +26,25 @@ pub fn json(route: &Route, message: &DynamicMessage) -> Result<Response, Status>
     Ok(response)
 }
 
-/// How often an idle event stream gets a comment line, so proxies that cut
-/// silent connections leave it open.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often an idle event stream gets a comment line (and a WebSocket a
+/// ping), so proxies that cut silent connections leave it open.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// A server stream as `text/event-stream`: each reply is a `data:` event;
+/// How long an EventSource waits before reconnecting, sent once as the
+/// stream's `retry:` field (browsers default to several seconds).
+const RETRY: &[u8] = b"retry: 2000\n\n";
+
+/// A server stream as `text/event-stream`: each reply is a `data:` event,
+/// with its `id:` when the route resumes (`keel.common.v1.stream_resume`);
 /// an error ends the stream with an `error` event holding the
-/// `google.rpc.Status` JSON; a `: keep-alive` comment goes out every 15 s.
+/// `google.rpc.Status` JSON; a `: keep-alive` comment goes out every 15 s;
+/// `stop` ends the body (the gateway is stopping; clients reconnect with
+/// their `Last-Event-ID`).
 pub fn event_stream(
     route: Route,
     descriptors: Descriptors,
     replies: impl Stream<Item = Result<DynamicMessage, Status>> + Send + 'static,
+    stop: CancellationToken,
 ) -> Response {
     enum Item {
         Event(Bytes),
@@ -43,8 +52,8 @@ pub fn event_stream(
         End,
     }
     let events = replies
-        .map(move |reply| match reply.and_then(|message| to_json(&route, &message)) {
-            Ok(json) => Ok(Bytes::from([b"data: ".as_slice(), &json, b"\n\n"].concat())),
+        .map(move |reply| match reply.and_then(|message| event(&route, &message)) {
+            Ok(event) => Ok(event),
             Err(status) => Err(Bytes::from(
                 [
                     b"event: error\ndata: ".as_slice(),
@@ -69,12 +78,14 @@ pub fn event_stream(
     });
     let body = futures::stream::select(events, keep_alive)
         .take_while(|item| futures::future::ready(!matches!(item, Item::End)))
-        .map(|item| {
-            Ok::<_, std::convert::Infallible>(match item {
-                Item::Event(bytes) => bytes,
-                Item::KeepAlive | Item::End => Bytes::from_static(b": keep-alive\n\n"),
-            })
+        .map(|item| match item {
+            Item::Event(bytes) => bytes,
+            Item::KeepAlive | Item::End => Bytes::from_static(b": keep-alive\n\n"),
         });
+    let body = futures::stream::once(futures::future::ready(Bytes::from_static(RETRY)))
+        .chain(body)
+        .take_until(stop.cancelled_owned())
+        .map(Ok::<_, std::convert::Infallible>);
     let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
@@ -83,7 +94,26 @@ pub fn event_stream(
     response
 }
 
-fn to_json(route: &Route, message: &DynamicMessage) -> Result<Vec<u8>, Status> {
+/// One reply as an SSE event: `id:` (when the route resumes and the reply
+/// has one), then `data:`.
+fn event(route: &Route, message: &DynamicMessage) -> Result<Bytes, Status> {
+    let json = to_json(route, message)?;
+    let id = route.resume.as_ref().and_then(|resume| resume.cursor_of(message));
+    let mut event = Vec::with_capacity(json.len() + 64);
+    if let Some(id) = id {
+        event.extend_from_slice(b"id: ");
+        event.extend_from_slice(id.as_bytes());
+        event.push(b'\n');
+    }
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(&json);
+    event.extend_from_slice(b"\n\n");
+    Ok(event.into())
+}
+
+/// A reply as the JSON a client sees (the `response_body` field when the
+/// route names one).
+pub fn to_json(route: &Route, message: &DynamicMessage) -> Result<Vec<u8>, Status> {
     let options = SerializeOptions::new().skip_default_fields(false);
     let failed = |err: serde_json::Error| Status::internal(format!("encoding the reply: {err}"));
     match &route.response_body {

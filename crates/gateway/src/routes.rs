@@ -8,6 +8,7 @@ use prost_reflect::MethodDescriptor;
 
 use crate::{
     descriptors::{Descriptors, settable_field_path},
+    resume::StreamResume,
     template::{Binding, PathTemplate},
 };
 
@@ -26,6 +27,8 @@ pub struct Route {
     pub rpc: MethodDescriptor,
     /// Callable without an access token (`keel.common.v1.anonymous`).
     pub anonymous: bool,
+    /// How the stream resumes (`keel.common.v1.stream_resume`), if it does.
+    pub resume: Option<StreamResume>,
     /// The gRPC path to call, e.g. `/keel.auth.v1.AuthService/Login`.
     pub grpc_path: PathAndQuery,
 }
@@ -38,7 +41,8 @@ impl Route {
         package.split('.').nth(1).unwrap_or(package)
     }
 
-    /// Whether the RPC answers with a stream (served as Server-Sent Events).
+    /// Whether the RPC answers with a stream (served as Server-Sent Events,
+    /// or WebSocket when the client asks to upgrade).
     pub fn is_streaming(&self) -> bool {
         self.rpc.is_server_streaming()
     }
@@ -75,6 +79,7 @@ impl RouteTable {
                 }
                 let anonymous = options.has_extension(descriptors.anonymous())
                     && options.get_extension(descriptors.anonymous()).as_bool() == Some(true);
+                let resume = StreamResume::of(&rpc, descriptors.stream_resume())?;
                 let rule: HttpRule = options
                     .get_extension(descriptors.http())
                     .as_message()
@@ -82,7 +87,7 @@ impl RouteTable {
                     .transcode_to()
                     .with_context(|| format!("reading the HTTP rule of {}", rpc.full_name()))?;
                 for rule in std::iter::once(&rule).chain(rule.additional_bindings.iter()) {
-                    routes.push(route(&rpc, rule, anonymous)?);
+                    routes.push(route(&rpc, rule, anonymous, resume.clone())?);
                 }
             }
         }
@@ -139,7 +144,12 @@ impl RouteTable {
     }
 }
 
-fn route(rpc: &MethodDescriptor, rule: &HttpRule, anonymous: bool) -> anyhow::Result<Route> {
+fn route(
+    rpc: &MethodDescriptor,
+    rule: &HttpRule,
+    anonymous: bool,
+    resume: Option<StreamResume>,
+) -> anyhow::Result<Route> {
     let (method, path) = match &rule.pattern {
         Some(Pattern::Get(path)) => ("GET", path.as_str()),
         Some(Pattern::Put(path)) => ("PUT", path.as_str()),
@@ -185,6 +195,7 @@ fn route(rpc: &MethodDescriptor, rule: &HttpRule, anonymous: bool) -> anyhow::Re
         response_body,
         rpc: rpc.clone(),
         anonymous,
+        resume,
         grpc_path,
     })
 }

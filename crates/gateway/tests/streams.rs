@@ -101,8 +101,14 @@ async fn server_streams_become_server_sent_events() -> anyhow::Result<()> {
     assert_eq!(stream.header("content-type"), Some("text/event-stream"));
     let body = String::from_utf8(stream.body.to_vec())?;
     let events: Vec<&str> = body.split("\n\n").filter(|e| !e.is_empty()).collect();
-    assert_eq!(events.len(), 3, "{body}");
-    let first: serde_json::Value = serde_json::from_str(events[0].strip_prefix("data: ").expect("a data event"))?;
+    assert_eq!(events.len(), 4, "{body}");
+    assert_eq!(events[0], "retry: 2000", "browsers reconnect promptly");
+    let events = &events[1..];
+    // The id is the notification's (keel.common.v1.stream_resume).
+    let first = events[0]
+        .strip_prefix("id: n1\ndata: ")
+        .expect("a data event with its id");
+    let first: serde_json::Value = serde_json::from_str(first)?;
     assert_eq!(first["notification"]["id"], "n1");
     assert_eq!(first["notification"]["eventType"], "order.paid");
     let error = events[2].strip_prefix("event: error\ndata: ").expect("an error event");
