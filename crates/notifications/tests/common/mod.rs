@@ -80,12 +80,16 @@ pub async fn fixture_with(args: &[&str]) -> anyhow::Result<Fixture> {
         .chain(args.iter().copied())
         .collect();
     let suite = spawn_suite_with_options(SuiteOptions::default().args("notifications", &all)).await?;
-    let (_, tokens) = suite.signed_in_admin().await?;
-    Ok(Fixture {
+    let (admin, tokens) = suite.signed_in_admin().await?;
+    let fixture = Fixture {
         suite,
         smtp,
         admin: tokens.access_token,
-    })
+    };
+    // The admin's welcome and verification mail first, so a test's
+    // scripted SMTP faults meet the test's own mail.
+    fixture.mail_to(&admin.email, 2).await?;
+    Ok(fixture)
 }
 
 impl Fixture {
