@@ -1,7 +1,9 @@
-//! Server streams that resume, over Server-Sent Events and WebSocket,
-//! against a real tonic notifications service hosted here (the service
-//! itself is not built yet): it replays what it holds after
-//! `after_notification_id`, then sends what the test pushes.
+//! Server streams that resume, over Server-Sent Events and WebSocket: the
+//! gateway's side of it, against a tonic notifications service hosted here
+//! that records each call (its cursor, its token, when it is dropped),
+//! replays what it holds after `after_notification_id`, then sends what the
+//! test pushes. The real service behind the gateway is tested in
+//! crates/notifications/tests/gateway.rs.
 
 // The helpers here are test code too: a broken setup may panic.
 #![allow(clippy::expect_used)]
@@ -13,22 +15,21 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
-use http::{HeaderValue, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Empty};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use http::{HeaderValue, StatusCode};
 use keel::notifications::v1::{
     self as pb, Notification, StreamNotificationsResponse,
     notifications_service_server::{NotificationsService, NotificationsServiceServer},
 };
 use keel_platform::Role;
-use keel_testkit::{Suite, http::TestGateway};
+use keel_testkit::{
+    Suite,
+    http::TestGateway,
+    streams::{Sse, close_code, text, websocket},
+};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_tungstenite::tungstenite::{
-    self, Message, client::IntoClientRequest as _, protocol::frame::coding::CloseCode,
-};
+use tokio_tungstenite::tungstenite::{self, protocol::frame::coding::CloseCode};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
@@ -279,88 +280,6 @@ impl Setup {
     }
 }
 
-/// One Server-Sent Event.
-#[derive(Debug, Default)]
-struct Event {
-    id: Option<String>,
-    event: Option<String>,
-    data: Option<String>,
-    retry: Option<String>,
-}
-
-/// An open event stream, read as it arrives.
-struct Sse {
-    body: hyper::body::Incoming,
-    buffer: String,
-}
-
-impl Sse {
-    async fn open(
-        gateway: &TestGateway,
-        path: &str,
-        token: Option<&str>,
-        last_event_id: Option<&str>,
-    ) -> anyhow::Result<(http::response::Parts, Sse)> {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let mut request = Request::get(format!("http://{}{path}", gateway.addr())).body(Empty::new())?;
-        if let Some(token) = token {
-            request
-                .headers_mut()
-                .insert(header::AUTHORIZATION, format!("Bearer {token}").parse()?);
-        }
-        if let Some(id) = last_event_id {
-            request.headers_mut().insert("last-event-id", id.parse()?);
-        }
-        let (parts, body) = client.request(request).await?.into_parts();
-        Ok((
-            parts,
-            Sse {
-                body,
-                buffer: String::new(),
-            },
-        ))
-    }
-
-    /// The next event (comments skipped); None when the stream ends.
-    async fn next(&mut self) -> anyhow::Result<Option<Event>> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = Event::default();
-                for line in block.lines() {
-                    let (field, value) = line.split_once(": ").unwrap_or((line, ""));
-                    match field {
-                        "id" => event.id = Some(value.to_owned()),
-                        "event" => event.event = Some(value.to_owned()),
-                        "data" => event.data = Some(value.to_owned()),
-                        "retry" => event.retry = Some(value.to_owned()),
-                        _ => {}
-                    }
-                }
-                if event.id.is_some() || event.event.is_some() || event.data.is_some() || event.retry.is_some() {
-                    return Ok(Some(event));
-                }
-                continue;
-            }
-            match tokio::time::timeout(PATIENCE, self.body.frame()).await? {
-                None => return Ok(None),
-                Some(frame) => {
-                    if let Ok(data) = frame?.into_data() {
-                        self.buffer.push_str(std::str::from_utf8(&data)?);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The next `data:` event: its id and its JSON text.
-    async fn data(&mut self) -> anyhow::Result<(Option<String>, String)> {
-        let event = self.next().await?.expect("an event");
-        assert_eq!(event.event, None, "{event:?}");
-        Ok((event.id, event.data.expect("data")))
-    }
-}
-
 fn id_of(json: &str) -> String {
     let value: Value = serde_json::from_str(json).expect("JSON");
     value["notification"]["id"].as_str().expect("an id").to_owned()
@@ -468,51 +387,6 @@ async fn an_upstream_abort_ends_the_events_with_an_error_event() -> anyhow::Resu
     let (head, _) = Sse::open(&setup.gateway, "/v1/notifications:stream", None, None).await?;
     assert_eq!(head.status, StatusCode::UNAUTHORIZED);
     setup.stop().await
-}
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn websocket(
-    gateway: &TestGateway,
-    path: &str,
-    headers: &[(&'static str, String)],
-) -> Result<(Socket, tungstenite::handshake::client::Response), tungstenite::Error> {
-    let mut request = format!("ws://{}{path}", gateway.addr()).into_client_request()?;
-    for (name, value) in headers {
-        request
-            .headers_mut()
-            .insert(*name, value.parse().expect("a header value"));
-    }
-    tokio_tungstenite::connect_async(request).await
-}
-
-/// The next text frame (pings skipped).
-async fn text(socket: &mut Socket) -> anyhow::Result<String> {
-    loop {
-        let message = tokio::time::timeout(PATIENCE, socket.next()).await?.expect("a frame")?;
-        match message {
-            Message::Text(text) => return Ok(text.as_str().to_owned()),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => anyhow::bail!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-/// The close frame's code, once the closing handshake is done.
-async fn close_code(socket: &mut Socket) -> anyhow::Result<CloseCode> {
-    loop {
-        let message = tokio::time::timeout(PATIENCE, socket.next()).await?.expect("a frame")?;
-        match message {
-            Message::Close(Some(frame)) => {
-                // Reading on sends the answering close frame, and ends when
-                // the gateway drops the connection.
-                while tokio::time::timeout(PATIENCE, socket.next()).await?.is_some() {}
-                return Ok(frame.code);
-            }
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => anyhow::bail!("expected a close frame, got {other:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -261,12 +261,15 @@ impl DeliveryConfig {
 /// Live inbox streams.
 #[derive(Debug, Clone, Args)]
 pub struct InboxConfig {
-    /// How many notifications one stream may have waiting for a slow client;
-    /// beyond it the stream ends with ABORTED (STREAM_BEHIND) and the client
-    /// resumes from its cursor.
+    /// How many notifications one stream may have waiting for a slow client.
     #[arg(long, env = "KEEL_NOTIFICATIONS_STREAM_BUFFER", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub stream_buffer: u32,
+
+    /// How long a stream's buffer may stay full; then the stream ends with
+    /// ABORTED (STREAM_BEHIND) and the client resumes from its cursor (ms).
+    #[arg(long, env = "KEEL_NOTIFICATIONS_STREAM_STALL_MS", default_value_t = 10_000)]
+    pub stream_stall_ms: u64,
 }
 
 fn start(settings: &clap::ArgMatches, context: Context) -> anyhow::Result<ServiceFuture> {
@@ -309,6 +312,7 @@ pub async fn run(config: NotificationsConfig, context: Context) -> anyhow::Resul
         secrets_key: config.secrets_key.clone(),
         link_key,
         stream_buffer: config.inbox.stream_buffer as usize,
+        stream_stall: Duration::from_millis(config.inbox.stream_stall_ms.max(1)),
         shutdown: context.shutdown.clone(),
     };
     let workers = delivery::Workers {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod reflection;
 pub mod smtp;
 pub mod status;
+pub mod streams;
 pub mod suite;
 pub mod webhook_receiver;
 

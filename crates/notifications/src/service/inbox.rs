@@ -133,7 +133,7 @@ pub(super) async fn stream_notifications(
     };
     drop(conn);
     // One slot more than the buffer, kept for the message that ends a
-    // stream whose client fell behind.
+    // stream (see `offer`).
     let (replies, stream) = mpsc::channel(service.stream_buffer + 1);
     tokio::spawn(feed(service.clone(), user_id, after, wakes, replies));
     Ok(ReceiverStream::new(stream))
@@ -153,17 +153,20 @@ async fn feed(
             Ok(rows) => {
                 let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= STREAM_READ;
                 for row in rows {
-                    let last_sent = after;
-                    after = row.seq;
-                    if replies.capacity() <= 1 {
-                        let _ = replies.try_send(Err(behind(last_sent, &service, user_id).await));
-                        return;
-                    }
                     let reply = pb::StreamNotificationsResponse {
-                        notification: Some(to_proto(row)),
+                        notification: Some(to_proto(row.clone())),
                     };
-                    if replies.try_send(Ok(reply)).is_err() {
-                        return;
+                    match offer(&service, &replies, reply).await {
+                        Offered::Taken => after = row.seq,
+                        Offered::Closed => return,
+                        Offered::Behind => {
+                            let _ = replies.try_send(Err(behind(after, &service, user_id).await));
+                            return;
+                        }
+                        Offered::Stopping => {
+                            let _ = replies.try_send(Err(stopping()));
+                            return;
+                        }
                     }
                 }
                 if full {
@@ -190,9 +193,7 @@ async fn feed(
                 },
                 () = replies.closed() => return,
                 () = service.shutdown.cancelled() => {
-                    let _ = replies.try_send(Err(Status::unavailable(
-                        "the server is shutting down; reconnect with after_notification_id",
-                    )));
+                    let _ = replies.try_send(Err(stopping()));
                     return;
                 }
                 // A safety net should a NOTIFY never come (it is sent on
@@ -203,13 +204,53 @@ async fn feed(
     }
 }
 
+/// What became of one entry offered to the client.
+enum Offered {
+    /// Queued for it.
+    Taken,
+    /// The client went away.
+    Closed,
+    /// The buffer stayed full for the stall time: the client reads too
+    /// slowly.
+    Behind,
+    /// The server is stopping.
+    Stopping,
+}
+
+/// Queues `reply` once the buffer has room, keeping one slot free for the
+/// message that ends the stream.
+async fn offer(
+    service: &Notifications,
+    replies: &mpsc::Sender<Result<pb::StreamNotificationsResponse, Status>>,
+    reply: pb::StreamNotificationsResponse,
+) -> Offered {
+    tokio::select! {
+        permits = replies.reserve_many(2) => match permits {
+            Ok(mut permits) => {
+                if let Some(permit) = permits.next() {
+                    permit.send(Ok(reply));
+                }
+                Offered::Taken
+            }
+            Err(_) => Offered::Closed,
+        },
+        () = tokio::time::sleep(service.stream_stall) => Offered::Behind,
+        () = service.shutdown.cancelled() => Offered::Stopping,
+    }
+}
+
+fn stopping() -> Status {
+    Status::unavailable("the server is shutting down; reconnect with after_notification_id")
+}
+
 async fn read_after(service: &Notifications, user_id: Uuid, after: i64) -> Result<Vec<NotificationRow>, Error> {
     let mut conn = service.pool.get().await?;
     Ok(inbox::after(&mut conn, user_id, after, STREAM_READ).await?)
 }
 
 /// ABORTED, STREAM_BEHIND: the client reads slower than entries arrive. It
-/// names the last entry sent, so the client resumes from there.
+/// names the last entry queued for the client (`last_seq`), so the client
+/// resumes from there.
 async fn behind(last_seq: i64, service: &Notifications, user_id: Uuid) -> Status {
     let last_id = match service.pool.get().await {
         Ok(mut conn) => inbox::after(&mut conn, user_id, last_seq - 1, 1)

@@ -47,6 +47,8 @@ pub struct Notifications {
     pub(crate) link_key: [u8; 32],
     /// The most entries one stream may have waiting for its client.
     pub(crate) stream_buffer: usize,
+    /// How long a full buffer may stay full before the stream ends.
+    pub(crate) stream_stall: std::time::Duration,
     /// Ends open streams when the server stops.
     pub(crate) shutdown: CancellationToken,
 }
