@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A webhook receiver that checks Keel's deliveries with the reference
 Standard Webhooks library (the `standardwebhooks` package, pinned in
-.ci/requirements-webhooks.txt), so Keel's signatures are judged by code Keel
+.ci/requirements.txt), so Keel's signatures are judged by code Keel
 did not write.
 
 Every POST is verified against each known `whsec_...` secret. A delivery

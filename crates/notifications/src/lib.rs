@@ -3,7 +3,7 @@
 //! webhooks, as each user's preferences choose, and owns the
 //! `keel_notifications` database.
 //!
-//! The event sink ([`service::event_sink`]) writes the inbox entry and one
+//! The event sink (`service/event_sink.rs`) writes the inbox entry and one
 //! delivery row per (event, channel, target) in the event's transaction; the
 //! [`delivery`] workers send those rows at least once, retrying with backoff
 //! and dead-lettering what never goes through. [`email`] and [`webhook`] are

@@ -57,6 +57,23 @@ pub fn collect<A, B>(a: Result<A, FieldViolation>, b: Result<B, FieldViolation>)
     }
 }
 
+/// The etag of a row at `version` (quoted, as HTTP writes entity tags).
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Reads an etag [`etag`] handed out; empty means none given. `field` names
+/// it in the error.
+pub fn parse_etag(field: &str, etag: &str) -> Result<Option<i64>, Error> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    etag.trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| Error::invalid_field(field, "is not an etag from this service"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,21 +109,4 @@ mod tests {
             Some(vec!["user_id".to_owned()])
         );
     }
-}
-
-/// The etag of a row at `version` (quoted, as HTTP writes entity tags).
-pub fn etag(version: i64) -> String {
-    format!("\"{version}\"")
-}
-
-/// Reads an etag [`etag`] handed out; empty means none given. `field` names
-/// it in the error.
-pub fn parse_etag(field: &str, etag: &str) -> Result<Option<i64>, Error> {
-    if etag.is_empty() {
-        return Ok(None);
-    }
-    etag.trim_matches('"')
-        .parse()
-        .map(Some)
-        .map_err(|_| Error::invalid_field(field, "is not an etag from this service"))
 }

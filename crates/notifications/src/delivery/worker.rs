@@ -209,10 +209,10 @@ impl Workers {
         let key = self.secrets_key.as_ref();
         let sealed_with = endpoint.sealed_with.as_deref();
         let mut secrets = vec![SigningSecret::open(&endpoint.secret, sealed_with, key, endpoint.id)?];
-        if let (Some(previous), Some(until)) = (&endpoint.previous_secret, endpoint.previous_secret_expire_time) {
-            if until > Utc::now() {
-                secrets.push(SigningSecret::open(previous, sealed_with, key, endpoint.id)?);
-            }
+        if let (Some(previous), Some(until)) = (&endpoint.previous_secret, endpoint.previous_secret_expire_time)
+            && until > Utc::now()
+        {
+            secrets.push(SigningSecret::open(previous, sealed_with, key, endpoint.id)?);
         }
         Ok(secrets)
     }
