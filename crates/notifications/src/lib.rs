@@ -64,16 +64,8 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
     migrations: || MIGRATIONS,
     migrations_dir: MIGRATIONS_DIR,
     produces: &[],
-    consumes: &[
-        EventType::UserRegistered,
-        EventType::PasswordResetRequested,
-        EventType::EmailVerificationRequested,
-        EventType::OrderPlaced,
-        EventType::OrderPaid,
-        EventType::OrderShipped,
-        EventType::OrderCancelled,
-        EventType::BalanceChanged,
-    ],
+    // Every event reaches someone.
+    consumes: &EventType::ALL,
     scopes: &[],
     suite_flags: &[],
     settings: NotificationsConfig::augment_args,

@@ -328,13 +328,3 @@ pub async fn drop_pending_for(conn: &mut AsyncPgConnection, endpoint: Uuid, why:
     .execute(conn)
     .await
 }
-
-/// One delivery.
-pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<DeliveryRow>> {
-    deliveries::table
-        .find(id)
-        .select(DeliveryRow::as_select())
-        .first(conn)
-        .await
-        .optional()
-}
