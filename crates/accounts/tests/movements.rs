@@ -13,7 +13,7 @@ use keel::{
     events::v1::{BalanceChanged, Event, event::Payload},
 };
 use keel_platform::outbox::outbox;
-use keel_testkit::{Suite, authorized, spawn_suite};
+use keel_testkit::{Suite, SuiteOptions, authorized, spawn_suite_with_options};
 use prost::Message as _;
 use tonic::{Code, Status};
 use uuid::Uuid;
@@ -42,7 +42,9 @@ struct Fixture {
 }
 
 async fn fixture() -> anyhow::Result<Fixture> {
-    let suite = spawn_suite().await?;
+    // Notifications (BalanceChanged's consumer) stays down, so the events
+    // stay in the outbox, payloads and all, for the tests to read.
+    let suite = spawn_suite_with_options(SuiteOptions::default().withhold("notifications")).await?;
     let (user, tokens) = suite.signed_in_user().await?;
     // First access creates the account, whether or not UserRegistered arrived.
     balance(&suite, &tokens.access_token, "me").await?;
