@@ -1,5 +1,6 @@
-//! Accounts' relay: BalanceChanged leaves the outbox even while no service
-//! consumes it, and done events are deleted after the retention period.
+//! Accounts' relay: BalanceChanged is delivered to notifications and marked
+//! done with its payload cleared, and done events are deleted after the
+//! retention period.
 
 use std::time::Duration;
 
@@ -65,12 +66,13 @@ async fn eventually(suite: &Suite, done: impl Fn(&[(bool, bool)]) -> bool) -> an
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_deposit_s_balance_changed_is_marked_done() -> anyhow::Result<()> {
+async fn a_deposit_s_balance_changed_is_delivered_and_marked_done() -> anyhow::Result<()> {
     let suite = spawn_suite_with_options(SuiteOptions::default()).await?;
     deposit_once(&suite).await?;
     let rows = eventually(&suite, |rows| !rows.is_empty() && rows.iter().all(|(done, _)| *done)).await?;
-    // Nobody consumes it yet: done at once, kept on record until retention ends.
-    assert_eq!(rows, [(true, true)]);
+    // Delivered: the row stays on record until retention ends, its payload
+    // cleared.
+    assert_eq!(rows, [(true, false)]);
     suite.stop().await
 }
 

@@ -78,7 +78,8 @@ async fn counters_of(suite: &Suite, email: &str) -> anyhow::Result<Vec<(String, 
 async fn failures_from_many_addresses_slow_the_owner_down_but_never_lock_them_out() -> anyhow::Result<()> {
     let max_delay = Duration::from_millis(400);
     let suite =
-        keel_testkit::spawn_suite_with(&["--login-slowdown-base-ms", "50", "--login-slowdown-max-ms", "400"]).await?;
+        keel_testkit::spawn_suite_holding_events(&["--login-slowdown-base-ms", "50", "--login-slowdown-max-ms", "400"])
+            .await?;
     let victim = "victim@example.com";
     suite.register(victim, PASSWORD).await?;
 
@@ -135,7 +136,7 @@ async fn failures_from_many_addresses_slow_the_owner_down_but_never_lock_them_ou
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forty_parallel_guesses_from_one_address_get_five_password_checks() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let email = "burst@example.com";
     suite.register(email, PASSWORD).await?;
 
@@ -182,7 +183,7 @@ async fn forty_parallel_guesses_from_one_address_get_five_password_checks() -> a
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ipv6_neighbours_in_one_64_share_a_limit() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let email = "six@example.com";
     suite.register(email, PASSWORD).await?;
     for _ in 0..5 {
@@ -205,7 +206,7 @@ async fn ipv6_neighbours_in_one_64_share_a_limit() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_password_reset_clears_the_account_failures() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let email = "reset@example.com";
     suite.register(email, PASSWORD).await?;
     // The owner's own address is locked out of the account, and the account
@@ -258,7 +259,7 @@ fn assert_too_many_requests(status: &Status) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_register_flood_from_one_address_is_refused() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite_with(&["--register-limit", "3"]).await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&["--register-limit", "3"]).await?;
     let register = |address: &'static str, email: String| {
         let mut auth = suite.auth();
         async move {
@@ -288,7 +289,7 @@ async fn a_register_flood_from_one_address_is_refused() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn password_reset_floods_are_refused_per_email_and_per_address() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite_with(&["--password-reset-limit-per-address", "8"]).await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&["--password-reset-limit-per-address", "8"]).await?;
     let known = "mailbox@example.com";
     suite.register(known, PASSWORD).await?;
     let request_reset = |address: String, email: &str| {
@@ -329,7 +330,7 @@ async fn password_reset_floods_are_refused_per_email_and_per_address() -> anyhow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn service_token_floods_are_refused_without_starving_the_real_client() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite_with(&["--service-token-limit", "3"]).await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&["--service-token-limit", "3"]).await?;
     let issue = |address: &'static str, client_id: &str, secret: &str| {
         let mut auth = suite.auth();
         let request = pb::IssueServiceTokenRequest {

@@ -108,7 +108,7 @@ fn assert_invalid_token(status: &Status) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reset_request_answers_alike_for_registered_and_unknown_emails() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let user = suite.register("member@example.com", PASSWORD).await?;
 
     let registered = request_reset(&suite, "Member@Example.com").await?;
@@ -128,7 +128,7 @@ async fn reset_request_answers_alike_for_registered_and_unknown_emails() -> anyh
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reset_request_for_a_disabled_user_sends_nothing() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let (_, admin) = suite.signed_in_admin().await?;
     let user = suite.register("banned@example.com", PASSWORD).await?;
     let request = keel_testkit::authorized(pb::DisableUserRequest { user_id: user.id }, &admin.access_token);
@@ -141,7 +141,7 @@ async fn reset_request_for_a_disabled_user_sends_nothing() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reset_password_sets_the_new_password_and_ends_every_session() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     suite.register("forgot@example.com", PASSWORD).await?;
     let sessions = [
         suite
@@ -176,7 +176,7 @@ async fn reset_password_sets_the_new_password_and_ends_every_session() -> anyhow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reset_token_works_only_once() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     suite.register("once@example.com", PASSWORD).await?;
     let token = reset_token_for(&suite, "once@example.com").await?;
     reset_password(&suite, &token, NEW_PASSWORD).await?;
@@ -191,7 +191,7 @@ async fn reset_token_works_only_once() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_reset_token_is_refused() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     suite.register("late@example.com", PASSWORD).await?;
     let token = reset_token_for(&suite, "late@example.com").await?;
     diesel::update(one_time_tokens::table.filter(one_time_tokens::purpose.eq("password_reset")))
@@ -206,7 +206,7 @@ async fn expired_reset_token_is_refused() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_newer_reset_request_replaces_the_older_token() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     suite.register("twice@example.com", PASSWORD).await?;
     let older = reset_token_for(&suite, "twice@example.com").await?;
     let newer = reset_token_for(&suite, "twice@example.com").await?;
@@ -223,7 +223,7 @@ async fn a_newer_reset_request_replaces_the_older_token() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_new_password_leaves_the_reset_token_usable() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     suite.register("retry@example.com", PASSWORD).await?;
     let token = reset_token_for(&suite, "retry@example.com").await?;
 
@@ -236,7 +236,7 @@ async fn refused_new_password_leaves_the_reset_token_usable() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_or_malformed_reset_tokens_are_refused() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let never_issued = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, [7u8; 32]);
     assert_invalid_token(
         &reset_password(&suite, &never_issued, NEW_PASSWORD)
@@ -254,7 +254,7 @@ async fn unknown_or_malformed_reset_tokens_are_refused() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_email_with_the_registration_token_marks_the_address_verified() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let user = suite.register("verify@example.com", PASSWORD).await?;
     assert!(!user.email_verified);
     let requests = verification_requests(&suite).await?;
@@ -273,7 +273,7 @@ async fn verify_email_with_the_registration_token_marks_the_address_verified() -
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_only_serve_their_own_purpose() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     suite.register("purpose@example.com", PASSWORD).await?;
     let verification = verification_token(
         &suite,

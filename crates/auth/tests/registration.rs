@@ -37,7 +37,7 @@ async fn user_count(suite: &Suite) -> anyhow::Result<i64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn register_creates_an_unverified_user_with_a_normalized_email() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let user = register(&suite, register_request("r-1", "  Ada.Lovelace@Example.COM ", PASSWORD)).await?;
 
     assert_eq!(user.email, "ada.lovelace@example.com");
@@ -53,7 +53,7 @@ async fn register_creates_an_unverified_user_with_a_normalized_email() -> anyhow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_email_is_invalid_argument_on_the_email_field() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com"] {
         let status = register(&suite, register_request("", bad, PASSWORD))
             .await
@@ -68,7 +68,7 @@ async fn malformed_email_is_invalid_argument_on_the_email_field() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn password_shorter_than_8_characters_is_invalid_argument() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let status = register(&suite, register_request("", "short@example.com", "1234567"))
         .await
         .expect_err("a 7-character password is refused");
@@ -80,7 +80,7 @@ async fn password_shorter_than_8_characters_is_invalid_argument() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_bad_field_is_reported_at_once() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let status = register(&suite, register_request("", "not-an-email", "short"))
         .await
         .expect_err("both fields are bad");
@@ -91,7 +91,7 @@ async fn every_bad_field_is_reported_at_once() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn long_passphrase_is_accepted() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let passphrase = "correct horse battery staple, and then some more words".repeat(2);
     assert!(passphrase.len() >= 64);
     register(&suite, register_request("", "phrase@example.com", &passphrase)).await?;
@@ -101,7 +101,7 @@ async fn long_passphrase_is_accepted() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn password_longer_than_1024_bytes_is_invalid_argument() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     register(&suite, register_request("", "max@example.com", &"x".repeat(1024))).await?;
     let status = register(&suite, register_request("", "huge@example.com", &"x".repeat(1025)))
         .await
@@ -114,7 +114,7 @@ async fn password_longer_than_1024_bytes_is_invalid_argument() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registered_email_is_already_exists_email_taken() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     register(&suite, register_request("first", "taken@example.com", PASSWORD)).await?;
     // Another request id, and another spelling of the same address.
     let status = register(
@@ -131,7 +131,7 @@ async fn registered_email_is_already_exists_email_taken() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_with_the_same_request_id_returns_the_first_user() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let first = register(&suite, register_request("retry-me", "retry@example.com", PASSWORD)).await?;
     let again = register(&suite, register_request("retry-me", "retry@example.com", PASSWORD)).await?;
     assert_eq!(again.id, first.id);
@@ -142,7 +142,7 @@ async fn retry_with_the_same_request_id_returns_the_first_user() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread")]
 async fn same_request_id_with_another_email_is_failed_precondition() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     register(&suite, register_request("reused", "one@example.com", PASSWORD)).await?;
     let status = register(&suite, register_request("reused", "two@example.com", PASSWORD))
         .await
@@ -155,7 +155,7 @@ async fn same_request_id_with_another_email_is_failed_precondition() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_retries_with_one_request_id_create_one_user() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let calls = (0..8).map(|_| {
         let mut auth = suite.auth();
         tokio::spawn(async move {
@@ -183,9 +183,9 @@ async fn concurrent_retries_with_one_request_id_create_one_user() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn register_writes_registered_and_verification_events_to_the_outbox() -> anyhow::Result<()> {
-    // With accounts down the relay cannot deliver (and so clear) the event.
+    // With its consumers down the relay cannot deliver (and so clear) the event.
     let suite = keel_testkit::spawn_suite_with_options(keel_testkit::SuiteOptions {
-        withheld: vec!["accounts"],
+        withheld: vec!["accounts", "notifications"],
         ..Default::default()
     })
     .await?;
@@ -225,7 +225,7 @@ async fn register_writes_registered_and_verification_events_to_the_outbox() -> a
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_registrations_write_no_events() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     register(&suite, register_request("a", "dup@example.com", PASSWORD)).await?;
     register(&suite, register_request("b", "dup@example.com", PASSWORD))
         .await
@@ -244,7 +244,7 @@ async fn refused_registrations_write_no_events() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lookalike_of_a_registered_email_is_already_exists() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     register(&suite, register_request("admin", "admin@example.com", PASSWORD)).await?;
 
     for lookalike in [
@@ -266,7 +266,7 @@ async fn a_lookalike_of_a_registered_email_is_already_exists() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_lookalike_registrations_create_one_user() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let emails = ["race@example.com", "r\u{0430}ce@example.com", "rac\u{0435}@example.com"];
     let calls = emails.map(|email| {
         let mut auth = suite.auth();
@@ -290,7 +290,7 @@ async fn concurrent_lookalike_registrations_create_one_user() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compatible_form_of_an_email_is_normalized() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     // Fullwidth letters and at sign (NFKC: the same address).
     let fullwidth = "ａｄａ＠example.com";
     let user = register(&suite, register_request("fullwidth", fullwidth, PASSWORD)).await?;
@@ -309,7 +309,7 @@ async fn a_compatible_form_of_an_email_is_normalized() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn users_stored_before_skeletons_get_one_when_auth_starts() -> anyhow::Result<()> {
     use diesel::ExpressionMethods as _;
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let legacy = uuid::Uuid::now_v7();
     let mut conn = suite.auth_db().await?;
     // A row as an older auth wrote it: no skeleton, and an address that

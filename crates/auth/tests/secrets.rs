@@ -148,7 +148,7 @@ async fn login(suite: &Suite, email: &str, password: &str) -> Result<pb::TokenPa
 #[tokio::test(flavor = "multi_thread")]
 async fn sign_in_flows_log_no_passwords_tokens_or_hashes() -> anyhow::Result<()> {
     logs();
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let (email, password) = ("logged@example.com", "Secret-Passw0rd-For-Logs");
     let (wrong, new_password) = ("Wrong-Passw0rd-For-Logs", "New-Secret-Passw0rd-For-Logs");
     suite.register(email, password).await?;
@@ -203,7 +203,7 @@ async fn sign_in_flows_log_no_passwords_tokens_or_hashes() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread")]
 async fn recovery_flows_log_no_tokens_or_passwords() -> anyhow::Result<()> {
     logs();
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let (email, password, new_password) = ("reset@example.com", "Old-Recovery-Passw0rd", "New-Recovery-Passw0rd");
     suite.register(email, password).await?;
     let session = login(&suite, email, password).await?;
@@ -251,7 +251,7 @@ async fn recovery_flows_log_no_tokens_or_passwords() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn service_token_flow_logs_no_client_secret_or_token() -> anyhow::Result<()> {
     logs();
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let issued = suite
         .auth()
         .issue_service_token(pb::IssueServiceTokenRequest {
@@ -294,7 +294,7 @@ async fn service_token_flow_logs_no_client_secret_or_token() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread")]
 async fn error_messages_never_contain_the_password() -> anyhow::Result<()> {
     logs();
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let (email, password) = ("errors@example.com", "Errors-Passw0rd-Visible?");
     suite.register(email, password).await?;
     let tokens = login(&suite, email, password).await?;
@@ -378,7 +378,7 @@ fn from<T>(address: &str, message: T) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread")]
 async fn security_events_name_the_subject_and_the_client_and_never_the_secret() -> anyhow::Result<()> {
     logs();
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let (email, password, wrong) = ("audited@example.com", "Audited-Passw0rd", "Guessed-Passw0rd");
     let user = suite.register(email, password).await?;
     let subject = format!("subject=user:{}", user.id);

@@ -207,12 +207,6 @@ async fn bad_requests_get_clear_4xx_answers_never_5xx() -> anyhow::Result<()> {
         post("too large", json, &[b' '; 4096], StatusCode::PAYLOAD_TOO_LARGE),
         get("unknown route", Method::GET, "/v1/nothing/here", StatusCode::NOT_FOUND),
         get(
-            "service not deployed",
-            Method::GET,
-            "/v1/notifications",
-            StatusCode::NOT_FOUND,
-        ),
-        get(
             "wrong method",
             Method::DELETE,
             "/v1/auth:login",

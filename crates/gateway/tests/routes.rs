@@ -45,7 +45,7 @@ fn access(login: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_routes_answer_in_proto3_json() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let gateway = suite.spawn_gateway(&[]).await?;
     let http = gateway.http();
 
@@ -168,7 +168,7 @@ async fn auth_routes_answer_in_proto3_json() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn accounts_routes_answer_in_proto3_json() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
+    let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let gateway = suite.spawn_gateway(&[]).await?;
     let http = gateway.http();
     register(http, "grace@example.com").await?;

@@ -271,3 +271,33 @@ async fn users_see_and_delete_only_their_own_endpoints_and_admins_see_all() -> a
     assert_eq!(bad.code(), Code::InvalidArgument);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_failing_for_longer_than_allowed_is_disabled_and_its_owner_told() -> anyhow::Result<()> {
+    // "For days" is zero seconds here: the first failure is already too long.
+    let f = fixture_with(&["--webhook-disable-after-secs", "0"]).await?;
+    let receiver = WebhookReceiver::start().await?;
+    let user = f.user().await?;
+    let (created, _) = endpoint(&f, &user, &receiver.url("/failing"), &["balance.changed"]).await?;
+    receiver.script(&[Answer::Status(500); 8]);
+    f.deposit(&user, 100).await?;
+    let notice = f.inbox_of(&user, "webhook_endpoint.disabled", 1).await?;
+    assert!(notice[0].body.contains(&receiver.url("/failing")), "{}", notice[0].body);
+    let listed = f
+        .notifications()
+        .list_webhook_endpoints(authorized(pb::ListWebhookEndpointsRequest::default(), &user.token))
+        .await?
+        .into_inner()
+        .webhook_endpoints;
+    let endpoint = listed.iter().find(|e| e.id == created.id).expect("still listed");
+    assert!(endpoint.disable_time.is_some());
+    assert!(
+        endpoint.disable_reason.contains("failed"),
+        "{}",
+        endpoint.disable_reason
+    );
+    // What was queued for it is dropped: no more attempts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1);
+    Ok(())
+}

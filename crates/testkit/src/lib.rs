@@ -22,6 +22,6 @@ pub mod webhook_receiver;
 
 pub use database::{TestDatabase, server_url};
 pub use suite::{
-    Suite, SuiteOptions, authorized, spawn_suite, spawn_suite_with, spawn_suite_with_options,
-    spawn_suite_with_withheld_registration,
+    Suite, SuiteOptions, authorized, spawn_suite, spawn_suite_holding_events, spawn_suite_with,
+    spawn_suite_with_options, spawn_suite_with_withheld_registration,
 };

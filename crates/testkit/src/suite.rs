@@ -211,6 +211,18 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
     Ok(suite)
 }
 
+/// Starts the suite with notifications, which consumes auth's events, held
+/// back: the events stay undelivered in auth's outbox, payloads and all, for
+/// tests that read them there. `auth_args` are extra `keel serve auth` flags.
+pub async fn spawn_suite_holding_events(auth_args: &[&str]) -> anyhow::Result<Suite> {
+    spawn_suite_with_options(
+        SuiteOptions::default()
+            .args(registry::AUTH, auth_args)
+            .withhold("notifications"),
+    )
+    .await
+}
+
 /// A suite with one signed-in user whose UserRegistered event never reaches
 /// accounts: the user registers while accounts is down, and the event is then
 /// marked delivered in auth's outbox. Whatever accounts knows of the user, it
@@ -299,6 +311,35 @@ impl Suite {
     /// `mail` folder) when notifications has no SMTP server.
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
+    }
+
+    /// The mail written for `address` so far (notifications writes `.eml`
+    /// files in the suite's data folder when it has no SMTP server), oldest
+    /// first.
+    pub fn mail_to(&self, address: &str) -> anyhow::Result<Vec<crate::smtp::ReceivedMail>> {
+        let dir = self.data_dir.join("mail");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut paths: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        paths.sort();
+        let mut mails = Vec::new();
+        for path in paths {
+            let data = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mail = crate::smtp::ReceivedMail {
+                from: String::new(),
+                to: Vec::new(),
+                data,
+            };
+            if mail.header("To").is_some_and(|to| to.contains(address)) {
+                mails.push(mail);
+            }
+        }
+        Ok(mails)
     }
 
     /// Every registered service's name, in start order.

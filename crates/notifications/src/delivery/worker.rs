@@ -299,10 +299,7 @@ impl Workers {
         let since = endpoints::record_failure(&mut conn, endpoint.id).await?;
         let allowed = chrono::Duration::from_std(self.disable_after).unwrap_or(chrono::Duration::days(5));
         if since.is_some_and(|since| Utc::now() - since >= allowed) {
-            let reason = format!(
-                "every delivery failed for more than {} hours",
-                self.disable_after.as_secs() / 3600
-            );
+            let reason = format!("every delivery failed for more than {}", span(self.disable_after));
             self.disable(endpoint, &reason).await?;
         }
         Ok(())
@@ -343,4 +340,14 @@ impl Workers {
         })
         .await
     }
+}
+
+/// A duration for people: whole days, hours or seconds.
+fn span(duration: Duration) -> String {
+    let (count, unit) = match duration.as_secs() {
+        s if s >= 86_400 && s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s >= 3_600 && s % 3_600 == 0 => (s / 3_600, "hour"),
+        s => (s, "second"),
+    };
+    format!("{count} {unit}{}", if count == 1 { "" } else { "s" })
 }
