@@ -10,10 +10,7 @@ use std::collections::BTreeSet;
 
 use diesel::{QueryableByName, sql_types::Text};
 use diesel_async::RunQueryDsl as _;
-use keel::{
-    auth::v1::{self as pb},
-    events::v1::event::Payload,
-};
+use keel::auth::v1::{self as pb};
 use keel_auth::{
     keys::{self, KeyRing, NewKey},
     store,
