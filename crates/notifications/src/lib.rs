@@ -231,6 +231,12 @@ pub struct DeliveryConfig {
     /// jitter, up to an hour (ms).
     #[arg(long, env = "KEEL_NOTIFICATIONS_EMAIL_RETRY_BASE_MS", default_value_t = 5_000)]
     pub email_retry_base_ms: u64,
+
+    /// How long finished deliveries (delivered, or dropped because their
+    /// endpoint went away) are kept before they are deleted (seconds; dead
+    /// letters stay until redelivered).
+    #[arg(long, env = "KEEL_NOTIFICATIONS_DELIVERY_RETENTION_SECS", default_value_t = 604_800)]
+    pub delivery_retention_secs: u64,
 }
 
 impl DeliveryConfig {
@@ -247,6 +253,11 @@ impl DeliveryConfig {
     /// The first email retry's delay.
     pub fn email_retry_base(&self) -> Duration {
         Duration::from_millis(self.email_retry_base_ms.max(1))
+    }
+
+    /// How long finished deliveries are kept.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.delivery_retention_secs)
     }
 }
 

@@ -278,3 +278,31 @@ async fn one_click(
         )
         .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivered_mail_is_forgotten_after_the_retention_period() -> anyhow::Result<()> {
+    use diesel::{ExpressionMethods as _, QueryDsl as _};
+    use diesel_async::RunQueryDsl as _;
+    use keel_notifications::{domain::DeliveryState, schema::deliveries};
+
+    let f = common::fixture_with(&["--delivery-retention-secs", "0"]).await?;
+    let user = f.user().await?;
+    f.mail_to(&user.email, 2).await?;
+    let mut conn = f.suite.db("notifications").await?;
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let delivered: i64 = deliveries::table
+            .filter(deliveries::state.eq(DeliveryState::Delivered))
+            .count()
+            .get_result(&mut conn)
+            .await?;
+        if delivered == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{delivered} delivered rows are still kept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -73,7 +73,16 @@ impl Workers {
             wake.clone(),
             shutdown.clone(),
         ));
+        // Finished rows are pruned at start and then at most every minute.
+        let prune_every = self.config.retention().min(Duration::from_secs(60));
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         while !shutdown.is_cancelled() {
+            if pruned_at.is_none_or(|at| at.elapsed() >= prune_every) {
+                pruned_at = Some(tokio::time::Instant::now());
+                if let Err(err) = self.prune().await {
+                    tracing::warn!(error = %err, "pruning finished deliveries failed");
+                }
+            }
             let claimed = match self.pass(&shutdown).await {
                 Ok(claimed) => claimed,
                 Err(err) => {
@@ -92,6 +101,16 @@ impl Workers {
             }
         }
         listener.abort();
+    }
+
+    /// Deletes the deliveries that finished longer ago than the retention.
+    async fn prune(&self) -> Result<(), Error> {
+        let mut conn = self.pool.get().await?;
+        let deleted = deliveries::prune(&mut conn, self.config.retention()).await?;
+        if deleted > 0 {
+            tracing::debug!(deleted, "finished deliveries pruned");
+        }
+        Ok(())
     }
 
     /// Claims due deliveries and sends them at once; returns how many.

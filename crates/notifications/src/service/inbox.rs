@@ -74,6 +74,7 @@ pub(super) async fn mark_read(
     let mut conn = service.pool.get().await?;
     let notifications = conn
         .transaction::<_, Error, _>(async |conn| {
+            inbox::lock_inbox(conn, user_id).await?;
             if let Some(up_to) = up_to {
                 let row = inbox::find(conn, up_to).await?;
                 let row = owned(row, user_id)?;

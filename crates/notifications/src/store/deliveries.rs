@@ -309,6 +309,21 @@ pub async fn redeliver(conn: &mut AsyncPgConnection, dead_letter: &DeadLetterRow
         .await
 }
 
+/// Deletes deliveries that finished (delivered or dropped) more than
+/// `retention` ago; dead ones stay with their dead letters.
+pub async fn prune(conn: &mut AsyncPgConnection, retention: Duration) -> QueryResult<usize> {
+    let before = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
+    diesel::delete(
+        deliveries::table.filter(
+            deliveries::state
+                .eq_any([DeliveryState::Delivered, DeliveryState::Dropped])
+                .and(deliveries::finish_time.lt(before)),
+        ),
+    )
+    .execute(conn)
+    .await
+}
+
 /// Ends every pending delivery to an endpoint (deleted or disabled).
 pub async fn drop_pending_for(conn: &mut AsyncPgConnection, endpoint: Uuid, why: &str) -> QueryResult<usize> {
     diesel::update(

@@ -150,11 +150,26 @@ pub async fn unread_count(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryR
         .await
 }
 
-/// The entries with these ids, whoever they belong to, locked until commit.
+/// Takes the user's inbox lock until commit: changes to one user's entries
+/// then happen one after another, so overlapping MarkReads can't deadlock
+/// on each other's rows.
+pub async fn lock_inbox(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<()> {
+    inboxes::table
+        .find(user_id)
+        .select(inboxes::user_id)
+        .for_update()
+        .load::<Uuid>(conn)
+        .await?;
+    Ok(())
+}
+
+/// The entries with these ids, whoever they belong to, locked until commit
+/// (in id order, so any two lockers take them in the same order).
 pub async fn lock(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<NotificationRow>> {
     notifications::table
         .filter(notifications::id.eq_any(ids))
         .select(NotificationRow::as_select())
+        .order_by(notifications::id.asc())
         .for_update()
         .load(conn)
         .await
