@@ -41,6 +41,18 @@ async fn endpoint(
     Ok((created.webhook_endpoint.unwrap_or_default(), created.signing_secret))
 }
 
+/// The user's endpoint `id` as ListWebhookEndpoints shows it.
+async fn listed(f: &Fixture, user: &User, id: &str) -> anyhow::Result<pb::WebhookEndpoint> {
+    f.notifications()
+        .list_webhook_endpoints(authorized(pb::ListWebhookEndpointsRequest::default(), &user.token))
+        .await?
+        .into_inner()
+        .webhook_endpoints
+        .into_iter()
+        .find(|e| e.id == id)
+        .ok_or_else(|| anyhow::anyhow!("endpoint {id} is not listed"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deliveries_are_signed_and_500s_are_retried_with_the_same_id_until_delivered_once() -> anyhow::Result<()> {
     let f = fixture().await?;
@@ -85,13 +97,7 @@ async fn a_410_disables_the_endpoint_and_tells_its_owner() -> anyhow::Result<()>
     f.deposit(&user, 100).await?;
     let notice = f.inbox_of(&user, "webhook_endpoint.disabled", 1).await?;
     assert!(notice[0].body.contains(&receiver.url("/gone")), "{}", notice[0].body);
-    let listed = f
-        .notifications()
-        .list_webhook_endpoints(authorized(pb::ListWebhookEndpointsRequest::default(), &user.token))
-        .await?
-        .into_inner()
-        .webhook_endpoints;
-    let endpoint = listed.iter().find(|e| e.id == created.id).expect("still listed");
+    let endpoint = listed(&f, &user, &created.id).await?;
     assert!(endpoint.disable_time.is_some());
     assert!(endpoint.disable_reason.contains("410"));
 
@@ -283,13 +289,7 @@ async fn an_endpoint_failing_for_longer_than_allowed_is_disabled_and_its_owner_t
     f.deposit(&user, 100).await?;
     let notice = f.inbox_of(&user, "webhook_endpoint.disabled", 1).await?;
     assert!(notice[0].body.contains(&receiver.url("/failing")), "{}", notice[0].body);
-    let listed = f
-        .notifications()
-        .list_webhook_endpoints(authorized(pb::ListWebhookEndpointsRequest::default(), &user.token))
-        .await?
-        .into_inner()
-        .webhook_endpoints;
-    let endpoint = listed.iter().find(|e| e.id == created.id).expect("still listed");
+    let endpoint = listed(&f, &user, &created.id).await?;
     assert!(endpoint.disable_time.is_some());
     assert!(
         endpoint.disable_reason.contains("failed"),

@@ -237,11 +237,11 @@ impl Workers {
     }
 
     async fn record(&self, delivery: &DeliveryRow, attempted: Attempted) -> Result<(), Error> {
-        let mut conn = self.pool.get().await?;
         let endpoint = attempted.endpoint.as_ref();
         let attempt = delivery.attempt_count;
         match attempted.outcome {
             Outcome::Delivered => {
+                let mut conn = self.pool.get().await?;
                 deliveries::delivered(&mut conn, delivery.id, attempt).await?;
                 if let Some(endpoint) = endpoint {
                     endpoints::record_success(&mut conn, endpoint.id).await?;
@@ -268,6 +268,7 @@ impl Workers {
                             delivery_id = %delivery.id, channel = delivery.channel.as_str(), attempt, ?status,
                             error = %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying later"
                         );
+                        let mut conn = self.pool.get().await?;
                         deliveries::retry_later(&mut conn, delivery.id, attempt, delay, status, &error).await?;
                     }
                     None => {
@@ -285,7 +286,9 @@ impl Workers {
                 }
             }
             Outcome::Gone => {
+                let mut conn = self.pool.get().await?;
                 deliveries::drop_delivery(&mut conn, delivery.id, attempt, "the receiver answered 410 Gone").await?;
+                drop(conn);
                 if let Some(endpoint) = endpoint {
                     self.disable(endpoint, "the receiver answered 410 Gone").await?;
                 }
