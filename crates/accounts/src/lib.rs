@@ -44,6 +44,7 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
     about: "The accounts service: profiles and balances kept as a ledger.",
     grpc_services: &[SERVICE_NAME, EVENT_SINK_NAME],
     default_port: 50052,
+    default_metrics_port: 9466,
     database: DATABASE,
     migrations: || MIGRATIONS,
     migrations_dir: MIGRATIONS_DIR,

@@ -92,6 +92,7 @@ async fn two_relays_at_once_apply_each_event_once() -> anyhow::Result<()> {
             relay_batch: 4,
             ..RelayConfig::default()
         },
+        &keel_platform::metrics::Metrics::new("auth"),
     );
     let stop = CancellationToken::new();
     let second = tokio::spawn(relay.run(stop.clone()));

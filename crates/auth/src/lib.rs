@@ -57,6 +57,7 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
     about: "The auth service: credentials, tokens and sessions.",
     grpc_services: &[SERVICE_NAME],
     default_port: 50051,
+    default_metrics_port: 9465,
     database: DATABASE,
     migrations: || MIGRATIONS,
     migrations_dir: MIGRATIONS_DIR,
@@ -370,6 +371,7 @@ pub async fn run(config: AuthConfig, context: Context) -> anyhow::Result<()> {
     let url = context.database_url.clone();
     db::migrate(&url, MIGRATIONS).await.context("migrating keel_auth")?;
     let auth = Auth::build(&config, &url, &context.suite_clients).await?;
+    auth.hasher.register_metrics(&context.metrics);
     let verifier = auth.verifier(&config.tokens);
     let feed = tokio::spawn(auth.revocations.clone().run(url.clone(), context.shutdown.clone()));
     verifier.follow_revocations(Arc::new(auth.revocations.clone()), context.shutdown.clone());

@@ -12,6 +12,7 @@ use argon2::{
     Algorithm, Argon2, Params, Version,
     password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
 };
+use keel_platform::metrics::{Metrics, sampled::SampledGauge};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::Password;
@@ -106,6 +107,27 @@ impl Hasher {
             .run(move || verify_blocking(&params, password.expose(), &stored))
             .await??;
         Ok(if known { verdict } else { Verdict::Invalid })
+    }
+
+    /// Publishes the hashing queue: jobs waiting for a thread, and room.
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        // Weak: the registry must not keep the hashing threads alive.
+        let queue = self.jobs.downgrade();
+        metrics.register_collector(SampledGauge::new(
+            "argon2_queue_depth",
+            "Password hashing jobs waiting for a hashing thread.",
+            move || {
+                queue.upgrade().map_or(0, |jobs| {
+                    i64::try_from(jobs.max_capacity() - jobs.capacity()).unwrap_or(i64::MAX)
+                })
+            },
+        ));
+        let capacity = i64::try_from(self.jobs.max_capacity()).unwrap_or(i64::MAX);
+        metrics.register_collector(SampledGauge::new(
+            "argon2_queue_capacity",
+            "The most hashing jobs that may wait; beyond it, callers wait for room.",
+            move || capacity,
+        ));
     }
 
     /// Runs `work` on a hashing thread, waiting for room in the queue.

@@ -43,6 +43,7 @@ use crate::{
     connections::ConnectionSlot,
     edge::ClientKey,
     error::ApiError,
+    metrics::{HttpMetrics, RouteTemplate},
     respond,
     resume::LAST_EVENT_ID,
     routes::Resolved,
@@ -60,12 +61,13 @@ const FORWARDED: [&str; 5] = [
 ];
 
 /// The gateway's HTTP router.
-pub fn router(gateway: Arc<Gateway>, cors_origins: &[String]) -> anyhow::Result<Router> {
+pub fn router(gateway: Arc<Gateway>, cors_origins: &[String], metrics: HttpMetrics) -> anyhow::Result<Router> {
     let layers = ServiceBuilder::new()
         .map_request(keel_platform::telemetry::drop_unfit_request_id::<Body>)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .option_layer(cors(cors_origins)?);
     Ok(Router::new()
         .route("/healthz", get(healthz))
@@ -160,10 +162,18 @@ async fn transcode(
     let client = client_address(peer.ip(), forwarded, &gateway.trusted_proxies);
     audit::record_peer(peer);
     audit::record_client(client);
-    let mut response = match serve(&gateway, client, parts, body).await {
+    let resolved = gateway.routes.resolve(parts.method.as_str(), parts.uri.path());
+    let template = match &resolved {
+        Resolved::Route(route, _) => Some(RouteTemplate(route.openapi_path.clone())),
+        _ => None,
+    };
+    let mut response = match serve(&gateway, client, resolved, parts, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(&gateway.descriptors),
     };
+    if let Some(template) = template {
+        response.extensions_mut().insert(template);
+    }
     // API answers are one caller's: tokens (Login, Refresh), balances,
     // profiles. No shared or browser cache may keep them (RFC 6749 5.1).
     response
@@ -172,8 +182,13 @@ async fn transcode(
     response
 }
 
-async fn serve(gateway: &Gateway, client: IpAddr, mut parts: Parts, body: Body) -> Result<Response, ApiError> {
-    let resolved = gateway.routes.resolve(parts.method.as_str(), parts.uri.path());
+async fn serve(
+    gateway: &Gateway,
+    client: IpAddr,
+    resolved: Resolved<'_>,
+    mut parts: Parts,
+    body: Body,
+) -> Result<Response, ApiError> {
     if !matches!(resolved, Resolved::Route(..))
         && let Some(limiter) = &gateway.limiter
     {

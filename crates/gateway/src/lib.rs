@@ -22,6 +22,7 @@ pub mod descriptors;
 pub mod edge;
 pub mod error;
 pub mod handler;
+pub mod metrics;
 pub mod openapi;
 pub mod respond;
 pub mod resume;
@@ -205,13 +206,16 @@ impl Gateway {
 /// until `shutdown` is cancelled: then `/readyz` fails at once, new
 /// connections are refused after the shutdown delay, open event streams and
 /// WebSocket sessions end, and other open requests get the grace period to
-/// finish.
+/// finish. Its metrics are served on `metrics_listener`, if given.
 pub async fn run(
     config: GatewayConfig,
     upstreams: BTreeMap<&'static str, String>,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let metrics = keel_platform::metrics::Metrics::new("gateway");
+    keel_platform::metrics::spawn(metrics_listener, &metrics, &shutdown);
     let gateway = Arc::new(Gateway::build(
         &config,
         upstreams.iter().map(|(area, url)| (*area, url.as_str())),
@@ -233,7 +237,11 @@ pub async fn run(
     gateway
         .verifier
         .follow_revocations(Arc::new(GrpcKeySource::new(auth)), shutdown.clone());
-    let router = handler::router(gateway.clone(), &config.cors_allow_origins)?;
+    let router = handler::router(
+        gateway.clone(),
+        &config.cors_allow_origins,
+        metrics::HttpMetrics::new(&metrics),
+    )?;
     let address = listener.local_addr().context("reading the gateway's address")?;
     tracing::info!(%address, routes = gateway.routes.routes().len(), "gateway serving HTTP");
 

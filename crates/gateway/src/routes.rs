@@ -31,6 +31,9 @@ pub struct Route {
     pub resume: Option<StreamResume>,
     /// The gRPC path to call, e.g. `/keel.auth.v1.AuthService/Login`.
     pub grpc_path: PathAndQuery,
+    /// The template as the OpenAPI document writes it: the route's label
+    /// in the metrics.
+    pub openapi_path: std::sync::Arc<str>,
 }
 
 impl Route {
@@ -190,6 +193,7 @@ fn route(
         .with_context(|| format!("{} has no valid gRPC path", rpc.full_name()))?;
     Ok(Route {
         method: method.to_ascii_uppercase(),
+        openapi_path: template.openapi_path().into(),
         template,
         body,
         response_body,

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use clap::{ArgMatches, Args as _, Command, FromArgMatches, Subcommand};
 use keel_gateway::GatewayConfig;
-use keel_platform::registry::Launch;
+use keel_platform::registry::{self, Launch};
 use keel_registry::REGISTRY;
 use tokio_util::sync::CancellationToken;
 
@@ -30,8 +30,9 @@ impl ServeCommand {
             let config = GatewayConfig::from_arg_matches(&self.matches)?;
             let upstreams = REGISTRY.peer_urls(&self.matches, None);
             let listener = keel_platform::server::bind(config.listen).await?;
+            let metrics_listener = self.metrics_listener().await?;
             tracing::info!(addr = %config.listen, "gateway listening");
-            return until_signal(|shutdown| keel_gateway::run(config, upstreams, listener, shutdown))
+            return until_signal(|shutdown| keel_gateway::run(config, upstreams, listener, metrics_listener, shutdown))
                 .await
                 .context("the gateway stopped with an error");
         }
@@ -44,6 +45,7 @@ impl ServeCommand {
             .copied()
             .unwrap_or_else(|| spec.default_listen());
         let listener = keel_platform::server::bind(listen).await?;
+        let metrics_listener = self.metrics_listener().await?;
         tracing::info!(addr = %listen, "{} listening", spec.name);
         until_signal(|shutdown| async move {
             let service = REGISTRY.start(
@@ -54,12 +56,23 @@ impl ServeCommand {
                     shutdown,
                     suite_clients: Vec::new(),
                     data_dir: None,
+                    metrics_listener,
                 },
             )?;
             service.await
         })
         .await
         .with_context(|| format!("{} stopped with an error", spec.name))
+    }
+}
+
+impl ServeCommand {
+    /// The listener of `--metrics-listen`, when it is set.
+    async fn metrics_listener(&self) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+        match self.matches.get_one::<std::net::SocketAddr>(registry::METRICS_LISTEN) {
+            Some(addr) => Ok(Some(keel_platform::server::bind(*addr).await?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -83,6 +96,7 @@ impl FromArgMatches for ServeCommand {
 impl Subcommand for ServeCommand {
     fn augment_subcommands(command: Command) -> Command {
         let gateway = GatewayConfig::augment_args(REGISTRY.peer_url_args(Command::new(GATEWAY), None))
+            .arg(registry::metrics_listen_arg())
             .about("The REST/JSON gateway in front of the services.");
         REGISTRY
             .services()

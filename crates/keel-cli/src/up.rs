@@ -25,16 +25,47 @@ pub struct UpArgs {
     /// Where the REST/JSON gateway listens.
     #[arg(long, env = "KEEL_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub gateway_listen: SocketAddr,
+
+    /// Where the gateway serves its Prometheus metrics.
+    #[arg(long, env = "KEEL_GATEWAY_METRICS_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], registry::GATEWAY_METRICS_PORT)))]
+    pub gateway_metrics_listen: SocketAddr,
 }
 
-/// Where each registered service listens (`--<name>-listen`).
+/// Where each registered service listens (`--<name>-listen`) and serves its
+/// metrics (`--<name>-metrics-listen`).
 #[derive(Debug, Clone)]
-pub struct Listen(BTreeMap<&'static str, SocketAddr>);
+pub struct Listen {
+    grpc: BTreeMap<&'static str, SocketAddr>,
+    metrics: BTreeMap<&'static str, SocketAddr>,
+}
+
+impl Listen {
+    fn grpc(&self, spec: &registry::ServiceSpec) -> SocketAddr {
+        self.grpc
+            .get(spec.name)
+            .copied()
+            .unwrap_or_else(|| spec.default_listen())
+    }
+
+    fn metrics(&self, spec: &registry::ServiceSpec) -> SocketAddr {
+        self.metrics
+            .get(spec.name)
+            .copied()
+            .unwrap_or_else(|| spec.default_metrics_listen())
+    }
+}
 
 impl Args for Listen {
     fn augment_args(command: Command) -> Command {
         REGISTRY.services().fold(command, |command, spec| {
-            command.arg(registry::listen_arg(spec, listen_id(spec.name)))
+            command.arg(registry::listen_arg(spec, listen_id(spec.name))).arg(
+                clap::Arg::new(metrics_listen_id(spec.name))
+                    .long(metrics_listen_id(spec.name))
+                    .env(spec.env("METRICS_LISTEN"))
+                    .value_parser(clap::value_parser!(SocketAddr))
+                    .default_value(spec.default_metrics_listen().to_string())
+                    .help(format!("Where {} serves its Prometheus metrics.", spec.name)),
+            )
         })
     }
 
@@ -45,18 +76,16 @@ impl Args for Listen {
 
 impl FromArgMatches for Listen {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
-        Ok(Listen(
+        let read = |id: fn(&str) -> String| {
             REGISTRY
                 .services()
-                .map(|spec| {
-                    let addr = matches
-                        .get_one::<SocketAddr>(&listen_id(spec.name))
-                        .copied()
-                        .unwrap_or_else(|| spec.default_listen());
-                    (spec.name, addr)
-                })
-                .collect(),
-        ))
+                .filter_map(|spec| Some((spec.name, *matches.get_one::<SocketAddr>(&id(spec.name))?)))
+                .collect()
+        };
+        Ok(Listen {
+            grpc: read(listen_id),
+            metrics: read(metrics_listen_id),
+        })
     }
 
     fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
@@ -68,6 +97,11 @@ impl FromArgMatches for Listen {
 /// The clap id of a service's listen flag.
 fn listen_id(name: &str) -> String {
     format!("{name}-listen")
+}
+
+/// The clap id (and flag) of a service's metrics listen flag.
+fn metrics_listen_id(name: &str) -> String {
+    format!("{name}-metrics-listen")
 }
 
 /// Starts Postgres (unless a URL is given), migrates, serves every
@@ -92,6 +126,8 @@ struct Service {
     grpc_name: Option<&'static str>,
     endpoint: String,
     addr: SocketAddr,
+    /// Where it serves its metrics.
+    metrics: SocketAddr,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -104,19 +140,21 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
     // Every listener first, so each service knows where its peers are.
     let mut bound = Vec::new();
     for spec in REGISTRY.services() {
-        let listen = args
-            .listen
-            .0
-            .get(spec.name)
-            .copied()
-            .unwrap_or_else(|| spec.default_listen());
-        bound.push((spec, loopback(listen), keel_platform::server::bind(listen).await?));
+        let listen = args.listen.grpc(spec);
+        let metrics = args.listen.metrics(spec);
+        bound.push((
+            spec,
+            loopback(listen),
+            keel_platform::server::bind(listen).await?,
+            (loopback(metrics), keel_platform::server::bind(metrics).await?),
+        ));
     }
-    let addrs: BTreeMap<&'static str, SocketAddr> = bound.iter().map(|(spec, addr, _)| (spec.name, *addr)).collect();
+    let addrs: BTreeMap<&'static str, SocketAddr> = bound.iter().map(|(spec, addr, _, _)| (spec.name, *addr)).collect();
     let gateway_listener = keel_platform::server::bind(args.gateway_listen).await?;
+    let gateway_metrics_listener = keel_platform::server::bind(args.gateway_metrics_listen).await?;
 
     let mut services = Vec::new();
-    for (spec, addr, listener) in bound {
+    for (spec, addr, listener, (metrics, metrics_listener)) in bound {
         let mut argv = REGISTRY.suite_args(spec, &addrs, &clients);
         argv.extend(["--database-url".to_owned(), server_url.clone()]);
         let matches = REGISTRY.parse(spec, argv)?;
@@ -128,6 +166,7 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
                 shutdown: shutdown.clone(),
                 suite_clients: clients.entries.clone(),
                 data_dir: Some(args.database.data_dir.clone()),
+                metrics_listener: Some(metrics_listener),
             },
         )?;
         services.push(Service {
@@ -135,6 +174,7 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
             grpc_name: spec.grpc_services.first().copied(),
             endpoint: format!("grpc://{addr}"),
             addr,
+            metrics,
             task: tokio::spawn(serve),
         });
     }
@@ -149,10 +189,12 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
         grpc_name: None,
         endpoint: format!("http://{gateway_addr}"),
         addr: gateway_addr,
+        metrics: loopback(args.gateway_metrics_listen),
         task: tokio::spawn(keel_gateway::run(
             gateway_config,
             upstreams,
             gateway_listener,
+            Some(gateway_metrics_listener),
             shutdown.clone(),
         )),
     });
@@ -250,9 +292,14 @@ fn print_banner(services: &[Service], database: &Database, data_dir: &std::path:
         ),
     };
     let mut text = String::from("\nKeel is up.\n\n");
-    let _ = writeln!(text, "  {:<14} {:<28} HEALTH", "SERVICE", "ENDPOINT");
+    let _ = writeln!(text, "  {:<14} {:<28} {:<8} METRICS", "SERVICE", "ENDPOINT", "HEALTH");
     for service in services {
-        let _ = writeln!(text, "  {:<14} {:<28} SERVING", service.name, service.endpoint);
+        let metrics = format!("http://{}/metrics", service.metrics);
+        let _ = writeln!(
+            text,
+            "  {:<14} {:<28} {:<8} {metrics}",
+            service.name, service.endpoint, "SERVING"
+        );
     }
     let auth = services
         .iter()

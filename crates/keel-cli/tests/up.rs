@@ -32,10 +32,21 @@ fn postgres_running_in(dir: &std::path::Path) -> bool {
 async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
     let data_dir = std::env::temp_dir().join(format!("keel-up-test-{}", uuid::Uuid::now_v7().simple()));
     let (port, accounts_port, gateway_port) = (free_port(), free_port(), free_port());
-    let orders_port = free_port();
+    let (orders_port, notifications_port) = (free_port(), free_port());
+    // Each service's and the gateway's metrics listener, by name.
+    let metrics: Vec<(&str, u16)> = ["auth", "accounts", "orders", "notifications", "gateway"]
+        .into_iter()
+        .map(|name| (name, free_port()))
+        .collect();
+    let metrics_args: Vec<String> = metrics
+        .iter()
+        .flat_map(|(name, port)| [format!("--{name}-metrics-listen"), format!("127.0.0.1:{port}")])
+        .collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args([
             "up",
+            "--notifications-listen",
+            &format!("127.0.0.1:{notifications_port}"),
             "--auth-listen",
             &format!("127.0.0.1:{port}"),
             "--accounts-listen",
@@ -45,6 +56,7 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
             "--gateway-listen",
             &format!("127.0.0.1:{gateway_port}"),
         ])
+        .args(&metrics_args)
         .env("KEEL_DATA_DIR", &data_dir)
         .env_remove("KEEL_DATABASE_URL")
         .env_remove("KEEL_AUTH_DATABASE_URL")
@@ -74,6 +86,10 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
     );
     assert!(banner.contains(&format!("grpc://127.0.0.1:{orders_port}")), "{banner}");
     assert!(banner.contains(&format!("http://127.0.0.1:{gateway_port}")), "{banner}");
+    for (name, port) in &metrics {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        assert!(banner.contains(&url), "the banner names {name}'s metrics: {banner}");
+    }
     assert!(
         banner.contains(&data_dir.display().to_string()),
         "the banner says where the data lives: {banner}"
@@ -121,6 +137,44 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
     assert_eq!(me.json()["account"]["id"], account.id.as_str());
     assert_eq!(http.get("/readyz", None).await?.status, 200);
     assert_eq!(http.get("/openapi.json", None).await?.json()["openapi"], "3.1.0");
+
+    // Each metrics address shows the RED series of what was just done.
+    let scrape = |name: &str| {
+        let port = metrics.iter().find(|(n, _)| *n == name).map_or(0, |(_, port)| *port);
+        format!("http://127.0.0.1:{port}/metrics")
+    };
+    let auth_metrics = keel_testkit::metrics::scrape(&scrape("auth")).await?;
+    let registered = [("service", "auth"), ("method", "AuthService/Register"), ("code", "OK")];
+    assert_eq!(
+        auth_metrics.value("keel_rpc_requests_total", &registered),
+        1.0,
+        "{}",
+        auth_metrics.text
+    );
+    let accounts_metrics = keel_testkit::metrics::scrape(&scrape("accounts")).await?;
+    let read = [("method", "AccountsService/GetAccount"), ("code", "OK")];
+    assert_eq!(
+        accounts_metrics.value("keel_rpc_requests_total", &read),
+        2.0,
+        "{}",
+        accounts_metrics.text
+    );
+    let gateway_metrics = keel_testkit::metrics::scrape(&scrape("gateway")).await?;
+    let me = [
+        ("route", "/v1/accounts/{account_id}"),
+        ("method", "GET"),
+        ("status", "200"),
+    ];
+    assert_eq!(
+        gateway_metrics.value("keel_http_requests_total", &me),
+        1.0,
+        "{}",
+        gateway_metrics.text
+    );
+    for name in ["orders", "notifications"] {
+        let service = keel_testkit::metrics::scrape(&scrape(name)).await?;
+        assert!(service.has("keel_rpc_requests_total"), "{name}: {}", service.text);
+    }
 
     let sigint = Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
     assert!(sigint.success());

@@ -60,6 +60,7 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
     about: "The notifications service: email, signed webhooks and a live in-app inbox.",
     grpc_services: &[SERVICE_NAME, EVENT_SINK_NAME],
     default_port: 50054,
+    default_metrics_port: 9468,
     database: DATABASE,
     migrations: || MIGRATIONS,
     migrations_dir: MIGRATIONS_DIR,
@@ -333,6 +334,7 @@ pub async fn run(config: NotificationsConfig, context: Context) -> anyhow::Resul
         secrets_key: config.secrets_key.clone(),
         config: config.delivery.clone(),
         disable_after: config.webhooks.disable_after(),
+        metrics: delivery::DeliveryMetrics::new(&context.metrics),
     };
     let delivering = tokio::spawn(workers.run(context.database_url.clone(), context.shutdown.clone()));
     let serving = Serving {

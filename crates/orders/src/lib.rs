@@ -49,6 +49,7 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
     about: "The orders service: a catalog with stock, and orders paid exactly once.",
     grpc_services: &[SERVICE_NAME],
     default_port: 50053,
+    default_metrics_port: 9467,
     database: DATABASE,
     migrations: || MIGRATIONS,
     migrations_dir: MIGRATIONS_DIR,

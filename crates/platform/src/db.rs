@@ -11,13 +11,74 @@ use diesel_async::{
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _, embed_migrations};
 use futures::FutureExt as _;
 
-use crate::config::PoolConfig;
+use prometheus_client::metrics::counter::Counter;
 
-/// A pool of Postgres connections.
-pub type Pool = deadpool::Pool<AsyncPgConnection>;
+use crate::{
+    config::PoolConfig,
+    metrics::{Metrics, sampled::SampledGauge},
+};
+
+/// A pool of Postgres connections that counts the waits for a connection
+/// that timed out. Clones share the pool.
+#[derive(Clone)]
+pub struct Pool {
+    inner: deadpool::Pool<AsyncPgConnection>,
+    timeouts: Counter,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("status", &self.inner.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads one figure of the pool's status.
+type PoolReading = fn(&::deadpool::Status) -> usize;
 
 /// A connection taken from the pool.
 pub type Connection = deadpool::Object<AsyncPgConnection>;
+
+impl Pool {
+    /// A connection, waiting at most the pool's wait timeout for one.
+    pub async fn get(&self) -> Result<Connection, deadpool::PoolError> {
+        let connection = self.inner.get().await;
+        if matches!(connection, Err(deadpool::PoolError::Timeout(_))) {
+            self.timeouts.inc();
+        }
+        connection
+    }
+
+    /// Publishes the pool's size, use, waiters and timeouts on `metrics`.
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        let gauges: [(&'static str, &'static str, PoolReading); 4] = [
+            (
+                "db_pool_max_connections",
+                "The most connections the pool may open.",
+                |s| s.max_size,
+            ),
+            ("db_pool_connections", "Connections the pool holds open.", |s| s.size),
+            (
+                "db_pool_connections_in_use",
+                "Connections taken from the pool now.",
+                |s| s.size.saturating_sub(s.available),
+            ),
+            ("db_pool_waiting", "Callers waiting for a connection.", |s| s.waiting),
+        ];
+        for (name, help, read) in gauges {
+            let pool = self.inner.clone();
+            metrics.register_collector(SampledGauge::new(name, help, move || {
+                i64::try_from(read(&pool.status())).unwrap_or(i64::MAX)
+            }));
+        }
+        metrics.register(
+            "db_pool_timeouts",
+            "Waits for a connection that ran out of time (the caller got UNAVAILABLE).",
+            self.timeouts.clone(),
+        );
+    }
+}
 
 /// Builds the pool. Every connection gets a statement timeout, so a runaway
 /// query fails instead of holding a connection forever.
@@ -39,13 +100,17 @@ pub fn pool(url: &str, config: &PoolConfig) -> anyhow::Result<Pool> {
         .boxed()
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
-    Pool::builder(manager)
+    let inner = deadpool::Pool::builder(manager)
         .max_size(config.db_pool_size)
         .wait_timeout(Some(Duration::from_secs(5)))
         .create_timeout(Some(Duration::from_secs(5)))
         .runtime(::deadpool::Runtime::Tokio1)
         .build()
-        .context("building the database pool")
+        .context("building the database pool")?;
+    Ok(Pool {
+        inner,
+        timeouts: Counter::default(),
+    })
 }
 
 /// The tables every service's database has (the outbox, processed events),

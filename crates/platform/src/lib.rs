@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod local_postgres;
+pub mod metrics;
 pub mod outbox;
 pub mod paging;
 pub mod principal;

@@ -23,6 +23,7 @@ use crate::{
     config::{ServerConfig, TokenConfig},
     db,
     events::{EventProducers, EventType},
+    metrics::Metrics,
     relay::{Relay, RelayConfig, Subscriber},
     server::GrpcServer,
     service_token::{ClientCredentials, ServiceTokenSource, TokenProvider},
@@ -32,6 +33,11 @@ use crate::{
 /// The name of the service that issues tokens: every other service asks it
 /// for signing keys and service tokens.
 pub const AUTH: &str = "auth";
+
+/// The port `keel up` serves the gateway's metrics on by default, the
+/// port Prometheus exporters conventionally use; each service has its own
+/// next to it ([`ServiceSpec::default_metrics_port`]).
+pub const GATEWAY_METRICS_PORT: u16 = 9464;
 
 /// The future a service runs as.
 pub type ServiceFuture = BoxFuture<'static, anyhow::Result<()>>;
@@ -49,6 +55,9 @@ pub struct ServiceSpec {
     pub grpc_services: &'static [&'static str],
     /// The port it listens on by default (on 127.0.0.1).
     pub default_port: u16,
+    /// The port `keel up` serves its metrics on by default (on 127.0.0.1);
+    /// the gateway's is [`GATEWAY_METRICS_PORT`].
+    pub default_metrics_port: u16,
     /// The database it owns.
     pub database: &'static str,
     /// Its embedded migrations.
@@ -79,6 +88,11 @@ impl ServiceSpec {
     /// Where it listens unless told otherwise.
     pub fn default_listen(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.default_port))
+    }
+
+    /// Where `keel up` serves its metrics unless told otherwise.
+    pub fn default_metrics_listen(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.default_metrics_port))
     }
 }
 
@@ -156,6 +170,7 @@ impl Registry {
         let command = Command::new(spec.name)
             .about(spec.about)
             .arg(listen_arg(spec, "listen"))
+            .arg(metrics_listen_arg())
             .arg(
                 Arg::new("server-database-url")
                     .long("database-url")
@@ -258,6 +273,8 @@ impl Registry {
                 spec.name
             )
         })?;
+        let metrics = Metrics::new(spec.name);
+        crate::metrics::spawn(launch.metrics_listener, &metrics, &launch.shutdown);
         let context = Context {
             spec,
             database_url,
@@ -272,6 +289,7 @@ impl Registry {
             suite_clients: launch.suite_clients,
             event_producers: self.event_producers()?,
             data_dir: launch.data_dir,
+            metrics,
         };
         (spec.start)(&launch.matches, context)
     }
@@ -290,6 +308,9 @@ pub struct Launch {
     pub suite_clients: Vec<String>,
     /// See [`Context::data_dir`].
     pub data_dir: Option<std::path::PathBuf>,
+    /// Where its Prometheus metrics are served (`/metrics`); None serves
+    /// them nowhere.
+    pub metrics_listener: Option<TcpListener>,
 }
 
 /// The service clients of a suite, from [`Registry::suite_clients`], and the
@@ -321,6 +342,19 @@ pub fn listen_arg(spec: &ServiceSpec, id: impl Into<clap::Id>) -> Arg {
         .value_parser(clap::value_parser!(SocketAddr))
         .default_value(spec.default_listen().to_string())
         .help(format!("Where {} listens for gRPC.", spec.name))
+}
+
+/// The clap id of [`metrics_listen_arg`].
+pub const METRICS_LISTEN: &str = "metrics-listen";
+
+/// `--metrics-listen` (`KEEL_METRICS_LISTEN`): where one process serves
+/// its Prometheus metrics; unset, it serves none.
+pub fn metrics_listen_arg() -> Arg {
+    Arg::new(METRICS_LISTEN)
+        .long(METRICS_LISTEN)
+        .env("KEEL_METRICS_LISTEN")
+        .value_parser(clap::value_parser!(SocketAddr))
+        .help("Where Prometheus scrapes this process's metrics (GET /metrics), e.g. 0.0.0.0:9464; unset, none are served.")
 }
 
 fn url_id(name: &str) -> String {
@@ -397,6 +431,9 @@ pub struct Context {
     /// a service keeps as files when nothing else is configured (mail as
     /// `.eml` files); None when it runs on its own.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Its metrics: the server, the pool and the relay register theirs in
+    /// [`Context::serve`]; a service registers its own at start.
+    pub metrics: Metrics,
 }
 
 impl Context {
@@ -475,15 +512,18 @@ impl Context {
                 service.pool.clone(),
                 subscribers,
                 self.wiring.relay.clone(),
+                &self.metrics,
             );
             Some(tokio::spawn(relay.run(self.shutdown.clone())))
         };
+        service.pool.register_metrics(&self.metrics);
         let server = GrpcServer {
             service_names: self.spec.grpc_services.to_vec(),
             routes: service.routes,
             verifier: service.verifier,
             database_url: self.database_url,
             config: service.server,
+            metrics: self.metrics,
         };
         let result = server.run(self.listener, self.shutdown).await;
         // The relay releases what it has not sent and stops; give it a moment.

@@ -12,7 +12,11 @@
 //! is deleted after the retention period, and an event carrying a secret
 //! when the secret expires.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use chrono::Utc;
@@ -20,6 +24,10 @@ use clap::Args;
 use diesel::{BoolExpressionMethods as _, ExpressionMethods as _, QueryDsl as _};
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 use keel::events::v1::{DeliverRequest, Event, event_sink_client::EventSinkClient};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+};
 use prost::Message as _;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +37,7 @@ use crate::{
     client::ServiceChannel,
     db::Pool,
     events::EventType,
+    metrics::Metrics,
     outbox::{NOTIFY_CHANNEL, outbox as table},
 };
 
@@ -84,6 +93,73 @@ pub struct Relay {
     pool: Pool,
     subscribers: Vec<Subscriber>,
     config: RelayConfig,
+    metrics: RelayMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProducerLabels {
+    producer: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    producer: &'static str,
+    subscriber: &'static str,
+    outcome: &'static str,
+}
+
+/// What the relay publishes: how far behind it is, and how its deliveries
+/// went.
+#[derive(Clone, Debug)]
+struct RelayMetrics {
+    producer: &'static str,
+    depth: Family<ProducerLabels, Gauge>,
+    oldest_age: Family<ProducerLabels, Gauge<f64, AtomicU64>>,
+    deliveries: Family<DeliveryLabels, Counter>,
+}
+
+impl RelayMetrics {
+    fn new(metrics: &Metrics) -> Self {
+        let relay = Self {
+            producer: metrics.component(),
+            depth: Family::default(),
+            oldest_age: Family::default(),
+            deliveries: Family::default(),
+        };
+        metrics.register(
+            "outbox_depth",
+            "Events in the outbox not yet delivered to every subscriber.",
+            relay.depth.clone(),
+        );
+        metrics.register(
+            "outbox_oldest_age_seconds",
+            "How long the oldest undelivered event has waited: the relay's lag.",
+            relay.oldest_age.clone(),
+        );
+        metrics.register(
+            "relay_deliveries",
+            "Deliveries of outbox events to subscribers, by outcome (delivered, failed).",
+            relay.deliveries.clone(),
+        );
+        relay
+    }
+
+    fn delivered(&self, subscriber: &'static str, outcome: &'static str) {
+        let labels = DeliveryLabels {
+            producer: self.producer,
+            subscriber,
+            outcome,
+        };
+        self.deliveries.get_or_create(&labels).inc();
+    }
+
+    fn backlog(&self, depth: i64, oldest_age: Duration) {
+        let labels = ProducerLabels {
+            producer: self.producer,
+        };
+        self.depth.get_or_create(&labels).set(depth);
+        self.oldest_age.get_or_create(&labels).set(oldest_age.as_secs_f64());
+    }
 }
 
 impl fmt::Debug for Relay {
@@ -100,18 +176,28 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long claimed events stay reserved for the relay that claimed them:
 /// room for a whole batch of slow deliveries.
 const LEASE: Duration = Duration::from_secs(300);
+/// How often the outbox's backlog is measured for the metrics, at most.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 /// How often old events are deleted, at most (a shorter retention period
 /// prunes as often as it lasts).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Relay {
-    /// A relay over the outbox in the database at `database_url`.
-    pub fn new(database_url: String, pool: Pool, subscribers: Vec<Subscriber>, config: RelayConfig) -> Self {
+    /// A relay over the outbox in the database at `database_url`, whose
+    /// backlog and deliveries are published on `metrics`.
+    pub fn new(
+        database_url: String,
+        pool: Pool,
+        subscribers: Vec<Subscriber>,
+        config: RelayConfig,
+        metrics: &Metrics,
+    ) -> Self {
         Self {
             database_url,
             pool,
             subscribers,
             config,
+            metrics: RelayMetrics::new(metrics),
         }
     }
 
@@ -128,7 +214,14 @@ impl Relay {
         let prune_every =
             Duration::from_secs(self.config.outbox_retention_secs).clamp(Duration::from_secs(1), PRUNE_INTERVAL);
         let mut next_prune = Instant::now();
+        let mut next_backlog = Instant::now();
         loop {
+            if Instant::now() >= next_backlog {
+                next_backlog = Instant::now() + BACKLOG_INTERVAL;
+                if let Err(err) = self.measure_backlog().await {
+                    tracing::debug!(error = format!("{err:#}"), "measuring the outbox backlog failed");
+                }
+            }
             if Instant::now() >= next_prune {
                 next_prune = Instant::now() + prune_every;
                 if let Err(err) = self.prune().await {
@@ -250,6 +343,21 @@ impl Relay {
         Ok(rows.len())
     }
 
+    /// Publishes how many events wait and how long the oldest has.
+    async fn measure_backlog(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.get().await.context("taking a connection")?;
+        let (depth, oldest): (i64, Option<chrono::DateTime<Utc>>) = table::table
+            .filter(table::published_at.is_null())
+            .select((diesel::dsl::count_star(), diesel::dsl::min(table::created_at)))
+            .get_result(&mut conn)
+            .await?;
+        let age = oldest.map_or(Duration::ZERO, |oldest| {
+            (Utc::now() - oldest).to_std().unwrap_or_default()
+        });
+        self.metrics.backlog(depth, age);
+        Ok(())
+    }
+
     /// Deletes events delivered (or unwanted) longer than the retention
     /// period ago, and events whose secret has expired.
     async fn prune(&self) -> anyhow::Result<()> {
@@ -296,10 +404,10 @@ impl Relay {
                     metadata.insert(key, value);
                 }
             }
-            EventSinkClient::new(subscriber.channel.clone())
-                .deliver(request)
-                .await
-                .with_context(|| format!("delivering {event_type} {} to {}", event.id, subscriber.name))?;
+            let outcome = EventSinkClient::new(subscriber.channel.clone()).deliver(request).await;
+            self.metrics
+                .delivered(subscriber.name, if outcome.is_ok() { "delivered" } else { "failed" });
+            outcome.with_context(|| format!("delivering {event_type} {} to {}", event.id, subscriber.name))?;
             delivered += 1;
         }
         Ok(delivered)

@@ -19,6 +19,7 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 
 use crate::{
     config::ServerConfig,
+    metrics::{Metrics, rpc::RpcMetrics},
     telemetry::request_span,
     verifier::{AuthenticateLayer, Verifier},
 };
@@ -51,6 +52,8 @@ pub struct GrpcServer {
     pub database_url: String,
     /// Timeouts and limits.
     pub config: ServerConfig,
+    /// Where its RED metrics are registered.
+    pub metrics: Metrics,
 }
 
 impl GrpcServer {
@@ -74,6 +77,18 @@ impl GrpcServer {
             self.database_url.clone(),
             shutdown.clone(),
         ));
+
+        let served: Vec<&str> = self.service_names.iter().chain(&STANDARD_SERVICES).copied().collect();
+        let rpc_metrics = RpcMetrics::new(
+            &self.metrics,
+            &served,
+            &[
+                keel::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+        )?;
 
         let layers = ServiceBuilder::new()
             // A request id for every call: the caller's `x-request-id`, or a new
@@ -100,6 +115,8 @@ impl GrpcServer {
                     )
                     .on_failure(log_transport_failure),
             )
+            // Counted outside the limit, so shed calls are counted too.
+            .layer(rpc_metrics)
             // Refuse work beyond the limit at once (RESOURCE_EXHAUSTED) rather
             // than queue it behind calls that may already be late.
             .load_shed()

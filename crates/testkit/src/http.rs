@@ -20,6 +20,8 @@ use crate::Suite;
 #[derive(Debug)]
 pub struct TestGateway {
     addr: SocketAddr,
+    /// Where it serves its metrics.
+    metrics: SocketAddr,
     client: HttpClient,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -56,9 +58,18 @@ pub async fn spawn_gateway(upstreams: BTreeMap<&'static str, String>, args: &[&s
     let config =
         GatewayConfig::from_args(std::iter::once("keel").chain(args.iter().copied())).context("gateway test flags")?;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(keel_gateway::run(config, upstreams, listener, shutdown.clone()));
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let metrics = metrics_listener.local_addr()?;
+    let task = tokio::spawn(keel_gateway::run(
+        config,
+        upstreams,
+        listener,
+        Some(metrics_listener),
+        shutdown.clone(),
+    ));
     Ok(TestGateway {
         addr,
+        metrics,
         client: HttpClient::new(format!("http://{addr}")),
         shutdown,
         task,
@@ -69,6 +80,11 @@ impl TestGateway {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where it serves its Prometheus metrics (`http://…/metrics`).
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics)
     }
 
     /// A client whose paths are relative to the gateway.

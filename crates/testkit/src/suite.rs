@@ -79,6 +79,8 @@ impl SuiteOptions {
 struct Running {
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+    /// Where it serves its metrics.
+    metrics: SocketAddr,
 }
 
 /// One service of the suite.
@@ -248,6 +250,14 @@ pub async fn spawn_suite_with_withheld_registration() -> anyhow::Result<(Suite, 
     Ok((suite, user, tokens))
 }
 
+/// A metrics listener on a free loopback port, and its address.
+fn metrics_listener() -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a metrics port")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    Ok((tokio::net::TcpListener::from_std(listener)?, addr))
+}
+
 impl Member {
     fn start_on(
         &mut self,
@@ -258,6 +268,7 @@ impl Member {
         anyhow::ensure!(self.running.is_none(), "{} is already running", self.spec.name);
         let shutdown = CancellationToken::new();
         let matches = REGISTRY.parse(self.spec, &self.argv)?;
+        let (metrics_listener, metrics) = metrics_listener()?;
         let serve = REGISTRY.start(
             self.spec,
             Launch {
@@ -266,11 +277,13 @@ impl Member {
                 shutdown: shutdown.clone(),
                 suite_clients: clients.entries.clone(),
                 data_dir: Some(data_dir.to_owned()),
+                metrics_listener: Some(metrics_listener),
             },
         )?;
         self.running = Some(Running {
             shutdown,
             task: tokio::spawn(serve),
+            metrics,
         });
         Ok(())
     }
@@ -385,6 +398,7 @@ impl Suite {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let (metrics_listener, metrics) = metrics_listener()?;
         let serve = REGISTRY.start(
             member.spec,
             Launch {
@@ -393,6 +407,7 @@ impl Suite {
                 shutdown: shutdown.clone(),
                 suite_clients: self.clients.entries.clone(),
                 data_dir: Some(self.data_dir.clone()),
+                metrics_listener: Some(metrics_listener),
             },
         )?;
         let replica = Replica {
@@ -400,11 +415,23 @@ impl Suite {
             running: Running {
                 shutdown,
                 task: tokio::spawn(serve),
+                metrics,
             },
         };
         let service = member.spec.grpc_services.first().copied().unwrap_or_default();
         keel_platform::server::wait_until_serving(replica.channel.clone(), service, Duration::from_secs(30)).await?;
         Ok(replica)
+    }
+
+    /// Where running service `name` serves its Prometheus metrics
+    /// (`http://…/metrics`).
+    pub fn metrics_url(&self, name: &str) -> anyhow::Result<String> {
+        let running = self
+            .member(name)
+            .running
+            .as_ref()
+            .with_context(|| format!("{name} is not running"))?;
+        Ok(format!("http://{}/metrics", running.metrics))
     }
 
     /// Stops service `name` and waits for it to exit.

@@ -64,6 +64,7 @@ async fn health_follows_the_database_down_and_back_without_flapping() -> anyhow:
             shutdown: shutdown.clone(),
             suite_clients: Vec::new(),
             data_dir: None,
+            metrics_listener: None,
         },
     )?;
     let service = tokio::spawn(serve);

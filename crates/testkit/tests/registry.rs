@@ -68,13 +68,18 @@ async fn every_registered_service_is_healthy_and_lists_exactly_its_services() ->
 #[test]
 fn every_consumed_event_has_a_producer_and_names_are_unique() {
     let mut names = std::collections::BTreeSet::new();
-    let mut ports = std::collections::BTreeSet::new();
+    let mut ports = std::collections::BTreeSet::from([keel_platform::registry::GATEWAY_METRICS_PORT]);
     for spec in REGISTRY.services() {
         assert!(names.insert(spec.name), "two services are called {}", spec.name);
         assert!(
             ports.insert(spec.default_port),
             "two services default to port {}",
             spec.default_port
+        );
+        assert!(
+            ports.insert(spec.default_metrics_port),
+            "the metrics port {} is taken twice",
+            spec.default_metrics_port
         );
         for consumed in spec.consumes {
             assert!(

@@ -268,6 +268,7 @@ impl Services {
                     shutdown: shutdown.clone(),
                     suite_clients: clients.entries.clone(),
                     data_dir: None,
+                    metrics_listener: None,
                 },
             )?;
             tasks.push(tokio::spawn(serve));

@@ -77,6 +77,7 @@ impl GatewayBench {
                 .map(|(name, addr)| (*name, format!("http://{addr}")))
                 .collect(),
             listener,
+            None,
             shutdown.clone(),
         ));
 

@@ -162,6 +162,7 @@ where
             shutdown: shutdown.clone(),
             suite_clients: Vec::new(),
             data_dir: None,
+            metrics_listener: None,
         },
     )?;
     let server_task = tokio::spawn(serve);

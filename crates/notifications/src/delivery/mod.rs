@@ -6,8 +6,10 @@
 //! came of it: delivered, retried later with backoff, or dead-lettered.
 
 mod backoff;
+mod metrics;
 mod outcome;
 mod worker;
 
+pub use metrics::DeliveryMetrics;
 pub use outcome::Outcome;
 pub use worker::Workers;

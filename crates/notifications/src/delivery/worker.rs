@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Outcome, backoff};
+use super::{DeliveryMetrics, Outcome, backoff, metrics::Recorded};
 use crate::{
     DeliveryConfig,
     domain::{Channel, Topic},
@@ -42,6 +42,7 @@ pub struct Workers {
     pub(crate) config: DeliveryConfig,
     /// How long an endpoint may fail before it is disabled.
     pub(crate) disable_after: Duration,
+    pub(crate) metrics: DeliveryMetrics,
 }
 
 impl std::fmt::Debug for Workers {
@@ -52,6 +53,9 @@ impl std::fmt::Debug for Workers {
             .finish_non_exhaustive()
     }
 }
+
+/// How often the dead letters are counted for the metrics, at most.
+const DEAD_LETTER_COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What a delivery's attempt produced, with what a dead letter records.
 struct Attempted {
@@ -76,11 +80,18 @@ impl Workers {
         // Finished rows are pruned at start and then at most every minute.
         let prune_every = self.config.retention().min(Duration::from_secs(60));
         let mut pruned_at: Option<tokio::time::Instant> = None;
+        let mut counted_at: Option<tokio::time::Instant> = None;
         while !shutdown.is_cancelled() {
             if pruned_at.is_none_or(|at| at.elapsed() >= prune_every) {
                 pruned_at = Some(tokio::time::Instant::now());
                 if let Err(err) = self.prune().await {
                     tracing::warn!(error = %err, "pruning finished deliveries failed");
+                }
+            }
+            if counted_at.is_none_or(|at| at.elapsed() >= DEAD_LETTER_COUNT_INTERVAL) {
+                counted_at = Some(tokio::time::Instant::now());
+                if let Err(err) = self.count_dead_letters().await {
+                    tracing::debug!(error = %err, "counting dead letters failed");
                 }
             }
             let claimed = match self.pass(&shutdown).await {
@@ -101,6 +112,14 @@ impl Workers {
             }
         }
         listener.abort();
+    }
+
+    /// Publishes how many dead letters wait for an operator.
+    async fn count_dead_letters(&self) -> Result<(), Error> {
+        let mut conn = self.pool.get().await?;
+        self.metrics
+            .dead_letters(deliveries::waiting_dead_letters(&mut conn).await?);
+        Ok(())
     }
 
     /// Deletes the deliveries that finished longer ago than the retention.
@@ -247,6 +266,7 @@ impl Workers {
                     endpoints::record_success(&mut conn, endpoint.id).await?;
                 }
                 tracing::debug!(delivery_id = %delivery.id, channel = delivery.channel.as_str(), attempt, "delivered");
+                self.metrics.attempted(delivery.channel, Recorded::Delivered);
             }
             Outcome::Retry {
                 status,
@@ -270,6 +290,7 @@ impl Workers {
                         );
                         let mut conn = self.pool.get().await?;
                         deliveries::retry_later(&mut conn, delivery.id, attempt, delay, status, &error).await?;
+                        self.metrics.attempted(delivery.channel, Recorded::Retried);
                     }
                     None => {
                         self.dead_letter(delivery, &attempted.payload, status, &error).await?;
@@ -289,6 +310,7 @@ impl Workers {
                 let mut conn = self.pool.get().await?;
                 deliveries::drop_delivery(&mut conn, delivery.id, attempt, "the receiver answered 410 Gone").await?;
                 drop(conn);
+                self.metrics.attempted(delivery.channel, Recorded::Gone);
                 if let Some(endpoint) = endpoint {
                     self.disable(endpoint, "the receiver answered 410 Gone").await?;
                 }
@@ -305,6 +327,7 @@ impl Workers {
         error: &str,
     ) -> Result<(), Error> {
         let mut conn = self.pool.get().await?;
+        self.metrics.attempted(delivery.channel, Recorded::DeadLettered);
         if deliveries::dead_letter(&mut conn, delivery, payload, status, error).await? {
             tracing::warn!(
                 delivery_id = %delivery.id, channel = delivery.channel.as_str(), attempts = delivery.attempt_count,

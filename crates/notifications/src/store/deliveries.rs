@@ -277,6 +277,15 @@ pub async fn dead_letter_page(
     query.load(conn).await
 }
 
+/// How many dead letters wait for redelivery.
+pub async fn waiting_dead_letters(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    dead_letters::table
+        .filter(dead_letters::redeliver_time.is_null())
+        .count()
+        .get_result(conn)
+        .await
+}
+
 /// One dead letter, locked until commit.
 pub async fn lock_dead_letter(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<DeadLetterRow>> {
     dead_letters::table
