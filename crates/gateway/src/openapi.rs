@@ -8,6 +8,8 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value as Json, json};
 
+use keel_platform::rules::{Check, FieldRules};
+
 use crate::{
     descriptors::{Descriptors, is_string_like, settable_field_path},
     routes::{Route, RouteTable},
@@ -79,10 +81,19 @@ pub fn document(descriptors: &Descriptors, routes: &RouteTable) -> Json {
     })
 }
 
+/// Where a schema is used: a request's schemas carry the protos' request
+/// rules (buf.validate), which the services enforce on what they receive;
+/// replies are described as they are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Reply,
+}
+
 struct Builder {
     field_behavior: Option<ExtensionDescriptor>,
     /// Messages referenced so far, and those whose schema is written.
-    pending: Vec<MessageDescriptor>,
+    pending: Vec<(MessageDescriptor, Side)>,
     schemas: Map<String, Json>,
     queued: BTreeSet<String>,
 }
@@ -113,7 +124,7 @@ impl Builder {
                 "in": "path",
                 "required": true,
                 "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
-                "schema": self.field_schema(&field),
+                "schema": self.field_schema(&field, Side::Request),
             }));
         }
         if route.body.as_deref() != Some("*") {
@@ -158,24 +169,45 @@ impl Builder {
             // A raw body (google.api.HttpBody) is whatever the sender signs:
             // any JSON, passed on byte for byte.
             Some(name) => input.get_field_by_name(name).map(|field| match field.kind() {
-                prost_reflect::Kind::Message(m) if m.full_name() == crate::bind::HTTP_BODY => {
+                Kind::Message(m) if m.full_name() == crate::bind::HTTP_BODY => {
                     json!({ "description": "The raw body, passed on unchanged." })
                 }
-                _ => self.value_schema(&field),
+                // The fields the path sets are left out of the body, as they
+                // are of a `*` body.
+                Kind::Message(message) if path_fields.iter().any(|p| p.len() == 2 && p[0] == name) => {
+                    let nested: Vec<Vec<String>> = path_fields
+                        .iter()
+                        .filter(|p| p.first().is_some_and(|first| first == name))
+                        .map(|p| p[1..].to_vec())
+                        .collect();
+                    self.body_schema(&message, &nested)
+                }
+                _ => self.value_schema(&field, Side::Request),
             }),
         };
         if let Some(schema) = body_schema {
+            // A body is required when it holds a required field (`*`), or is
+            // one (a named body field).
+            let required = match route.body.as_deref() {
+                Some("*") => schema
+                    .get("required")
+                    .is_some_and(|r| r.as_array().is_some_and(|r| !r.is_empty())),
+                Some(name) => input.get_field_by_name(name).is_some_and(|field| {
+                    self.behaviors(&field).contains(&REQUIRED) || request_rules(&field).is_some_and(|r| r.required)
+                }),
+                None => false,
+            };
             operation.insert(
                 "requestBody".into(),
-                json!({ "required": false, "content": { "application/json": { "schema": schema } } }),
+                json!({ "required": required, "content": { "application/json": { "schema": schema } } }),
             );
         }
         let output = route.rpc.output();
         let reply_schema = match &route.response_body {
             Some(name) => output
                 .get_field_by_name(name)
-                .map_or(json!({}), |field| self.field_schema(&field)),
-            None => self.message_ref(&output),
+                .map_or(json!({}), |field| self.field_schema(&field, Side::Reply)),
+            None => self.message_ref(&output, Side::Reply),
         };
         let ok = if route.is_streaming() {
             let id = if route.resume.is_some() {
@@ -216,7 +248,7 @@ impl Builder {
 
     /// The `*` body: the request without the fields the path sets.
     fn body_schema(&mut self, input: &MessageDescriptor, path_fields: &[Vec<String>]) -> Json {
-        let mut schema = self.object_schema(input);
+        let mut schema = self.object_schema(input, Side::Request);
         let top_level: Vec<&str> = path_fields
             .iter()
             .filter(|path| path.len() == 1)
@@ -287,7 +319,7 @@ impl Builder {
             "in": "query",
             "required": false,
             "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
-            "schema": self.field_schema(field),
+            "schema": self.field_schema(field, Side::Request),
             "explode": true,
         })
     }
@@ -311,26 +343,48 @@ impl Builder {
     }
 
     /// A field's schema, lists and maps included.
-    fn field_schema(&mut self, field: &FieldDescriptor) -> Json {
+    fn field_schema(&mut self, field: &FieldDescriptor, side: Side) -> Json {
         if field.is_map() {
             let Kind::Message(entry) = field.kind() else {
                 return json!({ "type": "object" });
             };
             let value = entry.map_entry_value_field();
-            return json!({ "type": "object", "additionalProperties": self.value_schema(&value) });
+            return json!({ "type": "object", "additionalProperties": self.value_schema(&value, side) });
         }
-        let item = self.value_schema(field);
+        let item = self.value_schema(field, side);
         if field.is_list() {
-            json!({ "type": "array", "items": item })
+            let mut list = json!({ "type": "array", "items": item });
+            if side == Side::Request
+                && let Some(rules) = request_rules(field)
+            {
+                for check in &rules.list {
+                    match check {
+                        Check::MinItems(n) => list["minItems"] = json!(n),
+                        Check::MaxItems(n) => list["maxItems"] = json!(n),
+                        _ => {}
+                    }
+                }
+            }
+            list
         } else {
             item
         }
     }
 
-    /// The schema of one value of `field` (an element, for lists).
-    fn value_schema(&mut self, field: &FieldDescriptor) -> Json {
+    /// The schema of one value of `field` (an element, for lists), with its
+    /// request rules on the request side.
+    fn value_schema(&mut self, field: &FieldDescriptor, side: Side) -> Json {
+        let mut schema = self.plain_value_schema(field, side);
+        let rules = request_rules(field).filter(|_| side == Side::Request);
+        if let (Some(rules), Json::Object(object)) = (rules, &mut schema) {
+            apply_rules(field, &rules.value, object);
+        }
+        schema
+    }
+
+    fn plain_value_schema(&mut self, field: &FieldDescriptor, side: Side) -> Json {
         match field.kind() {
-            Kind::Message(message) => self.message_ref(&message),
+            Kind::Message(message) => self.message_ref(&message, side),
             Kind::Enum(enumeration) => json!({
                 "type": "string",
                 "enum": enumeration.values().map(|v| v.name().to_owned()).collect::<Vec<_>>(),
@@ -354,22 +408,29 @@ impl Builder {
 
     /// A reference to a message's schema (written once in components), or
     /// the JSON form of a well-known type.
-    fn message_ref(&mut self, message: &MessageDescriptor) -> Json {
+    /// A request's copy of a message with rules is a schema of its own
+    /// (`<name>.Input`): the rules hold for what clients send, not for what
+    /// the services reply (a balance of 0 is a fine reply, not a deposit).
+    fn message_ref(&mut self, message: &MessageDescriptor, side: Side) -> Json {
         if let Some(schema) = well_known_schema(message) {
             return schema;
         }
-        let name = message.full_name().to_owned();
+        let side = match side {
+            Side::Request if has_rules(message) => Side::Request,
+            _ => Side::Reply,
+        };
+        let name = schema_name(message, side);
         if self.queued.insert(name.clone()) {
-            self.pending.push(message.clone());
+            self.pending.push((message.clone(), side));
         }
         json!({ "$ref": format!("#/components/schemas/{name}") })
     }
 
-    fn object_schema(&mut self, message: &MessageDescriptor) -> Json {
+    fn object_schema(&mut self, message: &MessageDescriptor, side: Side) -> Json {
         let mut properties = Map::new();
         let mut required = Vec::new();
         for field in message.fields() {
-            let mut schema = self.field_schema(&field);
+            let mut schema = self.field_schema(&field, side);
             let behaviors = self.behaviors(&field);
             if let Json::Object(object) = &mut schema {
                 if let Some(text) = comments(&field.parent_file(), field.path()) {
@@ -380,7 +441,8 @@ impl Builder {
                     object.insert("readOnly".into(), json!(true));
                 }
             }
-            if behaviors.contains(&REQUIRED) {
+            let rule_required = side == Side::Request && request_rules(&field).is_some_and(|r| r.required);
+            if behaviors.contains(&REQUIRED) || rule_required {
                 required.push(json!(field.json_name()));
             }
             properties.insert(field.json_name().to_owned(), schema);
@@ -400,13 +462,104 @@ impl Builder {
 
     /// Writes the schema of every referenced message.
     fn finish(mut self) -> Map<String, Json> {
-        while let Some(message) = self.pending.pop() {
-            let schema = self.object_schema(&message);
-            self.schemas.insert(message.full_name().to_owned(), schema);
+        while let Some((message, side)) = self.pending.pop() {
+            let schema = self.object_schema(&message, side);
+            self.schemas.insert(schema_name(&message, side), schema);
         }
         self.schemas
     }
 }
+
+/// The component name of `message` as used on `side`.
+fn schema_name(message: &MessageDescriptor, side: Side) -> String {
+    match side {
+        Side::Request => format!("{}.Input", message.full_name()),
+        Side::Reply => message.full_name().to_owned(),
+    }
+}
+
+/// A field's request rules. The services refuse to start on a rule they do
+/// not understand, so one that fails to read here never reaches a client.
+fn request_rules(field: &FieldDescriptor) -> Option<FieldRules> {
+    FieldRules::of(field).ok().flatten()
+}
+
+/// Whether `message`, or a message it holds, declares request rules.
+fn has_rules(message: &MessageDescriptor) -> bool {
+    let mut seen: Vec<MessageDescriptor> = Vec::new();
+    let mut pending = vec![message.clone()];
+    while let Some(message) = pending.pop() {
+        for field in message.fields() {
+            if request_rules(&field).is_some() {
+                return true;
+            }
+            if let Kind::Message(inner) = field.kind()
+                && !seen.contains(&inner)
+            {
+                seen.push(inner.clone());
+                pending.push(inner);
+            }
+        }
+    }
+    false
+}
+
+/// The JSON Schema keywords of a value's rules.
+fn apply_rules(field: &FieldDescriptor, checks: &[Check], schema: &mut Map<String, Json>) {
+    let int64 = matches!(field.kind(), Kind::Int64 | Kind::Sint64 | Kind::Sfixed64);
+    for check in checks {
+        match check {
+            Check::MinLen(n) => {
+                schema.insert("minLength".into(), json!(n));
+            }
+            Check::MaxLen(n) => {
+                schema.insert("maxLength".into(), json!(n));
+            }
+            Check::Pattern(re) => {
+                schema.insert("pattern".into(), json!(re.as_str()));
+            }
+            Check::Uuid => {
+                schema.insert("format".into(), json!("uuid"));
+                schema.insert("pattern".into(), json!(UUID_PATTERN));
+            }
+            Check::Gte(n) => {
+                schema.insert("minimum".into(), json!(n));
+            }
+            Check::Gt(n) => {
+                schema.insert("exclusiveMinimum".into(), json!(n));
+            }
+            Check::Lte(n) => {
+                schema.insert("maximum".into(), json!(n));
+            }
+            Check::Lt(n) => {
+                schema.insert("exclusiveMaximum".into(), json!(n));
+            }
+            Check::NotIn(numbers) => {
+                if let Kind::Enum(enumeration) = field.kind() {
+                    let allowed: Vec<String> = enumeration
+                        .values()
+                        .filter(|v| !numbers.contains(&v.number()))
+                        .map(|v| v.name().to_owned())
+                        .collect();
+                    schema.insert("enum".into(), json!(allowed));
+                }
+            }
+            Check::DefinedOnly | Check::MinItems(_) | Check::MaxItems(_) => {}
+        }
+    }
+    // A bounded 64-bit integer is written as a JSON number (the proto3 JSON
+    // mapping reads either), so its bounds can be said.
+    let bounded = checks
+        .iter()
+        .any(|c| matches!(c, Check::Gte(_) | Check::Gt(_) | Check::Lte(_) | Check::Lt(_)));
+    if int64 && bounded {
+        schema.insert("type".into(), json!("integer"));
+        schema.remove("pattern");
+    }
+}
+
+/// A hyphenated UUID, as `string.uuid` accepts it.
+const UUID_PATTERN: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
 fn well_known(message: &MessageDescriptor) -> bool {
     well_known_schema(message).is_some()
@@ -527,6 +680,42 @@ mod tests {
         assert!(parameters.iter().any(|p| p["name"] == "afterNotificationId"));
         let unary = &doc["paths"]["/v1/accounts/{account_id}/balance"]["get"];
         assert!(unary["responses"]["101"].is_null());
+    }
+
+    #[test]
+    fn request_schemas_carry_the_protos_rules() {
+        let doc = doc();
+        let register = &doc["paths"]["/v1/auth:register"]["post"]["requestBody"];
+        assert_eq!(register["required"], true);
+        let schema = &register["content"]["application/json"]["schema"]["properties"];
+        assert_eq!(schema["password"]["minLength"], 8);
+        assert!(schema["email"]["pattern"].as_str().is_some_and(|p| p.contains('@')));
+        assert_eq!(schema["email"]["maxLength"], 254);
+        let sessions = &doc["paths"]["/v1/auth/sessions"]["get"]["parameters"];
+        let page_size = sessions
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "pageSize"))
+            .expect("pageSize");
+        assert_eq!(page_size["schema"]["minimum"], 0);
+        let revoke = &doc["paths"]["/v1/auth/sessions/{session_id}:revoke"]["post"]["parameters"][0];
+        assert_eq!(revoke["schema"]["format"], "uuid");
+        assert_eq!(revoke["schema"]["pattern"], UUID_PATTERN);
+        let schemas = &doc["components"]["schemas"];
+        // The rules hold for what is sent, not for replies.
+        let money_in = &schemas["keel.common.v1.Money.Input"]["properties"];
+        assert_eq!(money_in["amountMinor"]["exclusiveMinimum"], 0);
+        assert_eq!(money_in["currencyCode"]["pattern"], "^[A-Z]{3}$");
+        assert!(schemas["keel.common.v1.Money"]["properties"]["amountMinor"]["exclusiveMinimum"].is_null());
+        let roles = &doc["paths"]["/v1/auth/users/{user_id}:setRoles"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"]["roles"];
+        assert_eq!(roles["minItems"], 1);
+        assert!(
+            !roles["items"]["enum"]
+                .as_array()
+                .expect("enum")
+                .iter()
+                .any(|v| v == "ROLE_UNSPECIFIED")
+        );
     }
 
     #[test]
