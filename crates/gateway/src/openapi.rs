@@ -378,6 +378,13 @@ impl Builder {
         let rules = request_rules(field).filter(|_| side == Side::Request);
         if let (Some(rules), Json::Object(object)) = (rules, &mut schema) {
             apply_rules(field, &rules.value, object);
+            // An unset (empty) value is not checked, so the document allows it.
+            if rules.ignore_if_zero
+                && let Some(pattern) = object.get("pattern").and_then(Json::as_str).map(str::to_owned)
+            {
+                object.remove("format");
+                object.insert("pattern".into(), json!(format!("^$|{pattern}")));
+            }
         }
         schema
     }
@@ -700,6 +707,16 @@ mod tests {
         let revoke = &doc["paths"]["/v1/auth/sessions/{session_id}:revoke"]["post"]["parameters"][0];
         assert_eq!(revoke["schema"]["format"], "uuid");
         assert_eq!(revoke["schema"]["pattern"], UUID_PATTERN);
+        let dead_letters = &doc["paths"]["/v1/deadLetters"]["get"]["parameters"];
+        let endpoint = dead_letters
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "webhookEndpointId"))
+            .expect("webhookEndpointId");
+        assert_eq!(
+            endpoint["schema"]["pattern"],
+            format!("^$|{UUID_PATTERN}"),
+            "optional: empty is fine"
+        );
         let schemas = &doc["components"]["schemas"];
         // The rules hold for what is sent, not for replies.
         let money_in = &schemas["keel.common.v1.Money.Input"]["properties"];
