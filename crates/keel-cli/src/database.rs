@@ -53,16 +53,15 @@ fn registered_service(name: &str) -> Result<String, String> {
 impl MigrateArgs {
     /// Creates (where allowed) and migrates the chosen databases.
     pub async fn run(&self) -> anyhow::Result<()> {
-        let Some(spec) = self
-            .service
-            .as_deref()
-            .and_then(|name| keel_registry::REGISTRY.get(name))
-        else {
+        let Some(name) = self.service.as_deref() else {
             let database = self.database.open().await?;
             let result = database.prepare_all().await;
             database.close();
             return result;
         };
+        let spec = keel_registry::REGISTRY
+            .get(name)
+            .with_context(|| format!("no service {name:?}"))?;
         // The service's own database and credentials, as `keel serve` reads them.
         if let Ok(url) = std::env::var(spec.env("DATABASE_URL")) {
             tracing::info!(service = spec.name, "migrating its database");

@@ -214,14 +214,10 @@ impl Relay {
         let prune_every =
             Duration::from_secs(self.config.outbox_retention_secs).clamp(Duration::from_secs(1), PRUNE_INTERVAL);
         let mut next_prune = Instant::now();
-        let mut next_backlog = Instant::now();
+        // Measured beside the deliveries, not between batches: a batch of
+        // slow deliveries is exactly when the lag must not freeze.
+        let backlog = tokio::spawn(self.clone().measure_backlog(shutdown.clone()));
         loop {
-            if Instant::now() >= next_backlog {
-                next_backlog = Instant::now() + BACKLOG_INTERVAL;
-                if let Err(err) = self.measure_backlog().await {
-                    tracing::debug!(error = format!("{err:#}"), "measuring the outbox backlog failed");
-                }
-            }
             if Instant::now() >= next_prune {
                 next_prune = Instant::now() + prune_every;
                 if let Err(err) = self.prune().await {
@@ -248,6 +244,7 @@ impl Relay {
             }
         }
         listener.abort();
+        backlog.abort();
     }
 
     /// Claims a batch of due events, delivers each, and records the outcome.
@@ -343,8 +340,21 @@ impl Relay {
         Ok(rows.len())
     }
 
-    /// Publishes how many events wait and how long the oldest has.
-    async fn measure_backlog(&self) -> anyhow::Result<()> {
+    /// Publishes how many events wait and how long the oldest has, every
+    /// [`BACKLOG_INTERVAL`] until `shutdown`.
+    async fn measure_backlog(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(err) = self.backlog().await {
+                tracing::warn!(error = format!("{err:#}"), "measuring the outbox backlog failed");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(BACKLOG_INTERVAL) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn backlog(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.get().await.context("taking a connection")?;
         let (depth, oldest): (i64, Option<chrono::DateTime<Utc>>) = table::table
             .filter(table::published_at.is_null())
