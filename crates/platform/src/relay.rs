@@ -23,6 +23,8 @@ use keel::events::v1::{DeliverRequest, Event, event_sink_client::EventSinkClient
 use prost::Message as _;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use crate::{
@@ -275,34 +277,51 @@ impl Relay {
 
     /// Sends `event` to every subscriber that wants it; all must accept.
     /// Returns how many received it.
+    ///
+    /// The delivery has a span of its own (`outbox.relay`) in the producer's
+    /// trace, under the span that wrote the event; each Deliver call carries
+    /// this span's context, so the consumer's work joins the trace under it.
     async fn deliver(&self, event: &Event) -> anyhow::Result<usize> {
         let Some(payload) = &event.payload else {
             return Ok(0);
         };
-        let mut delivered = 0;
         let event_type = EventType::of(payload);
-        for subscriber in self.subscribers.iter().filter(|s| s.event_types.contains(&event_type)) {
-            let mut request = tonic::Request::new(DeliverRequest {
-                event: Some(event.clone()),
-            });
-            request.set_timeout(DELIVERY_TIMEOUT);
-            let metadata = request.metadata_mut();
-            // Continue the producer's trace in the consumer.
-            for (key, value) in &event.trace_context {
-                if let (Ok(key), Ok(value)) = (
-                    tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-                    tonic::metadata::MetadataValue::try_from(value.as_str()),
-                ) {
-                    metadata.insert(key, value);
-                }
-            }
-            EventSinkClient::new(subscriber.channel.clone())
-                .deliver(request)
-                .await
-                .with_context(|| format!("delivering {event_type} {} to {}", event.id, subscriber.name))?;
-            delivered += 1;
+        let span = tracing::info_span!(
+            parent: None,
+            "outbox.relay",
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            keel.service = %event.source,
+            event.id = %event.id,
+            "event.type" = event_type.as_str(),
+            delivered = tracing::field::Empty,
+        );
+        let producer = crate::telemetry::extract_trace_context(&event.trace_context);
+        if let Err(err) = span.set_parent(producer) {
+            tracing::debug!(error = %err, "could not continue the event's trace");
         }
-        Ok(delivered)
+        let sent = async {
+            let mut delivered = 0;
+            for subscriber in self.subscribers.iter().filter(|s| s.event_types.contains(&event_type)) {
+                let mut request = tonic::Request::new(DeliverRequest {
+                    event: Some(event.clone()),
+                });
+                request.set_timeout(DELIVERY_TIMEOUT);
+                EventSinkClient::new(subscriber.channel.clone())
+                    .deliver(request)
+                    .await
+                    .with_context(|| format!("delivering {event_type} {} to {}", event.id, subscriber.name))?;
+                delivered += 1;
+            }
+            Ok(delivered)
+        }
+        .instrument(span.clone())
+        .await;
+        match &sent {
+            Ok(delivered) => span.record("delivered", delivered),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
+        sent
     }
 }
 
