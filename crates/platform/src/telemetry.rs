@@ -2,7 +2,10 @@
 //! endpoint is configured, and the W3C trace context carried over gRPC
 //! metadata.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
 use anyhow::Context as _;
 use opentelemetry::{
@@ -109,16 +112,40 @@ where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     let json = tracing_subscriber::fmt::format().json().with_current_span(true);
+    let dispatch = Arc::new(OnceLock::new());
     tracing_subscriber::fmt::layer()
         .json()
-        .event_format(WithTraceIds(json))
+        .event_format(WithTraceIds {
+            json,
+            dispatch: dispatch.clone(),
+        })
         .with_writer(writer)
+        .and_then(RegisteredDispatch(dispatch))
 }
 
 /// A JSON event format with the OpenTelemetry ids of the event's span added
 /// to each line: the ids that find the line's trace in a trace store.
 #[derive(Debug)]
-struct WithTraceIds<F>(F);
+struct WithTraceIds<F> {
+    json: F,
+    /// The subscriber this format logs for: the OpenTelemetry layer is
+    /// reached through it (`tracing::dispatcher::get_default` is a no-op
+    /// while an event is being dispatched). Weak, as the subscriber owns
+    /// the format.
+    dispatch: Arc<OnceLock<tracing::dispatcher::WeakDispatch>>,
+}
+
+/// Tells [`WithTraceIds`] which subscriber it runs in, once it is built.
+#[derive(Debug)]
+struct RegisteredDispatch(Arc<OnceLock<tracing::dispatcher::WeakDispatch>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RegisteredDispatch {
+    fn on_register_dispatch(&self, dispatch: &tracing::Dispatch) {
+        // A layer is registered with one subscriber; a second call would
+        // name the same one.
+        let _ = self.0.set(dispatch.downgrade());
+    }
+}
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
 where
@@ -132,12 +159,15 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let ids = ctx.parent_span().and_then(|span| otel_ids(&span.id()));
+        let dispatch = self.dispatch.get().and_then(tracing::dispatcher::WeakDispatch::upgrade);
+        let ids = dispatch
+            .zip(ctx.parent_span())
+            .and_then(|(dispatch, span)| otel_ids(&dispatch, &span.id()));
         let Some((trace_id, span_id)) = ids else {
-            return self.0.format_event(ctx, writer, event);
+            return self.json.format_event(ctx, writer, event);
         };
         let mut line = String::new();
-        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        self.json.format_event(ctx, Writer::new(&mut line), event)?;
         // The JSON format writes one object and a newline: the ids go in
         // before its closing brace.
         match line.trim_end().strip_suffix('}') {
@@ -149,12 +179,12 @@ where
 
 /// The OpenTelemetry trace and span ids (hex) of the span `id`, when the
 /// OpenTelemetry layer gave it valid ones.
-fn otel_ids(id: &tracing::span::Id) -> Option<(String, String)> {
+fn otel_ids(dispatch: &tracing::Dispatch, id: &tracing::span::Id) -> Option<(String, String)> {
     use opentelemetry::trace::TraceContextExt as _;
     // The fmt layer holds no span extensions while it formats, so reading
     // (and, for a span not yet started, starting) the OpenTelemetry span
     // here cannot deadlock.
-    let context = tracing::dispatcher::get_default(|dispatch| tracing_opentelemetry::get_otel_context(id, dispatch))?;
+    let context = tracing_opentelemetry::get_otel_context(id, dispatch)?;
     let span = context.span();
     let span_context = span.span_context();
     span_context
@@ -342,5 +372,72 @@ pub fn inject_http_headers(span: &tracing::Span, headers: &mut http::HeaderMap) 
         ) {
             headers.insert(key, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    use super::*;
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("the log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Lines {
+        type Writer = Lines;
+
+        fn make_writer(&'w self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_json_line_inside_a_span_carries_the_span_s_trace_and_span_ids() {
+        let lines = Lines::default();
+        // No exporter: the ids come from the provider alone, as they do when
+        // no OTLP endpoint is set.
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(json_logs(lines.clone()))
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+
+        let expected = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside any span");
+            let span = tracing::info_span!("work");
+            span.in_scope(|| tracing::info!(answer = 42, "inside"));
+            let context = span.context();
+            let span_context = context.span().span_context().clone();
+            (span_context.trace_id().to_string(), span_context.span_id().to_string())
+        });
+
+        let text = String::from_utf8(lines.0.lock().expect("the log buffer").clone()).expect("UTF-8 logs");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].get("trace_id").is_none(), "{text}");
+        assert_eq!(lines[1]["fields"]["answer"], 42);
+        assert_eq!(lines[1]["span"]["name"], "work");
+        assert_eq!(lines[1]["trace_id"], expected.0.as_str());
+        assert_eq!(lines[1]["span_id"], expected.1.as_str());
+        assert_eq!(expected.0.len(), 32);
+        assert_eq!(expected.1.len(), 16);
     }
 }
