@@ -13,6 +13,7 @@
 pub mod card_gateway;
 pub mod database;
 pub mod http;
+pub mod otlp;
 pub mod reflection;
 pub mod smtp;
 pub mod status;
