@@ -11,13 +11,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use common::fixture;
+use common::{Buyer, fixture, fixture_with};
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use keel_platform::{
     config::{LogFormat, TelemetryConfig},
     telemetry::{self, TelemetryGuard},
 };
-use keel_testkit::otlp::{ReceivedSpan, TraceReceiver};
+use keel_testkit::{
+    http::TestGateway,
+    otlp::{ReceivedSpan, TraceReceiver},
+};
 use uuid::Uuid;
 
 /// OTLP span kinds.
@@ -45,34 +48,18 @@ async fn an_order_through_the_gateway_is_one_connected_trace() -> anyhow::Result
     let buyer = fx.buyer(2_000).await?;
 
     // The caller's own span: the gateway's request continues it.
-    let trace_id = Uuid::now_v7().simple().to_string();
-    let caller_span = Uuid::now_v7().simple().to_string()[16..].to_owned();
+    let (trace_id, caller_span) = new_trace();
     let traceparent = format!("00-{trace_id}-{caller_span}-01");
-    let body = serde_json::json!({
-        "requestId": "traced-1",
-        "items": [{"productId": tea.id, "quantity": 2}],
-        "paymentMethod": "PAYMENT_METHOD_ACCOUNT_BALANCE",
-    });
-    let placed = gateway
-        .http()
-        .send(
-            Method::POST,
-            "/v1/orders",
-            Some(&buyer.token),
-            &[
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                (
-                    HeaderName::from_static("traceparent"),
-                    HeaderValue::from_str(&traceparent)?,
-                ),
-            ],
-            Bytes::from(body.to_string()),
-        )
-        .await?;
-    assert_eq!(placed.status, StatusCode::OK, "{:?}", placed.json());
-    assert_eq!(placed.json()["order"]["status"], "ORDER_STATUS_PAID");
+    let placed = place_order(&gateway, &buyer, &tea.id, "traced-1", &traceparent).await?;
+    assert_eq!(placed["order"]["status"], "ORDER_STATUS_PAID", "{placed}");
 
-    let spans = wait_for_trace(&guard, &receiver, &trace_id).await?;
+    let spans = wait_for_trace(&guard, &receiver, &trace_id, |spans| {
+        let consumed = consumed(spans);
+        ["order.placed", "order.paid", "balance.changed"]
+            .iter()
+            .all(|wanted| consumed.contains(wanted))
+    })
+    .await?;
     let trace = Trace(&spans);
 
     let request = trace.one("the gateway's request", |s| {
@@ -136,32 +123,111 @@ async fn an_order_through_the_gateway_is_one_connected_trace() -> anyhow::Result
     trace.child_of(balance_write, debit)?;
 
     gateway.stop().await?;
+    fx.check_invariants().await?;
+
+    a_resumed_order_stays_in_its_trace(&guard, &receiver).await
+}
+
+/// An order whose charge the resumer makes (orders "crashed" after the
+/// reservation): the resumed step, its Debit and its OrderPaid are in the
+/// trace of the call that placed the order.
+async fn a_resumed_order_stays_in_its_trace(guard: &TelemetryGuard, receiver: &TraceReceiver) -> anyhow::Result<()> {
+    let fx = fixture_with(&["--test-crash-after", "reservation"]).await?;
+    let gateway = fx.suite.spawn_gateway(&[]).await?;
+    let tea = fx.product("Green tea", 450, 10).await?;
+    let buyer = fx.buyer(2_000).await?;
+
+    let (trace_id, caller_span) = new_trace();
+    let traceparent = format!("00-{trace_id}-{caller_span}-01");
+    let placed = place_order(&gateway, &buyer, &tea.id, "resumed-1", &traceparent).await?;
+    assert_eq!(placed["order"]["status"], "ORDER_STATUS_PENDING_PAYMENT", "{placed}");
+
+    let spans = wait_for_trace(guard, receiver, &trace_id, |spans| {
+        consumed(spans).contains(&"order.paid")
+    })
+    .await?;
+    let trace = Trace(&spans);
+    let create = trace.one("orders' CreateOrder", |s| {
+        s.attribute("rpc.method") == Some("CreateOrder")
+    })?;
+    let resume = trace.one("the resumed step", |s| s.name == "order.resume")?;
+    assert_eq!(resume.attribute("keel.service"), Some("orders"));
+    trace.child_of(resume, create)?;
+    let debit = trace.one("accounts' Debit", |s| s.attribute("rpc.method") == Some("Debit"))?;
+    trace.child_of(debit, resume)?;
+    let paid = trace.one("the order.paid outbox write", |s| {
+        s.name == "outbox.enqueue" && s.attribute("event.type") == Some("order.paid")
+    })?;
+    trace.child_of(paid, resume)?;
+
+    gateway.stop().await?;
     fx.check_invariants().await
 }
 
-/// Waits until the trace holds every span the test looks for (the relay and
-/// the consumer finish after the response), flushing the exporter each time.
+/// A fresh trace id and a caller's span id in it (hex).
+fn new_trace() -> (String, String) {
+    let trace_id = Uuid::now_v7().simple().to_string();
+    let span_id = Uuid::now_v7().simple().to_string()[16..].to_owned();
+    (trace_id, span_id)
+}
+
+/// POST /v1/orders for two of `product_id`, paid from the balance, sent
+/// with `traceparent`.
+async fn place_order(
+    gateway: &TestGateway,
+    buyer: &Buyer,
+    product_id: &str,
+    request_id: &str,
+    traceparent: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let body = serde_json::json!({
+        "requestId": request_id,
+        "items": [{"productId": product_id, "quantity": 2}],
+        "paymentMethod": "PAYMENT_METHOD_ACCOUNT_BALANCE",
+    });
+    let placed = gateway
+        .http()
+        .send(
+            Method::POST,
+            "/v1/orders",
+            Some(&buyer.token),
+            &[
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (
+                    HeaderName::from_static("traceparent"),
+                    HeaderValue::from_str(traceparent)?,
+                ),
+            ],
+            Bytes::from(body.to_string()),
+        )
+        .await?;
+    anyhow::ensure!(placed.status == StatusCode::OK, "{:?}", placed.json());
+    Ok(placed.json())
+}
+
+/// The event types notifications' consumer spans in `spans` applied.
+fn consumed(spans: &[ReceivedSpan]) -> Vec<&str> {
+    spans
+        .iter()
+        .filter(|s| s.name == "event.consume" && s.attribute("keel.service") == Some("notifications"))
+        .filter_map(|s| s.attribute("event.type"))
+        .collect()
+}
+
+/// Waits until the trace `trace_id` is `complete` (the relay and the
+/// consumer finish after the response), flushing the exporter each time.
 async fn wait_for_trace(
     guard: &TelemetryGuard,
     receiver: &TraceReceiver,
     trace_id: &str,
+    complete: impl Fn(&[ReceivedSpan]) -> bool,
 ) -> anyhow::Result<Vec<ReceivedSpan>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // Flushing blocks until the exporter has sent what had ended.
         tokio::task::block_in_place(|| guard.flush())?;
         let spans = receiver.trace(trace_id);
-        let consumed = spans
-            .iter()
-            .filter(|s| s.name == "event.consume" && s.attribute("keel.service") == Some("notifications"))
-            .filter_map(|s| s.attribute("event.type"))
-            .collect::<Vec<_>>();
-        let relayed = spans.iter().filter(|s| s.name == "outbox.relay").count();
-        if ["order.placed", "order.paid", "balance.changed"]
-            .iter()
-            .all(|wanted| consumed.contains(wanted))
-            && relayed >= 3
-        {
+        if complete(&spans) {
             return Ok(spans);
         }
         if Instant::now() > deadline {

@@ -24,7 +24,6 @@ use prost::Message as _;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use crate::{
@@ -296,10 +295,7 @@ impl Relay {
             "event.type" = event_type.as_str(),
             delivered = tracing::field::Empty,
         );
-        let producer = crate::telemetry::extract_trace_context(&event.trace_context);
-        if let Err(err) = span.set_parent(producer) {
-            tracing::debug!(error = %err, "could not continue the event's trace");
-        }
+        crate::telemetry::continue_trace(&span, &event.trace_context);
         let sent = async {
             let mut delivered = 0;
             for subscriber in self.subscribers.iter().filter(|s| s.event_types.contains(&event_type)) {

@@ -362,6 +362,16 @@ pub fn extract_trace_context(carrier: &HashMap<String, String>) -> opentelemetry
     opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(carrier))
 }
 
+/// Makes `span` a child of the span whose context `carrier` holds (as
+/// [`current_trace_context`] wrote it), so work done later, elsewhere, joins
+/// that trace. Call it before the span is entered.
+pub fn continue_trace(span: &tracing::Span, carrier: &HashMap<String, String>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if let Err(err) = span.set_parent(extract_trace_context(carrier)) {
+        tracing::debug!(error = %err, "could not continue a stored trace");
+    }
+}
+
 /// Writes `span`'s W3C trace context into outgoing HTTP headers, so the
 /// server it calls continues the trace under that span.
 pub fn inject_http_headers(span: &tracing::Span, headers: &mut http::HeaderMap) {
