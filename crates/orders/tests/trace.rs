@@ -1,7 +1,8 @@
 //! One order through the gateway makes one trace: the gateway's request,
 //! orders' CreateOrder, accounts' Debit, each outbox write, the relay's
 //! delivery and notifications' handling of the event, each under the span
-//! that caused it, exported over OTLP to the testkit's receiver.
+//! that caused it, exported over OTLP to the testkit's receiver; so do a
+//! charge the resumer makes later and the calls to the card gateway.
 //!
 //! The subscriber is process-wide, so this binary holds this one test.
 
@@ -18,6 +19,7 @@ use keel_platform::{
     telemetry::{self, TelemetryGuard},
 };
 use keel_testkit::{
+    card_gateway::{CardGateway, SECRET_KEY},
     http::TestGateway,
     otlp::{ReceivedSpan, TraceReceiver},
 };
@@ -25,6 +27,7 @@ use uuid::Uuid;
 
 /// OTLP span kinds.
 const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
 const PRODUCER: i32 = 4;
 const CONSUMER: i32 = 5;
 
@@ -125,7 +128,60 @@ async fn an_order_through_the_gateway_is_one_connected_trace() -> anyhow::Result
     gateway.stop().await?;
     fx.check_invariants().await?;
 
-    a_resumed_order_stays_in_its_trace(&guard, &receiver).await
+    a_resumed_order_stays_in_its_trace(&guard, &receiver).await?;
+    a_card_charge_is_in_the_order_s_trace(&guard, &receiver).await
+}
+
+/// An order paid by card: each call to the card gateway is a client span
+/// under CreateOrder, and carries that span's context in `traceparent`.
+async fn a_card_charge_is_in_the_order_s_trace(guard: &TelemetryGuard, receiver: &TraceReceiver) -> anyhow::Result<()> {
+    let card = CardGateway::start().await?;
+    let url = card.url();
+    let fx = fixture_with(&[
+        "--card-gateway-url",
+        url.as_str(),
+        "--card-gateway-secret-key",
+        SECRET_KEY,
+    ])
+    .await?;
+    let gateway = fx.suite.spawn_gateway(&[]).await?;
+    let kettle = fx.product("Kettle", 2_500, 10).await?;
+    let buyer = fx.buyer(0).await?;
+
+    let (trace_id, caller_span) = new_trace();
+    let traceparent = format!("00-{trace_id}-{caller_span}-01");
+    let body = serde_json::json!({
+        "requestId": "card-1",
+        "items": [{"productId": kettle.id, "quantity": 1}],
+        "paymentMethod": "PAYMENT_METHOD_EXTERNAL",
+        "externalPaymentMethodId": "pm_card_visa",
+    });
+    let placed = send_order(&gateway, &buyer, &body, &traceparent).await?;
+    assert_eq!(placed["order"]["status"], "ORDER_STATUS_PAID", "{placed}");
+
+    let calls = card.traceparents().len();
+    anyhow::ensure!(calls > 0, "the card gateway was not called");
+    let spans = wait_for_trace(guard, receiver, &trace_id, |spans| {
+        spans.iter().filter(|s| s.name == "card_gateway").count() == calls
+    })
+    .await?;
+    let trace = Trace(&spans);
+    let create = trace.one("orders' CreateOrder", |s| {
+        s.attribute("rpc.method") == Some("CreateOrder")
+    })?;
+    for sent in card.traceparents() {
+        let sent = sent.context("a card gateway call without traceparent")?;
+        let span_id = sent.split('-').nth(2).context("a malformed traceparent")?;
+        let call = trace.one("the card gateway call", |s| s.span_id == span_id)?;
+        assert_eq!(call.name, "card_gateway");
+        assert_eq!(call.kind, CLIENT);
+        assert_eq!(call.attribute("http.response.status_code"), Some("200"));
+        assert_eq!(sent.split('-').nth(1), Some(trace_id.as_str()));
+        trace.child_of(call, create)?;
+    }
+
+    gateway.stop().await?;
+    fx.check_invariants().await
 }
 
 /// An order whose charge the resumer makes (orders "crashed" after the
@@ -185,6 +241,16 @@ async fn place_order(
         "items": [{"productId": product_id, "quantity": 2}],
         "paymentMethod": "PAYMENT_METHOD_ACCOUNT_BALANCE",
     });
+    send_order(gateway, buyer, &body, traceparent).await
+}
+
+/// POST /v1/orders with `body`, sent with `traceparent`.
+async fn send_order(
+    gateway: &TestGateway,
+    buyer: &Buyer,
+    body: &serde_json::Value,
+    traceparent: &str,
+) -> anyhow::Result<serde_json::Value> {
     let placed = gateway
         .http()
         .send(
