@@ -20,7 +20,7 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use crate::{
     config::ServerConfig,
     metrics::{Metrics, rpc::RpcMetrics},
-    telemetry::request_span,
+    telemetry::RequestSpan,
     verifier::{AuthenticateLayer, Verifier},
 };
 
@@ -99,7 +99,7 @@ impl GrpcServer {
             // One span per call, continuing the caller's W3C trace context.
             .layer(
                 TraceLayer::new_for_grpc()
-                    .make_span_with(request_span)
+                    .make_span_with(RequestSpan::for_grpc_services(&self.service_names))
                     // Outcomes are logged from the status itself (headers for
                     // an early error, trailers otherwise), which says more
                     // than the failure class.
