@@ -23,7 +23,7 @@ use keel_platform::{
     audit,
     client_address::{FORWARDED_FOR, client_address},
     principal::Principal,
-    telemetry::request_span,
+    telemetry::{RequestSpan, current_trace_context},
     verifier::bearer_token,
 };
 use tonic::{
@@ -52,13 +52,11 @@ use crate::{
 
 /// Headers passed on to the services as they arrived (`stripe-signature`:
 /// the card gateway's webhook signs its raw body).
-const FORWARDED: [&str; 5] = [
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-    "user-agent",
-    "stripe-signature",
-];
+const FORWARDED: [&str; 3] = ["x-request-id", "user-agent", "stripe-signature"];
+
+/// The W3C trace context headers: the gateway's own span's context goes on,
+/// or the caller's as it came when the gateway has none.
+const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
 
 /// The gateway's HTTP router.
 pub fn router(gateway: Arc<Gateway>, cors_origins: &[String], metrics: HttpMetrics) -> anyhow::Result<Router> {
@@ -66,7 +64,7 @@ pub fn router(gateway: Arc<Gateway>, cors_origins: &[String], metrics: HttpMetri
         .map_request(keel_platform::telemetry::drop_unfit_request_id::<Body>)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(TraceLayer::new_for_http().make_span_with(RequestSpan::new("gateway")))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .option_layer(cors(cors_origins)?);
     Ok(Router::new()
@@ -378,12 +376,27 @@ async fn read_body(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result
 }
 
 /// What the services see: the caller's `authorization` as sent (so they
-/// check the token again; anonymous routes pass none), the request id, trace
-/// context and user agent as they arrived, and the client's address (which
-/// auth believes when it trusts the gateway).
+/// check the token again; anonymous routes pass none), the request id and
+/// user agent as they arrived, the trace context of the gateway's span, and
+/// the client's address (which auth believes when it trusts the gateway).
 fn metadata(headers: &HeaderMap, authorized: bool, client: IpAddr) -> MetadataMap {
-    let mut metadata = MetadataMap::with_capacity(FORWARDED.len() + 2);
-    let forwarded = FORWARDED.into_iter().chain(authorized.then_some("authorization"));
+    let mut metadata = MetadataMap::with_capacity(FORWARDED.len() + 4);
+    // The request's span continues the caller's trace; its context makes the
+    // service's span a child of the gateway's, not a sibling.
+    let trace = current_trace_context();
+    for (key, value) in &trace {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            MetadataValue::try_from(value.as_str()),
+        ) {
+            metadata.insert(key, value);
+        }
+    }
+    let caller_trace = TRACE_CONTEXT.into_iter().filter(|_| trace.is_empty());
+    let forwarded = FORWARDED
+        .into_iter()
+        .chain(caller_trace)
+        .chain(authorized.then_some("authorization"));
     for name in forwarded {
         if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok())
             && let Ok(value) = MetadataValue::try_from(value)

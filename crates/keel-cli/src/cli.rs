@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use keel_platform::config::TelemetryConfig;
 
-use crate::{admin, bench, database::DatabaseArgs, serve::ServeCommand, up::UpArgs};
+use crate::{admin, bench, database::MigrateArgs, serve::ServeCommand, up::UpArgs};
 
 /// Keel: sign-in, accounts, orders and notifications as gRPC services.
 #[derive(Debug, Parser)]
@@ -26,8 +26,9 @@ enum Command {
         #[command(subcommand)]
         service: ServeCommand,
     },
-    /// Create every service's database if missing and apply its migrations.
-    Migrate(DatabaseArgs),
+    /// Create every service's database if missing and apply its migrations;
+    /// or only one service's (`keel migrate auth`).
+    Migrate(MigrateArgs),
     /// Administrative tasks.
     Admin {
         #[command(subcommand)]
@@ -55,10 +56,7 @@ impl Cli {
             }
             Command::Migrate(args) => {
                 let _telemetry = keel_platform::telemetry::init("keel", &self.telemetry)?;
-                let database = args.open().await?;
-                let result = database.prepare_all().await;
-                database.close();
-                result
+                args.run().await
             }
             Command::Admin { command } => command.run().await,
             Command::Bench { command } => command.run().await,

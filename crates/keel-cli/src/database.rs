@@ -23,6 +23,59 @@ pub struct DatabaseArgs {
     pub data_dir: PathBuf,
 }
 
+/// `keel migrate`: every service's database, or one.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Migrate only this service's database: `KEEL_<SERVICE>_DATABASE_URL`
+    /// when set (it must exist; nothing is created), else its database on
+    /// the server below (created when missing).
+    #[arg(value_parser = registered_service)]
+    pub service: Option<String>,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+fn registered_service(name: &str) -> Result<String, String> {
+    match keel_registry::REGISTRY.get(name) {
+        Some(spec) => Ok(spec.name.to_owned()),
+        None => Err(format!(
+            "no service {name:?}; the services are {}",
+            keel_registry::REGISTRY
+                .services()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+impl MigrateArgs {
+    /// Creates (where allowed) and migrates the chosen databases.
+    pub async fn run(&self) -> anyhow::Result<()> {
+        let Some(name) = self.service.as_deref() else {
+            let database = self.database.open().await?;
+            let result = database.prepare_all().await;
+            database.close();
+            return result;
+        };
+        let spec = keel_registry::REGISTRY
+            .get(name)
+            .with_context(|| format!("no service {name:?}"))?;
+        // The service's own database and credentials, as `keel serve` reads them.
+        if let Ok(url) = std::env::var(spec.env("DATABASE_URL")) {
+            tracing::info!(service = spec.name, "migrating its database");
+            return db::migrate(&url, (spec.migrations)())
+                .await
+                .with_context(|| format!("migrating {}", spec.database));
+        }
+        let database = self.database.open().await?;
+        let result = database.prepare(spec.database, (spec.migrations)()).await;
+        database.close();
+        result
+    }
+}
+
 /// An open connection to the suite's Postgres.
 #[derive(Debug)]
 pub struct Database {

@@ -146,12 +146,12 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
             spec,
             loopback(listen),
             keel_platform::server::bind(listen).await?,
-            (loopback(metrics), keel_platform::server::bind(metrics).await?),
+            bound_metrics(metrics).await?,
         ));
     }
     let addrs: BTreeMap<&'static str, SocketAddr> = bound.iter().map(|(spec, addr, _, _)| (spec.name, *addr)).collect();
     let gateway_listener = keel_platform::server::bind(args.gateway_listen).await?;
-    let gateway_metrics_listener = keel_platform::server::bind(args.gateway_metrics_listen).await?;
+    let (gateway_metrics, gateway_metrics_listener) = bound_metrics(args.gateway_metrics_listen).await?;
 
     let mut services = Vec::new();
     for (spec, addr, listener, (metrics, metrics_listener)) in bound {
@@ -189,7 +189,7 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
         grpc_name: None,
         endpoint: format!("http://{gateway_addr}"),
         addr: gateway_addr,
-        metrics: loopback(args.gateway_metrics_listen),
+        metrics: gateway_metrics,
         task: tokio::spawn(keel_gateway::run(
             gateway_config,
             upstreams,
@@ -252,6 +252,14 @@ async fn first_exit(services: &mut [Service]) -> anyhow::Error {
 async fn wait_until_serving(addr: SocketAddr, service: &str) -> anyhow::Result<()> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
     keel_platform::server::wait_until_serving(channel, service, Duration::from_secs(60)).await
+}
+
+/// A metrics listener on `addr`, and the address to reach it at (the bound
+/// port, so `:0` shows the port chosen).
+async fn bound_metrics(addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::net::TcpListener)> {
+    let listener = keel_platform::server::bind(addr).await?;
+    let bound = listener.local_addr().context("reading a metrics address")?;
+    Ok((loopback(bound), listener))
 }
 
 /// The address to dial for a listener bound to `addr` (an unspecified

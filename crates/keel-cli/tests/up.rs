@@ -171,9 +171,15 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
         "{}",
         gateway_metrics.text
     );
+    // keel up itself asked each for its health before the banner.
     for name in ["orders", "notifications"] {
         let service = keel_testkit::metrics::scrape(&scrape(name)).await?;
-        assert!(service.has("keel_rpc_requests_total"), "{name}: {}", service.text);
+        let checked = [("service", name), ("method", "Health/Check"), ("code", "OK")];
+        assert!(
+            service.value("keel_rpc_requests_total", &checked) >= 1.0,
+            "{name}: {}",
+            service.text
+        );
     }
 
     let sigint = Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;

@@ -4,10 +4,17 @@
 //! periodically; it claims orders with `FOR UPDATE SKIP LOCKED` and a lease,
 //! so replicas share the work and never work on one order at once.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
-use crate::{Orders, status::OrderStatus, store};
+use crate::{
+    Orders,
+    status::OrderStatus,
+    store::{self, OrderRow},
+};
 
 /// Runs passes until `shutdown`.
 pub async fn run(orders: Orders, shutdown: CancellationToken) {
@@ -36,11 +43,16 @@ impl Orders {
         let count = claimed.len();
         for order in claimed {
             let id = order.id;
-            let step = match order.status {
-                OrderStatus::PendingPayment if order.payment_deadline <= now => self.expire(order).await,
-                OrderStatus::PendingPayment => self.pay(order).await,
-                _ => self.settle(order).await,
-            };
+            let span = resume_span(&order);
+            let step = async {
+                match order.status {
+                    OrderStatus::PendingPayment if order.payment_deadline <= now => self.expire(order).await,
+                    OrderStatus::PendingPayment => self.pay(order).await,
+                    _ => self.settle(order).await,
+                }
+            }
+            .instrument(span)
+            .await;
             if let Err(err) = step {
                 // Its lease runs out and a later pass tries again.
                 tracing::warn!(order_id = %id, error = %err, "resuming an order failed");
@@ -48,4 +60,22 @@ impl Orders {
         }
         Ok(count)
     }
+}
+
+/// The span of one resumed step (`order.resume`): under the call that placed
+/// the order, so the step's calls to accounts and the card gateway, and the
+/// events it writes, belong to the order's trace.
+fn resume_span(order: &OrderRow) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "order.resume",
+        keel.service = crate::SERVICE.name,
+        order.id = %order.id,
+        order.status = ?order.status,
+    );
+    if let Some(traceparent) = &order.traceparent {
+        let carrier = HashMap::from([("traceparent".to_owned(), traceparent.clone())]);
+        keel_platform::telemetry::continue_trace(&span, &carrier);
+    }
+    span
 }

@@ -111,6 +111,8 @@ impl Orders {
         let now = Utc::now();
         let deadline = now + self.saga.payment_deadline();
         let lease_until = self.lease_until(now);
+        // Kept with the order, so its later steps join this call's trace.
+        let trace = keel_platform::telemetry::current_trace_context();
         let mut conn = self.pool.get().await?;
         conn.transaction::<_, Error, _>(async |conn| {
             // Calls with one key take turns, so a retry racing the first call
@@ -183,6 +185,7 @@ impl Orders {
                     payment_deadline: deadline,
                     lease_until: Some(lease_until),
                     payment_method_id: order.payment_method_id.as_deref(),
+                    traceparent: trace.get("traceparent").map(String::as_str),
                 },
                 &items,
             )

@@ -62,6 +62,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         payment_method_id -> Nullable<Text>,
+        traceparent -> Nullable<Text>,
     }
 }
 

@@ -104,8 +104,7 @@ impl tower::Service<http::Request<Body>> for ServiceChannel {
         let trace = current_trace_context();
         Box::pin(async move {
             let headers = request.headers_mut();
-            // A caller that set its own (a relay continuing an event's
-            // trace) keeps it.
+            // A caller that set its own keeps it.
             for (key, value) in trace {
                 if let (Ok(key), Ok(value)) = (
                     http::HeaderName::from_bytes(key.as_bytes()),

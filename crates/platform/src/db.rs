@@ -41,7 +41,8 @@ type PoolReading = fn(&::deadpool::Status) -> usize;
 pub type Connection = deadpool::Object<AsyncPgConnection>;
 
 impl Pool {
-    /// A connection, waiting at most the pool's wait timeout for one.
+    /// A connection, waiting at most the pool's wait timeout for one (and
+    /// its create timeout for a new one).
     pub async fn get(&self) -> Result<Connection, deadpool::PoolError> {
         let connection = self.inner.get().await;
         if matches!(connection, Err(deadpool::PoolError::Timeout(_))) {
@@ -74,7 +75,7 @@ impl Pool {
         }
         metrics.register(
             "db_pool_timeouts",
-            "Waits for a connection that ran out of time (the caller got UNAVAILABLE).",
+            "Requests for a connection that ran out of time, waiting for one or opening it (the caller got UNAVAILABLE).",
             self.timeouts.clone(),
         );
     }

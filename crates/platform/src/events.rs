@@ -1,7 +1,7 @@
 //! The consumer side of events: who may deliver, and exactly-once effects on
 //! top of at-least-once delivery.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use diesel::ExpressionMethods as _;
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
@@ -156,9 +156,32 @@ pub struct Delivery {
     pub create_time: Option<prost_types::Timestamp>,
     /// What happened.
     pub payload: Payload,
+    /// The trace context of the span that wrote the event (the producer's
+    /// `outbox.enqueue`).
+    pub trace_context: HashMap<String, String>,
 }
 
 impl Delivery {
+    /// The span of the consumer applying this event (`event.consume`), for
+    /// the Keel service `consumer`: a child of the current span (the Deliver
+    /// call, itself under the relay's span) with a link to the producer's
+    /// span, so both ends of the hop find each other.
+    pub fn consume_span(&self, consumer: &'static str) -> tracing::Span {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let span = tracing::info_span!(
+            "event.consume",
+            otel.kind = "consumer",
+            keel.service = consumer,
+            event.id = %self.event_id,
+            event.source = %self.source,
+            "event.type" = EventType::of(&self.payload).as_str(),
+        );
+        let producer = crate::telemetry::extract_trace_context(&self.trace_context);
+        span.add_link(producer.span().span_context().clone());
+        span
+    }
+
     /// The event again, as a consumer that keeps it stores it.
     pub fn to_event(&self) -> keel::events::v1::Event {
         keel::events::v1::Event {
@@ -204,6 +227,7 @@ pub fn delivery(request: tonic::Request<DeliverRequest>, producers: &EventProduc
             source: event.source,
             create_time: event.create_time,
             payload,
+            trace_context: event.trace_context,
         }),
         owner => Err(Error::permission_denied(
             "EVENT_SOURCE_NOT_OWNER",

@@ -7,6 +7,7 @@ use diesel::ExpressionMethods as _;
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use keel::events::v1::{Event, event::Payload};
 use prost::Message as _;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{error::Error, events::EventType};
@@ -33,28 +34,43 @@ pub const NOTIFY_CHANNEL: &str = "keel_outbox";
 /// Writes `payload` to the outbox as a new event from `source`, with the
 /// current trace context, and wakes the relay when the transaction commits.
 /// An event that carries a secret is deleted when the secret expires.
+///
+/// The write has a span of its own (`outbox.enqueue`), and the event keeps
+/// that span's context: the relay's delivery continues the trace under it,
+/// and the consumer links back to it.
 pub async fn enqueue(conn: &mut AsyncPgConnection, source: &str, payload: Payload) -> Result<Uuid, Error> {
     let id = Uuid::now_v7();
     let event_type = EventType::of(&payload).as_str();
+    let span = tracing::info_span!(
+        "outbox.enqueue",
+        otel.kind = "producer",
+        keel.service = source,
+        event.id = %id,
+        "event.type" = event_type,
+    );
     let discard_after = secret_expiry(&payload);
     let event = Event {
         id: id.to_string(),
         source: source.to_owned(),
         create_time: Some(std::time::SystemTime::now().into()),
-        trace_context: crate::telemetry::current_trace_context(),
+        trace_context: crate::telemetry::trace_context_of(&span),
         payload: Some(payload),
     };
-    diesel::insert_into(outbox::table)
-        .values((
-            outbox::id.eq(id),
-            outbox::event_type.eq(event_type),
-            outbox::payload.eq(event.encode_to_vec()),
-            outbox::discard_after.eq(discard_after),
-        ))
-        .execute(conn)
-        .await?;
-    crate::db::notify(conn, NOTIFY_CHANNEL, event_type).await?;
-    Ok(id)
+    async {
+        diesel::insert_into(outbox::table)
+            .values((
+                outbox::id.eq(id),
+                outbox::event_type.eq(event_type),
+                outbox::payload.eq(event.encode_to_vec()),
+                outbox::discard_after.eq(discard_after),
+            ))
+            .execute(conn)
+            .await?;
+        crate::db::notify(conn, NOTIFY_CHANNEL, event_type).await?;
+        Ok(id)
+    }
+    .instrument(span)
+    .await
 }
 
 /// When the secret an event carries stops working (after which the event is

@@ -31,6 +31,7 @@ use prometheus_client::{
 use prost::Message as _;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -214,14 +215,10 @@ impl Relay {
         let prune_every =
             Duration::from_secs(self.config.outbox_retention_secs).clamp(Duration::from_secs(1), PRUNE_INTERVAL);
         let mut next_prune = Instant::now();
-        let mut next_backlog = Instant::now();
+        // Measured beside the deliveries, not between batches: a batch of
+        // slow deliveries is exactly when the lag must not freeze.
+        let backlog = tokio::spawn(self.clone().measure_backlog(shutdown.clone()));
         loop {
-            if Instant::now() >= next_backlog {
-                next_backlog = Instant::now() + BACKLOG_INTERVAL;
-                if let Err(err) = self.measure_backlog().await {
-                    tracing::debug!(error = format!("{err:#}"), "measuring the outbox backlog failed");
-                }
-            }
             if Instant::now() >= next_prune {
                 next_prune = Instant::now() + prune_every;
                 if let Err(err) = self.prune().await {
@@ -248,6 +245,7 @@ impl Relay {
             }
         }
         listener.abort();
+        backlog.abort();
     }
 
     /// Claims a batch of due events, delivers each, and records the outcome.
@@ -343,8 +341,21 @@ impl Relay {
         Ok(rows.len())
     }
 
-    /// Publishes how many events wait and how long the oldest has.
-    async fn measure_backlog(&self) -> anyhow::Result<()> {
+    /// Publishes how many events wait and how long the oldest has, every
+    /// [`BACKLOG_INTERVAL`] until `shutdown`.
+    async fn measure_backlog(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(err) = self.backlog().await {
+                tracing::warn!(error = format!("{err:#}"), "measuring the outbox backlog failed");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(BACKLOG_INTERVAL) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn backlog(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.get().await.context("taking a connection")?;
         let (depth, oldest): (i64, Option<chrono::DateTime<Utc>>) = table::table
             .filter(table::published_at.is_null())
@@ -383,34 +394,48 @@ impl Relay {
 
     /// Sends `event` to every subscriber that wants it; all must accept.
     /// Returns how many received it.
+    ///
+    /// The delivery has a span of its own (`outbox.relay`) in the producer's
+    /// trace, under the span that wrote the event; each Deliver call carries
+    /// this span's context, so the consumer's work joins the trace under it.
     async fn deliver(&self, event: &Event) -> anyhow::Result<usize> {
         let Some(payload) = &event.payload else {
             return Ok(0);
         };
-        let mut delivered = 0;
         let event_type = EventType::of(payload);
-        for subscriber in self.subscribers.iter().filter(|s| s.event_types.contains(&event_type)) {
-            let mut request = tonic::Request::new(DeliverRequest {
-                event: Some(event.clone()),
-            });
-            request.set_timeout(DELIVERY_TIMEOUT);
-            let metadata = request.metadata_mut();
-            // Continue the producer's trace in the consumer.
-            for (key, value) in &event.trace_context {
-                if let (Ok(key), Ok(value)) = (
-                    tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-                    tonic::metadata::MetadataValue::try_from(value.as_str()),
-                ) {
-                    metadata.insert(key, value);
-                }
+        let span = tracing::info_span!(
+            parent: None,
+            "outbox.relay",
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            keel.service = %event.source,
+            event.id = %event.id,
+            "event.type" = event_type.as_str(),
+            delivered = tracing::field::Empty,
+        );
+        crate::telemetry::continue_trace(&span, &event.trace_context);
+        let sent = async {
+            let mut delivered = 0;
+            for subscriber in self.subscribers.iter().filter(|s| s.event_types.contains(&event_type)) {
+                let mut request = tonic::Request::new(DeliverRequest {
+                    event: Some(event.clone()),
+                });
+                request.set_timeout(DELIVERY_TIMEOUT);
+                let outcome = EventSinkClient::new(subscriber.channel.clone()).deliver(request).await;
+                self.metrics
+                    .delivered(subscriber.name, if outcome.is_ok() { "delivered" } else { "failed" });
+                outcome.with_context(|| format!("delivering {event_type} {} to {}", event.id, subscriber.name))?;
+                delivered += 1;
             }
-            let outcome = EventSinkClient::new(subscriber.channel.clone()).deliver(request).await;
-            self.metrics
-                .delivered(subscriber.name, if outcome.is_ok() { "delivered" } else { "failed" });
-            outcome.with_context(|| format!("delivering {event_type} {} to {}", event.id, subscriber.name))?;
-            delivered += 1;
+            Ok(delivered)
         }
-        Ok(delivered)
+        .instrument(span.clone())
+        .await;
+        match &sent {
+            Ok(delivered) => span.record("delivered", delivered),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
+        sent
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{
     config::ServerConfig,
     metrics::{Metrics, rpc::RpcMetrics},
     rules::{Rules, ValidateLayer},
-    telemetry::request_span,
+    telemetry::RequestSpan,
     verifier::{AuthenticateLayer, Verifier},
 };
 
@@ -101,7 +101,7 @@ impl GrpcServer {
             // One span per call, continuing the caller's W3C trace context.
             .layer(
                 TraceLayer::new_for_grpc()
-                    .make_span_with(request_span)
+                    .make_span_with(RequestSpan::for_grpc_services(&self.service_names))
                     // Outcomes are logged from the status itself (headers for
                     // an early error, trailers otherwise), which says more
                     // than the failure class.

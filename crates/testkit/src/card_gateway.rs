@@ -114,6 +114,8 @@ struct Ledger {
     webhook: Option<(String, String)>,
     /// Every request: method, path, Idempotency-Key.
     requests: Vec<(String, String, Option<String>)>,
+    /// Every request's `traceparent`, in the same order.
+    traceparents: Vec<Option<String>>,
     /// Events caused by the call in progress, sent once it is done.
     pending_events: Vec<Value>,
     next_id: u64,
@@ -216,6 +218,11 @@ impl CardGateway {
     /// Every request received: method, path and Idempotency-Key.
     pub fn requests(&self) -> Vec<(String, String, Option<String>)> {
         self.ledger().requests.clone()
+    }
+
+    /// Every request's W3C `traceparent`, in the order of [`Self::requests`].
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        self.ledger().traceparents.clone()
     }
 
     /// Finishes 3-D Secure for an intent in `requires_action`: succeeded (the
@@ -386,6 +393,8 @@ async fn handle(
     let step = {
         let mut ledger = lock(&stand.ledger);
         ledger.requests.push((method.to_string(), path.clone(), key.clone()));
+        let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+        ledger.traceparents.push(traceparent.map(str::to_owned));
         let fault = ledger.faults.get_mut(&endpoint).and_then(VecDeque::pop_front);
         if !authorized {
             Step::Refuse(error(401, "invalid_request_error", "", "Invalid API Key provided"))

@@ -14,6 +14,7 @@ pub mod card_gateway;
 pub mod database;
 pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod reflection;
 pub mod smtp;
 pub mod status;

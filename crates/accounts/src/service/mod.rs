@@ -114,7 +114,10 @@ impl AccountsService for Accounts {
 impl EventSink for Accounts {
     async fn deliver(&self, request: Request<DeliverRequest>) -> Reply<DeliverResponse> {
         let delivery = events::delivery(request, &self.event_producers)?;
-        Ok(Response::new(event_sink::deliver(self, delivery).await?))
+        let span = delivery.consume_span(crate::SERVICE.name);
+        Ok(Response::new(
+            tracing::Instrument::instrument(event_sink::deliver(self, delivery), span).await?,
+        ))
     }
 }
 

@@ -91,7 +91,7 @@ impl Workers {
             if counted_at.is_none_or(|at| at.elapsed() >= DEAD_LETTER_COUNT_INTERVAL) {
                 counted_at = Some(tokio::time::Instant::now());
                 if let Err(err) = self.count_dead_letters().await {
-                    tracing::debug!(error = %err, "counting dead letters failed");
+                    tracing::warn!(error = %err, "counting dead letters failed");
                 }
             }
             let claimed = match self.pass(&shutdown).await {
@@ -261,12 +261,14 @@ impl Workers {
         match attempted.outcome {
             Outcome::Delivered => {
                 let mut conn = self.pool.get().await?;
-                deliveries::delivered(&mut conn, delivery.id, attempt).await?;
+                // Counted once: only the attempt that still held the row.
+                if deliveries::delivered(&mut conn, delivery.id, attempt).await? {
+                    self.metrics.attempted(delivery.channel, Recorded::Delivered);
+                }
                 if let Some(endpoint) = endpoint {
                     endpoints::record_success(&mut conn, endpoint.id).await?;
                 }
                 tracing::debug!(delivery_id = %delivery.id, channel = delivery.channel.as_str(), attempt, "delivered");
-                self.metrics.attempted(delivery.channel, Recorded::Delivered);
             }
             Outcome::Retry {
                 status,
@@ -289,8 +291,9 @@ impl Workers {
                             error = %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying later"
                         );
                         let mut conn = self.pool.get().await?;
-                        deliveries::retry_later(&mut conn, delivery.id, attempt, delay, status, &error).await?;
-                        self.metrics.attempted(delivery.channel, Recorded::Retried);
+                        if deliveries::retry_later(&mut conn, delivery.id, attempt, delay, status, &error).await? {
+                            self.metrics.attempted(delivery.channel, Recorded::Retried);
+                        }
                     }
                     None => {
                         self.dead_letter(delivery, &attempted.payload, status, &error).await?;
@@ -308,9 +311,10 @@ impl Workers {
             }
             Outcome::Gone => {
                 let mut conn = self.pool.get().await?;
-                deliveries::drop_delivery(&mut conn, delivery.id, attempt, "the receiver answered 410 Gone").await?;
+                if deliveries::drop_delivery(&mut conn, delivery.id, attempt, "the receiver answered 410 Gone").await? {
+                    self.metrics.attempted(delivery.channel, Recorded::Gone);
+                }
                 drop(conn);
-                self.metrics.attempted(delivery.channel, Recorded::Gone);
                 if let Some(endpoint) = endpoint {
                     self.disable(endpoint, "the receiver answered 410 Gone").await?;
                 }
@@ -327,8 +331,8 @@ impl Workers {
         error: &str,
     ) -> Result<(), Error> {
         let mut conn = self.pool.get().await?;
-        self.metrics.attempted(delivery.channel, Recorded::DeadLettered);
         if deliveries::dead_letter(&mut conn, delivery, payload, status, error).await? {
+            self.metrics.attempted(delivery.channel, Recorded::DeadLettered);
             tracing::warn!(
                 delivery_id = %delivery.id, channel = delivery.channel.as_str(), attempts = delivery.attempt_count,
                 ?status, error, "delivery dead-lettered"

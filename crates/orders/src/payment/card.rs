@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Deserialize;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::{Charge, ChargeOutcome, Decline, PaymentProvider, Refund, RefundOutcome};
 
@@ -122,13 +123,33 @@ impl CardGateway {
         })
     }
 
+    /// Sends `request` in a client span of its own, whose W3C trace context
+    /// goes with it, so the gateway's side joins the order's trace.
     async fn send<T: for<'de> Deserialize<'de>>(&self, request: reqwest::RequestBuilder) -> Result<T, Failure> {
-        let response = request
+        let mut request = request
             .bearer_auth(&self.secret_key)
-            .send()
+            .build()
+            .map_err(|err| Failure::Unknown(format!("the card gateway request could not be built: {err}")))?;
+        let span = tracing::info_span!(
+            "card_gateway",
+            otel.kind = "client",
+            keel.service = crate::SERVICE.name,
+            http.request.method = %request.method(),
+            url.path = request.url().path(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        keel_platform::telemetry::inject_http_headers(&span, request.headers_mut());
+        self.exchange(request).instrument(span).await
+    }
+
+    async fn exchange<T: for<'de> Deserialize<'de>>(&self, request: reqwest::Request) -> Result<T, Failure> {
+        let response = self
+            .http
+            .execute(request)
             .await
             .map_err(|err| Failure::Unknown(format!("the card gateway did not answer: {err}")))?;
         let status = response.status().as_u16();
+        tracing::Span::current().record("http.response.status_code", status);
         let body: Value = response.json().await.map_err(|err| {
             Failure::Unknown(format!(
                 "the card gateway's answer ({status}) was cut or unreadable: {err}"

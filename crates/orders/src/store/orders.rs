@@ -35,6 +35,8 @@ pub struct OrderRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub payment_method_id: Option<String>,
+    /// The W3C traceparent of the call that placed it.
+    pub traceparent: Option<String>,
 }
 
 /// A new order: always PENDING_PAYMENT (the column's default), leased to the
@@ -51,6 +53,7 @@ pub struct NewOrder<'a> {
     pub payment_deadline: DateTime<Utc>,
     pub lease_until: Option<DateTime<Utc>>,
     pub payment_method_id: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
 }
 
 /// A line as stored.

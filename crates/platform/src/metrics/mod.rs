@@ -8,7 +8,6 @@
 //! names from the descriptors, route templates, outcome names), never raw
 //! paths or ids.
 
-pub mod exposition;
 pub mod rpc;
 pub mod sampled;
 
@@ -36,6 +35,44 @@ pub const LATENCY_BUCKETS: [f64; 15] = [
 pub fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
+
+/// The two text formats a scraper may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0, which Prometheus asks for first.
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4, which `promtool check
+    /// metrics` and older scrapers read.
+    Prometheus,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header names it, else the classic
+    /// format.
+    fn negotiate(accept: &http::HeaderMap) -> Self {
+        let asks = accept
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let refused = parts.clone().any(|param| param.replace(' ', "") == "q=0");
+                parts.next() == Some(OPENMETRICS_MEDIA_TYPE) && !refused
+            });
+        if asks { Self::OpenMetrics } else { Self::Prometheus }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+/// The media type of OpenMetrics' text format.
+const OPENMETRICS_MEDIA_TYPE: &str = "application/openmetrics-text";
 
 /// The metrics of one component (a service or the gateway). Clones share
 /// the registry.
@@ -83,8 +120,10 @@ impl Metrics {
         self.component
     }
 
-    /// Registers `metric` as `keel_<name>`.
+    /// Registers `metric` as `keel_<name>`; `help` is one sentence (the
+    /// library adds its full stop).
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        let help = help.trim_end_matches('.');
         self.with_registry(|registry| registry.register(name, help, metric));
     }
 
@@ -93,14 +132,18 @@ impl Metrics {
         self.with_registry(|registry| registry.register_collector(Box::new(collector)));
     }
 
-    /// The whole registry in the OpenMetrics text format.
-    pub fn encode(&self) -> anyhow::Result<String> {
+    /// The whole registry in `format`.
+    pub fn encode(&self, format: Format) -> anyhow::Result<String> {
         let mut text = String::new();
         let registry = self
             .registry
             .lock()
             .map_err(|_| anyhow::anyhow!("the metrics registry is poisoned"))?;
-        prometheus_client::encoding::text::encode(&mut text, &registry).context("encoding the metrics")?;
+        match format {
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &registry),
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::encode(&mut text, &registry),
+        }
+        .context("encoding the metrics")?;
         Ok(text)
     }
 
@@ -125,20 +168,9 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: Cancellati
     };
 
     async fn scrape(State(metrics): State<Metrics>, headers: HeaderMap) -> axum::response::Response {
-        let openmetrics = headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .any(|accept| accept.contains(exposition::OPENMETRICS_MEDIA_TYPE));
-        match metrics.encode() {
-            Ok(text) if openmetrics => {
-                ([(header::CONTENT_TYPE, exposition::OPENMETRICS_CONTENT_TYPE)], text).into_response()
-            }
-            Ok(text) => (
-                [(header::CONTENT_TYPE, exposition::PROMETHEUS_CONTENT_TYPE)],
-                exposition::to_prometheus_text(&text),
-            )
-                .into_response(),
+        let format = Format::negotiate(&headers);
+        match metrics.encode(format) {
+            Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
             Err(err) => {
                 tracing::error!(error = format!("{err:#}"), "metrics could not be encoded");
                 StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -165,5 +197,52 @@ pub fn spawn(listener: Option<TcpListener>, metrics: &Metrics, shutdown: &Cancel
                 tracing::error!(error = format!("{err:#}"), "metrics listener stopped");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepting(value: &str) -> Format {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_str(value).expect("a header value"),
+        );
+        Format::negotiate(&headers)
+    }
+
+    #[test]
+    fn openmetrics_only_to_who_asks_for_it() {
+        let prometheus = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,\
+                          text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+        assert_eq!(accepting(prometheus), Format::OpenMetrics);
+        assert_eq!(accepting("*/*"), Format::Prometheus);
+        assert_eq!(accepting("text/plain"), Format::Prometheus);
+        assert_eq!(
+            accepting("application/openmetrics-text; q=0, text/plain"),
+            Format::Prometheus
+        );
+        assert_eq!(Format::negotiate(&http::HeaderMap::new()), Format::Prometheus);
+    }
+
+    #[test]
+    fn both_formats_name_counters_as_their_samples_expect() {
+        let metrics = Metrics::new("test");
+        let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+        counter.inc();
+        metrics.register("calls", "Calls made.", counter);
+        let classic = metrics.encode(Format::Prometheus).expect("text");
+        assert!(classic.contains("# HELP keel_calls_total Calls made.\n"), "{classic}");
+        assert!(
+            classic.contains("keel_calls_total 1\n") && !classic.contains("# EOF"),
+            "{classic}"
+        );
+        let open = metrics.encode(Format::OpenMetrics).expect("text");
+        assert!(
+            open.contains("# TYPE keel_calls counter\n") && open.ends_with("# EOF\n"),
+            "{open}"
+        );
     }
 }

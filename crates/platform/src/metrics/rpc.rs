@@ -3,8 +3,13 @@
 //!
 //! A call is counted when its status is known: from the response headers
 //! when it fails at once (trailers-only), else from the trailers at the end
-//! of the body. A call whose body is dropped before its trailers (the
-//! caller went away) counts as CANCELLED.
+//! of the body. A call dropped before its status (the caller went away, or
+//! the server's deadline ended it) counts as CANCELLED.
+//!
+//! Streaming calls (a revocation feed, an inbox stream) are counted by
+//! their status too, but stay out of the latency histogram and the
+//! in-flight gauge: they live for hours by design, and would hide the
+//! latency and load of the calls that answer.
 
 use std::{
     collections::HashMap,
@@ -14,6 +19,7 @@ use std::{
     time::Instant,
 };
 
+use anyhow::Context as _;
 use futures::future::BoxFuture;
 use http_body::{Body, Frame};
 use prometheus_client::{
@@ -45,11 +51,20 @@ struct ServiceLabels {
     service: &'static str,
 }
 
+/// How a served method is labelled and measured.
+#[derive(Debug, Clone)]
+struct Method {
+    /// `Service/Method`.
+    label: String,
+    /// Either side streams: no latency, no in-flight.
+    streaming: bool,
+}
+
 #[derive(Debug)]
 struct Inner {
     service: &'static str,
-    /// `/package.Service/Method` → `Service/Method`, for every method served.
-    methods: HashMap<String, String>,
+    /// `/package.Service/Method` → how to count it, for every method served.
+    methods: HashMap<String, Method>,
     requests: Family<CodeLabels, Counter>,
     duration: Family<CallLabels, Histogram>,
     in_flight: Family<ServiceLabels, Gauge>,
@@ -68,8 +83,7 @@ impl RpcMetrics {
         use prost::Message as _;
         let mut methods = HashMap::new();
         for bytes in descriptor_sets {
-            let set = prost_types::FileDescriptorSet::decode(*bytes)
-                .map_err(|err| anyhow::anyhow!("decoding a descriptor set: {err}"))?;
+            let set = prost_types::FileDescriptorSet::decode(*bytes).context("decoding a descriptor set")?;
             for file in &set.file {
                 for service in &file.service {
                     let short = service.name();
@@ -83,7 +97,10 @@ impl RpcMetrics {
                     for method in &service.method {
                         methods.insert(
                             format!("/{full}/{}", method.name()),
-                            format!("{short}/{}", method.name()),
+                            Method {
+                                label: format!("{short}/{}", method.name()),
+                                streaming: method.client_streaming() || method.server_streaming(),
+                            },
                         );
                     }
                 }
@@ -117,16 +134,16 @@ impl RpcMetrics {
     }
 
     fn start(&self, path: &str) -> Pending {
-        let method = self
-            .0
-            .methods
-            .get(path)
-            .cloned()
-            .unwrap_or_else(|| UNKNOWN_METHOD.to_owned());
-        let service = ServiceLabels {
-            service: self.0.service,
-        };
-        self.0.in_flight.get_or_create(&service).inc();
+        let method = self.0.methods.get(path).cloned().unwrap_or_else(|| Method {
+            label: UNKNOWN_METHOD.to_owned(),
+            streaming: false,
+        });
+        if !method.streaming {
+            let service = ServiceLabels {
+                service: self.0.service,
+            };
+            self.0.in_flight.get_or_create(&service).inc();
+        }
         Pending {
             metrics: self.clone(),
             method: Some(method),
@@ -152,7 +169,7 @@ impl<S> tower::Layer<S> for RpcMetrics {
 struct Pending {
     metrics: RpcMetrics,
     /// Taken when the call is counted.
-    method: Option<String>,
+    method: Option<Method>,
     started: Instant,
 }
 
@@ -163,22 +180,24 @@ impl Pending {
         };
         let inner = &self.metrics.0;
         let service = inner.service;
-        inner
-            .duration
-            .get_or_create(&CallLabels {
-                service,
-                method: method.clone(),
-            })
-            .observe(self.started.elapsed().as_secs_f64());
+        if !method.streaming {
+            inner
+                .duration
+                .get_or_create(&CallLabels {
+                    service,
+                    method: method.label.clone(),
+                })
+                .observe(self.started.elapsed().as_secs_f64());
+            inner.in_flight.get_or_create(&ServiceLabels { service }).dec();
+        }
         inner
             .requests
             .get_or_create(&CodeLabels {
                 service,
-                method,
+                method: method.label,
                 code: code_name(code),
             })
             .inc();
-        inner.in_flight.get_or_create(&ServiceLabels { service }).dec();
     }
 }
 
@@ -223,16 +242,14 @@ where
                 }
                 Err(err) => {
                     let err: tower::BoxError = err.into();
-                    let code = if err.is::<tower::load_shed::error::Overloaded>() {
+                    if err.is::<tower::load_shed::error::Overloaded>() {
                         let service = pending.metrics.0.service;
                         pending.metrics.0.shed.get_or_create(&ServiceLabels { service }).inc();
-                        tonic::Code::ResourceExhausted
-                    } else {
-                        err.downcast_ref::<tonic::Status>()
-                            .map_or(tonic::Code::Unknown, tonic::Status::code)
-                    };
-                    pending.finish(code);
-                    Err(err)
+                    }
+                    // The status tonic will answer with, as it maps errors.
+                    let status = tonic::Status::from_error(err);
+                    pending.finish(status.code());
+                    Err(Box::new(status) as tower::BoxError)
                 }
             }
         })
