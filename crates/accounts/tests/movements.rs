@@ -511,7 +511,7 @@ async fn a_request_id_reused_for_another_kind_is_refused() -> anyhow::Result<()>
     )
     .await
     .expect_err("the key belongs to a deposit");
-    assert_refused(&status, Code::FailedPrecondition, "REQUEST_ID_REUSED");
+    assert_refused(&status, Code::AlreadyExists, "REQUEST_ID_REUSED");
     assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 500);
     assert_eq!(ledger(&fx.suite, &fx.user, "me").await?.len(), 1);
     fx.suite.stop().await
@@ -532,7 +532,7 @@ async fn a_request_id_reused_for_another_amount_or_reference_is_refused() -> any
         let status = deposit(&fx.suite, &fx.admin, movement.clone())
             .await
             .expect_err("different parameters under the same key");
-        assert_refused(&status, Code::FailedPrecondition, "REQUEST_ID_REUSED");
+        assert_refused(&status, Code::AlreadyExists, "REQUEST_ID_REUSED");
     }
     assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 500);
     fx.suite.stop().await

@@ -14,6 +14,8 @@ use percent_encoding::percent_decode_str;
 use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind};
 use serde_json::{Map, Value};
 
+use keel_platform::rules::FieldRules;
+
 use crate::{descriptors::settable_field_path, error::ApiError, routes::Route, template::Binding};
 
 /// What a request brings to binding.
@@ -57,6 +59,12 @@ pub fn bind(route: &Route, input: Input<'_>) -> Result<DynamicMessage, ApiError>
             let message = matches!(field.kind(), Kind::Message(_)) && !field.is_list() && !field.is_map();
             if !raw && message && value.as_ref().is_some_and(|value| !value.is_object()) {
                 return Err(ApiError::bad_request("the request body must be a JSON object"));
+            }
+            // The path may fill in part of a required body field (the
+            // account's id); the body itself must still be sent.
+            let required = FieldRules::of(&field).ok().flatten().is_some_and(|rules| rules.required);
+            if !raw && required && value.is_none() {
+                return Err(ApiError::bad_field(field.name(), "is required: send it as the request body"));
             }
             if let Some(value) = value {
                 root.insert(field.json_name().to_owned(), value);
@@ -137,9 +145,36 @@ fn body_json(input: &Input<'_>) -> Result<Option<Value>, ApiError> {
                 .with_http_status(StatusCode::UNSUPPORTED_MEDIA_TYPE),
         );
     }
-    serde_json::from_slice(input.body)
-        .map(Some)
-        .map_err(|err| ApiError::bad_request(format!("the request body is not valid JSON: {err}")))
+    let value: Value = serde_json::from_slice(input.body)
+        .map_err(|err| ApiError::bad_request(format!("the request body is not valid JSON: {err}")))?;
+    // The proto3 JSON mapping reads `null` as "unset", but the document
+    // gives every field a type without null: leave a field out to unset it.
+    // (No Keel message holds a google.protobuf.Value, where null is data.)
+    if value.is_null() {
+        return Err(ApiError::bad_request("the request body is null"));
+    }
+    if let Some(path) = null_at(&value, "") {
+        return Err(ApiError::bad_field(
+            path.trim_start_matches('.'),
+            "is null; leave the field out instead",
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// Where the first `null` in `value` is (`.items[1].quantity`), if any.
+fn null_at(value: &Value, at: &str) -> Option<String> {
+    match value {
+        Value::Null => Some(at.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| null_at(item, &format!("{at}[{i}]"))),
+        Value::Object(fields) => fields
+            .iter()
+            .find_map(|(name, field)| null_at(field, &format!("{at}.{name}"))),
+        _ => None,
+    }
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.
@@ -387,6 +422,8 @@ mod tests {
             ("POST", "/v1/auth:login", "[1,2]"),
             ("POST", "/v1/auth:login", r#"{"email":5}"#),
             ("POST", "/v1/auth:login", r#"{"nosuchfield":"x"}"#),
+            ("POST", "/v1/auth:register", r#"{"email":"a@example.com","password":"long enough","requestId":null}"#),
+            ("POST", "/v1/orders", r#"{"requestId":"k","items":[null]}"#),
             ("POST", "/v1/auth:login?email=a", "{}"),
             ("GET", "/v1/accounts/me/transactions?pageSize=many", ""),
             ("GET", "/v1/accounts/me/transactions?nosuch=1", ""),

@@ -8,7 +8,7 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value as Json, json};
 
-use keel_platform::rules::{Check, FieldRules};
+use keel_platform::rules::{Check, FieldRules, RequiredWhen};
 
 use crate::{
     descriptors::{Descriptors, is_string_like, settable_field_path},
@@ -47,7 +47,7 @@ pub fn document(descriptors: &Descriptors, routes: &RouteTable) -> Json {
         };
         let operation = builder.operation(route, operation_id);
         paths
-            .entry(route.template.openapi_path())
+            .entry(route.openapi_path.to_string())
             .or_default()
             .insert(route.method.to_ascii_lowercase(), operation);
     }
@@ -112,7 +112,7 @@ impl Builder {
         let input = route.rpc.input();
         let path_fields: Vec<Vec<String>> = route.template.field_paths().map(<[String]>::to_vec).collect();
         let mut parameters = Vec::new();
-        for field_path in &path_fields {
+        for (field_path, name) in path_fields.iter().zip(&route.path_parameters) {
             let Some(field) = settable_field_path(&input, field_path)
                 .ok()
                 .and_then(|mut path| path.pop())
@@ -120,7 +120,7 @@ impl Builder {
                 continue;
             };
             parameters.push(json!({
-                "name": field_path.join("_"),
+                "name": name,
                 "in": "path",
                 "required": true,
                 "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
@@ -192,9 +192,9 @@ impl Builder {
                 Some("*") => schema
                     .get("required")
                     .is_some_and(|r| r.as_array().is_some_and(|r| !r.is_empty())),
-                Some(name) => input.get_field_by_name(name).is_some_and(|field| {
-                    self.behaviors(&field).contains(&REQUIRED) || request_rules(&field).is_some_and(|r| r.required)
-                }),
+                Some(name) => input
+                    .get_field_by_name(name)
+                    .is_some_and(|field| self.required_in_request(&field)),
                 None => false,
             };
             operation.insert(
@@ -314,14 +314,21 @@ impl Builder {
             .map(FieldDescriptor::json_name)
             .collect::<Vec<_>>()
             .join(".");
+        let required = path.len() == 1 && self.required_in_request(field);
         json!({
             "name": name,
             "in": "query",
-            "required": false,
+            "required": required,
             "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
             "schema": self.field_schema(field, Side::Request),
             "explode": true,
         })
+    }
+
+    /// Whether a request must set `field`: it is REQUIRED (AIP-203), or
+    /// leaving it unset breaks one of its rules.
+    fn required_in_request(&self, field: &FieldDescriptor) -> bool {
+        self.behaviors(field).contains(&REQUIRED) || request_rules(field).is_some_and(|r| r.refuses_unset(field))
     }
 
     fn output_only(&self, field: &FieldDescriptor) -> bool {
@@ -361,6 +368,7 @@ impl Builder {
                     match check {
                         Check::MinItems(n) => list["minItems"] = json!(n),
                         Check::MaxItems(n) => list["maxItems"] = json!(n),
+                        Check::Unique => list["uniqueItems"] = json!(true),
                         _ => {}
                     }
                 }
@@ -378,8 +386,11 @@ impl Builder {
         let rules = request_rules(field).filter(|_| side == Side::Request);
         if let (Some(rules), Json::Object(object)) = (rules, &mut schema) {
             apply_rules(field, &rules.value, object);
-            // An unset (empty) value is not checked, so the document allows it.
+            // An unset (empty) value is not checked, so the document allows
+            // it, unless the field is required (then the domain refuses it:
+            // a product's name may be left out of an update, not a creation).
             if rules.ignore_if_zero
+                && !self.behaviors(field).contains(&REQUIRED)
                 && let Some(pattern) = object.get("pattern").and_then(Json::as_str).map(str::to_owned)
             {
                 object.remove("format");
@@ -448,8 +459,11 @@ impl Builder {
                     object.insert("readOnly".into(), json!(true));
                 }
             }
-            let rule_required = side == Side::Request && request_rules(&field).is_some_and(|r| r.required);
-            if behaviors.contains(&REQUIRED) || rule_required {
+            let must = match side {
+                Side::Request => self.required_in_request(&field),
+                Side::Reply => behaviors.contains(&REQUIRED),
+            };
+            if must {
                 required.push(json!(field.json_name()));
             }
             properties.insert(field.json_name().to_owned(), schema);
@@ -464,6 +478,22 @@ impl Builder {
             schema.insert("required".into(), Json::Array(required));
         }
         schema.insert("additionalProperties".into(), json!(false));
+        if side == Side::Request {
+            // The services refuse to start on a message rule they cannot read.
+            let conditions = RequiredWhen::of(message).unwrap_or_default();
+            let clauses: Vec<Json> = conditions.iter().map(required_when).collect();
+            match clauses.len() {
+                0 => {}
+                1 => {
+                    if let Some(Json::Object(clause)) = clauses.into_iter().next() {
+                        schema.extend(clause);
+                    }
+                }
+                _ => {
+                    schema.insert("allOf".into(), Json::Array(clauses));
+                }
+            }
+        }
         Json::Object(schema)
     }
 
@@ -485,6 +515,24 @@ fn schema_name(message: &MessageDescriptor, side: Side) -> String {
     }
 }
 
+/// A message rule as JSON Schema: `if` the field holds the value, `then`
+/// the other must be sent and not empty.
+fn required_when(condition: &RequiredWhen) -> Json {
+    let value = match condition.when.kind() {
+        Kind::Enum(enumeration) => i32::try_from(condition.equals)
+            .ok()
+            .and_then(|n| enumeration.get_value(n))
+            .map_or(json!(condition.equals), |v| json!(v.name())),
+        _ => json!(condition.equals),
+    };
+    let when = condition.when.json_name();
+    let field = condition.field.json_name();
+    json!({
+        "if": { "properties": { when: { "const": value } }, "required": [when] },
+        "then": { "properties": { field: { "minLength": 1 } }, "required": [field] },
+    })
+}
+
 /// A field's request rules. The services refuse to start on a rule they do
 /// not understand, so one that fails to read here never reaches a client.
 fn request_rules(field: &FieldDescriptor) -> Option<FieldRules> {
@@ -497,7 +545,7 @@ fn has_rules(message: &MessageDescriptor) -> bool {
     let mut pending = vec![message.clone()];
     while let Some(message) = pending.pop() {
         for field in message.fields() {
-            if request_rules(&field).is_some() {
+            if request_rules(&field).is_some() || !RequiredWhen::of(&message).unwrap_or_default().is_empty() {
                 return true;
             }
             if let Kind::Message(inner) = field.kind()
@@ -541,17 +589,28 @@ fn apply_rules(field: &FieldDescriptor, checks: &[Check], schema: &mut Map<Strin
             Check::Lt(n) => {
                 schema.insert("exclusiveMaximum".into(), json!(n));
             }
+            Check::In(allowed) => {
+                schema.insert("enum".into(), json!(allowed));
+            }
+            Check::MaskIn(allowed) => {
+                // The JSON form: comma-separated lowerCamelCase paths.
+                let names: Vec<String> = allowed.iter().map(|path| lower_camel(path)).collect();
+                let one = format!("(?:{})", names.join("|"));
+                schema.insert("pattern".into(), json!(format!("^(?:{one}(?:,{one})*)?$")));
+            }
             Check::NotIn(numbers) => {
                 if let Kind::Enum(enumeration) = field.kind() {
                     let allowed: Vec<String> = enumeration
                         .values()
-                        .filter(|v| !numbers.contains(&v.number()))
+                        .filter(|v| !numbers.contains(&i64::from(v.number())))
                         .map(|v| v.name().to_owned())
                         .collect();
                     schema.insert("enum".into(), json!(allowed));
+                } else {
+                    schema.insert("anyOf".into(), Json::Array(ranges_without(checks, numbers)));
                 }
             }
-            Check::DefinedOnly | Check::MinItems(_) | Check::MaxItems(_) => {}
+            Check::DefinedOnly | Check::MinItems(_) | Check::MaxItems(_) | Check::Unique => {}
         }
     }
     // A bounded 64-bit integer is written as a JSON number (the proto3 JSON
@@ -565,6 +624,58 @@ fn apply_rules(field: &FieldDescriptor, checks: &[Check], schema: &mut Map<Strin
     }
 }
 
+/// The integer ranges a value's bounds allow, with `refused` cut out, as
+/// `anyOf` branches (fuzzers and validators handle these better than `not`).
+fn ranges_without(checks: &[Check], refused: &[i64]) -> Vec<Json> {
+    let mut low = i64::MIN;
+    let mut high = i64::MAX;
+    for check in checks {
+        match check {
+            Check::Gte(n) => low = low.max(*n),
+            Check::Gt(n) => low = low.max(n.saturating_add(1)),
+            Check::Lte(n) => high = high.min(*n),
+            Check::Lt(n) => high = high.min(n.saturating_sub(1)),
+            _ => {}
+        }
+    }
+    let mut refused: Vec<i64> = refused.iter().copied().filter(|n| (low..=high).contains(n)).collect();
+    refused.sort_unstable();
+    let mut ranges = Vec::new();
+    let mut start = low;
+    for n in refused {
+        if n > start {
+            ranges.push(json!({ "minimum": start, "maximum": n - 1 }));
+        }
+        start = n.saturating_add(1);
+    }
+    if start <= high {
+        ranges.push(json!({ "minimum": start, "maximum": high }));
+    }
+    ranges
+}
+
+/// `display_name` as proto3 JSON spells it in a FieldMask: `displayName`.
+fn lower_camel(path: &str) -> String {
+    path.split('.')
+        .map(|segment| {
+            let mut out = String::with_capacity(segment.len());
+            let mut upper = false;
+            for c in segment.chars() {
+                if c == '_' {
+                    upper = true;
+                } else if upper {
+                    out.extend(c.to_uppercase());
+                    upper = false;
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// A hyphenated UUID, as `string.uuid` accepts it.
 const UUID_PATTERN: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
@@ -576,7 +687,8 @@ fn well_known(message: &MessageDescriptor) -> bool {
 fn well_known_schema(message: &MessageDescriptor) -> Option<Json> {
     let schema = match message.full_name() {
         "google.protobuf.Timestamp" => json!({ "type": "string", "format": "date-time" }),
-        "google.protobuf.Duration" => json!({ "type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$" }),
+        // Up to 11 digits of seconds: the proto3 JSON range is about 3.2 * 10^11.
+        "google.protobuf.Duration" => json!({ "type": "string", "pattern": "^-?[0-9]{1,11}(\\.[0-9]{1,9})?s$" }),
         "google.protobuf.FieldMask" => {
             json!({ "type": "string", "description": "Comma-separated lowerCamelCase field paths." })
         }

@@ -23,6 +23,8 @@ use crate::error::{Error, FieldViolation};
 
 /// The protovalidate field option.
 const FIELD_RULES: &str = "buf.validate.field";
+/// The protovalidate message option.
+const MESSAGE_RULES: &str = "buf.validate.message";
 /// `buf.validate.Ignore.IGNORE_IF_ZERO_VALUE`.
 const IGNORE_IF_ZERO_VALUE: i32 = 1;
 /// `buf.validate.Ignore.IGNORE_ALWAYS`.
@@ -39,6 +41,8 @@ pub enum Check {
     Pattern(regex::Regex),
     /// `string.uuid`: an RFC 4122 UUID, hyphenated.
     Uuid,
+    /// `string.in`: one of these strings.
+    In(Vec<String>),
     /// `<int>.gte`.
     Gte(i64),
     /// `<int>.gt`.
@@ -49,12 +53,16 @@ pub enum Check {
     Lt(i64),
     /// `enum.defined_only`: a value the enum declares.
     DefinedOnly,
-    /// `enum.not_in`: none of these numbers.
-    NotIn(Vec<i32>),
+    /// `enum.not_in` / `<int>.not_in`: none of these numbers.
+    NotIn(Vec<i64>),
     /// `repeated.min_items`.
     MinItems(u64),
     /// `repeated.max_items`.
     MaxItems(u64),
+    /// `repeated.unique`: no item twice.
+    Unique,
+    /// `field_mask.in`: every path is one of these (or below one).
+    MaskIn(Vec<String>),
 }
 
 impl Check {
@@ -66,14 +74,17 @@ impl Check {
             Check::MaxLen(_) => "string.max_len".into(),
             Check::Pattern(_) => "string.pattern".into(),
             Check::Uuid => "string.uuid".into(),
+            Check::In(_) => "string.in".into(),
             Check::Gte(_) => format!("{kind}.gte"),
             Check::Gt(_) => format!("{kind}.gt"),
             Check::Lte(_) => format!("{kind}.lte"),
             Check::Lt(_) => format!("{kind}.lt"),
             Check::DefinedOnly => "enum.defined_only".into(),
-            Check::NotIn(_) => "enum.not_in".into(),
+            Check::NotIn(_) => format!("{kind}.not_in"),
             Check::MinItems(_) => "repeated.min_items".into(),
             Check::MaxItems(_) => "repeated.max_items".into(),
+            Check::Unique => "repeated.unique".into(),
+            Check::MaskIn(_) => "field_mask.in".into(),
         }
     }
 
@@ -90,6 +101,9 @@ impl Check {
                 (!re.is_match(s)).then(|| format!("must match the pattern {}", re.as_str()))
             }
             (Check::Uuid, Value::String(s)) => (!UUID.is_match(s)).then(|| "must be a UUID".to_owned()),
+            (Check::In(allowed), Value::String(s)) => {
+                (!allowed.contains(s)).then(|| format!("must be one of {}", allowed.join(", ")))
+            }
             (Check::Gte(n), v) => integer(v)
                 .filter(|v| *v < i128::from(*n))
                 .map(|_| format!("must be at least {n}")),
@@ -106,19 +120,37 @@ impl Check {
                 Kind::Enum(e) if e.get_value(*n).is_none() => Some("must be a defined value".to_owned()),
                 _ => None,
             },
-            (Check::NotIn(numbers), Value::EnumNumber(n)) if numbers.contains(n) => {
+            (Check::NotIn(numbers), Value::EnumNumber(n)) if numbers.contains(&i64::from(*n)) => {
                 let name = match field.kind() {
                     Kind::Enum(e) => e.get_value(*n).map(|v| v.name().to_owned()),
                     _ => None,
                 };
                 Some(format!("must not be {}", name.unwrap_or_else(|| n.to_string())))
             }
+            (Check::NotIn(numbers), v) => integer(v)
+                .filter(|v| numbers.iter().any(|n| i128::from(*n) == *v))
+                .map(|v| format!("must not be {v}")),
             (Check::MinItems(n), Value::List(items)) => {
                 (items.len() < *n as usize).then(|| format!("must have at least {n} items"))
             }
             (Check::MaxItems(n), Value::List(items)) => {
                 (items.len() > *n as usize).then(|| format!("must have at most {n} items"))
             }
+            (Check::MaskIn(allowed), Value::Message(mask)) => {
+                let paths = mask.get_field_by_name("paths");
+                let paths = paths.as_deref().and_then(Value::as_list).unwrap_or_default();
+                let outside = paths.iter().filter_map(Value::as_str).find(|path| {
+                    !allowed
+                        .iter()
+                        .any(|a| path == a || path.strip_prefix(a.as_str()).is_some_and(|rest| rest.starts_with('.')))
+                });
+                outside.map(|path| format!("{path} is not one of {}", allowed.join(", ")))
+            }
+            (Check::Unique, Value::List(items)) => items
+                .iter()
+                .enumerate()
+                .any(|(i, item)| items[..i].contains(item))
+                .then(|| "must not list an item twice".to_owned()),
             _ => None,
         }
     }
@@ -194,6 +226,7 @@ impl FieldRules {
                         match (rule.name(), value) {
                             ("min_items", Value::U64(n)) => parsed.list.push(Check::MinItems(*n)),
                             ("max_items", Value::U64(n)) => parsed.list.push(Check::MaxItems(*n)),
+                            ("unique", Value::Bool(true)) => parsed.list.push(Check::Unique),
                             ("items", Value::Message(items)) => {
                                 parsed.value = value_checks(&name, items)?;
                             }
@@ -206,6 +239,23 @@ impl FieldRules {
             }
         }
         Ok(Some(parsed))
+    }
+}
+
+impl FieldRules {
+    /// Whether leaving `field` unset breaks a rule: it is `required`, or its
+    /// zero value (`""`, `0`, no items) is checked and refused. A client must
+    /// then send it, so the document lists it as required.
+    pub fn refuses_unset(&self, field: &FieldDescriptor) -> bool {
+        if self.required {
+            return true;
+        }
+        if self.ignore_if_zero || field.supports_presence() {
+            return false;
+        }
+        let zero = Value::default_value_for_field(field);
+        let checks: &[Check] = if field.is_list() { &self.list } else { &self.value };
+        checks.iter().any(|check| check.broken_by(field, &zero).is_some())
     }
 }
 
@@ -232,6 +282,12 @@ fn typed_checks(name: &str, kind: &str, rules: &DynamicMessage) -> anyhow::Resul
                 Check::Pattern(regex::Regex::new(p).with_context(|| format!("{name}: the pattern {p:?}"))?)
             }
             ("string", "uuid", Value::Bool(true)) => Check::Uuid,
+            ("string", "in", Value::List(names)) => {
+                Check::In(names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+            }
+            ("int32" | "int64" | "uint32" | "uint64" | "sint32" | "sint64", "not_in", Value::List(numbers)) => {
+                Check::NotIn(numbers.iter().filter_map(|n| integer(n).and_then(|n| i64::try_from(n).ok())).collect())
+            }
             ("int32" | "int64" | "uint32" | "uint64" | "sint32" | "sint64", bound, value) => {
                 let n = integer(value)
                     .and_then(|n| i64::try_from(n).ok())
@@ -245,8 +301,11 @@ fn typed_checks(name: &str, kind: &str, rules: &DynamicMessage) -> anyhow::Resul
                 }
             }
             ("enum", "defined_only", Value::Bool(true)) => Check::DefinedOnly,
+            ("field_mask", "in", Value::List(paths)) => {
+                Check::MaskIn(paths.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect())
+            }
             ("enum", "not_in", Value::List(numbers)) => {
-                Check::NotIn(numbers.iter().filter_map(|n| n.as_i32()).collect())
+                Check::NotIn(numbers.iter().filter_map(|n| n.as_i32().map(i64::from)).collect())
             }
             (kind, rule, _) => bail!("{name}: the rule {kind}.{rule} is not supported"),
         };
@@ -255,10 +314,94 @@ fn typed_checks(name: &str, kind: &str, rules: &DynamicMessage) -> anyhow::Resul
     Ok(checks)
 }
 
+/// A message rule: `field` must be set (not empty) when `when` holds
+/// `equals`. Declared as the one CEL form the layer reads,
+/// `this.<when> != <number> || this.<field> != ''`, so real protovalidate
+/// runtimes enforce the same rule.
+#[derive(Debug, Clone)]
+pub struct RequiredWhen {
+    /// The rule's id, as violations name it.
+    pub id: String,
+    /// Why, for people.
+    pub message: String,
+    /// The field that must be set.
+    pub field: FieldDescriptor,
+    /// The field whose value makes it required.
+    pub when: FieldDescriptor,
+    /// That value.
+    pub equals: i64,
+}
+
+impl RequiredWhen {
+    /// The message rules `message` declares; any other CEL is refused.
+    pub fn of(message: &MessageDescriptor) -> anyhow::Result<Vec<RequiredWhen>> {
+        let pool = message.parent_pool();
+        let Some(extension) = pool.get_extension_by_name(MESSAGE_RULES) else {
+            return Ok(Vec::new());
+        };
+        let options = message.options();
+        if !options.has_extension(&extension) {
+            return Ok(Vec::new());
+        }
+        let name = message.full_name();
+        let Value::Message(rules) = options.get_extension(&extension).into_owned() else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        for (rule, value) in rules.fields() {
+            let (true, Value::List(expressions)) = (rule.name() == "cel", value) else {
+                bail!("{name}: the message rule {} is not supported", rule.name());
+            };
+            for expression in expressions {
+                let Value::Message(cel) = expression else { continue };
+                let text = |field: &str| {
+                    cel.get_field_by_name(field)
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                };
+                let source = text("expression");
+                let parsed = REQUIRED_WHEN
+                    .captures(&source)
+                    .with_context(|| format!("{name}: the CEL expression {source:?} is not one Keel reads"))?;
+                let field_named = |n: &str| {
+                    message
+                        .get_field_by_name(n)
+                        .with_context(|| format!("{name}: {source:?} names no field {n}"))
+                };
+                found.push(RequiredWhen {
+                    id: text("id"),
+                    message: text("message"),
+                    when: field_named(&parsed[1])?,
+                    equals: parsed[2].parse().with_context(|| format!("{name}: {source:?}"))?,
+                    field: field_named(&parsed[3])?,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether `message` breaks the rule.
+    fn broken_by(&self, message: &DynamicMessage) -> bool {
+        let when = message.get_field(&self.when);
+        let triggered = match when.as_ref() {
+            Value::EnumNumber(n) => i64::from(*n) == self.equals,
+            other => integer(other) == Some(i128::from(self.equals)),
+        };
+        triggered && !message.has_field(&self.field)
+    }
+}
+
+static REQUIRED_WHEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    #[allow(clippy::unwrap_used)] // a constant expression, covered by the tests
+    regex::Regex::new(r"^this\.([a-z_][a-z0-9_]*) != (-?[0-9]+) \|\| this\.([a-z_][a-z0-9_]*) != ''$").unwrap()
+});
+
 /// Every request message's rules, by message name, read once.
 #[derive(Debug, Default)]
 pub struct Rules {
     messages: HashMap<String, Vec<(FieldDescriptor, FieldRules)>>,
+    /// Message rules, by message name.
+    conditions: HashMap<String, Vec<RequiredWhen>>,
     /// The request message of each method, by gRPC path (`/pkg.Service/Method`).
     methods: HashMap<String, MessageDescriptor>,
 }
@@ -282,6 +425,10 @@ impl Rules {
             }
             if !fields.is_empty() {
                 rules.messages.insert(message.full_name().to_owned(), fields);
+            }
+            let conditions = RequiredWhen::of(&message)?;
+            if !conditions.is_empty() {
+                rules.conditions.insert(message.full_name().to_owned(), conditions);
             }
         }
         for service in pool.services() {
@@ -350,6 +497,14 @@ impl Rules {
                         }
                     }
                 }
+            }
+        }
+        for condition in self.conditions.get(descriptor.full_name()).into_iter().flatten() {
+            if condition.broken_by(message) {
+                found.push(FieldViolation {
+                    field: format!("{prefix}{}", condition.field.name()),
+                    description: format!("{}: {}", condition.id, condition.message),
+                });
             }
         }
         // Nested messages carry rules of their own.
@@ -460,7 +615,7 @@ fn has_nested_rules(rules: &Rules, descriptor: &MessageDescriptor) -> bool {
     let mut seen = Vec::new();
     let mut pending = vec![descriptor.clone()];
     while let Some(message) = pending.pop() {
-        if rules.messages.contains_key(message.full_name()) {
+        if rules.messages.contains_key(message.full_name()) || rules.conditions.contains_key(message.full_name()) {
             return true;
         }
         for field in message.fields() {

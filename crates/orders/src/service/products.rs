@@ -178,7 +178,7 @@ pub(super) async fn adjust_stock(
                 if first.delta == delta && first.reason == reason {
                     return Ok(current);
                 }
-                return Err(Error::failed_precondition(
+                return Err(Error::already_exists(
                     "REQUEST_ID_REUSED",
                     "this request_id was used for a different adjustment; use a new one",
                 ));
