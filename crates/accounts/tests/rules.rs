@@ -75,6 +75,25 @@ async fn every_rule_is_enforced_with_its_field_and_rule() -> anyhow::Result<()> 
             "required",
         ),
         (
+            "update profile: a control character in the name",
+            accounts
+                .update_profile(authorized(
+                    pb::UpdateProfileRequest {
+                        account: Some(pb::Account {
+                            id: "me".into(),
+                            display_name: "Ada\u{7}".into(),
+                            ..Default::default()
+                        }),
+                        update_mask: None,
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "account.display_name",
+            "string.pattern",
+        ),
+        (
             "deposit: no amount",
             accounts
                 .deposit(authorized(deposit(None, "r1", ""), token))

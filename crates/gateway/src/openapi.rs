@@ -87,6 +87,9 @@ pub fn document(descriptors: &Descriptors, routes: &RouteTable) -> Json {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Request,
+    /// The resource in an update (PATCH): fields left out are unchanged,
+    /// so only what the rules refuse to leave unset is required.
+    Update,
     Reply,
 }
 
@@ -165,7 +168,7 @@ impl Builder {
         }
         let body_schema = match route.body.as_deref() {
             None => None,
-            Some("*") => Some(self.body_schema(&input, &path_fields)),
+            Some("*") => Some(self.body_schema(&input, &path_fields, Side::Request)),
             // A raw body (google.api.HttpBody) is whatever the sender signs:
             // any JSON, passed on byte for byte.
             Some(name) => input.get_field_by_name(name).map(|field| match field.kind() {
@@ -180,7 +183,9 @@ impl Builder {
                         .filter(|p| p.first().is_some_and(|first| first == name))
                         .map(|p| p[1..].to_vec())
                         .collect();
-                    self.body_schema(&message, &nested)
+                    // An update (PATCH, AIP-134) sends only what changes.
+                    let side = if route.method == "PATCH" { Side::Update } else { Side::Request };
+                    self.body_schema(&message, &nested, side)
                 }
                 _ => self.value_schema(&field, Side::Request),
             }),
@@ -247,8 +252,8 @@ impl Builder {
     }
 
     /// The `*` body: the request without the fields the path sets.
-    fn body_schema(&mut self, input: &MessageDescriptor, path_fields: &[Vec<String>]) -> Json {
-        let mut schema = self.object_schema(input, Side::Request);
+    fn body_schema(&mut self, input: &MessageDescriptor, path_fields: &[Vec<String>], side: Side) -> Json {
+        let mut schema = self.object_schema(input, side);
         let top_level: Vec<&str> = path_fields
             .iter()
             .filter(|path| path.len() == 1)
@@ -361,7 +366,7 @@ impl Builder {
         let item = self.value_schema(field, side);
         if field.is_list() {
             let mut list = json!({ "type": "array", "items": item });
-            if side == Side::Request
+            if side != Side::Reply
                 && let Some(rules) = request_rules(field)
             {
                 for check in &rules.list {
@@ -383,14 +388,14 @@ impl Builder {
     /// request rules on the request side.
     fn value_schema(&mut self, field: &FieldDescriptor, side: Side) -> Json {
         let mut schema = self.plain_value_schema(field, side);
-        let rules = request_rules(field).filter(|_| side == Side::Request);
+        let rules = request_rules(field).filter(|_| side != Side::Reply);
         if let (Some(rules), Json::Object(object)) = (rules, &mut schema) {
             apply_rules(field, &rules.value, object);
             // An unset (empty) value is not checked, so the document allows
             // it, unless the field is required (then the domain refuses it:
             // a product's name may be left out of an update, not a creation).
             if rules.ignore_if_zero
-                && !self.behaviors(field).contains(&REQUIRED)
+                && (side == Side::Update || !self.behaviors(field).contains(&REQUIRED))
                 && let Some(pattern) = object.get("pattern").and_then(Json::as_str).map(str::to_owned)
             {
                 object.remove("format");
@@ -434,7 +439,8 @@ impl Builder {
             return schema;
         }
         let side = match side {
-            Side::Request if has_rules(message) => Side::Request,
+            // What an update holds is written out in full.
+            Side::Request | Side::Update if has_rules(message) => Side::Request,
             _ => Side::Reply,
         };
         let name = schema_name(message, side);
@@ -461,6 +467,8 @@ impl Builder {
             }
             let must = match side {
                 Side::Request => self.required_in_request(&field),
+                // Only what the rules themselves refuse to leave unset.
+                Side::Update => request_rules(&field).is_some_and(|r| r.refuses_unset(&field)),
                 Side::Reply => behaviors.contains(&REQUIRED),
             };
             if must {
@@ -478,7 +486,7 @@ impl Builder {
             schema.insert("required".into(), Json::Array(required));
         }
         schema.insert("additionalProperties".into(), json!(false));
-        if side == Side::Request {
+        if side != Side::Reply {
             // The services refuse to start on a message rule they cannot read.
             let conditions = RequiredWhen::of(message).unwrap_or_default();
             let clauses: Vec<Json> = conditions.iter().map(required_when).collect();
@@ -510,7 +518,7 @@ impl Builder {
 /// The component name of `message` as used on `side`.
 fn schema_name(message: &MessageDescriptor, side: Side) -> String {
     match side {
-        Side::Request => format!("{}.Input", message.full_name()),
+        Side::Request | Side::Update => format!("{}.Input", message.full_name()),
         Side::Reply => message.full_name().to_owned(),
     }
 }
@@ -845,6 +853,55 @@ mod tests {
                 .iter()
                 .any(|v| v == "ROLE_UNSPECIFIED")
         );
+    }
+
+    #[test]
+    fn what_leaving_out_would_break_is_required_and_updates_may_leave_out() {
+        let doc = doc();
+        let schemas = &doc["components"]["schemas"];
+        // amount > 0 and a currency pattern: neither may be left out.
+        assert_eq!(schemas["keel.common.v1.Money.Input"]["required"], json!(["amountMinor", "currencyCode"]));
+        // Creating a product needs its name and price; updating it does not.
+        let product_in = &schemas["keel.orders.v1.Product.Input"];
+        assert_eq!(product_in["required"], json!(["name", "price"]));
+        let update = &doc["paths"]["/v1/products/{product_id}"]["patch"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        assert!(update["required"].is_null(), "{update}");
+        assert!(update["properties"]["name"]["pattern"].as_str().is_some_and(|p| p.starts_with("^$|")));
+        // A required query parameter, and an update mask limited to its paths.
+        let verify = &doc["paths"]["/v1/auth:verifyEmail"]["get"]["parameters"][0];
+        assert_eq!((&verify["name"], &verify["required"]), (&json!("token"), &json!(true)));
+        let mask = doc["paths"]["/v1/accounts/{account_id}"]["patch"]["parameters"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "updateMask"))
+            .expect("updateMask")["schema"]["pattern"]
+            .clone();
+        assert_eq!(mask, "^(?:(?:displayName)(?:,(?:displayName))*)?$");
+    }
+
+    #[test]
+    fn message_rules_lists_and_excluded_numbers_are_published() {
+        let doc = doc();
+        let schemas = &doc["components"]["schemas"];
+        let order = &schemas["keel.orders.v1.CreateOrderRequest.Input"];
+        assert_eq!(order["if"]["properties"]["paymentMethod"]["const"], "PAYMENT_METHOD_EXTERNAL");
+        assert_eq!(order["then"]["required"], json!(["externalPaymentMethodId"]));
+        assert_eq!(order["properties"]["items"]["minItems"], 1);
+        assert_eq!(order["properties"]["items"]["maxItems"], 100);
+        let adjust = &doc["paths"]["/v1/products/{product_id}:adjustStock"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"]["properties"]["delta"];
+        assert_eq!(
+            adjust["anyOf"],
+            json!([
+                { "minimum": -1_000_000_000_000_i64, "maximum": -1 },
+                { "minimum": 1, "maximum": 1_000_000_000_000_i64 },
+            ])
+        );
+        let channels = &doc["paths"]["/v1/notificationPreferences/{user_id}"]["patch"]["requestBody"]["content"]
+            ["application/json"]["schema"]["properties"]["defaultChannels"];
+        assert_eq!(channels["uniqueItems"], true);
+        let endpoint = &schemas["keel.notifications.v1.WebhookEndpoint.Input"]["properties"]["eventTypes"]["items"];
+        assert!(endpoint["enum"].as_array().is_some_and(|e| e.contains(&json!("order.paid"))));
     }
 
     #[test]

@@ -80,6 +80,60 @@ async fn every_rule_is_enforced_with_its_field_and_rule() -> anyhow::Result<()> 
             "required",
         ),
         (
+            "update preferences: a channel twice",
+            notifications
+                .update_preferences(authorized(
+                    pb::UpdatePreferencesRequest {
+                        preferences: Some(pb::Preferences {
+                            user_id: "me".into(),
+                            default_channels: vec![pb::Channel::Email as i32, pb::Channel::Email as i32],
+                            ..Default::default()
+                        }),
+                        update_mask: None,
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "preferences.default_channels",
+            "repeated.unique",
+        ),
+        (
+            "create endpoint: not an http(s) URL",
+            notifications
+                .create_webhook_endpoint(authorized(
+                    pb::CreateWebhookEndpointRequest {
+                        webhook_endpoint: Some(pb::WebhookEndpoint {
+                            url: "ftp://example.com/hook".into(),
+                            ..Default::default()
+                        }),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "webhook_endpoint.url",
+            "string.pattern",
+        ),
+        (
+            "create endpoint: an unknown event type",
+            notifications
+                .create_webhook_endpoint(authorized(
+                    pb::CreateWebhookEndpointRequest {
+                        webhook_endpoint: Some(pb::WebhookEndpoint {
+                            url: "https://example.com/hook".into(),
+                            event_types: vec!["order.lost".into()],
+                            ..Default::default()
+                        }),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "webhook_endpoint.event_types",
+            "string.in",
+        ),
+        (
             "delete endpoint: not a UUID",
             notifications
                 .delete_webhook_endpoint(authorized(

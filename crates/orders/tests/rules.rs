@@ -85,6 +85,129 @@ async fn every_rule_is_enforced_with_its_field_and_rule() -> anyhow::Result<()> 
             "string.uuid",
         ),
         (
+            "create product: a name of whitespace",
+            orders
+                .create_product(authorized(
+                    pb::CreateProductRequest {
+                        product: Some(pb::Product {
+                            name: " \t ".into(),
+                            ..product(450)
+                        }),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "product.name",
+            "string.pattern",
+        ),
+        (
+            "update product: a mask naming the stock",
+            orders
+                .update_product(authorized(
+                    pb::UpdateProductRequest {
+                        product: Some(product(450)),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["stock_quantity".into()],
+                        }),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "update_mask",
+            "field_mask.in",
+        ),
+        (
+            "list products: a page token that is no token",
+            orders
+                .list_products(authorized(
+                    pb::ListProductsRequest {
+                        page_size: 0,
+                        page_token: "page 2".into(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "page_token",
+            "string.pattern",
+        ),
+        (
+            "adjust stock: by zero",
+            orders
+                .adjust_stock(authorized(
+                    pb::AdjustStockRequest {
+                        product_id: uuid::Uuid::now_v7().to_string(),
+                        delta: 0,
+                        request_id: "k".into(),
+                        reason: String::new(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "delta",
+            "int64.not_in",
+        ),
+        (
+            "create order: no lines",
+            orders
+                .create_order(authorized(
+                    pb::CreateOrderRequest {
+                        request_id: "k".into(),
+                        items: vec![],
+                        payment_method: pb::PaymentMethod::AccountBalance as i32,
+                        external_payment_method_id: String::new(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "items",
+            "repeated.min_items",
+        ),
+        (
+            "create order: a line of 1001 units",
+            orders
+                .create_order(authorized(
+                    pb::CreateOrderRequest {
+                        request_id: "k".into(),
+                        items: vec![pb::create_order_request::LineItem {
+                            product_id: uuid::Uuid::now_v7().to_string(),
+                            quantity: 1001,
+                        }],
+                        payment_method: pb::PaymentMethod::AccountBalance as i32,
+                        external_payment_method_id: String::new(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "items[0].quantity",
+            "int32.lte",
+        ),
+        (
+            "create order: a card payment without the card's payment method",
+            orders
+                .create_order(authorized(
+                    pb::CreateOrderRequest {
+                        request_id: "k".into(),
+                        items: vec![pb::create_order_request::LineItem {
+                            product_id: uuid::Uuid::now_v7().to_string(),
+                            quantity: 1,
+                        }],
+                        payment_method: pb::PaymentMethod::External as i32,
+                        external_payment_method_id: String::new(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "external_payment_method_id",
+            "external_payment_method_id.required",
+        ),
+        (
             "ship: not a UUID",
             orders
                 .ship_order(authorized(pb::ShipOrderRequest { order_id: "1".into() }, token))
