@@ -137,8 +137,11 @@ async fn after_a_reset_request_no_table_holds_a_token_that_reset_password_or_ver
             .expect_err("no stored token resets");
         // Unknown (UNAUTHENTICATED), or not even shaped like a token.
         assert!(
-            [(Code::Unauthenticated, "INVALID_TOKEN"), (Code::InvalidArgument, "INVALID_ARGUMENT")]
-                .contains(&(status.code(), reason(&status).as_str())),
+            [
+                (Code::Unauthenticated, "INVALID_TOKEN"),
+                (Code::InvalidArgument, "INVALID_ARGUMENT")
+            ]
+            .contains(&(status.code(), reason(&status).as_str())),
             "{status:?}"
         );
         let verify = pb::VerifyEmailRequest {

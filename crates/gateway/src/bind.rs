@@ -62,9 +62,15 @@ pub fn bind(route: &Route, input: Input<'_>) -> Result<DynamicMessage, ApiError>
             }
             // The path may fill in part of a required body field (the
             // account's id); the body itself must still be sent.
-            let required = FieldRules::of(&field).ok().flatten().is_some_and(|rules| rules.required);
+            let required = FieldRules::of(&field)
+                .ok()
+                .flatten()
+                .is_some_and(|rules| rules.required);
             if !raw && required && value.is_none() {
-                return Err(ApiError::bad_field(field.name(), "is required: send it as the request body"));
+                return Err(ApiError::bad_field(
+                    field.name(),
+                    "is required: send it as the request body",
+                ));
             }
             if let Some(value) = value {
                 root.insert(field.json_name().to_owned(), value);
@@ -422,7 +428,11 @@ mod tests {
             ("POST", "/v1/auth:login", "[1,2]"),
             ("POST", "/v1/auth:login", r#"{"email":5}"#),
             ("POST", "/v1/auth:login", r#"{"nosuchfield":"x"}"#),
-            ("POST", "/v1/auth:register", r#"{"email":"a@example.com","password":"long enough","requestId":null}"#),
+            (
+                "POST",
+                "/v1/auth:register",
+                r#"{"email":"a@example.com","password":"long enough","requestId":null}"#,
+            ),
             ("POST", "/v1/orders", r#"{"requestId":"k","items":[null]}"#),
             ("POST", "/v1/auth:login?email=a", "{}"),
             ("GET", "/v1/accounts/me/transactions?pageSize=many", ""),

@@ -184,7 +184,11 @@ impl Builder {
                         .map(|p| p[1..].to_vec())
                         .collect();
                     // An update (PATCH, AIP-134) sends only what changes.
-                    let side = if route.method == "PATCH" { Side::Update } else { Side::Request };
+                    let side = if route.method == "PATCH" {
+                        Side::Update
+                    } else {
+                        Side::Request
+                    };
                     self.body_schema(&message, &nested, side)
                 }
                 _ => self.value_schema(&field, Side::Request),
@@ -579,7 +583,7 @@ fn apply_rules(field: &FieldDescriptor, checks: &[Check], schema: &mut Map<Strin
                 schema.insert("maxLength".into(), json!(n));
             }
             Check::Pattern(re) => {
-                schema.insert("pattern".into(), json!(re.as_str()));
+                schema.insert("pattern".into(), json!(ecma_pattern(re.as_str())));
             }
             Check::Uuid => {
                 schema.insert("format".into(), json!("uuid"));
@@ -660,6 +664,17 @@ fn ranges_without(checks: &[Check], refused: &[i64]) -> Vec<Json> {
         ranges.push(json!({ "minimum": start, "maximum": high }));
     }
     ranges
+}
+
+/// An RE2 pattern (protovalidate's dialect) as ECMA-262 (JSON Schema's)
+/// writes it: RE2's `\x{2000}` is ECMA's `\u2000`. Keel's patterns use no
+/// other construct the two spell differently.
+fn ecma_pattern(re2: &str) -> String {
+    static CODE_POINT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        #[allow(clippy::unwrap_used)] // a constant expression, covered by the tests
+        regex::Regex::new(r"\\x\{([0-9a-fA-F]{4})\}").unwrap()
+    });
+    CODE_POINT.replace_all(re2, r"\u$1").into_owned()
 }
 
 /// `display_name` as proto3 JSON spells it in a FieldMask: `displayName`.
@@ -860,14 +875,24 @@ mod tests {
         let doc = doc();
         let schemas = &doc["components"]["schemas"];
         // amount > 0 and a currency pattern: neither may be left out.
-        assert_eq!(schemas["keel.common.v1.Money.Input"]["required"], json!(["amountMinor", "currencyCode"]));
+        assert_eq!(
+            schemas["keel.common.v1.Money.Input"]["required"],
+            json!(["amountMinor", "currencyCode"])
+        );
         // Creating a product needs its name and price; updating it does not.
         let product_in = &schemas["keel.orders.v1.Product.Input"];
         assert_eq!(product_in["required"], json!(["name", "price"]));
-        let update = &doc["paths"]["/v1/products/{product_id}"]["patch"]["requestBody"]["content"]["application/json"]
-            ["schema"];
+        // RE2's \x{1680} is written as ECMA-262's \u1680.
+        let name = product_in["properties"]["name"]["pattern"].as_str().unwrap_or_default();
+        assert!(name.contains("\\u1680") && !name.contains("\\x{"), "{name}");
+        let update =
+            &doc["paths"]["/v1/products/{product_id}"]["patch"]["requestBody"]["content"]["application/json"]["schema"];
         assert!(update["required"].is_null(), "{update}");
-        assert!(update["properties"]["name"]["pattern"].as_str().is_some_and(|p| p.starts_with("^$|")));
+        assert!(
+            update["properties"]["name"]["pattern"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("^$|"))
+        );
         // A required query parameter, and an update mask limited to its paths.
         let verify = &doc["paths"]["/v1/auth:verifyEmail"]["get"]["parameters"][0];
         assert_eq!((&verify["name"], &verify["required"]), (&json!("token"), &json!(true)));
@@ -883,13 +908,16 @@ mod tests {
     fn message_rules_lists_and_excluded_numbers_are_published() {
         let doc = doc();
         let schemas = &doc["components"]["schemas"];
-        let order = &schemas["keel.orders.v1.CreateOrderRequest.Input"];
-        assert_eq!(order["if"]["properties"]["paymentMethod"]["const"], "PAYMENT_METHOD_EXTERNAL");
+        let order = &doc["paths"]["/v1/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            order["if"]["properties"]["paymentMethod"]["const"],
+            "PAYMENT_METHOD_EXTERNAL"
+        );
         assert_eq!(order["then"]["required"], json!(["externalPaymentMethodId"]));
         assert_eq!(order["properties"]["items"]["minItems"], 1);
         assert_eq!(order["properties"]["items"]["maxItems"], 100);
-        let adjust = &doc["paths"]["/v1/products/{product_id}:adjustStock"]["post"]["requestBody"]["content"]
-            ["application/json"]["schema"]["properties"]["delta"];
+        let adjust = &doc["paths"]["/v1/products/{product_id}:adjustStock"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"]["delta"];
         assert_eq!(
             adjust["anyOf"],
             json!([
@@ -897,11 +925,15 @@ mod tests {
                 { "minimum": 1, "maximum": 1_000_000_000_000_i64 },
             ])
         );
-        let channels = &doc["paths"]["/v1/notificationPreferences/{user_id}"]["patch"]["requestBody"]["content"]
-            ["application/json"]["schema"]["properties"]["defaultChannels"];
+        let channels = &doc["paths"]["/v1/notificationPreferences/{user_id}"]["patch"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"]["defaultChannels"];
         assert_eq!(channels["uniqueItems"], true);
         let endpoint = &schemas["keel.notifications.v1.WebhookEndpoint.Input"]["properties"]["eventTypes"]["items"];
-        assert!(endpoint["enum"].as_array().is_some_and(|e| e.contains(&json!("order.paid"))));
+        assert!(
+            endpoint["enum"]
+                .as_array()
+                .is_some_and(|e| e.contains(&json!("order.paid")))
+        );
     }
 
     #[test]

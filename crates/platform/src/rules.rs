@@ -286,7 +286,12 @@ fn typed_checks(name: &str, kind: &str, rules: &DynamicMessage) -> anyhow::Resul
                 Check::In(names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
             }
             ("int32" | "int64" | "uint32" | "uint64" | "sint32" | "sint64", "not_in", Value::List(numbers)) => {
-                Check::NotIn(numbers.iter().filter_map(|n| integer(n).and_then(|n| i64::try_from(n).ok())).collect())
+                Check::NotIn(
+                    numbers
+                        .iter()
+                        .filter_map(|n| integer(n).and_then(|n| i64::try_from(n).ok()))
+                        .collect(),
+                )
             }
             ("int32" | "int64" | "uint32" | "uint64" | "sint32" | "sint64", bound, value) => {
                 let n = integer(value)

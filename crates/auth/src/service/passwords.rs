@@ -47,7 +47,10 @@ pub(super) async fn change(
     auth.admit_login(&mut conn, &subjects).await?;
     drop(conn);
     if auth.hasher.verify(&current, Some(&user.password_hash)).await? == Verdict::Invalid {
-        return Err(Error::permission_denied("WRONG_PASSWORD", "current_password is not the current password"));
+        return Err(Error::permission_denied(
+            "WRONG_PASSWORD",
+            "current_password is not the current password",
+        ));
     }
     let password_hash = auth.hasher.hash(&new).await?;
     let mut conn = auth.pool.get().await?;

@@ -55,7 +55,11 @@ pub(super) async fn create_webhook_endpoint(
     };
     // The URL's rules and where it resolves to now; each delivery checks
     // again, since DNS can change.
-    let url = service.webhooks.check_endpoint(&wanted.url).await.map_err(refused_url)?;
+    let url = service
+        .webhooks
+        .check_endpoint(&wanted.url)
+        .await
+        .map_err(refused_url)?;
 
     let id = Uuid::now_v7();
     let secret = SigningSecret::generate()?;
