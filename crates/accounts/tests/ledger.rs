@@ -165,7 +165,7 @@ async fn one_request_id_sent_ten_times_at_once_applies_once() -> anyhow::Result<
     let reused = debit(suite.accounts(), token, account_id, "same-key".into(), 100)
         .await
         .expect_err("a different amount under the same key");
-    assert_eq!(reused.code(), Code::FailedPrecondition);
+    assert_eq!(reused.code(), Code::AlreadyExists);
     assert_eq!(
         reused.get_details_error_info().map(|i| i.reason).as_deref(),
         Some("REQUEST_ID_REUSED")

@@ -69,6 +69,14 @@ struct Movement {
 }
 
 impl Movement {
+    /// A well-formed refund of a debit nobody made.
+    fn refund_of_some_debit(account_id: &str, request_id: &str) -> Self {
+        Movement {
+            debit: uuid::Uuid::now_v7().to_string(),
+            ..Movement::new(account_id, usd(100), request_id)
+        }
+    }
+
     fn new(account_id: &str, amount: Option<Money>, request_id: &str) -> Self {
         Movement {
             account_id: account_id.into(),
@@ -288,9 +296,14 @@ async fn user_and_admin_tokens_cannot_debit_or_refund() -> anyhow::Result<()> {
             .await
             .expect_err("debit is for services");
         assert_refused(&status, Code::PermissionDenied, "SCOPE_REQUIRED");
-        let status = refund(&fx.suite, token, Movement::new(&fx.account_id, usd(100), "refund"))
-            .await
-            .expect_err("refund is for services");
+        // Well formed, so only the token is wrong.
+        let status = refund(
+            &fx.suite,
+            token,
+            Movement::refund_of_some_debit(&fx.account_id, "refund"),
+        )
+        .await
+        .expect_err("refund is for services");
         assert_refused(&status, Code::PermissionDenied, "SCOPE_REQUIRED");
     }
     assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 1_000);
@@ -316,9 +329,13 @@ async fn refund_needs_the_refund_scope() -> anyhow::Result<()> {
     let fx = fixture().await?;
     let token = fx.suite.service_token(&["accounts.debit"]).await?;
 
-    let status = refund(&fx.suite, &token, Movement::new(&fx.account_id, usd(100), "refund"))
-        .await
-        .expect_err("no accounts.refund scope");
+    let status = refund(
+        &fx.suite,
+        &token,
+        Movement::refund_of_some_debit(&fx.account_id, "refund"),
+    )
+    .await
+    .expect_err("no accounts.refund scope");
     assert_refused(&status, Code::PermissionDenied, "SCOPE_REQUIRED");
     assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 0);
     fx.suite.stop().await
@@ -511,7 +528,7 @@ async fn a_request_id_reused_for_another_kind_is_refused() -> anyhow::Result<()>
     )
     .await
     .expect_err("the key belongs to a deposit");
-    assert_refused(&status, Code::FailedPrecondition, "REQUEST_ID_REUSED");
+    assert_refused(&status, Code::AlreadyExists, "REQUEST_ID_REUSED");
     assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 500);
     assert_eq!(ledger(&fx.suite, &fx.user, "me").await?.len(), 1);
     fx.suite.stop().await
@@ -532,7 +549,7 @@ async fn a_request_id_reused_for_another_amount_or_reference_is_refused() -> any
         let status = deposit(&fx.suite, &fx.admin, movement.clone())
             .await
             .expect_err("different parameters under the same key");
-        assert_refused(&status, Code::FailedPrecondition, "REQUEST_ID_REUSED");
+        assert_refused(&status, Code::AlreadyExists, "REQUEST_ID_REUSED");
     }
     assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 500);
     fx.suite.stop().await

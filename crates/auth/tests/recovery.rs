@@ -102,7 +102,7 @@ async fn login_status(suite: &Suite, email: &str, password: &str) -> Result<(), 
 }
 
 fn assert_invalid_token(status: &Status) {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert_eq!(reason(status), "INVALID_TOKEN");
 }
 

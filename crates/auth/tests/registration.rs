@@ -147,7 +147,7 @@ async fn same_request_id_with_another_email_is_failed_precondition() -> anyhow::
     let status = register(&suite, register_request("reused", "two@example.com", PASSWORD))
         .await
         .expect_err("the key belongs to another registration");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(status.code(), Code::AlreadyExists);
     assert_eq!(reason(&status), "REQUEST_ID_REUSED");
     assert_eq!(user_count(&suite).await?, 1);
     suite.stop().await

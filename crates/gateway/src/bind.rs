@@ -1,14 +1,20 @@
 //! Request binding: the path variables, the query string and the JSON body
 //! become one request message, following the `google.api.http` rules.
 //!
-//! The three sources are merged into one JSON object (path values win) that
-//! the proto3 JSON mapping then reads in one pass, so every field, nested or
-//! not, is parsed and checked the same way, and unknown fields are refused.
+//! The three sources are merged into one JSON object that the proto3 JSON
+//! mapping then reads in one pass, so every field, nested or not, is parsed
+//! and checked the same way, and unknown fields are refused. Binding is exact:
+//! a body that is not a JSON object is refused, a field that both the path
+//! and the body set must hold the same value in both (and a top-level field
+//! of a `*` body, which the document leaves out of the body, must not be
+//! there at all), so nothing a client sends is silently replaced.
 
 use http::StatusCode;
 use percent_encoding::percent_decode_str;
 use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind};
 use serde_json::{Map, Value};
+
+use keel_platform::rules::FieldRules;
 
 use crate::{descriptors::settable_field_path, error::ApiError, routes::Route, template::Binding};
 
@@ -50,6 +56,22 @@ pub fn bind(route: &Route, input: Input<'_>) -> Result<DynamicMessage, ApiError>
                 true => Some(http_body(&input)),
                 false => body_json(&input)?,
             };
+            let message = matches!(field.kind(), Kind::Message(_)) && !field.is_list() && !field.is_map();
+            if !raw && message && value.as_ref().is_some_and(|value| !value.is_object()) {
+                return Err(ApiError::bad_request("the request body must be a JSON object"));
+            }
+            // The path may fill in part of a required body field (the
+            // account's id); the body itself must still be sent.
+            let required = FieldRules::of(&field)
+                .ok()
+                .flatten()
+                .is_some_and(|rules| rules.required);
+            if !raw && required && value.is_none() {
+                return Err(ApiError::bad_field(
+                    field.name(),
+                    "is required: send it as the request body",
+                ));
+            }
             if let Some(value) = value {
                 root.insert(field.json_name().to_owned(), value);
             }
@@ -60,7 +82,25 @@ pub fn bind(route: &Route, input: Input<'_>) -> Result<DynamicMessage, ApiError>
     for binding in &input.bindings {
         let path = settable_field_path(&request, &binding.field_path)
             .map_err(|description| ApiError::bad_field(&binding.field_path.join("."), description))?;
-        set(&mut root, &path, scalar(&path, &binding.value)?, false);
+        let value = scalar(&path, &binding.value)?;
+        if route.body.as_deref() == Some("*") && path.len() == 1 && lookup(&root, &path)?.is_some() {
+            return Err(ApiError::bad_field(
+                &dotted(&path),
+                "is set by the path; leave it out of the body",
+            ));
+        }
+        if let Some(sent) = lookup(&root, &path)?
+            && !agrees(sent, &value)
+        {
+            return Err(ApiError::bad_field(
+                &dotted(&path),
+                format!(
+                    "is {:?} in the path; the body must hold the same value or leave it out",
+                    binding.value
+                ),
+            ));
+        }
+        set(&mut root, &path, value, false);
         bound.push(path);
     }
 
@@ -111,9 +151,36 @@ fn body_json(input: &Input<'_>) -> Result<Option<Value>, ApiError> {
                 .with_http_status(StatusCode::UNSUPPORTED_MEDIA_TYPE),
         );
     }
-    serde_json::from_slice(input.body)
-        .map(Some)
-        .map_err(|err| ApiError::bad_request(format!("the request body is not valid JSON: {err}")))
+    let value: Value = serde_json::from_slice(input.body)
+        .map_err(|err| ApiError::bad_request(format!("the request body is not valid JSON: {err}")))?;
+    // The proto3 JSON mapping reads `null` as "unset", but the document
+    // gives every field a type without null: leave a field out to unset it.
+    // (No Keel message holds a google.protobuf.Value, where null is data.)
+    if value.is_null() {
+        return Err(ApiError::bad_request("the request body is null"));
+    }
+    if let Some(path) = null_at(&value, "") {
+        return Err(ApiError::bad_field(
+            path.trim_start_matches('.'),
+            "is null; leave the field out instead",
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// Where the first `null` in `value` is (`.items[1].quantity`), if any.
+fn null_at(value: &Value, at: &str) -> Option<String> {
+    match value {
+        Value::Null => Some(at.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| null_at(item, &format!("{at}[{i}]"))),
+        Value::Object(fields) => fields
+            .iter()
+            .find_map(|(name, field)| null_at(field, &format!("{at}.{name}"))),
+        _ => None,
+    }
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.
@@ -179,6 +246,36 @@ fn set(root: &mut Map<String, Value>, path: &[FieldDescriptor], value: Value, ap
     object.insert(key, value);
 }
 
+/// What the body holds at `path` (under either of its names), if anything.
+/// A message on the way that the body sent as something other than an
+/// object is refused rather than replaced.
+fn lookup<'a>(root: &'a Map<String, Value>, path: &[FieldDescriptor]) -> Result<Option<&'a Value>, ApiError> {
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(None);
+    };
+    let mut object = root;
+    for (depth, field) in parents.iter().enumerate() {
+        match object.get(field.json_name()).or_else(|| object.get(field.name())) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Object(inner)) => object = inner,
+            Some(_) => return Err(ApiError::bad_field(&dotted(&path[..=depth]), "must be a JSON object")),
+        }
+    }
+    Ok(object
+        .get(last.json_name())
+        .or_else(|| object.get(last.name()))
+        .filter(|value| !value.is_null()))
+}
+
+/// Whether a body's value is the path's: the same JSON, or the same number
+/// written as a number rather than a string.
+fn agrees(sent: &Value, path: &Value) -> bool {
+    match (sent, path) {
+        (Value::Number(number), Value::String(text)) => number.to_string() == *text,
+        _ => sent == path,
+    }
+}
+
 fn same_field(a: &[FieldDescriptor], b: &[FieldDescriptor]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.full_name() == y.full_name())
 }
@@ -239,15 +336,69 @@ mod tests {
     }
 
     #[test]
-    fn body_star_takes_the_whole_message_and_the_path_wins() {
+    fn body_star_takes_the_whole_message_and_the_path_its_fields() {
         let bound = call(
             "POST",
             "/v1/accounts/me:deposit",
-            r#"{"accountId":"other","amount":{"amountMinor":"250","currencyCode":"USD"},"request_id":"r1"}"#,
+            r#"{"amount":{"amountMinor":"250","currencyCode":"USD"},"request_id":"r1"}"#,
         );
         let bound = bound.expect("bound");
         assert_eq!(bound["accountId"], "me");
         assert_eq!(bound["requestId"], "r1");
+    }
+
+    #[test]
+    fn a_star_body_may_not_set_what_the_path_sets() {
+        for body in [
+            r#"{"accountId":"other","amount":{"amountMinor":"250","currencyCode":"USD"}}"#,
+            r#"{"accountId":"me","amount":{"amountMinor":"250","currencyCode":"USD"}}"#,
+            r#"{"account_id":{"x":1},"amount":{"amountMinor":"250","currencyCode":"USD"}}"#,
+        ] {
+            let (status, _) = call("POST", "/v1/accounts/me:deposit", body).expect_err(body);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_nested_field_the_path_sets_must_agree_with_the_body() {
+        let bound = call(
+            "PATCH",
+            "/v1/accounts/me?updateMask=displayName",
+            r#"{"id":"me","displayName":"Ada"}"#,
+        )
+        .expect("the same id in path and body");
+        assert_eq!(bound["account"]["id"], "me");
+        for body in [r#"{"id":"other"}"#, r#"{"id":{}}"#, r#"{"id":5}"#, r#"{"id":["me"]}"#] {
+            let (status, _) = call("PATCH", "/v1/accounts/me?updateMask=displayName", body).expect_err(body);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        }
+    }
+
+    #[test]
+    fn every_body_route_refuses_a_body_that_is_not_an_object() {
+        let descriptors = Descriptors::load().expect("descriptors");
+        let table = RouteTable::from_descriptors(&descriptors).expect("routes");
+        let mut checked = 0;
+        for route in table.routes() {
+            let Some(body) = route.body.as_deref() else {
+                continue;
+            };
+            let raw = route
+                .rpc
+                .input()
+                .get_field_by_name(body)
+                .is_some_and(|f| matches!(f.kind(), Kind::Message(m) if m.full_name() == HTTP_BODY));
+            if raw {
+                continue;
+            }
+            let uri = route.template.sample_path();
+            for sent in ["[null, null]", "\"AAA\"", "0", "null", "true"] {
+                let (status, code) = call(&route.method, &uri, sent).expect_err(&uri);
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{} {uri} {sent}: {code}", route.method);
+            }
+            checked += 1;
+        }
+        assert!(checked > 20, "only {checked} body routes");
     }
 
     #[test]
@@ -277,6 +428,12 @@ mod tests {
             ("POST", "/v1/auth:login", "[1,2]"),
             ("POST", "/v1/auth:login", r#"{"email":5}"#),
             ("POST", "/v1/auth:login", r#"{"nosuchfield":"x"}"#),
+            (
+                "POST",
+                "/v1/auth:register",
+                r#"{"email":"a@example.com","password":"long enough","requestId":null}"#,
+            ),
+            ("POST", "/v1/orders", r#"{"requestId":"k","items":[null]}"#),
             ("POST", "/v1/auth:login?email=a", "{}"),
             ("GET", "/v1/accounts/me/transactions?pageSize=many", ""),
             ("GET", "/v1/accounts/me/transactions?nosuch=1", ""),

@@ -8,6 +8,8 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value as Json, json};
 
+use keel_platform::rules::{Check, FieldRules, RequiredWhen};
+
 use crate::{
     descriptors::{Descriptors, is_string_like, settable_field_path},
     routes::{Route, RouteTable},
@@ -45,7 +47,7 @@ pub fn document(descriptors: &Descriptors, routes: &RouteTable) -> Json {
         };
         let operation = builder.operation(route, operation_id);
         paths
-            .entry(route.template.openapi_path())
+            .entry(route.openapi_path.to_string())
             .or_default()
             .insert(route.method.to_ascii_lowercase(), operation);
     }
@@ -79,10 +81,22 @@ pub fn document(descriptors: &Descriptors, routes: &RouteTable) -> Json {
     })
 }
 
+/// Where a schema is used: a request's schemas carry the protos' request
+/// rules (buf.validate), which the services enforce on what they receive;
+/// replies are described as they are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    /// The resource in an update (PATCH): fields left out are unchanged,
+    /// so only what the rules refuse to leave unset is required.
+    Update,
+    Reply,
+}
+
 struct Builder {
     field_behavior: Option<ExtensionDescriptor>,
     /// Messages referenced so far, and those whose schema is written.
-    pending: Vec<MessageDescriptor>,
+    pending: Vec<(MessageDescriptor, Side)>,
     schemas: Map<String, Json>,
     queued: BTreeSet<String>,
 }
@@ -101,7 +115,7 @@ impl Builder {
         let input = route.rpc.input();
         let path_fields: Vec<Vec<String>> = route.template.field_paths().map(<[String]>::to_vec).collect();
         let mut parameters = Vec::new();
-        for field_path in &path_fields {
+        for (field_path, name) in path_fields.iter().zip(&route.path_parameters) {
             let Some(field) = settable_field_path(&input, field_path)
                 .ok()
                 .and_then(|mut path| path.pop())
@@ -109,11 +123,11 @@ impl Builder {
                 continue;
             };
             parameters.push(json!({
-                "name": field_path.join("_"),
+                "name": name,
                 "in": "path",
                 "required": true,
                 "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
-                "schema": self.field_schema(&field),
+                "schema": self.field_schema(&field, Side::Request),
             }));
         }
         if route.body.as_deref() != Some("*") {
@@ -154,28 +168,55 @@ impl Builder {
         }
         let body_schema = match route.body.as_deref() {
             None => None,
-            Some("*") => Some(self.body_schema(&input, &path_fields)),
+            Some("*") => Some(self.body_schema(&input, &path_fields, Side::Request)),
             // A raw body (google.api.HttpBody) is whatever the sender signs:
             // any JSON, passed on byte for byte.
             Some(name) => input.get_field_by_name(name).map(|field| match field.kind() {
-                prost_reflect::Kind::Message(m) if m.full_name() == crate::bind::HTTP_BODY => {
+                Kind::Message(m) if m.full_name() == crate::bind::HTTP_BODY => {
                     json!({ "description": "The raw body, passed on unchanged." })
                 }
-                _ => self.value_schema(&field),
+                // The fields the path sets are left out of the body, as they
+                // are of a `*` body.
+                Kind::Message(message) if path_fields.iter().any(|p| p.len() == 2 && p[0] == name) => {
+                    let nested: Vec<Vec<String>> = path_fields
+                        .iter()
+                        .filter(|p| p.first().is_some_and(|first| first == name))
+                        .map(|p| p[1..].to_vec())
+                        .collect();
+                    // An update (PATCH, AIP-134) sends only what changes.
+                    let side = if route.method == "PATCH" {
+                        Side::Update
+                    } else {
+                        Side::Request
+                    };
+                    self.body_schema(&message, &nested, side)
+                }
+                _ => self.value_schema(&field, Side::Request),
             }),
         };
         if let Some(schema) = body_schema {
+            // A body is required when it holds a required field (`*`), or is
+            // one (a named body field).
+            let required = match route.body.as_deref() {
+                Some("*") => schema
+                    .get("required")
+                    .is_some_and(|r| r.as_array().is_some_and(|r| !r.is_empty())),
+                Some(name) => input
+                    .get_field_by_name(name)
+                    .is_some_and(|field| self.required_in_request(&field)),
+                None => false,
+            };
             operation.insert(
                 "requestBody".into(),
-                json!({ "required": false, "content": { "application/json": { "schema": schema } } }),
+                json!({ "required": required, "content": { "application/json": { "schema": schema } } }),
             );
         }
         let output = route.rpc.output();
         let reply_schema = match &route.response_body {
             Some(name) => output
                 .get_field_by_name(name)
-                .map_or(json!({}), |field| self.field_schema(&field)),
-            None => self.message_ref(&output),
+                .map_or(json!({}), |field| self.field_schema(&field, Side::Reply)),
+            None => self.message_ref(&output, Side::Reply),
         };
         let ok = if route.is_streaming() {
             let id = if route.resume.is_some() {
@@ -215,8 +256,8 @@ impl Builder {
     }
 
     /// The `*` body: the request without the fields the path sets.
-    fn body_schema(&mut self, input: &MessageDescriptor, path_fields: &[Vec<String>]) -> Json {
-        let mut schema = self.object_schema(input);
+    fn body_schema(&mut self, input: &MessageDescriptor, path_fields: &[Vec<String>], side: Side) -> Json {
+        let mut schema = self.object_schema(input, side);
         let top_level: Vec<&str> = path_fields
             .iter()
             .filter(|path| path.len() == 1)
@@ -282,14 +323,21 @@ impl Builder {
             .map(FieldDescriptor::json_name)
             .collect::<Vec<_>>()
             .join(".");
+        let required = path.len() == 1 && self.required_in_request(field);
         json!({
             "name": name,
             "in": "query",
-            "required": false,
+            "required": required,
             "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
-            "schema": self.field_schema(field),
+            "schema": self.field_schema(field, Side::Request),
             "explode": true,
         })
+    }
+
+    /// Whether a request must set `field`: it is REQUIRED (AIP-203), or
+    /// leaving it unset breaks one of its rules.
+    fn required_in_request(&self, field: &FieldDescriptor) -> bool {
+        self.behaviors(field).contains(&REQUIRED) || request_rules(field).is_some_and(|r| r.refuses_unset(field))
     }
 
     fn output_only(&self, field: &FieldDescriptor) -> bool {
@@ -311,26 +359,59 @@ impl Builder {
     }
 
     /// A field's schema, lists and maps included.
-    fn field_schema(&mut self, field: &FieldDescriptor) -> Json {
+    fn field_schema(&mut self, field: &FieldDescriptor, side: Side) -> Json {
         if field.is_map() {
             let Kind::Message(entry) = field.kind() else {
                 return json!({ "type": "object" });
             };
             let value = entry.map_entry_value_field();
-            return json!({ "type": "object", "additionalProperties": self.value_schema(&value) });
+            return json!({ "type": "object", "additionalProperties": self.value_schema(&value, side) });
         }
-        let item = self.value_schema(field);
+        let item = self.value_schema(field, side);
         if field.is_list() {
-            json!({ "type": "array", "items": item })
+            let mut list = json!({ "type": "array", "items": item });
+            if side != Side::Reply
+                && let Some(rules) = request_rules(field)
+            {
+                for check in &rules.list {
+                    match check {
+                        Check::MinItems(n) => list["minItems"] = json!(n),
+                        Check::MaxItems(n) => list["maxItems"] = json!(n),
+                        Check::Unique => list["uniqueItems"] = json!(true),
+                        _ => {}
+                    }
+                }
+            }
+            list
         } else {
             item
         }
     }
 
-    /// The schema of one value of `field` (an element, for lists).
-    fn value_schema(&mut self, field: &FieldDescriptor) -> Json {
+    /// The schema of one value of `field` (an element, for lists), with its
+    /// request rules on the request side.
+    fn value_schema(&mut self, field: &FieldDescriptor, side: Side) -> Json {
+        let mut schema = self.plain_value_schema(field, side);
+        let rules = request_rules(field).filter(|_| side != Side::Reply);
+        if let (Some(rules), Json::Object(object)) = (rules, &mut schema) {
+            apply_rules(field, &rules.value, object);
+            // An unset (empty) value is not checked, so the document allows
+            // it, unless the field is required (then the domain refuses it:
+            // a product's name may be left out of an update, not a creation).
+            if rules.ignore_if_zero
+                && (side == Side::Update || !self.behaviors(field).contains(&REQUIRED))
+                && let Some(pattern) = object.get("pattern").and_then(Json::as_str).map(str::to_owned)
+            {
+                object.remove("format");
+                object.insert("pattern".into(), json!(format!("^$|{pattern}")));
+            }
+        }
+        schema
+    }
+
+    fn plain_value_schema(&mut self, field: &FieldDescriptor, side: Side) -> Json {
         match field.kind() {
-            Kind::Message(message) => self.message_ref(&message),
+            Kind::Message(message) => self.message_ref(&message, side),
             Kind::Enum(enumeration) => json!({
                 "type": "string",
                 "enum": enumeration.values().map(|v| v.name().to_owned()).collect::<Vec<_>>(),
@@ -354,22 +435,30 @@ impl Builder {
 
     /// A reference to a message's schema (written once in components), or
     /// the JSON form of a well-known type.
-    fn message_ref(&mut self, message: &MessageDescriptor) -> Json {
+    /// A request's copy of a message with rules is a schema of its own
+    /// (`<name>.Input`): the rules hold for what clients send, not for what
+    /// the services reply (a balance of 0 is a fine reply, not a deposit).
+    fn message_ref(&mut self, message: &MessageDescriptor, side: Side) -> Json {
         if let Some(schema) = well_known_schema(message) {
             return schema;
         }
-        let name = message.full_name().to_owned();
+        let side = match side {
+            // What an update holds is written out in full.
+            Side::Request | Side::Update if has_rules(message) => Side::Request,
+            _ => Side::Reply,
+        };
+        let name = schema_name(message, side);
         if self.queued.insert(name.clone()) {
-            self.pending.push(message.clone());
+            self.pending.push((message.clone(), side));
         }
         json!({ "$ref": format!("#/components/schemas/{name}") })
     }
 
-    fn object_schema(&mut self, message: &MessageDescriptor) -> Json {
+    fn object_schema(&mut self, message: &MessageDescriptor, side: Side) -> Json {
         let mut properties = Map::new();
         let mut required = Vec::new();
         for field in message.fields() {
-            let mut schema = self.field_schema(&field);
+            let mut schema = self.field_schema(&field, side);
             let behaviors = self.behaviors(&field);
             if let Json::Object(object) = &mut schema {
                 if let Some(text) = comments(&field.parent_file(), field.path()) {
@@ -380,7 +469,13 @@ impl Builder {
                     object.insert("readOnly".into(), json!(true));
                 }
             }
-            if behaviors.contains(&REQUIRED) {
+            let must = match side {
+                Side::Request => self.required_in_request(&field),
+                // Only what the rules themselves refuse to leave unset.
+                Side::Update => request_rules(&field).is_some_and(|r| r.refuses_unset(&field)),
+                Side::Reply => behaviors.contains(&REQUIRED),
+            };
+            if must {
                 required.push(json!(field.json_name()));
             }
             properties.insert(field.json_name().to_owned(), schema);
@@ -395,18 +490,217 @@ impl Builder {
             schema.insert("required".into(), Json::Array(required));
         }
         schema.insert("additionalProperties".into(), json!(false));
+        if side != Side::Reply {
+            // The services refuse to start on a message rule they cannot read.
+            let conditions = RequiredWhen::of(message).unwrap_or_default();
+            let clauses: Vec<Json> = conditions.iter().map(required_when).collect();
+            match clauses.len() {
+                0 => {}
+                1 => {
+                    if let Some(Json::Object(clause)) = clauses.into_iter().next() {
+                        schema.extend(clause);
+                    }
+                }
+                _ => {
+                    schema.insert("allOf".into(), Json::Array(clauses));
+                }
+            }
+        }
         Json::Object(schema)
     }
 
     /// Writes the schema of every referenced message.
     fn finish(mut self) -> Map<String, Json> {
-        while let Some(message) = self.pending.pop() {
-            let schema = self.object_schema(&message);
-            self.schemas.insert(message.full_name().to_owned(), schema);
+        while let Some((message, side)) = self.pending.pop() {
+            let schema = self.object_schema(&message, side);
+            self.schemas.insert(schema_name(&message, side), schema);
         }
         self.schemas
     }
 }
+
+/// The component name of `message` as used on `side`.
+fn schema_name(message: &MessageDescriptor, side: Side) -> String {
+    match side {
+        Side::Request | Side::Update => format!("{}.Input", message.full_name()),
+        Side::Reply => message.full_name().to_owned(),
+    }
+}
+
+/// A message rule as JSON Schema: `if` the field holds the value, `then`
+/// the other must be sent and not empty.
+fn required_when(condition: &RequiredWhen) -> Json {
+    let value = match condition.when.kind() {
+        Kind::Enum(enumeration) => i32::try_from(condition.equals)
+            .ok()
+            .and_then(|n| enumeration.get_value(n))
+            .map_or(json!(condition.equals), |v| json!(v.name())),
+        _ => json!(condition.equals),
+    };
+    let when = condition.when.json_name();
+    let field = condition.field.json_name();
+    json!({
+        "if": { "properties": { when: { "const": value } }, "required": [when] },
+        "then": { "properties": { field: { "minLength": 1 } }, "required": [field] },
+    })
+}
+
+/// A field's request rules. The services refuse to start on a rule they do
+/// not understand, so one that fails to read here never reaches a client.
+fn request_rules(field: &FieldDescriptor) -> Option<FieldRules> {
+    FieldRules::of(field).ok().flatten()
+}
+
+/// Whether `message`, or a message it holds, declares request rules.
+fn has_rules(message: &MessageDescriptor) -> bool {
+    let mut seen: Vec<MessageDescriptor> = Vec::new();
+    let mut pending = vec![message.clone()];
+    while let Some(message) = pending.pop() {
+        for field in message.fields() {
+            if request_rules(&field).is_some() || !RequiredWhen::of(&message).unwrap_or_default().is_empty() {
+                return true;
+            }
+            if let Kind::Message(inner) = field.kind()
+                && !seen.contains(&inner)
+            {
+                seen.push(inner.clone());
+                pending.push(inner);
+            }
+        }
+    }
+    false
+}
+
+/// The JSON Schema keywords of a value's rules.
+fn apply_rules(field: &FieldDescriptor, checks: &[Check], schema: &mut Map<String, Json>) {
+    let int64 = matches!(field.kind(), Kind::Int64 | Kind::Sint64 | Kind::Sfixed64);
+    for check in checks {
+        match check {
+            Check::MinLen(n) => {
+                schema.insert("minLength".into(), json!(n));
+            }
+            Check::MaxLen(n) => {
+                schema.insert("maxLength".into(), json!(n));
+            }
+            Check::Pattern(re) => {
+                schema.insert("pattern".into(), json!(ecma_pattern(re.as_str())));
+            }
+            Check::Uuid => {
+                schema.insert("format".into(), json!("uuid"));
+                schema.insert("pattern".into(), json!(UUID_PATTERN));
+            }
+            Check::Gte(n) => {
+                schema.insert("minimum".into(), json!(n));
+            }
+            Check::Gt(n) => {
+                schema.insert("exclusiveMinimum".into(), json!(n));
+            }
+            Check::Lte(n) => {
+                schema.insert("maximum".into(), json!(n));
+            }
+            Check::Lt(n) => {
+                schema.insert("exclusiveMaximum".into(), json!(n));
+            }
+            Check::In(allowed) => {
+                schema.insert("enum".into(), json!(allowed));
+            }
+            Check::MaskIn(allowed) => {
+                // The JSON form: comma-separated lowerCamelCase paths.
+                let names: Vec<String> = allowed.iter().map(|path| lower_camel(path)).collect();
+                let one = format!("(?:{})", names.join("|"));
+                schema.insert("pattern".into(), json!(format!("^(?:{one}(?:,{one})*)?$")));
+            }
+            Check::NotIn(numbers) => {
+                if let Kind::Enum(enumeration) = field.kind() {
+                    let allowed: Vec<String> = enumeration
+                        .values()
+                        .filter(|v| !numbers.contains(&i64::from(v.number())))
+                        .map(|v| v.name().to_owned())
+                        .collect();
+                    schema.insert("enum".into(), json!(allowed));
+                } else {
+                    schema.insert("anyOf".into(), Json::Array(ranges_without(checks, numbers)));
+                }
+            }
+            Check::DefinedOnly | Check::MinItems(_) | Check::MaxItems(_) | Check::Unique => {}
+        }
+    }
+    // A bounded 64-bit integer is written as a JSON number (the proto3 JSON
+    // mapping reads either), so its bounds can be said.
+    let bounded = checks
+        .iter()
+        .any(|c| matches!(c, Check::Gte(_) | Check::Gt(_) | Check::Lte(_) | Check::Lt(_)));
+    if int64 && bounded {
+        schema.insert("type".into(), json!("integer"));
+        schema.remove("pattern");
+    }
+}
+
+/// The integer ranges a value's bounds allow, with `refused` cut out, as
+/// `anyOf` branches (fuzzers and validators handle these better than `not`).
+fn ranges_without(checks: &[Check], refused: &[i64]) -> Vec<Json> {
+    let mut low = i64::MIN;
+    let mut high = i64::MAX;
+    for check in checks {
+        match check {
+            Check::Gte(n) => low = low.max(*n),
+            Check::Gt(n) => low = low.max(n.saturating_add(1)),
+            Check::Lte(n) => high = high.min(*n),
+            Check::Lt(n) => high = high.min(n.saturating_sub(1)),
+            _ => {}
+        }
+    }
+    let mut refused: Vec<i64> = refused.iter().copied().filter(|n| (low..=high).contains(n)).collect();
+    refused.sort_unstable();
+    let mut ranges = Vec::new();
+    let mut start = low;
+    for n in refused {
+        if n > start {
+            ranges.push(json!({ "minimum": start, "maximum": n - 1 }));
+        }
+        start = n.saturating_add(1);
+    }
+    if start <= high {
+        ranges.push(json!({ "minimum": start, "maximum": high }));
+    }
+    ranges
+}
+
+/// An RE2 pattern (protovalidate's dialect) as ECMA-262 (JSON Schema's)
+/// writes it: RE2's `\x{2000}` is ECMA's `\u2000`. Keel's patterns use no
+/// other construct the two spell differently.
+fn ecma_pattern(re2: &str) -> String {
+    static CODE_POINT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        #[allow(clippy::unwrap_used)] // a constant expression, covered by the tests
+        regex::Regex::new(r"\\x\{([0-9a-fA-F]{4})\}").unwrap()
+    });
+    CODE_POINT.replace_all(re2, r"\u$1").into_owned()
+}
+
+/// `display_name` as proto3 JSON spells it in a FieldMask: `displayName`.
+fn lower_camel(path: &str) -> String {
+    path.split('.')
+        .map(|segment| {
+            let mut out = String::with_capacity(segment.len());
+            let mut upper = false;
+            for c in segment.chars() {
+                if c == '_' {
+                    upper = true;
+                } else if upper {
+                    out.extend(c.to_uppercase());
+                    upper = false;
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// A hyphenated UUID, as `string.uuid` accepts it.
+const UUID_PATTERN: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
 fn well_known(message: &MessageDescriptor) -> bool {
     well_known_schema(message).is_some()
@@ -416,7 +710,8 @@ fn well_known(message: &MessageDescriptor) -> bool {
 fn well_known_schema(message: &MessageDescriptor) -> Option<Json> {
     let schema = match message.full_name() {
         "google.protobuf.Timestamp" => json!({ "type": "string", "format": "date-time" }),
-        "google.protobuf.Duration" => json!({ "type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$" }),
+        // Up to 11 digits of seconds: the proto3 JSON range is about 3.2 * 10^11.
+        "google.protobuf.Duration" => json!({ "type": "string", "pattern": "^-?[0-9]{1,11}(\\.[0-9]{1,9})?s$" }),
         "google.protobuf.FieldMask" => {
             json!({ "type": "string", "description": "Comma-separated lowerCamelCase field paths." })
         }
@@ -527,6 +822,118 @@ mod tests {
         assert!(parameters.iter().any(|p| p["name"] == "afterNotificationId"));
         let unary = &doc["paths"]["/v1/accounts/{account_id}/balance"]["get"];
         assert!(unary["responses"]["101"].is_null());
+    }
+
+    #[test]
+    fn request_schemas_carry_the_protos_rules() {
+        let doc = doc();
+        let register = &doc["paths"]["/v1/auth:register"]["post"]["requestBody"];
+        assert_eq!(register["required"], true);
+        let schema = &register["content"]["application/json"]["schema"]["properties"];
+        assert_eq!(schema["password"]["minLength"], 8);
+        assert!(schema["email"]["pattern"].as_str().is_some_and(|p| p.contains('@')));
+        assert_eq!(schema["email"]["maxLength"], 254);
+        let sessions = &doc["paths"]["/v1/auth/sessions"]["get"]["parameters"];
+        let page_size = sessions
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "pageSize"))
+            .expect("pageSize");
+        assert_eq!(page_size["schema"]["minimum"], 0);
+        let revoke = &doc["paths"]["/v1/auth/sessions/{session_id}:revoke"]["post"]["parameters"][0];
+        assert_eq!(revoke["schema"]["format"], "uuid");
+        assert_eq!(revoke["schema"]["pattern"], UUID_PATTERN);
+        let dead_letters = &doc["paths"]["/v1/deadLetters"]["get"]["parameters"];
+        let endpoint = dead_letters
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "webhookEndpointId"))
+            .expect("webhookEndpointId");
+        assert_eq!(
+            endpoint["schema"]["pattern"],
+            format!("^$|{UUID_PATTERN}"),
+            "optional: empty is fine"
+        );
+        let schemas = &doc["components"]["schemas"];
+        // The rules hold for what is sent, not for replies.
+        let money_in = &schemas["keel.common.v1.Money.Input"]["properties"];
+        assert_eq!(money_in["amountMinor"]["exclusiveMinimum"], 0);
+        assert_eq!(money_in["currencyCode"]["pattern"], "^[A-Z]{3}$");
+        assert!(schemas["keel.common.v1.Money"]["properties"]["amountMinor"]["exclusiveMinimum"].is_null());
+        let roles = &doc["paths"]["/v1/auth/users/{user_id}:setRoles"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"]["roles"];
+        assert_eq!(roles["minItems"], 1);
+        assert!(
+            !roles["items"]["enum"]
+                .as_array()
+                .expect("enum")
+                .iter()
+                .any(|v| v == "ROLE_UNSPECIFIED")
+        );
+    }
+
+    #[test]
+    fn what_leaving_out_would_break_is_required_and_updates_may_leave_out() {
+        let doc = doc();
+        let schemas = &doc["components"]["schemas"];
+        // amount > 0 and a currency pattern: neither may be left out.
+        assert_eq!(
+            schemas["keel.common.v1.Money.Input"]["required"],
+            json!(["amountMinor", "currencyCode"])
+        );
+        // Creating a product needs its name and price; updating it does not.
+        let product_in = &schemas["keel.orders.v1.Product.Input"];
+        assert_eq!(product_in["required"], json!(["name", "price"]));
+        // RE2's \x{1680} is written as ECMA-262's \u1680.
+        let name = product_in["properties"]["name"]["pattern"].as_str().unwrap_or_default();
+        assert!(name.contains("\\u1680") && !name.contains("\\x{"), "{name}");
+        let update =
+            &doc["paths"]["/v1/products/{product_id}"]["patch"]["requestBody"]["content"]["application/json"]["schema"];
+        assert!(update["required"].is_null(), "{update}");
+        assert!(
+            update["properties"]["name"]["pattern"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("^$|"))
+        );
+        // A required query parameter, and an update mask limited to its paths.
+        let verify = &doc["paths"]["/v1/auth:verifyEmail"]["get"]["parameters"][0];
+        assert_eq!((&verify["name"], &verify["required"]), (&json!("token"), &json!(true)));
+        let mask = doc["paths"]["/v1/accounts/{account_id}"]["patch"]["parameters"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "updateMask"))
+            .expect("updateMask")["schema"]["pattern"]
+            .clone();
+        assert_eq!(mask, "^(?:(?:displayName)(?:,(?:displayName))*)?$");
+    }
+
+    #[test]
+    fn message_rules_lists_and_excluded_numbers_are_published() {
+        let doc = doc();
+        let schemas = &doc["components"]["schemas"];
+        let order = &doc["paths"]["/v1/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            order["if"]["properties"]["paymentMethod"]["const"],
+            "PAYMENT_METHOD_EXTERNAL"
+        );
+        assert_eq!(order["then"]["required"], json!(["externalPaymentMethodId"]));
+        assert_eq!(order["properties"]["items"]["minItems"], 1);
+        assert_eq!(order["properties"]["items"]["maxItems"], 100);
+        let adjust = &doc["paths"]["/v1/products/{product_id}:adjustStock"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"]["delta"];
+        assert_eq!(
+            adjust["anyOf"],
+            json!([
+                { "minimum": -1_000_000_000_000_i64, "maximum": -1 },
+                { "minimum": 1, "maximum": 1_000_000_000_000_i64 },
+            ])
+        );
+        let channels = &doc["paths"]["/v1/notificationPreferences/{user_id}"]["patch"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"]["defaultChannels"];
+        assert_eq!(channels["uniqueItems"], true);
+        let endpoint = &schemas["keel.notifications.v1.WebhookEndpoint.Input"]["properties"]["eventTypes"]["items"];
+        assert!(
+            endpoint["enum"]
+                .as_array()
+                .is_some_and(|e| e.contains(&json!("order.paid")))
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The route table: every RPC with a `google.api.http` annotation (and its
 //! additional bindings), read from the descriptor set once at start.
 
+use std::collections::HashMap;
+
 use anyhow::Context as _;
 use http::uri::PathAndQuery;
 use keel::google::api::{HttpRule, http_rule::Pattern};
@@ -34,6 +36,8 @@ pub struct Route {
     /// The template as the OpenAPI document writes it: the route's label
     /// in the metrics.
     pub openapi_path: std::sync::Arc<str>,
+    /// The names of the path's parameters in the document, in order.
+    pub path_parameters: Vec<String>,
 }
 
 impl Route {
@@ -94,6 +98,18 @@ impl RouteTable {
                 }
             }
         }
+        // Templates that differ only in their variables' names are one path
+        // in OpenAPI (GET /v1/notificationPreferences/{user_id} and PATCH
+        // .../{preferences.user_id}): the first route's names stand for all.
+        let mut first: HashMap<String, (std::sync::Arc<str>, Vec<String>)> = HashMap::new();
+        for route in &mut routes {
+            let (path, names) = first
+                .entry(route.template.sample_path())
+                .or_insert_with(|| (route.openapi_path.clone(), route.path_parameters.clone()))
+                .clone();
+            route.openapi_path = path;
+            route.path_parameters = names;
+        }
         let table = RouteTable { routes };
         table.check_unambiguous()?;
         Ok(table)
@@ -130,14 +146,24 @@ impl RouteTable {
 
     /// The route for `method` and `path` (percent-encoded, no query).
     pub fn resolve(&self, method: &str, path: &str) -> Resolved<'_> {
+        let matching: Vec<(&Route, Vec<Binding>)> = self
+            .routes
+            .iter()
+            .filter_map(|route| route.template.matches(path).map(|bindings| (route, bindings)))
+            .collect();
+        // A custom method (`/v1/orders/{id}:cancel`) is more specific than
+        // a variable that would take its verb as part of an id: when one
+        // matches, the path names that method's resource and nothing else.
+        let has_verb = matching.iter().any(|(route, _)| route.template.has_verb());
         let mut allowed = Vec::new();
-        for route in &self.routes {
-            if let Some(bindings) = route.template.matches(path) {
-                if route.method.eq_ignore_ascii_case(method) {
-                    return Resolved::Route(route, bindings);
-                }
-                allowed.push(route.method.clone());
+        for (route, bindings) in matching {
+            if has_verb && !route.template.has_verb() {
+                continue;
             }
+            if route.method.eq_ignore_ascii_case(method) {
+                return Resolved::Route(route, bindings);
+            }
+            allowed.push(route.method.clone());
         }
         if allowed.is_empty() {
             Resolved::NotFound
@@ -194,6 +220,7 @@ fn route(
     Ok(Route {
         method: method.to_ascii_uppercase(),
         openapi_path: template.openapi_path().into(),
+        path_parameters: template.field_paths().map(|path| path.join("_")).collect(),
         template,
         body,
         response_body,

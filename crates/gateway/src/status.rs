@@ -1,5 +1,8 @@
-//! gRPC status codes to HTTP statuses, the standard way
-//! (google.rpc.Code's documented HTTP mapping).
+//! gRPC status codes to HTTP statuses: google.rpc.Code's documented HTTP
+//! mapping, except FAILED_PRECONDITION, which is 409 Conflict (RFC 9110: "a
+//! conflict with the current state of the target resource"). So 400 always
+//! means the request itself breaks the contract, and a request the OpenAPI
+//! document allows is never a 400.
 
 use tonic::Code;
 
@@ -7,11 +10,11 @@ use tonic::Code;
 pub fn http_status(code: Code) -> u16 {
     match code {
         Code::Ok => 200,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::InvalidArgument | Code::OutOfRange => 400,
         Code::Unauthenticated => 401,
         Code::PermissionDenied => 403,
         Code::NotFound => 404,
-        Code::AlreadyExists | Code::Aborted => 409,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => 409,
         Code::ResourceExhausted => 429,
         Code::Cancelled => 499,
         Code::Unimplemented => 501,
@@ -29,7 +32,7 @@ mod tests {
     fn codes_map_to_the_standard_statuses() {
         let expected = [
             (Code::InvalidArgument, 400),
-            (Code::FailedPrecondition, 400),
+            (Code::FailedPrecondition, 409),
             (Code::Unauthenticated, 401),
             (Code::PermissionDenied, 403),
             (Code::NotFound, 404),

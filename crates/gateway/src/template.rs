@@ -176,6 +176,11 @@ impl PathTemplate {
         self.variables.iter().map(|v| v.field_path.as_slice())
     }
 
+    /// Whether the template ends in a custom verb (`:cancel`).
+    pub fn has_verb(&self) -> bool {
+        self.verb.is_some()
+    }
+
     /// Matches a request path (as sent: percent-encoded, without the query).
     /// Returns the variables' values, or None when the path does not match.
     pub fn matches(&self, path: &str) -> Option<Vec<Binding>> {

@@ -114,7 +114,7 @@ async fn service_errors_map_to_http_statuses_with_their_details() -> anyhow::Res
     let response = http.get("/v1/accounts", Some(&user)).await?;
     assert_eq!(response.status, StatusCode::FORBIDDEN);
 
-    // FAILED_PRECONDITION → 400: a request id reused with another amount.
+    // ALREADY_EXISTS → 409: a request id reused with another amount.
     let deposit =
         |amount: &str| json!({ "amount": { "amountMinor": amount, "currencyCode": "USD" }, "requestId": "dep-1" });
     let path = format!("/v1/accounts/{admin_id}:deposit");
@@ -123,7 +123,14 @@ async fn service_errors_map_to_http_statuses_with_their_details() -> anyhow::Res
         StatusCode::OK
     );
     let response = http.post(&path, Some(&admin), &deposit("200")).await?;
-    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert_eq!(response.status, StatusCode::CONFLICT);
+    assert_eq!(error_of(&response).0, Code::AlreadyExists as i64);
+
+    // FAILED_PRECONDITION → 409: well-formed, but the account holds another
+    // currency.
+    let euros = json!({ "amount": { "amountMinor": "100", "currencyCode": "EUR" }, "requestId": "dep-2" });
+    let response = http.post(&path, Some(&admin), &euros).await?;
+    assert_eq!(response.status, StatusCode::CONFLICT);
     assert_eq!(error_of(&response).0, Code::FailedPrecondition as i64);
 
     // ABORTED → 409: an etag another change made stale.
@@ -588,7 +595,7 @@ async fn every_grpc_code_maps_to_its_http_status() -> anyhow::Result<()> {
         (Code::AlreadyExists, 409),
         (Code::PermissionDenied, 403),
         (Code::ResourceExhausted, 429),
-        (Code::FailedPrecondition, 400),
+        (Code::FailedPrecondition, 409),
         (Code::Aborted, 409),
         (Code::OutOfRange, 400),
         (Code::Unimplemented, 501),

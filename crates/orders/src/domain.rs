@@ -11,9 +11,10 @@ fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
     }
 }
 
-/// The largest price one unit may have (10^12 minor units): with at most 100
-/// lines of 1000 units, a total stays far below where i64 overflows.
-pub const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
+/// The largest price one unit may have: the most any Money in a request may
+/// carry (10^15 minor units). Totals are summed with overflow checks and
+/// bounded by [`MAX_TOTAL_MINOR`].
+pub const MAX_PRICE_MINOR: i64 = MAX_TOTAL_MINOR;
 
 /// The most lines one order may have.
 pub const MAX_LINES: usize = 100;

@@ -700,7 +700,7 @@ fn same_request(order: &PlaceOrder, existing: &OrderRow, items: &[ItemRow]) -> R
     if same_lines && existing.payment_method == order.method {
         Ok(())
     } else {
-        Err(Error::failed_precondition(
+        Err(Error::already_exists(
             "REQUEST_ID_REUSED",
             "this request_id placed a different order; use a new one",
         ))

@@ -272,7 +272,7 @@ async fn webhooks_are_verified_on_the_raw_body_and_a_replay_changes_nothing() ->
         let response = http
             .send(Method::POST, path, None, &headers, Bytes::from(event.clone()))
             .await?;
-        assert_eq!(response.status, 400, "{signature:?}: {}", response.json());
+        assert_eq!(response.status, 401, "{signature:?}: {}", response.json());
         let details = response.json()["details"].clone();
         assert!(
             details

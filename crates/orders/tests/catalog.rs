@@ -335,7 +335,7 @@ async fn stock_adjusts_once_per_request_id_and_never_below_zero() -> anyhow::Res
         .adjust_stock(authorized(adjust(&product.id, 3, "restock-1"), &fx.admin))
         .await
         .expect_err("same key, other delta");
-    assert_eq!(reused.code(), Code::FailedPrecondition);
+    assert_eq!(reused.code(), Code::AlreadyExists);
     assert_eq!(reason(&reused), "REQUEST_ID_REUSED");
 
     let too_many = orders

@@ -60,7 +60,8 @@ async fn a_buyer_orders_cancels_and_gets_the_refund_through_the_gateway() -> any
             &json!({"requestId": "gw-2", "items": [{"productId": tea, "quantity": 8}], "paymentMethod": "PAYMENT_METHOD_ACCOUNT_BALANCE"}),
         )
         .await?;
-    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    // FAILED_PRECONDITION: well-formed, refused by the state of things.
+    assert_eq!(short.status, StatusCode::CONFLICT);
     assert_eq!(short.json()["details"][0]["reason"], "INSUFFICIENT_STOCK");
 
     let other = fx.buyer(0).await?;

@@ -91,7 +91,7 @@ async fn a_retry_returns_the_first_order_and_charges_once() -> anyhow::Result<()
         .order(&buyer, "same-key", &[(&tea.id, 2)])
         .await
         .expect_err("same key, other order");
-    assert_eq!(reused.code(), Code::FailedPrecondition);
+    assert_eq!(reused.code(), Code::AlreadyExists);
     assert_eq!(reason(&reused), "REQUEST_ID_REUSED");
 
     // Keys belong to their buyer: another buyer's same key is another order.

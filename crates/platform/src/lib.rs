@@ -20,6 +20,7 @@ pub mod registry;
 pub mod relay;
 pub mod revocations;
 pub mod rpc;
+pub mod rules;
 pub mod scopes;
 pub mod sealing;
 pub mod server;

@@ -63,15 +63,18 @@ pub fn etag(version: i64) -> String {
 }
 
 /// Reads an etag [`etag`] handed out; empty means none given. `field` names
-/// it in the error.
+/// it in the error. An etag this service never handed out cannot be the
+/// current one, so it is refused as a stale one is: ABORTED, read again.
 pub fn parse_etag(field: &str, etag: &str) -> Result<Option<i64>, Error> {
     if etag.is_empty() {
         return Ok(None);
     }
-    etag.trim_matches('"')
-        .parse()
-        .map(Some)
-        .map_err(|_| Error::invalid_field(field, "is not an etag from this service"))
+    etag.trim_matches('"').parse().map(Some).map_err(|_| {
+        Error::aborted(
+            "ETAG_MISMATCH",
+            format!("{field} is not the current etag; read the resource again and retry"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use crate::{
     config::ServerConfig,
     metrics::{Metrics, rpc::RpcMetrics},
+    rules::{Rules, ValidateLayer},
     telemetry::RequestSpan,
     verifier::{AuthenticateLayer, Verifier},
 };
@@ -90,6 +91,7 @@ impl GrpcServer {
             ],
         )?;
 
+        let rules = Arc::new(Rules::load().context("reading the request rules")?);
         let layers = ServiceBuilder::new()
             // A request id for every call: the caller's `x-request-id`, or a new
             // one; it names the call's span and goes back in the response.
@@ -123,6 +125,8 @@ impl GrpcServer {
             .concurrency_limit(self.config.concurrency_limit)
             // Verify bearer tokens once, at the edge of every service.
             .layer(AuthenticateLayer::new(self.verifier.clone()))
+            // The protos' request rules, checked before any handler runs.
+            .layer(ValidateLayer::new(rules))
             .into_inner();
 
         let keepalive = self.config.keepalive();

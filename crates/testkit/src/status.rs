@@ -25,3 +25,31 @@ pub fn metadata(status: &Status, key: &str) -> Option<String> {
         .get_details_error_info()
         .and_then(|info| info.metadata.get(key).cloned())
 }
+
+/// The `BadRequest` field violations of a refused call: (field, description).
+pub fn violations(status: &Status) -> Vec<(String, String)> {
+    status
+        .get_details_bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts that `result` is INVALID_ARGUMENT naming `field` with a
+/// description that starts with the rule id `rule` (`string.min_len`).
+pub fn assert_rule<T: std::fmt::Debug>(case: &str, result: Result<T, Status>, field: &str, rule: &str) {
+    let status = match result {
+        Ok(reply) => panic!("{case}: accepted: {reply:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{case}: {status:?}");
+    let found = violations(&status);
+    assert!(
+        found.iter().any(|(f, d)| f == field && d.starts_with(rule)),
+        "{case}: no {field} {rule} among {found:?}"
+    );
+}

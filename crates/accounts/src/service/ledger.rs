@@ -304,7 +304,7 @@ fn replay(
     if same {
         Ok(first)
     } else {
-        Err(Error::failed_precondition(
+        Err(Error::already_exists(
             "REQUEST_ID_REUSED",
             "this request_id was used for a different movement; use a new one",
         ))

@@ -1,7 +1,10 @@
 //! GetAccount, UpdateProfile and ListAccounts: the accounts themselves.
 
 use keel::accounts::v1 as pb;
-use keel_platform::{Error, Principal, paging, rpc::invalid};
+use keel_platform::{
+    Error, Principal, paging,
+    rpc::{invalid, parse_etag},
+};
 
 use super::{Accounts, account_pb, target};
 use crate::{domain, store};
@@ -31,10 +34,7 @@ pub(super) async fn update_profile(
         return Err(Error::invalid_field("update_mask", format!("{path} cannot be updated")));
     }
     let display_name = domain::display_name(&account.display_name).map_err(invalid)?;
-    let expected = match account.etag.as_str() {
-        "" => None,
-        etag => Some(parse_etag(etag)?),
-    };
+    let expected = parse_etag("account.etag", &account.etag)?;
     let target = target(caller, &account.id)?;
     let current = accounts.account(target).await?;
     // Without a mask only the fields set in `account` change (AIP-134), and
@@ -76,10 +76,4 @@ fn etag_mismatch() -> Error {
         "ETAG_MISMATCH",
         "the account changed since it was read; read it again and retry",
     )
-}
-
-fn parse_etag(etag: &str) -> Result<i64, Error> {
-    etag.trim_matches('"')
-        .parse()
-        .map_err(|_| Error::invalid_field("account.etag", "is not an etag from this service"))
 }

@@ -47,7 +47,10 @@ pub(super) async fn change(
     auth.admit_login(&mut conn, &subjects).await?;
     drop(conn);
     if auth.hasher.verify(&current, Some(&user.password_hash)).await? == Verdict::Invalid {
-        return Err(Error::invalid_field("current_password", "is not the current password"));
+        return Err(Error::permission_denied(
+            "WRONG_PASSWORD",
+            "current_password is not the current password",
+        ));
     }
     let password_hash = auth.hasher.hash(&new).await?;
     let mut conn = auth.pool.get().await?;
@@ -120,7 +123,7 @@ pub(super) async fn reset(auth: &Auth, request: pb::ResetPasswordRequest) -> Res
         OpaqueToken::parse("token", &request.token),
         Password::parse("new_password", request.new_password),
     )?;
-    let invalid_token = || Error::invalid_argument("INVALID_TOKEN", "the reset token is unknown, used or expired");
+    let invalid_token = || Error::unauthenticated("INVALID_TOKEN", "the reset token is unknown, used or expired");
     let hash = token.hash();
     let mut conn = auth.pool.get().await?;
     // Hash only for a live token, outside the transaction.

@@ -62,7 +62,7 @@ pub(super) async fn verify_email(
             let user_id = store::use_one_time_token(conn, &token.hash(), TokenPurpose::EmailVerification)
                 .await?
                 .ok_or_else(|| {
-                    Error::invalid_argument("INVALID_TOKEN", "the verification token is unknown, used or expired")
+                    Error::unauthenticated("INVALID_TOKEN", "the verification token is unknown, used or expired")
                 })?;
             store::mark_email_verified(conn, user_id)
                 .await?
@@ -222,7 +222,7 @@ fn replay(user: UserRow, email: &Email) -> Result<UserRow, Error> {
     if user.email == email.as_str() {
         Ok(user)
     } else {
-        Err(Error::failed_precondition(
+        Err(Error::already_exists(
             "REQUEST_ID_REUSED",
             "this request_id was used for a different registration",
         ))

@@ -41,31 +41,18 @@ pub(super) async fn mark_read(
     user_id: Uuid,
     request: pb::MarkReadRequest,
 ) -> Result<pb::MarkReadResponse, Error> {
+    // Either, both or neither: both marks the older ones and the named
+    // ones; neither changes nothing and only reports the unread count.
+    if request.notification_ids.len() > MAX_MARK_READ {
+        return Err(Error::invalid_field("notification_ids", "at most 100 ids"));
+    }
+    let ids = request
+        .notification_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| parse_id(&format!("notification_ids[{i}]"), id))
+        .collect::<Result<Vec<_>, _>>()?;
     let up_to = request.up_to_notification_id.as_str();
-    let ids = match (request.notification_ids.is_empty(), up_to.is_empty()) {
-        (false, false) => {
-            return Err(Error::invalid_field(
-                "up_to_notification_id",
-                "give notification_ids or up_to_notification_id, not both",
-            ));
-        }
-        (true, true) => {
-            return Err(Error::invalid_field(
-                "notification_ids",
-                "give 1 to 100 ids, or up_to_notification_id",
-            ));
-        }
-        (false, true) if request.notification_ids.len() > MAX_MARK_READ => {
-            return Err(Error::invalid_field("notification_ids", "at most 100 ids"));
-        }
-        (false, true) => request
-            .notification_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| parse_id(&format!("notification_ids[{i}]"), id))
-            .collect::<Result<Vec<_>, _>>()?,
-        (true, false) => Vec::new(),
-    };
     let up_to = if up_to.is_empty() {
         None
     } else {
@@ -79,6 +66,8 @@ pub(super) async fn mark_read(
                 let row = inbox::find(conn, up_to).await?;
                 let row = owned(row, user_id)?;
                 inbox::mark_read_up_to(conn, user_id, row.seq).await?;
+            }
+            if ids.is_empty() {
                 return Ok(Vec::new());
             }
             // Locked, so a concurrent mark waits and then finds them read.

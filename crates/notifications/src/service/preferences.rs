@@ -93,7 +93,7 @@ pub(super) async fn unsubscribe(
     request: pb::UnsubscribeRequest,
 ) -> Result<pb::UnsubscribeResponse, Error> {
     let (user_id, topic) = unsubscribe::verify(&service.link_key, &request.token).ok_or_else(|| {
-        Error::invalid_argument("BAD_UNSUBSCRIBE_TOKEN", "this unsubscribe link is not one Keel signed")
+        Error::unauthenticated("BAD_UNSUBSCRIBE_TOKEN", "this unsubscribe link is not one Keel signed")
     })?;
     let mut conn = service.pool.get().await?;
     conn.transaction::<_, Error, _>(async |conn| {
@@ -170,12 +170,8 @@ fn overrides(
         let field = format!("preferences.event_types[{i}]");
         let topic = Topic::parse(&format!("{field}.event_type"), &entry.event_type)?;
         let channels = channels(&format!("{field}.channels"), &entry.channels)?;
-        if chosen.insert(topic, channels).is_some() {
-            return Err(keel_platform::error::FieldViolation {
-                field: format!("{field}.event_type"),
-                description: format!("{} is listed twice", topic.as_str()),
-            });
-        }
+        // A later entry for the same event type replaces an earlier one.
+        chosen.insert(topic, channels);
     }
     Ok(chosen)
 }

@@ -21,7 +21,7 @@ use crate::{
         deliveries,
         endpoints::{self, EndpointRow, NewEndpoint},
     },
-    webhook::secret::SigningSecret,
+    webhook::{secret::SigningSecret, ssrf::Refusal},
 };
 
 /// The most endpoints one user may have.
@@ -59,7 +59,7 @@ pub(super) async fn create_webhook_endpoint(
         .webhooks
         .check_endpoint(&wanted.url)
         .await
-        .map_err(|refusal| Error::invalid_field("webhook_endpoint.url", refusal.to_string()))?;
+        .map_err(refused_url)?;
 
     let id = Uuid::now_v7();
     let secret = SigningSecret::generate()?;
@@ -139,12 +139,11 @@ pub(super) async fn rotate_webhook_endpoint_secret(
     request: pb::RotateWebhookEndpointSecretRequest,
 ) -> Result<pb::RotateWebhookEndpointSecretResponse, Error> {
     let id = parse_id("webhook_endpoint_id", &request.webhook_endpoint_id)?;
+    // Below zero retires the old secret at once, as zero does; above the
+    // most is the most (as a page size above 100 is 100).
     let overlap = match request.overlap {
         None => DEFAULT_OVERLAP,
-        Some(overlap) => Duration::try_from(overlap)
-            .ok()
-            .filter(|d| *d <= MAX_OVERLAP)
-            .ok_or_else(|| Error::invalid_field("overlap", "must be between 0 and 7 days"))?,
+        Some(overlap) => Duration::try_from(overlap).unwrap_or(Duration::ZERO).min(MAX_OVERLAP),
     };
     let secret = SigningSecret::generate()?;
     let (sealed, sealed_with) = secret.seal(service.secrets_key.as_ref(), id)?;
@@ -190,6 +189,18 @@ fn mine(caller: &UserPrincipal, row: Option<EndpointRow>) -> Result<EndpointRow,
             "NOT_YOUR_WEBHOOK_ENDPOINT",
             "you may act only on your own webhook endpoints",
         )),
+    }
+}
+
+/// A URL the contract allows but this deployment will not call is refused by
+/// policy (PERMISSION_DENIED); one that breaks the URL rules is a bad field.
+fn refused_url(refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::Forbidden { .. }
+        | Refusal::Scheme {
+            http_allowed: false, ..
+        } => Error::permission_denied("WEBHOOK_TARGET_FORBIDDEN", refusal.to_string()),
+        _ => Error::invalid_field("webhook_endpoint.url", refusal.to_string()),
     }
 }
 

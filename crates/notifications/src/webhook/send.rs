@@ -67,11 +67,15 @@ impl Sender {
     }
 
     /// Checks an endpoint URL at registration: its form, and every address
-    /// its host resolves to now.
+    /// its host resolves to now (a name with no address passes).
     pub async fn check_endpoint(&self, raw_url: &str) -> Result<Url, Refusal> {
         let url = self.guard.check_url(raw_url)?;
-        self.guard.resolve(&url).await?;
-        Ok(url)
+        match self.guard.resolve(&url).await {
+            // A name with no address yet may get one (a receiver being set
+            // up); each delivery resolves and checks it again.
+            Ok(_) | Err(Refusal::Unresolved { .. }) => Ok(url),
+            Err(refusal) => Err(refusal),
+        }
     }
 
     /// POSTs `body` to `url`, signed with each of `secrets`, with `msg_id`

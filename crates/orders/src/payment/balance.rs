@@ -190,7 +190,7 @@ mod tests {
         }
         // The same key with other parameters is a bug, not a decline.
         assert!(matches!(
-            debit_refused(&refused(Code::FailedPrecondition, "REQUEST_ID_REUSED")),
+            debit_refused(&refused(Code::AlreadyExists, "REQUEST_ID_REUSED")),
             ChargeOutcome::Uncertain(_)
         ));
     }

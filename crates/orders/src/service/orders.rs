@@ -1,7 +1,7 @@
 //! CreateOrder, GetOrder, ListOrders, CancelOrder, ShipOrder and
 //! DeliverOrder: reading requests and shaping answers around the saga.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use keel::{common::v1::Money, orders::v1 as pb};
 use keel_platform::{
@@ -82,31 +82,16 @@ fn read_order(caller: &UserPrincipal, request: &pb::CreateOrderRequest) -> Resul
             ));
             None
         }
-        _ if !payment_method_id.is_empty() => {
-            bad.push(field(
-                "external_payment_method_id",
-                "must be empty unless payment_method is EXTERNAL",
-            ));
-            None
-        }
+        // Only a card payment has a payment method at the gateway.
         _ => None,
     };
     if request.items.is_empty() || request.items.len() > MAX_LINES {
         bad.push(field("items", &format!("must have 1 to {MAX_LINES} lines")));
     }
-    let mut seen = BTreeSet::new();
     let mut lines = Vec::with_capacity(request.items.len());
     for (i, item) in request.items.iter().enumerate() {
         let product_id = uuid_field(&format!("items[{i}].product_id"), &item.product_id).map_err(|v| bad.push(v));
         let quantity = domain::quantity(&format!("items[{i}].quantity"), item.quantity).map_err(|v| bad.push(v));
-        if let Ok(product_id) = product_id
-            && !seen.insert(product_id)
-        {
-            bad.push(field(
-                &format!("items[{i}].product_id"),
-                "names a product already ordered in another line",
-            ));
-        }
         if let (Ok(product_id), Ok(quantity)) = (product_id, quantity) {
             lines.push(Line { product_id, quantity });
         }

@@ -110,11 +110,13 @@ pub(super) async fn update_product(
         }
     };
     let mut violations = Violations::new();
-    let name = named("name", !product.name.is_empty())
+    // Name and price can't be cleared: left empty, they keep their value
+    // even when the mask names them.
+    let name = (named("name", true) && !product.name.is_empty())
         .then(|| violations.check(domain::product_name("product.name", &product.name)));
     let description = named("description", !product.description.is_empty())
         .then(|| violations.check(domain::description("product.description", &product.description)));
-    let price = named("price", product.price.is_some())
+    let price = (named("price", true) && product.price.is_some())
         .then(|| violations.check(Price::parse("product.price", product.price.as_ref())));
     // A named field that failed to parse noted its violation.
     if name.as_ref().is_some_and(Option::is_none)
@@ -178,7 +180,7 @@ pub(super) async fn adjust_stock(
                 if first.delta == delta && first.reason == reason {
                     return Ok(current);
                 }
-                return Err(Error::failed_precondition(
+                return Err(Error::already_exists(
                     "REQUEST_ID_REUSED",
                     "this request_id was used for a different adjustment; use a new one",
                 ));

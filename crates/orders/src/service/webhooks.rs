@@ -29,7 +29,7 @@ pub(super) async fn handle(
 ) -> Result<pb::HandleCardGatewayWebhookResponse, Error> {
     let body = request.body.unwrap_or_default();
     let event = webhook::verify(&body.data, signature, &orders.webhook_secrets, Utc::now().timestamp())
-        .map_err(|refused| Error::invalid_argument("BAD_SIGNATURE", refused.to_string()))?;
+        .map_err(|refused| Error::unauthenticated("BAD_SIGNATURE", refused.to_string()))?;
     if !event.kind.starts_with("payment_intent.") {
         return Ok(pb::HandleCardGatewayWebhookResponse {});
     }
