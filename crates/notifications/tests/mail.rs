@@ -212,8 +212,9 @@ async fn the_one_click_unsubscribe_link_turns_that_mail_off() -> anyhow::Result<
     assert_eq!(count, 3);
 
     // A forged token is refused.
+    // A forged token is refused: the token is the call's credential.
     let forged = one_click(&gateway, "/v1/notifications:unsubscribe?token=AAAA").await?;
-    assert_eq!(forged.status.as_u16(), 400);
+    assert_eq!(forged.status.as_u16(), 401);
     Ok(())
 }
 

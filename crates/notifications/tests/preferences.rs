@@ -90,13 +90,6 @@ async fn preferences_default_to_every_channel_and_change_by_mask_and_etag() -> a
         update("me", "", &[Channel::Unspecified], &[], &["default_channels"]),
         update("me", "", &[Channel::Email, Channel::Email], &[], &["default_channels"]),
         update("me", "", &[], &[("no.such.type", &[])], &["event_types"]),
-        update(
-            "me",
-            "",
-            &[],
-            &[("order.paid", &[]), ("order.paid", &[])],
-            &["event_types"],
-        ),
         update("me", "", &[], &[], &["etag"]),
         update("not-an-id", "", &[], &[], &[]),
     ] {
@@ -106,6 +99,25 @@ async fn preferences_default_to_every_channel_and_change_by_mask_and_etag() -> a
             .expect_err("invalid");
         assert_eq!(refused.code(), Code::InvalidArgument, "{bad:?}");
     }
+
+    // An event type listed twice takes its last entry.
+    let twice = client
+        .update_preferences(authorized(
+            update(
+                "me",
+                "",
+                &[],
+                &[("order.paid", &[]), ("order.paid", &[Channel::InApp])],
+                &["event_types"],
+            ),
+            &user.token,
+        ))
+        .await?
+        .into_inner()
+        .preferences
+        .expect("preferences");
+    assert_eq!(twice.event_types.len(), 1);
+    assert_eq!(twice.event_types[0].channels, [Channel::InApp as i32]);
 
     // Another user's: refused for a user, allowed for an admin.
     let other = f.user().await?;

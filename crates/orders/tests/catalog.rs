@@ -145,7 +145,12 @@ async fn invalid_products_are_refused_naming_every_bad_field() -> anyhow::Result
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert_eq!(
         violated_fields(&refused),
-        ["product.name", "product.price.amount_minor", "product.stock_quantity"]
+        [
+            "product.name",
+            "product.stock_quantity",
+            "product.price.amount_minor",
+            "product.price.currency_code"
+        ]
     );
     let no_price = fx
         .orders()
@@ -357,7 +362,7 @@ async fn stock_adjusts_once_per_request_id_and_never_below_zero() -> anyhow::Res
         .adjust_stock(authorized(adjust(&product.id, 0, ""), &fx.admin))
         .await
         .expect_err("zero delta, no key");
-    assert_eq!(violated_fields(&zero), ["request_id", "delta"]);
+    assert_eq!(violated_fields(&zero), ["delta", "request_id"]);
     let huge = orders
         .adjust_stock(authorized(adjust(&product.id, i64::MAX, "huge"), &fx.admin))
         .await
