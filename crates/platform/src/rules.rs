@@ -23,6 +23,8 @@ use crate::error::{Error, FieldViolation};
 
 /// The protovalidate field option.
 const FIELD_RULES: &str = "buf.validate.field";
+/// Event delivery (EventSink), whose requests are not checked.
+const EVENTS_PACKAGE: &str = "keel.events.v1";
 /// The protovalidate message option.
 const MESSAGE_RULES: &str = "buf.validate.message";
 /// `buf.validate.Ignore.IGNORE_IF_ZERO_VALUE`.
@@ -436,7 +438,10 @@ impl Rules {
                 rules.conditions.insert(message.full_name().to_owned(), conditions);
             }
         }
-        for service in pool.services() {
+        // Events are facts their producer checked when it wrote them, and
+        // they carry Money that may be negative (a debit's delta): a consumer
+        // refusing one would stall the producer's outbox for good.
+        for service in pool.services().filter(|s| s.package_name() != EVENTS_PACKAGE) {
             // A request stream is not read ahead: the call would wait for
             // all of it. Every Keel RPC takes a single request.
             for method in service.methods().filter(|m| !m.is_client_streaming()) {
@@ -660,6 +665,13 @@ mod tests {
     fn every_rule_in_the_protos_is_understood() {
         let rules = Rules::load().expect("rules");
         assert!(rules.messages.contains_key("keel.auth.v1.RegisterRequest"));
+        assert!(
+            rules
+                .request_type("/keel.accounts.v1.AccountsService/Deposit")
+                .is_some()
+        );
+        // A debit's event carries a negative Money; events are not requests.
+        assert!(rules.request_type("/keel.events.v1.EventSink/Deliver").is_none());
         assert!(UUID.is_match("0190b6a4-0000-7000-8000-000000000000"));
         assert!(!UUID.is_match("not-a-uuid"));
     }
