@@ -159,7 +159,7 @@ fn body_json(input: &Input<'_>) -> Result<Option<Value>, ApiError> {
     if value.is_null() {
         return Err(ApiError::bad_request("the request body is null"));
     }
-    if let Some(path) = null_at(&value, "") {
+    if let Some(path) = null_at(&value) {
         return Err(ApiError::bad_field(
             path.trim_start_matches('.'),
             "is null; leave the field out instead",
@@ -168,17 +168,19 @@ fn body_json(input: &Input<'_>) -> Result<Option<Value>, ApiError> {
     Ok(Some(value))
 }
 
-/// Where the first `null` in `value` is (`.items[1].quantity`), if any.
-fn null_at(value: &Value, at: &str) -> Option<String> {
+/// Where the first `null` in `value` is (`.items[1].quantity`), if any. The
+/// path is built only on the way out of a null, so a body without one costs
+/// no allocation.
+fn null_at(value: &Value) -> Option<String> {
     match value {
-        Value::Null => Some(at.to_owned()),
+        Value::Null => Some(String::new()),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .find_map(|(i, item)| null_at(item, &format!("{at}[{i}]"))),
+            .find_map(|(i, item)| null_at(item).map(|rest| format!("[{i}]{rest}"))),
         Value::Object(fields) => fields
             .iter()
-            .find_map(|(name, field)| null_at(field, &format!("{at}.{name}"))),
+            .find_map(|(name, field)| null_at(field).map(|rest| format!(".{name}{rest}"))),
         _ => None,
     }
 }
@@ -443,6 +445,13 @@ mod tests {
             let (status, code) = call(method, uri, body).expect_err(uri);
             assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri} {body}: {code}");
         }
+    }
+
+    #[test]
+    fn a_null_is_found_with_its_path() {
+        let body = serde_json::json!({"requestId": "k", "items": [{"quantity": 1}, {"quantity": null}]});
+        assert_eq!(null_at(&body).as_deref(), Some(".items[1].quantity"));
+        assert_eq!(null_at(&serde_json::json!({"items": [{"quantity": 1}]})), None);
     }
 
     #[test]

@@ -33,19 +33,29 @@ pub fn document(descriptors: &Descriptors, routes: &RouteTable) -> Json {
     let mut paths: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
     let mut operation_ids: BTreeMap<String, usize> = BTreeMap::new();
     let mut tags = BTreeMap::new();
-    for route in routes.routes() {
+    let ids: Vec<String> = routes
+        .routes()
+        .iter()
+        .map(|route| {
+            let base_id = format!("{}_{}", route.rpc.parent_service().name(), route.rpc.name());
+            let seen = operation_ids.entry(base_id.clone()).or_insert(0);
+            *seen += 1;
+            if *seen == 1 {
+                base_id
+            } else {
+                format!("{base_id}_{seen}")
+            }
+        })
+        .collect();
+    for (route, operation_id) in routes.routes().iter().zip(&ids) {
         let service = route.rpc.parent_service();
         tags.entry(service.name().to_owned())
             .or_insert_with(|| comments(&service.parent_file(), service.path()));
-        let base_id = format!("{}_{}", service.name(), route.rpc.name());
-        let seen = operation_ids.entry(base_id.clone()).or_insert(0);
-        *seen += 1;
-        let operation_id = if *seen == 1 {
-            base_id
-        } else {
-            format!("{base_id}_{seen}")
-        };
-        let operation = builder.operation(route, operation_id);
+        let mut operation = builder.operation(route, operation_id.clone());
+        let links = links(route, routes.routes(), &ids);
+        if !links.is_empty() {
+            operation["responses"]["200"]["links"] = Json::Object(links);
+        }
         paths
             .entry(route.openapi_path.to_string())
             .or_default()
@@ -79,6 +89,57 @@ pub fn document(descriptors: &Descriptors, routes: &RouteTable) -> Json {
             },
         },
     })
+}
+
+/// OpenAPI links from a reply that holds a resource to the routes its id
+/// names: by AIP-122 a `{product_id}` path parameter names a Product, so the
+/// Product in CreateProduct's reply links to GetProduct, UpdateProduct and
+/// AdjustStock. A client (or a fuzzer's stateful phase) follows them from a
+/// created resource to what acts on it.
+fn links(route: &Route, routes: &[Route], operation_ids: &[String]) -> Map<String, Json> {
+    let mut links = Map::new();
+    if route.is_streaming() || route.response_body.is_some() {
+        return links;
+    }
+    for field in route.rpc.output().fields() {
+        let Kind::Message(resource) = field.kind() else {
+            continue;
+        };
+        if field.is_list() || field.is_map() || resource.get_field_by_name("id").is_none() {
+            continue;
+        }
+        let parameter = format!("{}_id", snake_case(resource.name()));
+        for (target, operation_id) in routes.iter().zip(operation_ids) {
+            if target.path_parameters != [parameter.as_str()] {
+                continue;
+            }
+            links.insert(
+                operation_id.clone(),
+                json!({
+                    "operationId": operation_id,
+                    "parameters": { &parameter: format!("$response.body#/{}/id", field.json_name()) },
+                    "description": format!("The {} in this reply.", resource.name()),
+                }),
+            );
+        }
+    }
+    links
+}
+
+/// `WebhookEndpoint` as a snake_case name: `webhook_endpoint`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Where a schema is used: a request's schemas carry the protos' request
@@ -556,8 +617,11 @@ fn has_rules(message: &MessageDescriptor) -> bool {
     let mut seen: Vec<MessageDescriptor> = Vec::new();
     let mut pending = vec![message.clone()];
     while let Some(message) = pending.pop() {
+        if !RequiredWhen::of(&message).unwrap_or_default().is_empty() {
+            return true;
+        }
         for field in message.fields() {
-            if request_rules(&field).is_some() || !RequiredWhen::of(&message).unwrap_or_default().is_empty() {
+            if request_rules(&field).is_some() {
                 return true;
             }
             if let Kind::Message(inner) = field.kind()
@@ -801,6 +865,46 @@ mod tests {
             .collect();
         assert_eq!(names, ["account_id", "updateMask"]);
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    }
+
+    #[test]
+    fn a_reply_holding_a_resource_links_to_the_routes_its_id_names() {
+        let doc = doc();
+        let links = &doc["paths"]["/v1/products"]["post"]["responses"]["200"]["links"];
+        let mut targets: Vec<&str> = links
+            .as_object()
+            .expect("CreateProduct's links")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        targets.sort_unstable();
+        assert_eq!(
+            targets,
+            [
+                "OrdersService_AdjustStock",
+                "OrdersService_GetProduct",
+                "OrdersService_UpdateProduct"
+            ]
+        );
+        assert_eq!(
+            links["OrdersService_GetProduct"]["parameters"],
+            json!({ "product_id": "$response.body#/product/id" })
+        );
+        let order = &doc["paths"]["/v1/orders"]["post"]["responses"]["200"]["links"];
+        assert_eq!(
+            order["OrdersService_CancelOrder"]["parameters"],
+            json!({ "order_id": "$response.body#/order/id" })
+        );
+        let endpoint = &doc["paths"]["/v1/webhookEndpoints"]["post"]["responses"]["200"]["links"];
+        assert_eq!(
+            endpoint["NotificationsService_DeleteWebhookEndpoint"]["parameters"],
+            json!({ "webhook_endpoint_id": "$response.body#/webhookEndpoint/id" })
+        );
+        // A list is not one resource, and nothing links from a deletion.
+        assert!(doc["paths"]["/v1/products"]["get"]["responses"]["200"]["links"].is_null());
+        assert!(
+            doc["paths"]["/v1/webhookEndpoints/{webhook_endpoint_id}"]["delete"]["responses"]["200"]["links"].is_null()
+        );
     }
 
     #[test]

@@ -158,7 +158,7 @@ impl Orders {
                     .and_then(|line_total| total.checked_add(line_total))
                     .filter(|total| *total <= MAX_TOTAL_MINOR)
                     .ok_or_else(|| {
-                        Error::invalid_argument(
+                        Error::failed_precondition(
                             "TOTAL_TOO_LARGE",
                             format!("an order's total is at most {MAX_TOTAL_MINOR} minor units"),
                         )

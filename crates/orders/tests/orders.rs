@@ -236,7 +236,7 @@ async fn invalid_orders_are_refused_naming_every_bad_field() -> anyhow::Result<(
         .order(&buyer, "dear", &[(&gold.id, 1000), (&tea.id, 1)])
         .await
         .expect_err("10^15 + 450");
-    assert_eq!(dear.code(), Code::InvalidArgument);
+    assert_eq!(dear.code(), Code::FailedPrecondition);
     assert_eq!(reason(&dear), "TOTAL_TOO_LARGE");
     assert_eq!(fx.stock(&gold.id).await?, 5_000);
 
