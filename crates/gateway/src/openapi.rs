@@ -126,18 +126,21 @@ fn links(route: &Route, routes: &[Route], operation_ids: &[String]) -> Map<Strin
     links
 }
 
-/// `WebhookEndpoint` as a snake_case name: `webhook_endpoint`.
+/// A message name as AIP's snake_case: `WebhookEndpoint` is
+/// `webhook_endpoint`, and an acronym is one word (`HTTPBody` is `http_body`).
 fn snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
     let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            let after_lower = chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit();
+            let acronym_ends =
+                chars[i - 1].is_ascii_uppercase() && chars.get(i + 1).is_some_and(char::is_ascii_lowercase);
+            if after_lower || acronym_ends {
                 out.push('_');
             }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
         }
+        out.push(c.to_ascii_lowercase());
     }
     out
 }
@@ -865,6 +868,18 @@ mod tests {
             .collect();
         assert_eq!(names, ["account_id", "updateMask"]);
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    }
+
+    #[test]
+    fn message_names_become_aip_snake_case() {
+        for (name, snake) in [
+            ("Product", "product"),
+            ("WebhookEndpoint", "webhook_endpoint"),
+            ("HTTPBody", "http_body"),
+            ("Oauth2Client", "oauth2_client"),
+        ] {
+            assert_eq!(snake_case(name), snake);
+        }
     }
 
     #[test]
