@@ -21,6 +21,7 @@ use keel_platform::{
 };
 
 pub mod domain;
+pub mod metrics;
 pub mod payment;
 pub mod resumer;
 pub mod saga;
@@ -163,9 +164,10 @@ pub struct SagaConfig {
     #[arg(long, env = "KEEL_ORDERS_PAYMENT_DEADLINE_SECS", default_value_t = 900)]
     pub payment_deadline_secs: u64,
 
-    /// How long whoever works on an order's payment holds it; the resumer
-    /// skips held orders, and an unfinished step is retried once its hold
-    /// ends (milliseconds).
+    /// How long whoever works on an order's payment holds it after each of
+    /// its writes (it renews the hold before every call to a partner); the
+    /// resumer skips held orders. Keep it above the card gateway's timeout
+    /// (milliseconds).
     #[arg(long, env = "KEEL_ORDERS_PAYMENT_LEASE_MS", default_value_t = 30_000)]
     pub payment_lease_ms: u64,
 
@@ -174,9 +176,11 @@ pub struct SagaConfig {
     #[arg(long, env = "KEEL_ORDERS_RESUME_INTERVAL_MS", default_value_t = 5_000)]
     pub resume_interval_ms: u64,
 
-    /// The most orders one resumer pass claims.
-    #[arg(long, env = "KEEL_ORDERS_RESUME_BATCH", default_value_t = 32,
-          value_parser = clap::value_parser!(i64).range(1..=1000))]
+    /// How many orders one resumer works on at once. Each worker claims one
+    /// order at a time and goes on until none is left, so a backlog drains
+    /// as fast as the payment partners answer.
+    #[arg(long, env = "KEEL_ORDERS_RESUME_BATCH", default_value_t = 8,
+          value_parser = clap::value_parser!(i64).range(1..=256))]
     pub resume_batch: i64,
 
     /// Test hook: CreateOrder stops after this step as if the process died
@@ -200,7 +204,7 @@ impl Default for SagaConfig {
             payment_deadline_secs: 900,
             payment_lease_ms: 30_000,
             resume_interval_ms: 5_000,
-            resume_batch: 32,
+            resume_batch: 8,
             test_crash_after: None,
         }
     }
@@ -243,7 +247,8 @@ pub async fn run(config: OrdersConfig, context: Context) -> anyhow::Result<()> {
     };
     let pool = db::pool(&context.database_url, &config.pool)?;
     let orders = Orders::new(pool.clone(), payments, config.saga.clone())
-        .with_webhook_secrets(config.card_gateway.webhook_secrets());
+        .with_webhook_secrets(config.card_gateway.webhook_secrets())
+        .with_metrics(metrics::PaymentMetrics::new(&context.metrics));
     let verifier = context.verifier(&config.tokens)?;
     let resumer = tokio::spawn(resumer::run(orders.clone(), context.shutdown.clone()));
     let serving = Serving {

@@ -14,7 +14,7 @@
 //!    flight. [`Orders::settle`] does that outside the transaction, with
 //!    `order:<id>:refund`; it too is retried by the resumer until it ends.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel::{
     common::v1::Money,
@@ -26,12 +26,12 @@ use uuid::Uuid;
 use crate::{
     Orders,
     domain::{MAX_TOTAL_MINOR, RequestId},
-    payment::{Charge, ChargeOutcome, Refund, RefundOutcome, charge_key, refund_key},
+    payment::{Charge, ChargeOutcome, Decline, Prepared, Refund, RefundOutcome, VoidOutcome, charge_key, refund_key},
     service::SOURCE,
-    status::{OrderStatus, PaymentMethod, RefundState, Transition},
+    status::{OrderStatus, PaymentMethod, PaymentState, RefundState, Transition},
     store::{
         self, ItemRow, NewItem, NewOrder, OrderChanges, OrderRow,
-        orders::{TransitionError, transition},
+        orders::{Expect, Hold, TransitionError, transition},
         products,
     },
 };
@@ -91,26 +91,52 @@ pub struct PlaceOrder {
     pub payment_method_id: Option<String>,
 }
 
+/// Where [`Orders::begin_charge`] left an order.
+#[derive(Debug)]
+pub enum Step {
+    /// Marked CHARGING under the caller's claim, which was just renewed:
+    /// charge it now.
+    Go(OrderRow),
+    /// Nothing to charge (now): the order as it is.
+    Stop(OrderRow),
+}
+
+/// The outcome of a write under a claim.
+enum Held {
+    /// Written; the caller still holds the order.
+    Still(OrderRow),
+    /// Not written: the order moved on or another worker claimed it. The
+    /// order as it is now.
+    Lost(OrderRow),
+}
+
+/// How an order is being cancelled.
+#[derive(Debug, Clone, Copy)]
+struct Cancel<'a> {
+    reason: &'static str,
+    request_id: Option<&'a str>,
+    /// The provider refused the charge.
+    declined: bool,
+    /// A buyer's cancel: it takes the order over from any worker.
+    take_over: bool,
+}
+
 /// What [`Orders::place`] found or made.
 #[derive(Debug)]
 pub enum Placed {
-    /// A new order, leased to the caller, which should now pay it.
+    /// A new order, claimed by the caller, which should now pay it.
     New(OrderRow),
     /// The order an earlier call with the same key placed.
     Existing(OrderRow),
 }
 
 impl Orders {
-    fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now + self.saga.lease()
-    }
-
     /// Step 1: reserves, snapshots and inserts the order, once per (buyer,
     /// key).
     pub async fn place(&self, order: &PlaceOrder) -> Result<Placed, Error> {
         let now = Utc::now();
         let deadline = now + self.saga.payment_deadline();
-        let lease_until = self.lease_until(now);
+        let lease_until = now + self.saga.lease();
         // Kept with the order, so its later steps join this call's trace.
         let trace = keel_platform::telemetry::current_trace_context();
         let mut conn = self.pool.get().await?;
@@ -186,6 +212,7 @@ impl Orders {
                     lease_until: Some(lease_until),
                     payment_method_id: order.payment_method_id.as_deref(),
                     traceparent: trace.get("traceparent").map(String::as_str),
+                    claim: 1,
                 },
                 &items,
             )
@@ -205,63 +232,79 @@ impl Orders {
         .await
     }
 
-    /// Takes the order's lease if nobody holds it and it is still unpaid.
-    pub async fn claim(&self, order: &OrderRow) -> Result<Option<OrderRow>, Error> {
-        let now = Utc::now();
+    /// Claims the order if its payment or refund is unfinished and nobody
+    /// holds it; the row returned carries the caller's fencing token.
+    pub async fn claim(&self, id: Uuid) -> Result<Option<OrderRow>, Error> {
         let mut conn = self.pool.get().await?;
-        Ok(store::orders::claim(
-            &mut conn,
-            order.id,
-            OrderStatus::PendingPayment,
-            now,
-            self.lease_until(now),
-        )
-        .await?)
+        Ok(store::orders::claim(&mut conn, id, self.saga.lease()).await?)
     }
 
-    /// Step 2, for an unpaid order whose lease the caller holds: charges it
-    /// and records the outcome. Returns the order as it is afterwards.
+    /// Step 2, for an unpaid order the caller holds a claim on: prepares and
+    /// starts the charge, charges, and records the outcome. Returns the order
+    /// as it is afterwards.
     pub async fn pay(&self, order: OrderRow) -> Result<OrderRow, Error> {
-        let (order, outcome) = self.charge(order).await?;
-        self.record_charge(order, outcome).await
+        match self.begin_charge(order).await? {
+            Step::Go(order) => {
+                let outcome = self.payments.get(order.payment_method)?.charge(&charge_of(&order)).await;
+                self.record_charge(order, outcome).await
+            }
+            Step::Stop(order) => Ok(order),
+        }
     }
 
-    /// The charge alone (with the provider's prepare step when it has one),
-    /// outside any transaction.
-    pub async fn charge(&self, order: OrderRow) -> Result<(OrderRow, ChargeOutcome), Error> {
+    /// Everything before the call that may take money, each write under the
+    /// caller's claim: the provider's record created and stored (once per
+    /// order, and only the stored one is ever charged), then the payment
+    /// marked CHARGING. Stops when the claim was lost or the order moved on
+    /// (a cancel), so nothing is charged for an order no longer unpaid.
+    pub async fn begin_charge(&self, order: OrderRow) -> Result<Step, Error> {
+        if order.status != OrderStatus::PendingPayment {
+            return Ok(Step::Stop(order));
+        }
         let provider = self.payments.get(order.payment_method)?;
         let mut order = order;
-        if order.charge_reference.is_none() {
+        if order.payment_state == PaymentState::Unpaid && order.charge_reference.is_none() {
+            order = match self.renew(&order).await? {
+                Held::Still(order) => order,
+                Held::Lost(now) => return Ok(Step::Stop(now)),
+            };
             match provider.prepare(&charge_of(&order)).await {
-                Ok(Some(reference)) => {
-                    order = self.note_reference(&order, &reference).await?;
+                Prepared::Ready(Some(reference)) => {
+                    let changes = OrderChanges {
+                        charge_reference: Some(&reference),
+                        ..Default::default()
+                    };
+                    order = match self.write(&order, changes, self.hold()).await? {
+                        Held::Still(order) => order,
+                        Held::Lost(now) => {
+                            // Never stored, so never confirmed: it cannot take money.
+                            tracing::info!(order_id = %now.id, reference, "the order moved on while its charge was prepared; the prepared charge is left unconfirmed");
+                            return Ok(Step::Stop(now));
+                        }
+                    };
                 }
-                Ok(None) => {}
-                Err(detail) => {
+                Prepared::Ready(None) => {}
+                Prepared::Declined(decline) => return self.declined(order, &decline).await.map(Step::Stop),
+                Prepared::Uncertain(detail) => {
                     tracing::warn!(order_id = %order.id, detail, "preparing the charge failed; it will be retried");
-                    return Ok((order, ChargeOutcome::Uncertain(detail)));
+                    return self.retry_later(order).await.map(Step::Stop);
                 }
             }
         }
-        let outcome = provider.charge(&charge_of(&order)).await;
-        Ok((order, outcome))
-    }
-
-    /// Stores the provider's reference of a charge not finished yet.
-    async fn note_reference(&self, order: &OrderRow, reference: &str) -> Result<OrderRow, Error> {
-        let mut conn = self.pool.get().await?;
         let changes = OrderChanges {
-            charge_reference: Some(reference),
+            payment_state: (order.payment_state == PaymentState::Unpaid).then_some(PaymentState::Charging),
             ..Default::default()
         };
-        Ok(
-            store::orders::update(&mut conn, order.id, order.status, order.refund_state, changes)
-                .await?
-                .unwrap_or_else(|| order.clone()),
-        )
+        match self.write(&order, changes, self.hold()).await? {
+            Held::Still(order) if order.payment_state == PaymentState::Charging => Ok(Step::Go(order)),
+            Held::Still(order) | Held::Lost(order) => Ok(Step::Stop(order)),
+        }
     }
 
-    /// Records how a charge of a PENDING_PAYMENT order ended.
+    /// Records how a charge of a PENDING_PAYMENT order ended, under the
+    /// caller's claim. When the claim was lost (a cancel took the order
+    /// over), nothing is written: the new holder voids the charge and so
+    /// learns how it ended.
     pub async fn record_charge(&self, order: OrderRow, outcome: ChargeOutcome) -> Result<OrderRow, Error> {
         match outcome {
             ChargeOutcome::Paid { reference } => {
@@ -269,11 +312,12 @@ impl Orders {
                 let paid = conn
                     .transaction::<_, Error, _>(async |conn| {
                         let changes = OrderChanges {
+                            payment_state: Some(PaymentState::Charged),
                             charge_reference: Some(&reference),
-                            lease_until: Some(None),
                             ..Default::default()
                         };
-                        match transition(conn, order.id, OrderStatus::PendingPayment, Transition::Pay, changes).await {
+                        let expect = Expect::of(&order);
+                        match transition(conn, &expect, Transition::Pay, changes, Hold::Release).await {
                             Ok(row) => {
                                 outbox::enqueue(
                                     conn,
@@ -294,102 +338,69 @@ impl Orders {
                     .await?;
                 match paid {
                     Some(row) => Ok(row),
-                    // Someone moved it first: it was paid already, or it was
-                    // cancelled while this charge ran, and is then owed back.
-                    None => self.charged_after_all(order.id, &reference).await,
+                    None => self.lost(order.id).await,
                 }
             }
-            ChargeOutcome::Declined(decline) => {
-                let reason = decline.reason();
-                match self
-                    .cancel_in_one(
-                        &order,
-                        OrderStatus::PendingPayment,
-                        reason,
-                        RefundState::NotNeeded,
-                        None,
-                    )
-                    .await?
-                {
-                    Some(row) => Ok(row),
-                    None => {
-                        // Cancelled meanwhile with the outcome unknown: now
-                        // it is known that nothing was taken.
-                        let mut conn = self.pool.get().await?;
-                        let changes = OrderChanges {
-                            refund_state: Some(RefundState::NotNeeded),
-                            lease_until: Some(None),
-                            ..Default::default()
-                        };
-                        store::orders::update(
-                            &mut conn,
-                            order.id,
-                            OrderStatus::Cancelled,
-                            RefundState::Unknown,
-                            changes,
-                        )
-                        .await?;
-                        self.reload(order.id).await
-                    }
-                }
-            }
-            ChargeOutcome::Pending { reference } => match reference {
-                Some(reference) if order.charge_reference.as_deref() != Some(reference.as_str()) => {
-                    self.note_reference(&order, &reference).await
-                }
-                _ => Ok(order),
-            },
+            ChargeOutcome::Declined(decline) => self.declined(order, &decline).await,
+            ChargeOutcome::Pending { .. } => self.retry_later(order).await,
             ChargeOutcome::Uncertain(detail) => {
-                tracing::warn!(order_id = %order.id, detail, "the charge's outcome is unknown; it will be retried with the same key");
-                Ok(order)
+                tracing::warn!(order_id = %order.id, detail, "the charge's outcome is unknown; it will be asked again with the same key");
+                self.retry_later(order).await
             }
         }
     }
 
-    /// A charge went through for an order that someone else moved on: if it
-    /// was cancelled meanwhile, the charge is owed back.
-    async fn charged_after_all(&self, id: Uuid, reference: &str) -> Result<OrderRow, Error> {
-        let mut conn = self.pool.get().await?;
-        let changes = OrderChanges {
-            charge_reference: Some(reference),
-            refund_state: Some(RefundState::Due),
-            ..Default::default()
+    /// The provider definitely took nothing: the order is cancelled with the
+    /// decline's reason, under the caller's claim.
+    async fn declined(&self, order: OrderRow, decline: &Decline) -> Result<OrderRow, Error> {
+        let cancel = Cancel {
+            reason: decline.reason(),
+            request_id: None,
+            declined: true,
+            take_over: false,
         };
-        let owed = store::orders::update(&mut conn, id, OrderStatus::Cancelled, RefundState::Unknown, changes).await?;
-        drop(conn);
-        match owed {
-            Some(row) => self.settle(row).await,
-            None => self.reload(id).await,
+        match self.cancel_in_one(&order, cancel).await? {
+            Some(row) => Ok(row),
+            None => self.lost(order.id).await,
         }
     }
 
-    /// Cancels `order` from `from` in one transaction: the status, the stock
-    /// back, OrderCancelled, and what is still owed (`refund`). None when the
-    /// order was no longer in `from`.
-    async fn cancel_in_one(
-        &self,
-        order: &OrderRow,
-        from: OrderStatus,
-        reason: &'static str,
-        refund: RefundState,
-        cancel_request_id: Option<&str>,
-    ) -> Result<Option<OrderRow>, Error> {
-        // Whoever cancels with something still owed settles it next; the lease
-        // keeps the resumer from doing the same at the same time.
-        let lease = match refund {
-            RefundState::Unknown | RefundState::Due => Some(self.lease_until(Utc::now())),
-            RefundState::NotNeeded | RefundState::Done => None,
+    /// Cancels the order as `order` shows it, in one transaction: the
+    /// status, the payment (voided if nothing was sent; declined if the
+    /// provider refused), the stock back, and what is owed: nothing, a
+    /// refund, or (the charge's outcome unknown) finding out first.
+    /// OrderCancelled goes with it unless that is still unknown; then it
+    /// goes when [`Orders::settle`] learns the answer. None when the order
+    /// was no longer as shown.
+    async fn cancel_in_one(&self, order: &OrderRow, cancel: Cancel<'_>) -> Result<Option<OrderRow>, Error> {
+        let payment = match order.payment_state {
+            _ if cancel.declined => PaymentState::Declined,
+            PaymentState::Unpaid => PaymentState::Voided,
+            state => state,
+        };
+        let refund = match payment {
+            PaymentState::Charging => RefundState::Unknown,
+            PaymentState::Charged => RefundState::Due,
+            PaymentState::Unpaid | PaymentState::Declined | PaymentState::Voided => RefundState::NotNeeded,
+        };
+        // Whoever cancels with something still owed settles it next, holding
+        // the order: a cancel takes it over from a worker still at it, which
+        // then writes nothing more.
+        let hold = match (refund, cancel.take_over) {
+            (RefundState::NotNeeded, _) => Hold::Release,
+            (_, true) => Hold::TakeOver(self.saga.lease()),
+            (_, false) => self.hold(),
         };
         let mut conn = self.pool.get().await?;
         conn.transaction::<_, Error, _>(async |conn| {
             let changes = OrderChanges {
+                payment_state: (payment != order.payment_state).then_some(payment),
                 refund_state: Some(refund),
-                cancel_reason: Some(reason),
-                cancel_request_id,
-                lease_until: Some(lease),
+                cancel_reason: Some(cancel.reason),
+                cancel_request_id: cancel.request_id,
                 ..Default::default()
             };
-            let row = match transition(conn, order.id, from, Transition::Cancel, changes).await {
+            let row = match transition(conn, &Expect::of(order), Transition::Cancel, changes, hold).await {
                 Ok(row) => row,
                 Err(TransitionError::Moved) => return Ok(None),
                 Err(err) => return Err(transition_failed(err)),
@@ -401,49 +412,40 @@ impl Orders {
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("product {} of order {} is gone", item.product_id, row.id))?;
             }
-            outbox::enqueue(
-                conn,
-                SOURCE,
-                Payload::OrderCancelled(OrderCancelled {
-                    order_id: row.id.to_string(),
-                    user_id: row.user_id.to_string(),
-                    reason: reasons::describe(reason).to_owned(),
-                    refunded: refund == RefundState::Due,
-                }),
-            )
-            .await?;
+            if refund != RefundState::Unknown {
+                announce_cancel(conn, &row).await?;
+            }
             Ok(Some(row))
         })
         .await
     }
 
     /// CancelOrder's work, after the caller's right to the order is checked:
-    /// PENDING_PAYMENT or PAID becomes CANCELLED, then whatever is owed is
-    /// settled. A retry with the same `request_id` returns the cancelled
-    /// order.
+    /// PENDING_PAYMENT or PAID becomes CANCELLED, whoever is working on the
+    /// order meanwhile, then whatever is owed is settled. A retry with the
+    /// same `request_id` returns the cancelled order.
     pub async fn cancel(&self, order: OrderRow, request_id: &RequestId) -> Result<OrderRow, Error> {
         let mut order = order;
-        // A racing change (paid, shipped) makes the first attempt miss;
-        // look again, a few times at most.
+        // A racing change (paid, shipped, claimed) makes the first attempt
+        // miss; look again, a few times at most.
         for _ in 0..3 {
-            let (from, refund) = match order.status {
-                OrderStatus::PendingPayment => (OrderStatus::PendingPayment, RefundState::Unknown),
-                OrderStatus::Paid => (OrderStatus::Paid, RefundState::Due),
+            match order.status {
+                OrderStatus::PendingPayment | OrderStatus::Paid => {}
                 OrderStatus::Cancelled if order.cancel_request_id.as_deref() == Some(request_id.as_str()) => {
-                    return self.settle(order).await;
+                    return match self.claim(order.id).await? {
+                        Some(held) => self.settle(held).await,
+                        None => Ok(order),
+                    };
                 }
                 status => return Err(not_cancellable(status)),
+            }
+            let cancel = Cancel {
+                reason: reasons::CANCELLED_ON_REQUEST,
+                request_id: Some(request_id.as_str()),
+                declined: false,
+                take_over: true,
             };
-            match self
-                .cancel_in_one(
-                    &order,
-                    from,
-                    reasons::CANCELLED_ON_REQUEST,
-                    refund,
-                    Some(request_id.as_str()),
-                )
-                .await?
-            {
+            match self.cancel_in_one(&order, cancel).await? {
                 Some(cancelled) => return self.settle(cancelled).await,
                 None => order = self.reload(order.id).await?,
             }
@@ -454,65 +456,80 @@ impl Orders {
         ))
     }
 
-    /// Cancels an unpaid order past its payment deadline, then settles it.
+    /// Cancels an unpaid order past its payment deadline (the caller holds
+    /// it), then settles it.
     pub async fn expire(&self, order: OrderRow) -> Result<OrderRow, Error> {
-        match self
-            .cancel_in_one(
-                &order,
-                OrderStatus::PendingPayment,
-                reasons::PAYMENT_DEADLINE_PASSED,
-                RefundState::Unknown,
-                None,
-            )
-            .await?
-        {
+        let cancel = Cancel {
+            reason: reasons::PAYMENT_DEADLINE_PASSED,
+            request_id: None,
+            declined: false,
+            take_over: false,
+        };
+        match self.cancel_in_one(&order, cancel).await? {
             Some(cancelled) => self.settle(cancelled).await,
-            None => self.reload(order.id).await,
+            None => self.lost(order.id).await,
         }
     }
 
-    /// Settles what a cancelled order still owes: voids a charge whose
-    /// outcome was unknown (learning whether it went through), and refunds a
-    /// charge in full.
-    /// An uncertain step leaves it for the resumer. Other orders are
-    /// returned as they are.
+    /// Settles what a cancelled order the caller holds still owes: voids a
+    /// charge whose outcome was unknown (learning whether it went through),
+    /// and refunds a charge in full. An uncertain step is left for the
+    /// resumer; a refund refused for good is parked as FAILED for an
+    /// operator. Other orders are returned as they are.
     pub async fn settle(&self, order: OrderRow) -> Result<OrderRow, Error> {
         if order.status != OrderStatus::Cancelled {
             return Ok(order);
         }
+        let provider = self.payments.get(order.payment_method)?;
         let mut order = order;
         if order.refund_state == RefundState::Unknown {
-            let provider = self.payments.get(order.payment_method)?;
-            let (state, changes) = match provider.void(&charge_of(&order)).await {
-                ChargeOutcome::Paid { reference } => (RefundState::Due, Some(reference)),
-                ChargeOutcome::Declined(_) => (RefundState::NotNeeded, None),
-                ChargeOutcome::Pending { .. } | ChargeOutcome::Uncertain(_) => {
-                    tracing::warn!(order_id = %order.id, "whether the cancelled order was charged is not known yet");
-                    return Ok(order);
+            order = match self.renew(&order).await? {
+                Held::Still(order) => order,
+                Held::Lost(now) => return Ok(now),
+            };
+            let (payment, refund, reference) = match provider.void(&charge_of(&order)).await {
+                VoidOutcome::NotCharged => (PaymentState::Voided, RefundState::NotNeeded, None),
+                VoidOutcome::Charged { reference } => (PaymentState::Charged, RefundState::Due, Some(reference)),
+                VoidOutcome::Refunded { charge, refund } => {
+                    tracing::info!(order_id = %order.id, charge, refund, "the cancelled order had been charged; refunded");
+                    (PaymentState::Charged, RefundState::Done, Some(charge))
+                }
+                VoidOutcome::Uncertain(detail) => {
+                    tracing::warn!(order_id = %order.id, detail, "whether the cancelled order was charged is not known yet");
+                    return self.retry_later(order).await;
                 }
             };
-            let mut conn = self.pool.get().await?;
-            let update = OrderChanges {
-                charge_reference: changes.as_deref(),
-                refund_state: Some(state),
-                lease_until: (state == RefundState::NotNeeded).then_some(None),
-                ..Default::default()
+            let hold = if refund == RefundState::Due {
+                self.hold()
+            } else {
+                Hold::Release
             };
-            order = match store::orders::update(
-                &mut conn,
-                order.id,
-                OrderStatus::Cancelled,
-                RefundState::Unknown,
-                update,
-            )
-            .await?
-            {
+            let mut conn = self.pool.get().await?;
+            let resolved = conn
+                .transaction::<_, Error, _>(async |conn| {
+                    let changes = OrderChanges {
+                        payment_state: Some(payment),
+                        charge_reference: reference.as_deref(),
+                        refund_state: Some(refund),
+                        ..Default::default()
+                    };
+                    let row = store::orders::update(conn, &Expect::of(&order), changes, hold).await?;
+                    if let Some(row) = &row {
+                        announce_cancel(conn, row).await?;
+                    }
+                    Ok(row)
+                })
+                .await?;
+            order = match resolved {
                 Some(row) => row,
-                None => return self.reload(order.id).await,
+                None => return self.lost(order.id).await,
             };
         }
         if order.refund_state == RefundState::Due {
-            let provider = self.payments.get(order.payment_method)?;
+            order = match self.renew(&order).await? {
+                Held::Still(order) => order,
+                Held::Lost(now) => return Ok(now),
+            };
             let charge_reference = order
                 .charge_reference
                 .clone()
@@ -525,34 +542,71 @@ impl Orders {
                 currency: order.currency.clone(),
                 charge_reference,
             };
-            match provider.refund(&refund).await {
+            let state = match provider.refund(&refund).await {
                 RefundOutcome::Refunded { reference } => {
                     tracing::info!(order_id = %order.id, refund = reference, "refunded");
-                    let mut conn = self.pool.get().await?;
-                    let changes = OrderChanges {
-                        refund_state: Some(RefundState::Done),
-                        lease_until: Some(None),
-                        ..Default::default()
-                    };
-                    return match store::orders::update(
-                        &mut conn,
-                        order.id,
-                        OrderStatus::Cancelled,
-                        RefundState::Due,
-                        changes,
-                    )
-                    .await?
-                    {
-                        Some(row) => Ok(row),
-                        None => self.reload(order.id).await,
-                    };
+                    RefundState::Done
+                }
+                RefundOutcome::Refused(detail) => {
+                    tracing::error!(order_id = %order.id, detail, "the refund was refused for good; an operator must look (ListOrders with refund_state FAILED)");
+                    self.metrics.refund_failed();
+                    RefundState::Failed
                 }
                 RefundOutcome::Uncertain(detail) => {
                     tracing::warn!(order_id = %order.id, detail, "the refund did not complete; it will be retried with the same key");
+                    return self.retry_later(order).await;
                 }
-            }
+            };
+            let changes = OrderChanges {
+                refund_state: Some(state),
+                ..Default::default()
+            };
+            order = match self.write(&order, changes, Hold::Release).await? {
+                Held::Still(order) | Held::Lost(order) => order,
+            };
         }
         Ok(order)
+    }
+
+    /// How long a worker holds an order from its latest write.
+    fn hold(&self) -> Hold {
+        Hold::For(self.saga.lease())
+    }
+
+    /// Writes `changes` under the caller's claim, as `order` shows it.
+    async fn write(&self, order: &OrderRow, changes: OrderChanges<'_>, hold: Hold) -> Result<Held, Error> {
+        let written = {
+            let mut conn = self.pool.get().await?;
+            store::orders::update(&mut conn, &Expect::of(order), changes, hold).await?
+        };
+        match written {
+            Some(row) => Ok(Held::Still(row)),
+            None => self.lost(order.id).await.map(Held::Lost),
+        }
+    }
+
+    /// Renews the caller's claim before a call to a partner: a worker that
+    /// lost it makes no further call.
+    async fn renew(&self, order: &OrderRow) -> Result<Held, Error> {
+        self.write(order, OrderChanges::default(), self.hold()).await
+    }
+
+    /// Leaves the order held until the resumer's next look, so an outage is
+    /// not hammered: whoever claims it then tries again with the same keys.
+    async fn retry_later(&self, order: OrderRow) -> Result<OrderRow, Error> {
+        match self
+            .write(&order, OrderChanges::default(), Hold::For(self.saga.resume_interval()))
+            .await?
+        {
+            Held::Still(order) | Held::Lost(order) => Ok(order),
+        }
+    }
+
+    /// The order as it is now, for a worker whose claim was lost: whoever
+    /// holds it now finishes the work.
+    async fn lost(&self, id: Uuid) -> Result<OrderRow, Error> {
+        tracing::debug!(order_id = %id, "the order moved on or was claimed by another worker; leaving it to them");
+        self.reload(id).await
     }
 
     /// PAID -> SHIPPED (with OrderShipped); an order already SHIPPED is
@@ -592,7 +646,7 @@ impl Orders {
             let mut conn = self.pool.get().await?;
             let moved = conn
                 .transaction::<_, Error, _>(async |conn| {
-                    match transition(conn, order.id, from, step, OrderChanges::default()).await {
+                    match transition(conn, &Expect::of(&order), step, OrderChanges::default(), Hold::Release).await {
                         Ok(row) => {
                             if to == OrderStatus::Shipped {
                                 outbox::enqueue(
@@ -627,6 +681,27 @@ impl Orders {
             .await?
             .ok_or_else(|| Error::not_found("order"))
     }
+}
+
+/// Writes OrderCancelled for `row`, once what it owes is known: `refunded`
+/// says whether its charge is (being) given back.
+async fn announce_cancel(conn: &mut AsyncPgConnection, row: &OrderRow) -> Result<(), Error> {
+    let reason = row.cancel_reason.as_deref().unwrap_or_default();
+    outbox::enqueue(
+        conn,
+        SOURCE,
+        Payload::OrderCancelled(OrderCancelled {
+            order_id: row.id.to_string(),
+            user_id: row.user_id.to_string(),
+            reason: reasons::describe(reason).to_owned(),
+            refunded: matches!(
+                row.refund_state,
+                RefundState::Due | RefundState::Done | RefundState::Failed
+            ),
+        }),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The charge of `order`'s total, with its key and any stored reference.

@@ -12,6 +12,10 @@ pub mod sql_types {
     #[derive(diesel::query_builder::QueryId, Clone, Debug, diesel::sql_types::SqlType)]
     #[diesel(postgres_type(name = "refund_state"))]
     pub struct RefundState;
+
+    #[derive(diesel::query_builder::QueryId, Clone, Debug, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "payment_state"))]
+    pub struct PaymentState;
 }
 
 diesel::table! {
@@ -42,7 +46,7 @@ diesel::table! {
 
 diesel::table! {
     use diesel::sql_types::*;
-    use super::sql_types::{OrderStatus, PaymentMethod, RefundState};
+    use super::sql_types::{OrderStatus, PaymentMethod, PaymentState, RefundState};
 
     orders (id) {
         id -> Uuid,
@@ -63,6 +67,16 @@ diesel::table! {
         updated_at -> Timestamptz,
         payment_method_id -> Nullable<Text>,
         traceparent -> Nullable<Text>,
+        claim -> Int8,
+        payment_state -> PaymentState,
+    }
+}
+
+diesel::table! {
+    order_state_moves (machine, from_state, to_state) {
+        machine -> Text,
+        from_state -> Text,
+        to_state -> Text,
     }
 }
 
@@ -91,4 +105,11 @@ diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_items -> products (product_id));
 diesel::joinable!(stock_adjustments -> products (product_id));
 
-diesel::allow_tables_to_appear_in_same_query!(card_gateway_events, order_items, orders, products, stock_adjustments,);
+diesel::allow_tables_to_appear_in_same_query!(
+    card_gateway_events,
+    order_items,
+    order_state_moves,
+    orders,
+    products,
+    stock_adjustments,
+);

@@ -164,7 +164,70 @@ impl PaymentMethod {
     }
 }
 
-/// What a cancelled order still owes its buyer.
+/// Where an order's charge is, apart from its status. Only moves forward
+/// ([`PaymentState::MOVES`]): a late or stale answer never undoes a later one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]
+#[diesel(sql_type = sql_types::PaymentState)]
+pub enum PaymentState {
+    /// Nothing that could take money has been sent.
+    Unpaid,
+    /// A call that may take money is or was under way; its outcome is not
+    /// known yet.
+    Charging,
+    /// Taken: `charge_reference` names the charge.
+    Charged,
+    /// Definitely not taken: the provider refused.
+    Declined,
+    /// Definitely not taken, and made sure it never can be.
+    Voided,
+}
+
+impl PaymentState {
+    /// Every state.
+    pub const ALL: [PaymentState; 5] = [
+        PaymentState::Unpaid,
+        PaymentState::Charging,
+        PaymentState::Charged,
+        PaymentState::Declined,
+        PaymentState::Voided,
+    ];
+
+    /// The moves allowed, as the database enforces them (the
+    /// `order_state_moves` table). Declined or voided to charged is the one
+    /// repair: reconciliation found money taken after all, and it is owed back.
+    pub const MOVES: [(PaymentState, PaymentState); 8] = {
+        use PaymentState::*;
+        [
+            (Unpaid, Charging),
+            (Unpaid, Declined),
+            (Unpaid, Voided),
+            (Charging, Charged),
+            (Charging, Declined),
+            (Charging, Voided),
+            (Declined, Charged),
+            (Voided, Charged),
+        ]
+    };
+
+    /// The stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PaymentState::Unpaid => "unpaid",
+            PaymentState::Charging => "charging",
+            PaymentState::Charged => "charged",
+            PaymentState::Declined => "declined",
+            PaymentState::Voided => "voided",
+        }
+    }
+
+    /// Whether no money was, or ever will be, taken under the order's key.
+    pub fn never_charged(self) -> bool {
+        matches!(self, PaymentState::Declined | PaymentState::Voided)
+    }
+}
+
+/// What a cancelled order still owes its buyer. Only moves forward
+/// ([`RefundState::MOVES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]
 #[diesel(sql_type = sql_types::RefundState)]
 pub enum RefundState {
@@ -177,16 +240,36 @@ pub enum RefundState {
     Due,
     /// The refund went through.
     Done,
+    /// The provider refused the refund for good: an operator must look
+    /// (`ListOrders` with `refund_state` FAILED lists them).
+    Failed,
 }
 
 impl RefundState {
     /// Every state.
-    pub const ALL: [RefundState; 4] = [
+    pub const ALL: [RefundState; 5] = [
         RefundState::NotNeeded,
         RefundState::Unknown,
         RefundState::Due,
         RefundState::Done,
+        RefundState::Failed,
     ];
+
+    /// The moves allowed, as the database enforces them. Leaving NotNeeded
+    /// happens only in the transaction that cancels the order.
+    pub const MOVES: [(RefundState, RefundState); 8] = {
+        use RefundState::*;
+        [
+            (NotNeeded, Unknown),
+            (NotNeeded, Due),
+            (Unknown, NotNeeded),
+            (Unknown, Due),
+            (Unknown, Done),
+            (Due, Done),
+            (Due, Failed),
+            (Failed, Done),
+        ]
+    };
 
     /// The stored name.
     pub const fn as_str(self) -> &'static str {
@@ -195,6 +278,30 @@ impl RefundState {
             RefundState::Unknown => "unknown",
             RefundState::Due => "due",
             RefundState::Done => "done",
+            RefundState::Failed => "failed",
+        }
+    }
+
+    /// The contract's value.
+    pub fn to_pb(self) -> pb::RefundState {
+        match self {
+            RefundState::NotNeeded => pb::RefundState::NotNeeded,
+            RefundState::Unknown => pb::RefundState::Unknown,
+            RefundState::Due => pb::RefundState::Due,
+            RefundState::Done => pb::RefundState::Done,
+            RefundState::Failed => pb::RefundState::Failed,
+        }
+    }
+
+    /// Reads the contract's value; None for UNSPECIFIED.
+    pub fn from_pb(state: pb::RefundState) -> Option<Self> {
+        match state {
+            pb::RefundState::Unspecified => None,
+            pb::RefundState::NotNeeded => Some(RefundState::NotNeeded),
+            pb::RefundState::Unknown => Some(RefundState::Unknown),
+            pb::RefundState::Due => Some(RefundState::Due),
+            pb::RefundState::Done => Some(RefundState::Done),
+            pb::RefundState::Failed => Some(RefundState::Failed),
         }
     }
 }
@@ -202,6 +309,7 @@ impl RefundState {
 keel_platform::pg_enum!(OrderStatus, sql_types::OrderStatus, "order status");
 keel_platform::pg_enum!(PaymentMethod, sql_types::PaymentMethod, "payment method");
 keel_platform::pg_enum!(RefundState, sql_types::RefundState, "refund state");
+keel_platform::pg_enum!(PaymentState, sql_types::PaymentState, "payment state");
 
 #[cfg(test)]
 mod tests {

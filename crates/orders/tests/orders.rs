@@ -320,6 +320,7 @@ async fn buyers_see_their_own_orders_and_admins_see_all() -> anyhow::Result<()> 
                         page_token,
                         status: status as i32,
                         user_id,
+                        ..Default::default()
                     },
                     &token,
                 ))

@@ -4,14 +4,17 @@
 //! is the request id.
 
 use keel::{
-    accounts::v1::{DebitRequest, RefundRequest, accounts_service_client::AccountsServiceClient},
+    accounts::v1::{
+        DebitRequest, RefundRequest, VoidDebitRequest, VoidOutcome as PbVoidOutcome,
+        accounts_service_client::AccountsServiceClient,
+    },
     common::v1::Money,
 };
 use keel_platform::client::ServiceChannel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
-use super::{Charge, ChargeOutcome, Decline, PaymentProvider, Refund, RefundOutcome};
+use super::{Charge, ChargeOutcome, Decline, PaymentProvider, Refund, RefundOutcome, VoidOutcome, refund_key};
 
 /// The account-balance provider.
 #[derive(Debug, Clone)]
@@ -53,13 +56,36 @@ impl PaymentProvider for AccountBalance {
         }
     }
 
-    /// Accounts offers a service neither a lookup by key nor a void: the Debit
-    /// is replayed. Its key makes that return the first debit when there was
-    /// one; when there was none, it debits now, and the saga refunds it as it
-    /// would any charge of a cancelled order. Either way nothing can be
-    /// charged later under this key without the saga knowing.
-    async fn void(&self, charge: &Charge) -> ChargeOutcome {
-        self.charge(charge).await
+    /// Accounts' VoidDebit: refunds the key's debit if there was one
+    /// (under the order's refund key), and otherwise closes the key so that a
+    /// Debit still on its way is refused. Never debits.
+    async fn void(&self, charge: &Charge) -> VoidOutcome {
+        let request = VoidDebitRequest {
+            account_id: charge.user_id.to_string(),
+            request_id: charge.key.clone(),
+            refund_request_id: refund_key(charge.order_id),
+            reason: "order cancelled".into(),
+        };
+        match self.client().void_debit(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                match (PbVoidOutcome::try_from(response.outcome), response.debit, response.refund) {
+                    (Ok(PbVoidOutcome::NeverCharged), _, _) => VoidOutcome::NotCharged,
+                    // No refund: it had been refunded in full by other means.
+                    (Ok(PbVoidOutcome::Refunded), Some(debit), refund) => VoidOutcome::Refunded {
+                        charge: debit.id,
+                        refund: refund.map(|entry| entry.id),
+                    },
+                    (outcome, ..) => VoidOutcome::Uncertain(format!("accounts answered VoidDebit with {outcome:?}")),
+                }
+            }
+            Err(status) => {
+                if !transient(status.code()) {
+                    tracing::error!(code = ?status.code(), reason = %reason(&status), message = status.message(), "accounts refused to void a debit");
+                }
+                VoidOutcome::Uncertain(format!("VoidDebit: {:?} {}", status.code(), status.message()))
+            }
+        }
     }
 
     async fn refund(&self, refund: &Refund) -> RefundOutcome {
@@ -79,14 +105,7 @@ impl PaymentProvider for AccountBalance {
                 Some(entry) => RefundOutcome::Refunded { reference: entry.id },
                 None => RefundOutcome::Uncertain("accounts answered Refund without its transaction".into()),
             },
-            Err(status) => {
-                if !transient(status.code()) {
-                    // Not the buyer's doing and not fixed by waiting: say so
-                    // loudly; the resumer keeps trying with the same key.
-                    tracing::error!(code = ?status.code(), reason = %reason(&status), message = status.message(), "accounts refused a refund");
-                }
-                RefundOutcome::Uncertain(format!("Refund: {:?} {}", status.code(), status.message()))
-            }
+            Err(status) => refund_refused(&status),
         }
     }
 }
@@ -116,6 +135,24 @@ fn debit_refused(status: &Status) -> ChargeOutcome {
                 tracing::error!(?code, reason = %why, message = status.message(), "accounts refused a debit");
             }
             ChargeOutcome::Uncertain(format!("Debit: {code:?} {}", status.message()))
+        }
+    }
+}
+
+/// What a refused Refund means: a request accounts judged and refused
+/// (the debit is gone, or already refunded by other means) is refused for
+/// good; anything else is retried with the same key.
+fn refund_refused(status: &Status) -> RefundOutcome {
+    let detail = format!("Refund: {:?} {} {}", status.code(), reason(status), status.message());
+    match status.code() {
+        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument | Code::AlreadyExists => {
+            RefundOutcome::Refused(detail)
+        }
+        code => {
+            if !transient(code) {
+                tracing::error!(?code, message = status.message(), "accounts refused a refund");
+            }
+            RefundOutcome::Uncertain(detail)
         }
     }
 }

@@ -5,8 +5,9 @@
 //! Keel does not rely on the gateway honouring those keys (localstripe, for
 //! one, ignores them). The intent is created unconfirmed with the buyer's
 //! payment method, and the saga stores its id before anything else; every
-//! later step retrieves that intent and acts on its real status, so a resumed
-//! saga never creates a second intent or confirms one twice. A refund first
+//! later step retrieves that intent and acts on its real status. Only the
+//! stored intent is ever confirmed, so an intent whose creation answer was
+//! lost (or reached a worker that had lost its claim) can never take money. A refund first
 //! looks for the refund it may already have made (tagged with its key in the
 //! refund's metadata), so a lost answer never refunds twice.
 
@@ -17,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tracing::Instrument as _;
 
-use super::{Charge, ChargeOutcome, Decline, PaymentProvider, Refund, RefundOutcome};
+use super::{Charge, ChargeOutcome, Decline, PaymentProvider, Prepared, Refund, RefundOutcome, VoidOutcome};
 
 /// The metadata key that tags a refund with Keel's idempotency key.
 const KEY_METADATA: &str = "keel_key";
@@ -249,16 +250,16 @@ impl CardGateway {
     }
 
     /// Cancels an intent that has not taken money, so it never will.
-    async fn cancel(&self, charge: &Charge, intent_id: &str) -> ChargeOutcome {
+    async fn cancel(&self, charge: &Charge, intent_id: &str) -> VoidOutcome {
         let path = format!("/v1/payment_intents/{intent_id}/cancel");
         match self.post::<Intent>(&path, &format!("{}:cancel", charge.key), &[]).await {
-            Ok(intent) => outcome(&intent),
+            Ok(intent) => void_outcome(&intent),
             // It moved on meanwhile: it says where to.
             Err(Failure::Refused { status: 400, .. }) => match self.retrieve(intent_id).await {
-                Ok(intent) => outcome(&intent),
-                Err(err) => ChargeOutcome::Uncertain(err.to_string()),
+                Ok(intent) => void_outcome(&intent),
+                Err(err) => VoidOutcome::Uncertain(err.to_string()),
             },
-            Err(err) => ChargeOutcome::Uncertain(err.to_string()),
+            Err(err) => VoidOutcome::Uncertain(err.to_string()),
         }
     }
 }
@@ -288,38 +289,51 @@ fn outcome(intent: &Intent) -> ChargeOutcome {
     }
 }
 
+/// What an intent's status means for an order being cancelled.
+fn void_outcome(intent: &Intent) -> VoidOutcome {
+    match intent.status.as_str() {
+        "succeeded" => VoidOutcome::Charged {
+            reference: intent.id.clone(),
+        },
+        "canceled" => VoidOutcome::NotCharged,
+        other => VoidOutcome::Uncertain(format!("the payment intent is {other}")),
+    }
+}
+
 #[tonic::async_trait]
 impl PaymentProvider for CardGateway {
-    async fn prepare(&self, charge: &Charge) -> Result<Option<String>, String> {
+    async fn prepare(&self, charge: &Charge) -> Prepared {
         match self.create_intent(charge).await {
-            Ok(intent) => Ok(Some(intent.id)),
-            Err(err) => Err(err.to_string()),
+            Ok(intent) => Prepared::Ready(Some(intent.id)),
+            // The buyer's payment method was refused at creation: nothing
+            // was created, nothing can be taken. (401, 403 and 404 are Keel's
+            // own set-up, fixed by an operator, not the buyer's decline.)
+            Err(Failure::Refused { status, code, .. }) if !matches!(status, 401 | 403 | 404) => {
+                Prepared::Declined(Decline::Declined(code))
+            }
+            Err(err) => Prepared::Uncertain(err.to_string()),
         }
     }
 
     async fn charge(&self, charge: &Charge) -> ChargeOutcome {
-        let intent = match &charge.reference {
-            Some(id) => self.retrieve(id).await,
-            None => self.create_intent(charge).await,
+        let Some(id) = &charge.reference else {
+            return ChargeOutcome::Uncertain("no payment intent is stored for the order yet".into());
         };
-        match intent {
+        // Any failure to read the stored intent, 4xx included, says nothing
+        // about how it ends.
+        match self.retrieve(id).await {
             Ok(intent) if intent.status == "requires_confirmation" => self.confirm(charge, &intent.id).await,
             Ok(intent) => outcome(&intent),
-            // The buyer's payment method was refused at creation: nothing
-            // was created, nothing taken.
-            Err(Failure::Refused { status, code, .. }) if status != 401 && status != 403 && status != 404 => {
-                ChargeOutcome::Declined(Decline::Declined(code))
-            }
             Err(err) => ChargeOutcome::Uncertain(err.to_string()),
         }
     }
 
     /// The order was cancelled while its payment was unsettled: an intent
     /// that has not taken money is cancelled, so it never will.
-    async fn void(&self, charge: &Charge) -> ChargeOutcome {
+    async fn void(&self, charge: &Charge) -> VoidOutcome {
         let Some(id) = &charge.reference else {
-            // Nothing is ever confirmed before its id is stored.
-            return ChargeOutcome::Declined(Decline::Declined("no_payment_intent".into()));
+            // Only a stored intent is ever confirmed.
+            return VoidOutcome::NotCharged;
         };
         match self.retrieve(id).await {
             Ok(intent)
@@ -330,8 +344,8 @@ impl PaymentProvider for CardGateway {
             {
                 self.cancel(charge, id).await
             }
-            Ok(intent) => outcome(&intent),
-            Err(err) => ChargeOutcome::Uncertain(err.to_string()),
+            Ok(intent) => void_outcome(&intent),
+            Err(err) => VoidOutcome::Uncertain(err.to_string()),
         }
     }
 
@@ -365,7 +379,7 @@ impl PaymentProvider for CardGateway {
                         refunded,
                         "the charge has refunds Keel did not make; not refunding again"
                     );
-                    return RefundOutcome::Uncertain(format!("{intent} already has {refunded} refunded outside Keel"));
+                    return RefundOutcome::Refused(format!("{intent} already has {refunded} refunded outside Keel"));
                 }
             }
             Err(err) => return RefundOutcome::Uncertain(err.to_string()),
@@ -378,6 +392,9 @@ impl PaymentProvider for CardGateway {
         ];
         match self.post::<RefundObject>("/v1/refunds", &refund.key, &form).await {
             Ok(made) => RefundOutcome::Refunded { reference: made.id },
+            Err(err @ Failure::Refused { status, .. }) if !matches!(status, 401 | 403 | 404) => {
+                RefundOutcome::Refused(err.to_string())
+            }
             Err(err) => RefundOutcome::Uncertain(err.to_string()),
         }
     }

@@ -10,8 +10,8 @@
 //! A provider that keeps its own object for a charge (a card gateway's
 //! PaymentIntent) creates it in [`PaymentProvider::prepare`], before any
 //! money moves; the saga stores the reference it returns and hands it back to
-//! every later call, so a resumed saga looks up that object instead of
-//! creating a second one.
+//! every later call, which acts on that object only: a resumed saga never
+//! creates a second one, and nothing but the stored one is ever confirmed.
 
 pub mod balance;
 pub mod card;
@@ -138,6 +138,43 @@ pub enum ChargeOutcome {
     Uncertain(String),
 }
 
+/// How preparing a charge ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// Ready to charge; the provider's record of it, to store first, if it
+    /// keeps one.
+    Ready(Option<String>),
+    /// Refused before anything was created (e.g. a payment method the
+    /// gateway rejects): nothing can be taken.
+    Declined(Decline),
+    /// Not known whether a record was created: try again later. A record made
+    /// meanwhile is never confirmed, since only a stored one ever is.
+    Uncertain(String),
+}
+
+/// How voiding a charge whose outcome was unknown ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoidOutcome {
+    /// Nothing was taken, and now nothing can be.
+    NotCharged,
+    /// The money had been taken: the saga refunds it.
+    Charged {
+        /// The provider's id of the charge.
+        reference: String,
+    },
+    /// The money had been taken and the provider gave it back as part of the
+    /// void.
+    Refunded {
+        /// The provider's id of the charge.
+        charge: String,
+        /// The provider's id of the refund; none when it had been refunded in
+        /// full by other means.
+        refund: Option<String>,
+    },
+    /// Not known yet: ask again later.
+    Uncertain(String),
+}
+
 /// How a refund ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundOutcome {
@@ -146,6 +183,9 @@ pub enum RefundOutcome {
         /// The provider's id of the refund.
         reference: String,
     },
+    /// Refused for good (retrying the same call cannot succeed): an operator
+    /// must look.
+    Refused(String),
     /// Unknown or failed for now; retrying with the same key is safe.
     Uncertain(String),
 }
@@ -154,25 +194,24 @@ pub enum RefundOutcome {
 /// idempotent by the keys they are given.
 #[tonic::async_trait]
 pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
-    /// Creates the provider's record of the charge without moving money and
-    /// returns its reference, which the saga stores before calling
-    /// [`PaymentProvider::charge`]. Providers with no such record return
-    /// `Ok(None)`; an error means nothing usable was created (try again).
-    async fn prepare(&self, charge: &Charge) -> Result<Option<String>, String> {
+    /// Creates the provider's record of the charge without moving money; the
+    /// saga stores its reference before calling [`PaymentProvider::charge`].
+    /// Providers with no such record answer `Ready(None)`.
+    async fn prepare(&self, charge: &Charge) -> Prepared {
         let _ = charge;
-        Ok(None)
+        Prepared::Ready(None)
     }
 
-    /// Takes the money (or, when `charge.reference` names a charge already
-    /// confirmed, finds out how it ended).
+    /// Takes the money (or, when the stored reference names a charge already
+    /// confirmed, finds out how it ended). A provider that prepares acts only
+    /// on `charge.reference`, never on a record of its own making.
     async fn charge(&self, charge: &Charge) -> ChargeOutcome;
 
     /// For an order cancelled while its charge's outcome was unknown: makes
     /// sure the charge can no longer complete (a card gateway cancels an
-    /// unconfirmed or `requires_action` intent) and says how it ended:
-    /// `Declined` when nothing was taken, `Paid` when the money had already
-    /// moved (the saga then refunds it), `Uncertain` to be asked again.
-    async fn void(&self, charge: &Charge) -> ChargeOutcome;
+    /// unconfirmed or `requires_action` intent; accounts tombstones the key)
+    /// and says how it ended.
+    async fn void(&self, charge: &Charge) -> VoidOutcome;
 
     /// Gives back a charge in full.
     async fn refund(&self, refund: &Refund) -> RefundOutcome;

@@ -14,7 +14,7 @@ use keel::orders::v1::{self as pb, orders_service_server::OrdersService};
 use keel_platform::{db::Pool, principal::principal, rpc::Reply};
 use tonic::{Request, Response};
 
-use crate::{SagaConfig, payment::Providers};
+use crate::{SagaConfig, metrics::PaymentMetrics, payment::Providers};
 
 /// The event source name of orders: its service name, which is also the
 /// client id its relay's tokens carry.
@@ -28,6 +28,7 @@ pub struct Orders {
     pub(crate) saga: Arc<SagaConfig>,
     /// The card gateway's webhook signing secrets.
     pub(crate) webhook_secrets: Arc<[String]>,
+    pub(crate) metrics: PaymentMetrics,
 }
 
 impl std::fmt::Debug for Orders {
@@ -47,7 +48,15 @@ impl Orders {
             payments,
             saga: Arc::new(saga),
             webhook_secrets: Arc::new([]),
+            metrics: PaymentMetrics::default(),
         }
+    }
+
+    /// Counts failed refunds and repairs on `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: PaymentMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Accepts card gateway webhooks signed with any of `secrets`.

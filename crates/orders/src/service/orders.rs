@@ -20,8 +20,8 @@ use super::Orders;
 use crate::{
     CrashPoint,
     domain::{self, MAX_LINES, RequestId},
-    saga::{Line, PlaceOrder, Placed, reasons},
-    status::{OrderStatus, PaymentMethod},
+    saga::{Line, PlaceOrder, Placed, Step, charge_of, reasons},
+    status::{OrderStatus, PaymentMethod, RefundState},
     store::{self, ItemRow, OrderRow},
 };
 
@@ -37,13 +37,15 @@ pub(super) async fn create_order(
         // Test hook: stop as a crashed process would.
         Placed::New(order) if orders.saga.test_crash_after == Some(CrashPoint::Reservation) => order,
         Placed::New(order) if orders.saga.test_crash_after == Some(CrashPoint::Charge) => {
-            orders.charge(order.clone()).await?;
+            if let Step::Go(order) = orders.begin_charge(order.clone()).await? {
+                orders.payments.get(order.payment_method)?.charge(&charge_of(&order)).await;
+            }
             order
         }
         Placed::New(order) => orders.pay(order).await?,
         // A retry of an order still unpaid helps it along unless someone
         // else (the first call, the resumer) is at it.
-        Placed::Existing(order) if order.status == OrderStatus::PendingPayment => match orders.claim(&order).await? {
+        Placed::Existing(order) if order.status == OrderStatus::PendingPayment => match orders.claim(order.id).await? {
             Some(claimed) => orders.pay(claimed).await?,
             None => order,
         },
@@ -137,6 +139,10 @@ pub(super) async fn list_orders(
         Ok(status) => OrderStatus::from_pb(status),
         Err(_) => return Err(Error::invalid_field("status", "is not an order status")),
     };
+    let refund_state = match pb::RefundState::try_from(request.refund_state) {
+        Ok(state) => RefundState::from_pb(state),
+        Err(_) => return Err(Error::invalid_field("refund_state", "is not a refund state")),
+    };
     let buyer = match request.user_id.as_str() {
         "" if caller.is_admin() => None,
         "" => Some(caller.user_id),
@@ -153,7 +159,7 @@ pub(super) async fn list_orders(
     };
     let rows = {
         let mut conn = orders.pool.get().await?;
-        store::orders::list(&mut conn, buyer, status, before, limit + 1).await?
+        store::orders::list(&mut conn, buyer, status, refund_state, before, limit + 1).await?
     };
     let (page, next_page_token) = paging::page(rows, limit, |row| paging::encode_token(row.id));
     Ok(pb::ListOrdersResponse {
@@ -270,5 +276,6 @@ fn order_pb(row: &OrderRow, items: &[ItemRow]) -> pb::Order {
         etag: etag(row.version),
         create_time: Some(timestamp(row.created_at)),
         update_time: Some(timestamp(row.updated_at)),
+        refund_state: row.refund_state.to_pb() as i32,
     }
 }

@@ -15,7 +15,7 @@ use super::Orders;
 use crate::{
     payment::webhook::{self, Event},
     schema::card_gateway_events,
-    status::{OrderStatus, PaymentMethod, RefundState},
+    status::{OrderStatus, PaymentMethod},
     store,
 };
 
@@ -59,8 +59,7 @@ pub(super) async fn handle(
 }
 
 /// Takes the order the event's intent belongs to a step further, as the
-/// resumer would. Every step is conditional on the order's state, so this may
-/// run beside the call or resumer that holds the order's lease.
+/// resumer would, under a claim of its own.
 async fn settle_intent(orders: &Orders, event: &Event) -> Result<(), Error> {
     let intent = &event.data.object;
     let Some(order_id) = intent.metadata.get("order_id").and_then(|id| Uuid::parse_str(id).ok()) else {
@@ -81,16 +80,16 @@ async fn settle_intent(orders: &Orders, event: &Event) -> Result<(), Error> {
         tracing::warn!(event_id = event.id, intent = intent.id, %order_id, "a card gateway event names an order that is not this intent's; ignored");
         return Ok(());
     };
-    match (order.status, order.refund_state) {
-        (OrderStatus::PendingPayment, _) => {
-            orders.pay(order).await?;
-        }
-        (OrderStatus::Cancelled, RefundState::Unknown | RefundState::Due) => {
-            orders.settle(order).await?;
-        }
-        // Already where the event would take it.
-        _ => {}
-    }
+    // Acting needs a claim, as any worker's step does; an order someone
+    // holds is theirs to finish, and the resumer's once their hold ends.
+    let Some(order) = orders.claim(order.id).await? else {
+        tracing::debug!(event_id = event.id, %order_id, "the event's order is finished or held; nothing to do now");
+        return Ok(());
+    };
+    match order.status {
+        OrderStatus::PendingPayment => orders.pay(order).await?,
+        _ => orders.settle(order).await?,
+    };
     Ok(())
 }
 

@@ -1,9 +1,15 @@
 //! Orders and their lines, and the claims the payment workers take on them.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use diesel::{
     AsChangeset, BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _,
     Queryable, Selectable, SelectableHelper as _,
+    BoxableExpression,
+    dsl::{now, sql},
+    pg::Pg,
+    sql_types::{Double, Nullable, Timestamptz},
 };
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
@@ -11,7 +17,7 @@ use uuid::Uuid;
 use super::QueryResult;
 use crate::{
     schema::{order_items, orders},
-    status::{OrderStatus, PaymentMethod, RefundState, Refused, Transition},
+    status::{OrderStatus, PaymentMethod, PaymentState, RefundState, Refused, Transition},
 };
 
 /// An order as stored.
@@ -37,10 +43,13 @@ pub struct OrderRow {
     pub payment_method_id: Option<String>,
     /// The W3C traceparent of the call that placed it.
     pub traceparent: Option<String>,
+    /// The fencing token: bumped by every claim (see [`claim`]).
+    pub claim: i64,
+    pub payment_state: PaymentState,
 }
 
-/// A new order: always PENDING_PAYMENT (the column's default), leased to the
-/// call that placed it.
+/// A new order: always PENDING_PAYMENT and unpaid (the columns' defaults),
+/// claimed by the call that placed it (claim 1).
 #[derive(Debug, Insertable)]
 #[diesel(table_name = orders)]
 pub struct NewOrder<'a> {
@@ -54,6 +63,7 @@ pub struct NewOrder<'a> {
     pub lease_until: Option<DateTime<Utc>>,
     pub payment_method_id: Option<&'a str>,
     pub traceparent: Option<&'a str>,
+    pub claim: i64,
 }
 
 /// A line as stored.
@@ -82,17 +92,74 @@ pub struct NewItem<'a> {
     pub currency: &'a str,
 }
 
-/// What may change beside the status; `None` leaves a column as it is. It
-/// has no status field: only [`transition`] moves the status.
+/// What may change beside the status; `None` leaves a column as it is. Only
+/// [`transition`] moves the status. The database refuses any move of status,
+/// payment or refund state that is not forward.
 #[derive(Debug, Default, AsChangeset)]
 #[diesel(table_name = orders)]
 pub struct OrderChanges<'a> {
+    pub payment_state: Option<PaymentState>,
     pub charge_reference: Option<&'a str>,
     pub refund_state: Option<RefundState>,
     pub cancel_reason: Option<&'a str>,
     pub cancel_request_id: Option<&'a str>,
-    /// `Some(None)` releases the lease.
-    pub lease_until: Option<Option<DateTime<Utc>>>,
+}
+
+/// What a write expects the order to be: exactly as its writer last saw it,
+/// fencing token included. Of two writers acting on one view, one wins; a
+/// worker whose claim was taken over (the token bumped) misses every write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    pub id: Uuid,
+    pub claim: i64,
+    pub status: OrderStatus,
+    pub payment: PaymentState,
+    pub refund: RefundState,
+}
+
+impl Expect {
+    /// The order as `row` shows it.
+    pub fn of(row: &OrderRow) -> Self {
+        Self {
+            id: row.id,
+            claim: row.claim,
+            status: row.status,
+            payment: row.payment_state,
+            refund: row.refund_state,
+        }
+    }
+}
+
+/// What a write does to the claim on the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Keep it, held (again) for this long from now, by the database's clock.
+    For(Duration),
+    /// Let it go: the resumer may claim the order at once.
+    Release,
+    /// Take it over from whoever holds it (bumping the token), for this
+    /// long: a cancel does, so the worker it overtakes stops.
+    TakeOver(Duration),
+}
+
+impl Hold {
+    fn bump(self) -> i64 {
+        i64::from(matches!(self, Hold::TakeOver(_)))
+    }
+
+    /// `now() + duration` by the database's clock (one clock for every
+    /// replica), or NULL to release.
+    fn until(self) -> Box<dyn BoxableExpression<orders::table, Pg, SqlType = Nullable<Timestamptz>> + Send> {
+        let seconds = match self {
+            Hold::For(duration) | Hold::TakeOver(duration) => Some(duration.as_secs_f64()),
+            Hold::Release => None,
+        };
+        Box::new(
+            sql::<Nullable<Timestamptz>>("now() + make_interval(secs => ")
+                .bind::<Nullable<Double>, _>(seconds)
+                .sql(")"),
+        )
+    }
 }
 
 pub async fn insert(conn: &mut AsyncPgConnection, order: NewOrder<'_>, items: &[NewItem<'_>]) -> QueryResult<OrderRow> {
@@ -141,12 +208,13 @@ pub async fn items(conn: &mut AsyncPgConnection, order_ids: &[Uuid]) -> QueryRes
         .await
 }
 
-/// Orders newest first, before the `before` id, of one buyer and in one
-/// status when given.
+/// Orders newest first, before the `before` id, of one buyer, in one
+/// status and in one refund state when given.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     user_id: Option<Uuid>,
     status: Option<OrderStatus>,
+    refund_state: Option<RefundState>,
     before: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Vec<OrderRow>> {
@@ -161,6 +229,9 @@ pub async fn list(
     if let Some(status) = status {
         query = query.filter(orders::status.eq(status));
     }
+    if let Some(refund_state) = refund_state {
+        query = query.filter(orders::refund_state.eq(refund_state));
+    }
     if let Some(before) = before {
         query = query.filter(orders::id.lt(before));
     }
@@ -170,10 +241,10 @@ pub async fn list(
 /// Why a [`transition`] did not happen.
 #[derive(Debug)]
 pub enum TransitionError {
-    /// The life cycle does not allow it from `from`.
+    /// The life cycle does not allow it from the expected status.
     Refused(Refused),
-    /// The order was no longer in `from` (someone else moved it first), or
-    /// is missing.
+    /// The order was no longer as expected (someone else moved it, or took
+    /// its claim over), or is missing.
     Moved,
     /// The query failed.
     Query(diesel::result::Error),
@@ -185,51 +256,62 @@ impl From<diesel::result::Error> for TransitionError {
     }
 }
 
-/// Moves order `id` from `from` by `transition`, with `changes`: the one
-/// way a status changes. The life cycle decides the new status; the UPDATE
-/// applies only while the order still is in `from`, so of two racing
-/// callers exactly one wins.
+/// Moves the order by `transition`, with `changes`: the one way a status
+/// changes. The life cycle decides the new status; the write applies only
+/// while the order is as `expect` says.
 pub async fn transition(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
-    from: OrderStatus,
+    expect: &Expect,
     transition: Transition,
     changes: OrderChanges<'_>,
+    hold: Hold,
 ) -> Result<OrderRow, TransitionError> {
-    let to = from.apply(transition).map_err(TransitionError::Refused)?;
-    diesel::update(orders::table.find(id).filter(orders::status.eq(from)))
-        .set((
-            orders::status.eq(to),
-            changes,
-            orders::version.eq(orders::version + 1),
-            orders::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(OrderRow::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?
+    let to = expect.status.apply(transition).map_err(TransitionError::Refused)?;
+    write(conn, expect, Some(to), changes, hold)
+        .await?
         .ok_or(TransitionError::Moved)
 }
 
-/// Applies `changes` (never the status) while the order is in `status` and
-/// its refund in `refund_state`. None when it is not.
+/// Applies `changes` while the order is as `expect` says. None when it is
+/// not.
 pub async fn update(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
-    status: OrderStatus,
-    refund_state: RefundState,
+    expect: &Expect,
     changes: OrderChanges<'_>,
+    hold: Hold,
+) -> QueryResult<Option<OrderRow>> {
+    write(conn, expect, None, changes, hold).await
+}
+
+/// The status, when a write moves it.
+#[derive(AsChangeset)]
+#[diesel(table_name = orders)]
+struct StatusChange {
+    status: Option<OrderStatus>,
+}
+
+async fn write(
+    conn: &mut AsyncPgConnection,
+    expect: &Expect,
+    status: Option<OrderStatus>,
+    changes: OrderChanges<'_>,
+    hold: Hold,
 ) -> QueryResult<Option<OrderRow>> {
     diesel::update(
         orders::table
-            .find(id)
-            .filter(orders::status.eq(status))
-            .filter(orders::refund_state.eq(refund_state)),
+            .find(expect.id)
+            .filter(orders::claim.eq(expect.claim))
+            .filter(orders::status.eq(expect.status))
+            .filter(orders::payment_state.eq(expect.payment))
+            .filter(orders::refund_state.eq(expect.refund)),
     )
     .set((
+        StatusChange { status },
         changes,
+        orders::claim.eq(orders::claim + hold.bump()),
+        orders::lease_until.eq(hold.until()),
         orders::version.eq(orders::version + 1),
-        orders::updated_at.eq(diesel::dsl::now),
+        orders::updated_at.eq(now),
     ))
     .returning(OrderRow::as_returning())
     .get_result(conn)
@@ -237,39 +319,58 @@ pub async fn update(
     .optional()
 }
 
-/// Claims up to `limit` orders whose payment is unfinished (PENDING_PAYMENT,
-/// or cancelled with a refund unknown or due) and that nobody holds, until
-/// `until`. `SKIP LOCKED`: replicas claiming at once each get other orders.
-pub async fn claim_unfinished(
-    conn: &mut AsyncPgConnection,
-    now: DateTime<Utc>,
-    until: DateTime<Utc>,
-    limit: i64,
-) -> QueryResult<Vec<OrderRow>> {
-    let unfinished = orders::status.eq(OrderStatus::PendingPayment).or(orders::status
+/// Orders whose payment or refund is unfinished: unpaid, or cancelled with
+/// a refund unknown or due.
+fn unfinished() -> diesel::dsl::Or<
+    diesel::dsl::Eq<orders::status, OrderStatus>,
+    diesel::dsl::And<diesel::dsl::Eq<orders::status, OrderStatus>, diesel::dsl::EqAny<orders::refund_state, [RefundState; 2]>>,
+> {
+    orders::status.eq(OrderStatus::PendingPayment).or(orders::status
         .eq(OrderStatus::Cancelled)
-        .and(orders::refund_state.eq_any([RefundState::Unknown, RefundState::Due])));
-    let free = orders::lease_until.is_null().or(orders::lease_until.lt(now));
-    // In the caller's transaction or not, the claimed rows stay locked from
-    // the SELECT to the UPDATE: one statement each, inside one transaction.
+        .and(orders::refund_state.eq_any([RefundState::Unknown, RefundState::Due])))
+}
+
+/// Claims the oldest unfinished order nobody holds, for `lease`: its token
+/// is bumped, so whoever held it before writes nothing more. `SKIP LOCKED`:
+/// replicas claiming at once each get another order.
+pub async fn claim_next(conn: &mut AsyncPgConnection, lease: Duration) -> QueryResult<Option<OrderRow>> {
     conn.transaction(async |conn| {
-        let ids: Vec<Uuid> = orders::table
-            .filter(unfinished)
-            .filter(free)
+        let id: Option<Uuid> = orders::table
+            .filter(unfinished())
+            .filter(orders::lease_until.is_null().or(orders::lease_until.lt(now)))
             .select(orders::id)
             .order(orders::created_at.asc())
-            .limit(limit)
+            .limit(1)
             .for_update()
             .skip_locked()
-            .load(conn)
-            .await?;
-        diesel::update(orders::table.filter(orders::id.eq_any(&ids)))
-            .set(orders::lease_until.eq(until))
-            .returning(OrderRow::as_returning())
-            .get_results(conn)
+            .first(conn)
             .await
+            .optional()?;
+        match id {
+            Some(id) => claim(conn, id, lease).await,
+            None => Ok(None),
+        }
     })
     .await
+}
+
+/// Claims order `id` for `lease` if its payment or refund is unfinished and
+/// nobody holds it (or its holder's lease ran out).
+pub async fn claim(conn: &mut AsyncPgConnection, id: Uuid, lease: Duration) -> QueryResult<Option<OrderRow>> {
+    diesel::update(
+        orders::table
+            .find(id)
+            .filter(unfinished())
+            .filter(orders::lease_until.is_null().or(orders::lease_until.lt(now))),
+    )
+    .set((
+        orders::claim.eq(orders::claim + 1),
+        orders::lease_until.eq(Hold::For(lease).until()),
+    ))
+    .returning(OrderRow::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
 }
 
 /// Holds a transaction-scoped lock on `key` until the caller's transaction
@@ -280,25 +381,4 @@ pub async fn lock_key(conn: &mut AsyncPgConnection, key: &str) -> QueryResult<()
         .execute(conn)
         .await
         .map(drop)
-}
-
-/// Claims one order until `until` if it is in `status` and nobody holds it.
-pub async fn claim(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    status: OrderStatus,
-    now: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> QueryResult<Option<OrderRow>> {
-    diesel::update(
-        orders::table
-            .find(id)
-            .filter(orders::status.eq(status))
-            .filter(orders::lease_until.is_null().or(orders::lease_until.lt(now))),
-    )
-    .set(orders::lease_until.eq(until))
-    .returning(OrderRow::as_returning())
-    .get_result(conn)
-    .await
-    .optional()
 }
