@@ -239,6 +239,15 @@ impl Orders {
         Ok(store::orders::claim(&mut conn, id, self.saga.lease()).await?)
     }
 
+    /// Takes the order over from whoever holds it, if its payment or refund
+    /// is unfinished: for news from a partner (a webhook) that should not
+    /// wait for a hold to run out. The previous holder stops at its next
+    /// write.
+    pub async fn take_over(&self, id: Uuid) -> Result<Option<OrderRow>, Error> {
+        let mut conn = self.pool.get().await?;
+        Ok(store::orders::take_over(&mut conn, id, self.saga.lease()).await?)
+    }
+
     /// Step 2, for an unpaid order the caller holds a claim on: prepares and
     /// starts the charge, charges, and records the outcome. Returns the order
     /// as it is afterwards.

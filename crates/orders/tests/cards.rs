@@ -333,10 +333,12 @@ async fn every_gateway_failure_ends_paid_once_or_cancelled_with_nothing_taken() 
     for (request_id, endpoint, fault) in cases {
         c.card.fail_next(endpoint, fault);
         let order = c.order(request_id, "pm_card_visa").await?;
-        assert_eq!(
-            status_of(&order),
-            pb::OrderStatus::PendingPayment,
-            "{request_id}: the outcome is unknown, so it waits"
+        // The outcome is unknown, so it waits, unless the resumer finished
+        // it while the call hung (the hold is shorter than the timeout).
+        assert!(
+            [pb::OrderStatus::PendingPayment, pb::OrderStatus::Paid].contains(&status_of(&order)),
+            "{request_id}: {:?}",
+            status_of(&order)
         );
         let paid = c.fx.settled(&order.id, |o| o.status == OrderStatus::Paid).await?;
         assert!(paid.charge_reference.is_some(), "{request_id}");

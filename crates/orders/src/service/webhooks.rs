@@ -80,10 +80,11 @@ async fn settle_intent(orders: &Orders, event: &Event) -> Result<(), Error> {
         tracing::warn!(event_id = event.id, intent = intent.id, %order_id, "a card gateway event names an order that is not this intent's; ignored");
         return Ok(());
     };
-    // Acting needs a claim, as any worker's step does; an order someone
-    // holds is theirs to finish, and the resumer's once their hold ends.
-    let Some(order) = orders.claim(order.id).await? else {
-        tracing::debug!(event_id = event.id, %order_id, "the event's order is finished or held; nothing to do now");
+    // Acting needs a claim, as any worker's step does: the news is fresher
+    // than whatever a holder (or a retry waiting out its hold) knows, so the
+    // webhook takes the order over.
+    let Some(order) = orders.take_over(order.id).await? else {
+        tracing::debug!(event_id = event.id, %order_id, "the event's order is finished; nothing to do");
         return Ok(());
     };
     match order.status {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    AsChangeset, BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _,
+    AsChangeset, BoolExpressionMethods as _, IntoSql as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _,
     Queryable, Selectable, SelectableHelper as _,
     BoxableExpression,
     dsl::{now, sql},
@@ -357,11 +357,28 @@ pub async fn claim_next(conn: &mut AsyncPgConnection, lease: Duration) -> QueryR
 /// Claims order `id` for `lease` if its payment or refund is unfinished and
 /// nobody holds it (or its holder's lease ran out).
 pub async fn claim(conn: &mut AsyncPgConnection, id: Uuid, lease: Duration) -> QueryResult<Option<OrderRow>> {
+    claim_where(conn, id, lease, false).await
+}
+
+/// Claims order `id` for `lease` if its payment or refund is unfinished,
+/// whoever holds it: the holder's next write misses, so it stops.
+pub async fn take_over(conn: &mut AsyncPgConnection, id: Uuid, lease: Duration) -> QueryResult<Option<OrderRow>> {
+    claim_where(conn, id, lease, true).await
+}
+
+async fn claim_where(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    lease: Duration,
+    held_or_not: bool,
+) -> QueryResult<Option<OrderRow>> {
     diesel::update(
-        orders::table
-            .find(id)
-            .filter(unfinished())
-            .filter(orders::lease_until.is_null().or(orders::lease_until.lt(now))),
+        orders::table.find(id).filter(unfinished()).filter(
+            orders::lease_until
+                .is_null()
+                .or(orders::lease_until.lt(now))
+                .or(held_or_not.into_sql::<diesel::sql_types::Bool>()),
+        ),
     )
     .set((
         orders::claim.eq(orders::claim + 1),
