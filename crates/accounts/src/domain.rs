@@ -1,7 +1,11 @@
-//! Accounts' input types, valid by construction.
+//! Accounts' input types, valid by construction, and the stored names of
+//! what a movement is and why a debit key is closed.
 
+use diesel::{deserialize::FromSqlRow, expression::AsExpression};
 use keel::common::v1::Money;
 use keel_platform::error::FieldViolation;
+
+use crate::schema::sql_types;
 
 fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
     FieldViolation {
@@ -104,22 +108,83 @@ impl Kind {
     }
 }
 
+/// Whether a debit key that can never debit was declined or voided (a
+/// Postgres enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]
+#[diesel(sql_type = sql_types::DebitKeyState)]
+pub enum DebitKeyState {
+    /// A Debit with it was declined: its retries answer the same decline.
+    Declined,
+    /// VoidDebit closed it before it debited.
+    Voided,
+}
+
+impl DebitKeyState {
+    /// Every state.
+    pub const ALL: [DebitKeyState; 2] = [DebitKeyState::Declined, DebitKeyState::Voided];
+
+    /// The stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DebitKeyState::Declined => "declined",
+            DebitKeyState::Voided => "voided",
+        }
+    }
+}
+
+keel_platform::pg_enum!(DebitKeyState, sql_types::DebitKeyState, "debit key state");
+
+/// Why a Debit was declined, stored with its key so that retries answer the
+/// same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decline {
+    /// The balance was lower than the amount.
+    InsufficientFunds,
+    /// The account holds another currency.
+    CurrencyMismatch,
+    /// There is no such account.
+    AccountNotFound,
+}
+
+impl Decline {
+    /// The stored reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Decline::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            Decline::CurrencyMismatch => "CURRENCY_MISMATCH",
+            Decline::AccountNotFound => "ACCOUNT_NOT_FOUND",
+        }
+    }
+
+    /// Reads a stored reason.
+    pub fn parse(reason: &str) -> Option<Self> {
+        [
+            Decline::InsufficientFunds,
+            Decline::CurrencyMismatch,
+            Decline::AccountNotFound,
+        ]
+        .into_iter()
+        .find(|decline| decline.as_str() == reason)
+    }
+}
+
+/// The stored reason of a voided debit key.
+pub const VOIDED: &str = "VOIDED";
+
 /// An idempotency key: 1 to 128 printable characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(String);
 
 impl RequestId {
-    /// Accepts a key of 1 to 128 bytes without control characters.
-    pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
+    /// Accepts a key of 1 to 128 bytes without control characters; `field`
+    /// names it in the violation.
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
         let raw = raw.trim();
         if raw.is_empty() {
-            return Err(violation(
-                "request_id",
-                "is required: retries with the same key apply once",
-            ));
+            return Err(violation(field, "is required: retries with the same key apply once"));
         }
         if raw.len() > 128 || raw.chars().any(char::is_control) {
-            return Err(violation("request_id", "must be at most 128 printable bytes"));
+            return Err(violation(field, "must be at most 128 printable bytes"));
         }
         Ok(RequestId(raw.to_owned()))
     }
@@ -183,11 +248,26 @@ mod tests {
     }
 
     #[test]
+    fn declines_read_back_what_they_store() {
+        for decline in [
+            Decline::InsufficientFunds,
+            Decline::CurrencyMismatch,
+            Decline::AccountNotFound,
+        ] {
+            assert_eq!(Decline::parse(decline.as_str()), Some(decline));
+        }
+        assert_eq!(Decline::parse(VOIDED), None, "a voided key was not declined");
+    }
+
+    #[test]
     fn request_ids_and_names_are_bounded() {
-        assert!(RequestId::parse("").is_err());
-        assert!(RequestId::parse(&"x".repeat(129)).is_err());
+        assert!(RequestId::parse("request_id", "").is_err());
+        assert!(RequestId::parse("request_id", &"x".repeat(129)).is_err());
         assert_eq!(
-            RequestId::parse(" a ").map(|r| r.as_str().to_owned()).ok().as_deref(),
+            RequestId::parse("request_id", " a ")
+                .map(|r| r.as_str().to_owned())
+                .ok()
+                .as_deref(),
             Some("a")
         );
         assert!(display_name(&"n".repeat(101)).is_err());

@@ -1,5 +1,11 @@
 // @generated in the shape of `diesel print-schema`; keep in step with migrations/.
 
+pub mod sql_types {
+    #[derive(diesel::query_builder::QueryId, Clone, Debug, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "debit_key_state"))]
+    pub struct DebitKeyState;
+}
+
 diesel::table! {
     accounts (id) {
         id -> Uuid,
@@ -11,6 +17,22 @@ diesel::table! {
         version -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::DebitKeyState;
+
+    closed_debit_keys (account_id, request_id) {
+        account_id -> Uuid,
+        request_id -> Text,
+        state -> DebitKeyState,
+        reason -> Text,
+        amount_minor -> Nullable<Int8>,
+        currency -> Nullable<Text>,
+        reference -> Nullable<Text>,
+        created_at -> Timestamptz,
     }
 }
 
@@ -34,4 +56,4 @@ diesel::table! {
 
 diesel::joinable!(ledger_entries -> accounts (account_id));
 
-diesel::allow_tables_to_appear_in_same_query!(accounts, ledger_entries,);
+diesel::allow_tables_to_appear_in_same_query!(accounts, closed_debit_keys, ledger_entries,);

@@ -406,10 +406,77 @@ async fn a_debit_over_the_balance_is_refused_and_changes_nothing() -> anyhow::Re
     );
     assert_ledger_consistent(&fx.suite).await?;
 
-    // The refused key was not used up: once funded, the same debit goes through.
+    // A decline is as final as a debit: once funded, the same key is declined
+    // again, and only a new key debits.
     deposit(&fx.suite, &fx.admin, Movement::new(&fx.account_id, usd(1), "top-up")).await?;
-    let transaction = debit(&fx.suite, &token, Movement::new(&fx.account_id, usd(501), "too-much")).await?;
+    let status = debit(&fx.suite, &token, Movement::new(&fx.account_id, usd(501), "too-much"))
+        .await
+        .expect_err("the first answer stands");
+    assert_refused(&status, Code::FailedPrecondition, "INSUFFICIENT_FUNDS");
+    assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 501);
+    assert_eq!(ledger(&fx.suite, &fx.user, "me").await?.len(), 2, "the deposits only");
+    let transaction = debit(&fx.suite, &token, Movement::new(&fx.account_id, usd(501), "once-more")).await?;
     assert_eq!(transaction.balance_after, usd(0));
+    assert_ledger_consistent(&fx.suite).await?;
+    fx.suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declined_key_reused_for_another_debit_is_refused() -> anyhow::Result<()> {
+    let fx = fixture().await?;
+    deposit(&fx.suite, &fx.admin, Movement::new(&fx.account_id, usd(500), "fund")).await?;
+    let token = fx.suite.service_token(&["accounts.debit"]).await?;
+    let mut first = Movement::new(&fx.account_id, usd(501), "declined");
+    first.reference = "order-1".into();
+    let status = debit(&fx.suite, &token, first.clone())
+        .await
+        .expect_err("more than the balance");
+    assert_refused(&status, Code::FailedPrecondition, "INSUFFICIENT_FUNDS");
+
+    // Each would fit the balance, but the key was declined for another debit.
+    let mut other_amount = first.clone();
+    other_amount.amount = usd(400);
+    let mut other_reference = first.clone();
+    other_reference.reference = "order-2".into();
+    for movement in [other_amount, other_reference] {
+        let status = debit(&fx.suite, &token, movement)
+            .await
+            .expect_err("different parameters under the same key");
+        assert_refused(&status, Code::AlreadyExists, "REQUEST_ID_REUSED");
+    }
+    assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 500);
+    assert_eq!(ledger(&fx.suite, &fx.user, "me").await?.len(), 1);
+    fx.suite.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_debit_of_an_unknown_account_stays_declined_once_it_exists() -> anyhow::Result<()> {
+    let fx = fixture().await?;
+    let token = fx.suite.service_token(&["accounts.debit"]).await?;
+    let later = Uuid::now_v7();
+    let movement = Movement::new(&later.to_string(), usd(100), "early");
+
+    let status = debit(&fx.suite, &token, movement.clone())
+        .await
+        .expect_err("no such account");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // The account appears and is funded; the key still answers NOT_FOUND.
+    let mut conn = fx.suite.accounts_db().await?;
+    keel_accounts::store::ensure_account(&mut conn, later, "", "USD").await?;
+    deposit(
+        &fx.suite,
+        &fx.admin,
+        Movement::new(&later.to_string(), usd(1_000), "fund"),
+    )
+    .await?;
+    let status = debit(&fx.suite, &token, movement)
+        .await
+        .expect_err("the first answer stands");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let read = get_balance(&fx.suite, &fx.admin, &later.to_string()).await?;
+    assert_eq!(read.balance, usd(1_000));
+    assert_ledger_consistent(&fx.suite).await?;
     fx.suite.stop().await
 }
 
@@ -434,6 +501,15 @@ async fn a_movement_in_another_currency_is_refused() -> anyhow::Result<()> {
     )
     .await
     .expect_err("the account holds USD");
+    assert_refused(&status, Code::FailedPrecondition, "CURRENCY_MISMATCH");
+    // The declined debit's key answers the same again.
+    let status = debit(
+        &fx.suite,
+        &token,
+        Movement::new(&fx.account_id, money(100, "EUR"), "euros"),
+    )
+    .await
+    .expect_err("the first answer stands");
     assert_refused(&status, Code::FailedPrecondition, "CURRENCY_MISMATCH");
     assert_eq!(balance(&fx.suite, &fx.user, "me").await?, 500);
     fx.suite.stop().await

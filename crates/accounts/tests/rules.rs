@@ -192,6 +192,23 @@ async fn every_rule_is_enforced_with_its_field_and_rule() -> anyhow::Result<()> 
             "debit_transaction_id",
             "string.uuid",
         ),
+        (
+            "void debit: no refund key",
+            accounts
+                .void_debit(authorized(
+                    pb::VoidDebitRequest {
+                        account_id: UUID.into(),
+                        request_id: "r1".into(),
+                        refund_request_id: String::new(),
+                        reason: String::new(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "refund_request_id",
+            "string.min_len",
+        ),
     ];
     for (case, result, field, rule) in cases {
         assert_rule(case, result, field, rule);

@@ -868,6 +868,8 @@ mod tests {
             .collect();
         assert_eq!(names, ["account_id", "updateMask"]);
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        // Internal RPCs have no route, so neither they nor their messages show.
+        assert!(!doc.to_string().contains("VoidDebit"), "VoidDebit is internal");
     }
 
     #[test]

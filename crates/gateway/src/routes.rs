@@ -268,6 +268,7 @@ mod tests {
             "keel.auth.v1.AuthService.IssueServiceToken",
             "keel.accounts.v1.AccountsService.Debit",
             "keel.accounts.v1.AccountsService.Refund",
+            "keel.accounts.v1.AccountsService.VoidDebit",
             "keel.events.v1.EventSink.Deliver",
         ] {
             assert!(!names.contains(&internal), "{internal} must stay internal");

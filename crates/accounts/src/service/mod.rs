@@ -92,6 +92,12 @@ impl AccountsService for Accounts {
         Ok(Response::new(ledger::refund(self, request.into_inner()).await?))
     }
 
+    async fn void_debit(&self, request: Request<pb::VoidDebitRequest>) -> Reply<pb::VoidDebitResponse> {
+        // Voiding gives back at most what was debited, as Refund does.
+        principal(&request)?.service_with_scope(scopes::ACCOUNTS_REFUND)?;
+        Ok(Response::new(ledger::void_debit(self, request.into_inner()).await?))
+    }
+
     async fn get_balance(&self, request: Request<pb::GetBalanceRequest>) -> Reply<pb::GetBalanceResponse> {
         let caller = principal(&request)?.clone();
         Ok(Response::new(

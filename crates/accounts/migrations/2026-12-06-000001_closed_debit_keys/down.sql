@@ -1,0 +1,2 @@
+DROP TABLE closed_debit_keys;
+DROP TYPE debit_key_state;
