@@ -254,7 +254,11 @@ impl Orders {
     pub async fn pay(&self, order: OrderRow) -> Result<OrderRow, Error> {
         match self.begin_charge(order).await? {
             Step::Go(order) => {
-                let outcome = self.payments.get(order.payment_method)?.charge(&charge_of(&order)).await;
+                let outcome = self
+                    .payments
+                    .get(order.payment_method)?
+                    .charge(&charge_of(&order))
+                    .await;
                 self.record_charge(order, outcome).await
             }
             Step::Stop(order) => Ok(order),

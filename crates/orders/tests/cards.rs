@@ -18,6 +18,7 @@ use keel_testkit::{
     authorized,
     card_gateway::{CardGateway, Endpoint, Fault, SECRET_KEY, stripe_signature},
     http::TestGateway,
+    proxy::DelayProxy,
     status::reason,
 };
 use tonic::{Code, Status};
@@ -28,6 +29,8 @@ const PRICE: i64 = 1_250;
 struct Cards {
     fx: Fixture,
     card: CardGateway,
+    /// Between orders and the card gateway: delays replies when asked.
+    proxy: DelayProxy,
     gateway: TestGateway,
     buyer: Buyer,
     product: pb::Product,
@@ -37,10 +40,12 @@ async fn cards() -> anyhow::Result<Cards> {
     cards_with(&[]).await
 }
 
+/// Cards with `extra` orders flags (which replace the defaults they name).
 async fn cards_with(extra: &[&str]) -> anyhow::Result<Cards> {
     let card = CardGateway::start().await?;
-    let url = card.url();
-    let mut args = vec![
+    let proxy = DelayProxy::start(card.addr()).await?;
+    let url = proxy.url();
+    let defaults = [
         "--card-gateway-url",
         url.as_str(),
         "--card-gateway-secret-key",
@@ -50,6 +55,12 @@ async fn cards_with(extra: &[&str]) -> anyhow::Result<Cards> {
         "--card-gateway-timeout-ms",
         "1000",
     ];
+    let mut args: Vec<&str> = defaults
+        .chunks(2)
+        .filter(|pair| !extra.contains(&pair[0]))
+        .flatten()
+        .copied()
+        .collect();
     args.extend(extra);
     let fx = fixture_with(&args).await?;
     let gateway = fx.suite.spawn_gateway(&[]).await?;
@@ -62,6 +73,7 @@ async fn cards_with(extra: &[&str]) -> anyhow::Result<Cards> {
     Ok(Cards {
         fx,
         card,
+        proxy,
         gateway,
         buyer,
         product,
@@ -70,8 +82,17 @@ async fn cards_with(extra: &[&str]) -> anyhow::Result<Cards> {
 
 impl Cards {
     async fn order(&self, request_id: &str, payment_method_id: &str) -> Result<pb::Order, Status> {
-        self.fx
-            .orders()
+        self.order_at(self.fx.orders(), request_id, payment_method_id).await
+    }
+
+    /// CreateOrder through `orders` (one replica or another).
+    async fn order_at(
+        &self,
+        mut orders: pb::orders_service_client::OrdersServiceClient<tonic::transport::Channel>,
+        request_id: &str,
+        payment_method_id: &str,
+    ) -> Result<pb::Order, Status> {
+        orders
             .create_order(authorized(
                 pb::CreateOrderRequest {
                     request_id: request_id.into(),
@@ -428,4 +449,123 @@ fn chrono_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+/// The stored order placed with `request_id`, once it exists.
+async fn placed(fx: &Fixture, request_id: &str) -> anyhow::Result<keel_orders::store::OrderRow> {
+    use diesel::{ExpressionMethods as _, QueryDsl as _, SelectableHelper as _};
+    use diesel_async::RunQueryDsl as _;
+    use keel_orders::{schema::orders, store::OrderRow};
+    let mut conn = fx.suite.db("orders").await?;
+    for _ in 0..200 {
+        let found = orders::table
+            .filter(orders::request_id.eq(request_id))
+            .select(OrderRow::as_select())
+            .first(&mut conn)
+            .await;
+        if let Ok(order) = found {
+            return Ok(order);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("no order {request_id} was placed")
+}
+
+/// Sequence 1 of "money moves exactly once": the buyer cancels while the
+/// card intent is being created (the gateway answers after 1.5 s). The
+/// cancel is honoured: the intent that turns up is never confirmed, nothing
+/// is charged, and nothing is charged later either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_while_the_intent_is_created_charges_nothing_ever() -> anyhow::Result<()> {
+    for ignore_keys in [false, true] {
+        let c = cards_with(&["--payment-lease-ms", "5000", "--card-gateway-timeout-ms", "4000"]).await?;
+        if ignore_keys {
+            c.card.ignore_idempotency_keys();
+        }
+        c.proxy.delay_replies(std::time::Duration::from_millis(1500));
+        let cancel = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let order = placed(&c.fx, "slow-create").await?;
+            let cancelled = c.fx.cancel(&c.buyer.token, &order.id.to_string(), "cancel-1").await?;
+            anyhow::Ok(cancelled)
+        };
+        let (created, cancelled) = tokio::join!(c.order("slow-create", "pm_card_visa"), cancel);
+        let (created, cancelled) = (created?, cancelled?);
+        assert_eq!(status_of(&cancelled), pb::OrderStatus::Cancelled);
+        assert_eq!(
+            status_of(&created),
+            pb::OrderStatus::Cancelled,
+            "CreateOrder answers the order as the cancel left it"
+        );
+        c.proxy.delay_replies(std::time::Duration::ZERO);
+        // Whatever the resumer would do, it has had time to.
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        let stored = c.fx.stored_order(&created.id).await?;
+        assert_eq!(
+            (stored.status, stored.refund_state, stored.payment_state),
+            (
+                OrderStatus::Cancelled,
+                RefundState::NotNeeded,
+                keel_orders::status::PaymentState::Voided
+            )
+        );
+        assert_eq!(c.charges_of(&created.id), 0, "ignore_keys={ignore_keys}: never charged");
+        assert!(
+            c.intents_of(&created.id).iter().all(|i| i.status != "succeeded"),
+            "no intent was confirmed"
+        );
+        c.check_invariants().await?;
+    }
+    Ok(())
+}
+
+/// Sequence 2: two orders replicas on one database, a gateway that ignores
+/// idempotency keys, and calls that take longer than the hold on an order:
+/// the replicas' workers overtake each other, yet each order is charged
+/// exactly once, through the one intent Keel stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_and_calls_longer_than_the_hold_charge_each_order_once() -> anyhow::Result<()> {
+    let c = cards_with(&[
+        "--payment-lease-ms",
+        "400",
+        "--resume-interval-ms",
+        "100",
+        "--card-gateway-timeout-ms",
+        "5000",
+    ])
+    .await?;
+    c.card.ignore_idempotency_keys();
+    let replica = c.fx.suite.spawn_replica("orders").await?;
+    c.proxy.delay_replies(std::time::Duration::from_millis(1000));
+    let placing = (0..6).map(|i| {
+        let orders = if i % 2 == 0 {
+            c.fx.orders()
+        } else {
+            pb::orders_service_client::OrdersServiceClient::new(replica.channel.clone())
+        };
+        let c = &c;
+        async move { c.order_at(orders, &format!("slow-{i}"), "pm_card_visa").await }
+    });
+    let placed: Vec<pb::Order> = futures::future::join_all(placing)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    c.proxy.delay_replies(std::time::Duration::ZERO);
+    for order in &placed {
+        let paid = c.fx.settled(&order.id, |o| o.status == OrderStatus::Paid).await?;
+        assert_eq!(c.charges_of(&order.id), 1, "order {} charged once", order.id);
+        let charged: Vec<_> = c
+            .intents_of(&order.id)
+            .into_iter()
+            .filter(|i| i.status == "succeeded")
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(
+            charged,
+            paid.charge_reference.into_iter().collect::<Vec<_>>(),
+            "the charged intent is the one Keel stored"
+        );
+    }
+    c.check_invariants().await?;
+    replica.stop().await
 }

@@ -2,14 +2,17 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, fixture_with};
 use futures::future::join_all;
 use keel::orders::v1 as pb;
 use keel_testkit::status::reason;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_buyers_for_ten_units_make_exactly_ten_orders() -> anyhow::Result<()> {
-    let fx = fixture().await?;
+    // Fifty calls at once on two cores take longer than QUICK's hold; with a
+    // shorter one the resumer would rightly take some orders over, and their
+    // CreateOrder would answer them still PENDING_PAYMENT.
+    let fx = fixture_with(&["--payment-lease-ms", "10000"]).await?;
     let tea = fx.product("Tea", 300, 10).await?;
     let buyer = fx.buyer(1_000_000).await?;
     let attempts = (0..50).map(|i| {
@@ -108,5 +111,67 @@ async fn concurrent_cancels_refund_once() -> anyhow::Result<()> {
     assert_eq!(fx.refunds_of(&order.id).await?, 1);
     assert_eq!(fx.balance(&buyer).await?, 1_000);
     assert_eq!(fx.stock(&tea.id).await?, 10, "the units came back once");
+    fx.check_invariants().await
+}
+
+/// Sequence 3 of "money moves exactly once": the balance is empty, accounts
+/// declines the Debit at once but the answer reaches orders a second later;
+/// meanwhile an admin deposits and the buyer cancels. The decline is final
+/// (its key replays it), the cancel voids the key instead of replaying the
+/// Debit, and the late decline changes nothing: the buyer keeps every cent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_decline_a_deposit_and_a_cancel_take_nothing() -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use keel::accounts::v1 as accounts_pb;
+    use keel_orders::status::{OrderStatus, PaymentState, RefundState};
+    use keel_testkit::authorized;
+
+    let (fx, proxy) = common::fixture_through_proxy(&["--payment-lease-ms", "5000"]).await?;
+    let tea = fx.product("Tea", 1_500, 10).await?;
+    let buyer = fx.buyer(0).await?;
+    proxy.delay_replies(Duration::from_secs(1));
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fx.suite
+            .accounts()
+            .deposit(authorized(
+                accounts_pb::DepositRequest {
+                    account_id: buyer.id.clone(),
+                    amount: common::usd(5_000),
+                    request_id: "top-up".into(),
+                    ..Default::default()
+                },
+                &fx.admin,
+            ))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let order = fx
+            .list_own(&buyer)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the order is not placed yet"))?;
+        anyhow::Ok(fx.cancel(&buyer.token, &order.id, "cancel-1").await?)
+    };
+    let (created, cancelled) = tokio::join!(fx.order(&buyer, "slow-decline", &[(&tea.id, 1)]), meanwhile);
+    let cancelled = cancelled?;
+    assert_eq!(cancelled.status, pb::OrderStatus::Cancelled as i32);
+    // CreateOrder answers with the order as it stands: cancelled on request.
+    let created = created?;
+    assert_eq!(created.status, pb::OrderStatus::Cancelled as i32);
+    proxy.delay_replies(Duration::ZERO);
+    let settled = fx
+        .settled(&cancelled.id, |o| o.refund_state != RefundState::Unknown)
+        .await?;
+    assert_eq!(
+        (settled.status, settled.payment_state, settled.refund_state),
+        (OrderStatus::Cancelled, PaymentState::Voided, RefundState::NotNeeded)
+    );
+    // Whatever the resumer would do, it has had time to.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fx.balance(&buyer).await?, 5_000, "the deposit, untouched");
+    assert_eq!(fx.charges_of(&cancelled.id).await?, 0);
+    assert_eq!(fx.stock(&tea.id).await?, 10);
     fx.check_invariants().await
 }

@@ -276,3 +276,74 @@ async fn resumers_never_claim_the_same_order() -> anyhow::Result<()> {
     }
     fx.check_invariants().await
 }
+
+/// The moves the code knows and the moves the database allows are one list;
+/// a stale writer that tries to move a state back is refused by the
+/// database itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_allows_exactly_the_moves_the_code_names() -> anyhow::Result<()> {
+    use std::collections::BTreeSet;
+
+    use diesel::{ExpressionMethods as _, QueryDsl as _};
+    use diesel_async::RunQueryDsl as _;
+    use keel_orders::{
+        schema::{order_state_moves, orders},
+        status::{PaymentState, Transition},
+    };
+
+    let fx = fixture_with(&[]).await?;
+    let mut conn = fx.suite.db(ORDERS).await?;
+    let stored: BTreeSet<(String, String, String)> = order_state_moves::table
+        .select((
+            order_state_moves::machine,
+            order_state_moves::from_state,
+            order_state_moves::to_state,
+        ))
+        .load(&mut conn)
+        .await?
+        .into_iter()
+        .collect();
+    let mut named = BTreeSet::new();
+    for from in OrderStatus::ALL {
+        for step in [
+            Transition::Pay,
+            Transition::Ship,
+            Transition::Deliver,
+            Transition::Cancel,
+        ] {
+            if let Ok(to) = from.apply(step) {
+                named.insert(("status".to_owned(), from.as_str().to_owned(), to.as_str().to_owned()));
+            }
+        }
+    }
+    for (from, to) in PaymentState::MOVES {
+        named.insert(("payment".to_owned(), from.as_str().to_owned(), to.as_str().to_owned()));
+    }
+    for (from, to) in RefundState::MOVES {
+        named.insert(("refund".to_owned(), from.as_str().to_owned(), to.as_str().to_owned()));
+    }
+    assert_eq!(stored, named);
+
+    // A paid order's payment cannot be "declined" by a late answer, nor its
+    // charge reference replaced, nor its claim wound back.
+    let tea = fx.product("Tea", 100, 10).await?;
+    let buyer = fx.buyer(1_000).await?;
+    let order = fx.order(&buyer, "paid", &[(&tea.id, 1)]).await?;
+    let id = uuid::Uuid::parse_str(&order.id)?;
+    let late_decline = diesel::update(orders::table.find(id))
+        .set(orders::payment_state.eq(PaymentState::Declined))
+        .execute(&mut conn)
+        .await;
+    assert!(late_decline.is_err(), "charged -> declined must be refused");
+    let other_charge = diesel::update(orders::table.find(id))
+        .set(orders::charge_reference.eq("another"))
+        .execute(&mut conn)
+        .await;
+    assert!(other_charge.is_err(), "the stored charge stays");
+    let wound_back = diesel::update(orders::table.find(id))
+        .set(orders::claim.eq(0))
+        .execute(&mut conn)
+        .await;
+    assert!(wound_back.is_err(), "a claim only grows");
+    fx.check_invariants().await
+}

@@ -176,6 +176,11 @@ impl CardGateway {
         })
     }
 
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Its base URL (`http://127.0.0.1:<port>`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

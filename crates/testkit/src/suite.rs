@@ -391,6 +391,17 @@ impl Suite {
         self.member(name).wait_until_serving().await
     }
 
+    /// Sets `flag` of service `name` to `value` (replacing the value the
+    /// suite gave it, e.g. `--accounts-url` to route through a proxy). It
+    /// takes effect when the service next starts, and for replicas.
+    pub fn set_flag(&mut self, name: &str, flag: &str, value: &str) {
+        let argv = &mut self.member_mut(name).argv;
+        match argv.iter().position(|arg| arg == flag) {
+            Some(at) if at + 1 < argv.len() => argv[at + 1] = value.to_owned(),
+            _ => argv.extend([flag.to_owned(), value.to_owned()]),
+        }
+    }
+
     /// Another instance of service `name` with the same settings and
     /// database (a replica), on a port of its own; it stops when dropped.
     pub async fn spawn_replica(&self, name: &str) -> anyhow::Result<Replica> {

@@ -69,7 +69,11 @@ impl PaymentProvider for AccountBalance {
         match self.client().void_debit(request).await {
             Ok(response) => {
                 let response = response.into_inner();
-                match (PbVoidOutcome::try_from(response.outcome), response.debit, response.refund) {
+                match (
+                    PbVoidOutcome::try_from(response.outcome),
+                    response.debit,
+                    response.refund,
+                ) {
                     (Ok(PbVoidOutcome::NeverCharged), _, _) => VoidOutcome::NotCharged,
                     // No refund: it had been refunded in full by other means.
                     (Ok(PbVoidOutcome::Refunded), Some(debit), refund) => VoidOutcome::Refunded {

@@ -38,7 +38,11 @@ pub(super) async fn create_order(
         Placed::New(order) if orders.saga.test_crash_after == Some(CrashPoint::Reservation) => order,
         Placed::New(order) if orders.saga.test_crash_after == Some(CrashPoint::Charge) => {
             if let Step::Go(order) = orders.begin_charge(order.clone()).await? {
-                orders.payments.get(order.payment_method)?.charge(&charge_of(&order)).await;
+                orders
+                    .payments
+                    .get(order.payment_method)?
+                    .charge(&charge_of(&order))
+                    .await;
             }
             order
         }

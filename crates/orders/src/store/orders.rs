@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    AsChangeset, BoolExpressionMethods as _, IntoSql as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _,
-    Queryable, Selectable, SelectableHelper as _,
-    BoxableExpression,
+    AsChangeset, BoolExpressionMethods as _, BoxableExpression, ExpressionMethods as _, Insertable, IntoSql as _,
+    OptionalExtension as _, QueryDsl as _, Queryable, Selectable, SelectableHelper as _,
     dsl::{now, sql},
     pg::Pg,
     sql_types::{Double, Nullable, Timestamptz},
@@ -319,12 +318,18 @@ async fn write(
     .optional()
 }
 
+/// The filter [`unfinished`] builds.
+type Unfinished = diesel::dsl::Or<
+    diesel::dsl::Eq<orders::status, OrderStatus>,
+    diesel::dsl::And<
+        diesel::dsl::Eq<orders::status, OrderStatus>,
+        diesel::dsl::EqAny<orders::refund_state, [RefundState; 2]>,
+    >,
+>;
+
 /// Orders whose payment or refund is unfinished: unpaid, or cancelled with
 /// a refund unknown or due.
-fn unfinished() -> diesel::dsl::Or<
-    diesel::dsl::Eq<orders::status, OrderStatus>,
-    diesel::dsl::And<diesel::dsl::Eq<orders::status, OrderStatus>, diesel::dsl::EqAny<orders::refund_state, [RefundState; 2]>>,
-> {
+fn unfinished() -> Unfinished {
     orders::status.eq(OrderStatus::PendingPayment).or(orders::status
         .eq(OrderStatus::Cancelled)
         .and(orders::refund_state.eq_any([RefundState::Unknown, RefundState::Due])))

@@ -18,7 +18,7 @@ use keel_orders::{
     status::{OrderStatus, PaymentMethod, RefundState},
     store::{ItemRow, OrderRow, ProductRow},
 };
-use keel_testkit::{Suite, SuiteOptions, authorized, spawn_suite_with_options};
+use keel_testkit::{Suite, SuiteOptions, authorized, proxy::DelayProxy, spawn_suite_with_options};
 use tonic::{Status, transport::Channel};
 use uuid::Uuid;
 
@@ -52,19 +52,39 @@ pub async fn fixture() -> anyhow::Result<Fixture> {
 
 /// A fixture whose orders service also gets `orders_args`.
 pub async fn fixture_with(orders_args: &[&str]) -> anyhow::Result<Fixture> {
-    // QUICK's pairs, but for the flags the caller sets itself.
+    let suite = spawn_suite_with_options(SuiteOptions::default().args("orders", &orders_flags(orders_args))).await?;
+    Fixture::of(suite).await
+}
+
+/// A fixture whose orders service reaches accounts through a delaying proxy.
+pub async fn fixture_through_proxy(orders_args: &[&str]) -> anyhow::Result<(Fixture, DelayProxy)> {
+    let options = SuiteOptions::default()
+        .args("orders", &orders_flags(orders_args))
+        .withhold("orders");
+    let mut suite = spawn_suite_with_options(options).await?;
+    let proxy = DelayProxy::start(suite.accounts_addr()).await?;
+    suite.set_flag("orders", "--accounts-url", &proxy.url());
+    suite.start("orders").await?;
+    Ok((Fixture::of(suite).await?, proxy))
+}
+
+/// QUICK's pairs, but for the flags the caller sets itself, then the
+/// caller's.
+fn orders_flags<'a>(orders_args: &[&'a str]) -> Vec<&'a str> {
     let quick = QUICK.chunks(2).filter(|pair| !orders_args.contains(&pair[0])).flatten();
-    let args: Vec<&str> = quick.chain(orders_args).copied().collect();
-    let suite = spawn_suite_with_options(SuiteOptions::default().args("orders", &args)).await?;
-    let (admin, tokens) = suite.signed_in_admin().await?;
-    Ok(Fixture {
-        suite,
-        admin: tokens.access_token,
-        admin_id: admin.id,
-    })
+    quick.chain(orders_args).copied().collect()
 }
 
 impl Fixture {
+    async fn of(suite: Suite) -> anyhow::Result<Self> {
+        let (admin, tokens) = suite.signed_in_admin().await?;
+        Ok(Fixture {
+            suite,
+            admin: tokens.access_token,
+            admin_id: admin.id,
+        })
+    }
+
     pub fn orders(&self) -> OrdersServiceClient<Channel> {
         OrdersServiceClient::new(self.suite.channel("orders"))
     }
@@ -191,6 +211,16 @@ impl Fixture {
             .into_inner()
             .order
             .ok_or_else(|| Status::internal("no order"))
+    }
+
+    /// The buyer's own orders, newest first.
+    pub async fn list_own(&self, buyer: &Buyer) -> Result<Vec<pb::Order>, Status> {
+        Ok(self
+            .orders()
+            .list_orders(authorized(pb::ListOrdersRequest::default(), &buyer.token))
+            .await?
+            .into_inner()
+            .orders)
     }
 
     pub async fn get_order(&self, token: &str, id: &str) -> Result<pb::Order, Status> {
