@@ -154,7 +154,8 @@ async fn a_slow_decline_a_deposit_and_a_cancel_take_nothing() -> anyhow::Result<
             .ok_or_else(|| anyhow::anyhow!("the order is not placed yet"))?;
         anyhow::Ok(fx.cancel(&buyer.token, &order.id, "cancel-1").await?)
     };
-    let (created, cancelled) = tokio::join!(fx.order(&buyer, "slow-decline", &[(&tea.id, 1)]), meanwhile);
+    let lines = [(tea.id.as_str(), 1)];
+    let (created, cancelled) = tokio::join!(fx.order(&buyer, "slow-decline", &lines), meanwhile);
     let cancelled = cancelled?;
     assert_eq!(cancelled.status, pb::OrderStatus::Cancelled as i32);
     // CreateOrder answers with the order as it stands: cancelled on request.
