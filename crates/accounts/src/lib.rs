@@ -130,6 +130,17 @@ pub async fn run(config: AccountsConfig, context: Context) -> anyhow::Result<()>
     context.serve(serving).await
 }
 
+/// Every debit whose request id starts with `prefix`, with what its refunds
+/// gave back: for an operator's reconciliation (orders' keys start with
+/// `order:`).
+pub async fn debits_by_key_prefix(url: &str, prefix: &str) -> anyhow::Result<Vec<store::KeyedDebit>> {
+    use diesel_async::AsyncConnection as _;
+    let mut conn = diesel_async::AsyncPgConnection::establish(url)
+        .await
+        .context("connecting to the accounts database")?;
+    Ok(store::debits_by_key_prefix(&mut conn, prefix).await?)
+}
+
 /// Checks every account's ledger against its balance; returns the accounts
 /// checked and those that disagree.
 pub async fn verify_ledger(url: &str) -> anyhow::Result<(i64, Vec<store::LedgerMismatch>)> {

@@ -355,3 +355,33 @@ pub async fn ledger_mismatches(conn: &mut AsyncPgConnection) -> QueryResult<Vec<
 pub async fn account_count(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
     accounts::table.count().get_result(conn).await
 }
+
+/// A debit made under a caller's key, and what its refunds gave back.
+#[derive(Debug, Clone, PartialEq, Eq, diesel::QueryableByName)]
+pub struct KeyedDebit {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub account_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub request_id: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub amount_minor: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub refunded_minor: i64,
+}
+
+/// Every debit whose request id starts with `prefix` (matched literally).
+pub async fn debits_by_key_prefix(conn: &mut AsyncPgConnection, prefix: &str) -> QueryResult<Vec<KeyedDebit>> {
+    diesel::sql_query(
+        "SELECT d.id, d.account_id, d.request_id, d.amount_minor, \
+                COALESCE((SELECT SUM(r.amount_minor) FROM ledger_entries r WHERE r.refund_of = d.id), 0)::int8 \
+                    AS refunded_minor \
+         FROM ledger_entries d \
+         WHERE d.kind = 'debit' AND starts_with(d.request_id, $1) \
+         ORDER BY d.id",
+    )
+    .bind::<diesel::sql_types::Text, _>(prefix)
+    .load(conn)
+    .await
+}

@@ -30,6 +30,17 @@ pub enum AdminCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Compare every order with the money its payment provider holds for it
+    /// (accounts' ledger; the card gateway when one is configured) and list
+    /// every difference: a charge without a paid order, a cancelled order
+    /// with an unrefunded charge, two charges for one order, a paid order
+    /// without its charge, a refund refused for good. Exits non-zero on any.
+    ReconcilePayments {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        card_gateway: keel_orders::CardGatewayConfig,
+    },
     /// Generate a new token signing key. Running auth replicas start signing
     /// with it after a minute of being published; the previous key stays published.
     RotateSigningKey {
@@ -65,6 +76,12 @@ impl AdminCommand {
             AdminCommand::VerifyLedger { database } => {
                 let database = database.open().await?;
                 let result = verify_ledger(&database).await;
+                database.close();
+                result
+            }
+            AdminCommand::ReconcilePayments { database, card_gateway } => {
+                let database = database.open().await?;
+                let result = reconcile_payments(&database, &card_gateway).await;
                 database.close();
                 result
             }
@@ -146,6 +163,71 @@ async fn verify_ledger(database: &crate::database::Database) -> anyhow::Result<(
         Ok(())
     } else {
         anyhow::bail!("{} of {checked} accounts differ from their ledger", mismatches.len())
+    }
+}
+
+async fn reconcile_payments(
+    database: &crate::database::Database,
+    card_gateway: &keel_orders::CardGatewayConfig,
+) -> anyhow::Result<()> {
+    use keel_orders::{
+        payment::{PaymentProvider as _, order_of_charge_key},
+        reconcile::{Taken, compare},
+        status::PaymentMethod,
+    };
+
+    database.prepare(keel_orders::DATABASE, keel_orders::MIGRATIONS).await?;
+    database
+        .prepare(keel_accounts::DATABASE, keel_accounts::MIGRATIONS)
+        .await?;
+    let orders = keel_orders::all_orders(&database.url(keel_orders::DATABASE)?).await?;
+    let (by_balance, by_card): (Vec<_>, Vec<_>) = orders
+        .into_iter()
+        .partition(|order| order.payment_method == PaymentMethod::AccountBalance);
+    let debits = keel_accounts::debits_by_key_prefix(&database.url(keel_accounts::DATABASE)?, "order:").await?;
+    let ledger: Vec<Taken> = debits
+        .into_iter()
+        .map(|debit| Taken {
+            order_id: order_of_charge_key(&debit.request_id),
+            reference: debit.id.to_string(),
+            amount_minor: debit.amount_minor,
+            refunded_minor: debit.refunded_minor,
+        })
+        .collect();
+    let mut differences = compare(&by_balance, &ledger);
+    println!(
+        "balance: {} orders against {} debits in accounts' ledger",
+        by_balance.len(),
+        ledger.len()
+    );
+    match card_gateway.provider()? {
+        Some(card) => {
+            let charges = card
+                .charges()
+                .await
+                .map_err(|why| anyhow::anyhow!("listing the card gateway's charges: {why}"))?
+                .unwrap_or_default();
+            println!(
+                "card: {} orders against {} charges at the card gateway",
+                by_card.len(),
+                charges.len()
+            );
+            differences.extend(compare(&by_card, &charges));
+        }
+        None if by_card.is_empty() => {}
+        None => println!(
+            "card: {} orders not checked: no card gateway configured (KEEL_ORDERS_CARD_GATEWAY_URL)",
+            by_card.len()
+        ),
+    }
+    for difference in &differences {
+        println!("{difference}");
+    }
+    if differences.is_empty() {
+        println!("payments reconciled: every order matches the money held for it");
+        Ok(())
+    } else {
+        anyhow::bail!("{} differences between orders and their payments", differences.len())
     }
 }
 

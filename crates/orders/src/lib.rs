@@ -23,6 +23,7 @@ use keel_platform::{
 pub mod domain;
 pub mod metrics;
 pub mod payment;
+pub mod reconcile;
 pub mod resumer;
 pub mod saga;
 pub mod schema;
@@ -183,6 +184,11 @@ pub struct SagaConfig {
           value_parser = clap::value_parser!(i64).range(1..=256))]
     pub resume_batch: i64,
 
+    /// How often orders compares its card orders with the card gateway's
+    /// charges and refunds what no order may keep (seconds; 0: never).
+    #[arg(long, env = "KEEL_ORDERS_RECONCILE_INTERVAL_SECS", default_value_t = 600)]
+    pub reconcile_interval_secs: u64,
+
     /// Test hook: CreateOrder stops after this step as if the process died
     /// there, leaving the rest to the resumer. Never set it in production.
     #[arg(long, env = "KEEL_ORDERS_TEST_CRASH_AFTER", value_enum, hide = true)]
@@ -205,6 +211,7 @@ impl Default for SagaConfig {
             payment_lease_ms: 30_000,
             resume_interval_ms: 5_000,
             resume_batch: 8,
+            reconcile_interval_secs: 600,
             test_crash_after: None,
         }
     }
@@ -219,6 +226,11 @@ impl SagaConfig {
     /// The lease.
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.payment_lease_ms.max(1))
+    }
+
+    /// Reconciliation's period; None when it is off.
+    pub fn reconcile_interval(&self) -> Option<Duration> {
+        (self.reconcile_interval_secs > 0).then(|| Duration::from_secs(self.reconcile_interval_secs))
     }
 
     /// The resumer's period.
@@ -251,6 +263,7 @@ pub async fn run(config: OrdersConfig, context: Context) -> anyhow::Result<()> {
         .with_metrics(metrics::PaymentMetrics::new(&context.metrics));
     let verifier = context.verifier(&config.tokens)?;
     let resumer = tokio::spawn(resumer::run(orders.clone(), context.shutdown.clone()));
+    let reconciler = tokio::spawn(reconcile::run(orders.clone(), context.shutdown.clone()));
     let serving = Serving {
         routes: tonic::service::Routes::new(OrdersServiceServer::new(orders)),
         verifier,
@@ -264,7 +277,20 @@ pub async fn run(config: OrdersConfig, context: Context) -> anyhow::Result<()> {
     if tokio::time::timeout(Duration::from_secs(2), resumer).await.is_err() {
         tracing::warn!("the orders resumer did not stop in time");
     }
+    reconciler.abort();
     served
+}
+
+/// Every order in the orders database at `url`, oldest first: for an
+/// operator's reconciliation.
+pub async fn all_orders(url: &str) -> anyhow::Result<Vec<store::OrderRow>> {
+    use diesel_async::AsyncConnection as _;
+    let mut conn = diesel_async::AsyncPgConnection::establish(url)
+        .await
+        .context("connecting to the orders database")?;
+    let mut all = store::orders::all_of(&mut conn, status::PaymentMethod::AccountBalance).await?;
+    all.extend(store::orders::all_of(&mut conn, status::PaymentMethod::External).await?);
+    Ok(all)
 }
 
 /// The name accounts is registered under: orders reaches it by name, and the

@@ -569,3 +569,63 @@ async fn two_replicas_and_calls_longer_than_the_hold_charge_each_order_once() ->
     c.check_invariants().await?;
     replica.stop().await
 }
+
+/// Reconciliation finds money the gateway holds that no order may keep (a
+/// charge planted outside Keel for an order cancelled as never charged, and
+/// a second charge of a paid order) and refunds it with the order's refund
+/// key, once, counting each repair.
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_refunds_charges_no_order_may_keep() -> anyhow::Result<()> {
+    let c = cards_with(&["--reconcile-interval-secs", "1"]).await?;
+    let paid = c.order("kept", "pm_card_visa").await?;
+    assert_eq!(status_of(&paid), pb::OrderStatus::Paid);
+    let declined = c.order("declined", "pm_card_chargeCustomerFail").await;
+    assert!(declined.is_err(), "the card is declined");
+    let cancelled = placed(&c.fx, "declined").await?;
+    let orphan = c.card.plant_charge(&cancelled.id.to_string(), PRICE, "usd");
+    let second = c.card.plant_charge(&paid.id, PRICE, "usd");
+
+    let refunded = |intent: String| {
+        let card = c.card.clone();
+        move || card.refunds().iter().any(|r| r.payment_intent == intent)
+    };
+    let (orphan_refunded, second_refunded) = (refunded(orphan.clone()), refunded(second.clone()));
+    for _ in 0..100 {
+        if orphan_refunded() && second_refunded() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(orphan_refunded(), "the orphan charge is refunded");
+    assert!(second_refunded(), "the second charge of the paid order is refunded");
+    // A few more passes find nothing left to repair.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let refunds = c.card.refunds();
+    for intent in [&orphan, &second] {
+        let of_it: Vec<_> = refunds.iter().filter(|r| &r.payment_intent == intent).collect();
+        assert_eq!(of_it.len(), 1, "{intent} refunded once");
+        assert_eq!(of_it[0].amount, PRICE);
+    }
+    let paid_after = c.fx.stored_order(&paid.id).await?;
+    assert_eq!(
+        paid_after.status,
+        OrderStatus::Paid,
+        "the paid order keeps its own charge"
+    );
+    assert!(
+        !refunds
+            .iter()
+            .any(|r| Some(&r.payment_intent) == paid_after.charge_reference.as_ref()),
+        "its own charge is not refunded"
+    );
+    let metrics = keel_testkit::metrics::scrape(&c.fx.suite.metrics_url("orders")?).await?;
+    assert_eq!(
+        metrics.value("keel_payment_repairs_total", &[("kind", "orphan_charge")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.value("keel_payment_repairs_total", &[("kind", "several_charges")]),
+        1.0
+    );
+    Ok(())
+}

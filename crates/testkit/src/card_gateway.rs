@@ -50,6 +50,8 @@ pub enum Endpoint {
     CancelIntent,
     /// `GET /v1/payment_intents/{id}`
     RetrieveIntent,
+    /// `GET /v1/payment_intents`
+    ListIntents,
     /// `POST /v1/refunds`
     CreateRefund,
     /// `GET /v1/refunds`
@@ -154,7 +156,7 @@ impl CardGateway {
             http: http.clone(),
         };
         let app = Router::new()
-            .route("/v1/payment_intents", post(create_intent))
+            .route("/v1/payment_intents", post(create_intent).get(list_intents))
             .route("/v1/payment_intents/{id}", get(retrieve_intent))
             .route("/v1/payment_intents/{id}/confirm", post(confirm_intent))
             .route("/v1/payment_intents/{id}/cancel", post(cancel_intent))
@@ -174,6 +176,26 @@ impl CardGateway {
             http,
             task: Arc::new(task),
         })
+    }
+
+    /// A succeeded intent for `order_id` that Keel never made (someone
+    /// charged the buyer outside Keel, or a bug did): what reconciliation
+    /// must find. Returns its id.
+    pub fn plant_charge(&self, order_id: &str, amount: i64, currency: &str) -> String {
+        let mut ledger = self.ledger();
+        let id = new_id(&mut ledger, "pi");
+        let intent = Intent {
+            id: id.clone(),
+            amount,
+            currency: currency.to_lowercase(),
+            status: "succeeded".into(),
+            payment_method: Some("pm_card_visa".into()),
+            metadata: BTreeMap::from([("order_id".to_owned(), order_id.to_owned())]),
+            last_error: None,
+        };
+        ledger.intents.insert(id.clone(), intent);
+        ledger.charges.push(id.clone());
+        id
     }
 
     /// Its address.
@@ -766,6 +788,37 @@ async fn create_refund(State(stand): State<Stand>, headers: HeaderMap, body: Byt
             let answer = refund_json(&refund);
             ledger.refunds.push(refund);
             Ok((200, answer))
+        },
+    )
+    .await
+}
+
+/// Lists intents in id order, Stripe's way: `limit` (default 10, at most
+/// 100) after `starting_after`, with `has_more`.
+async fn list_intents(State(stand): State<Stand>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let query = query.unwrap_or_default();
+    let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let limit = params
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    handle(
+        &stand,
+        Endpoint::ListIntents,
+        Method::GET,
+        "/v1/payment_intents".into(),
+        &headers,
+        &[],
+        |ledger| {
+            let after = params.get("starting_after");
+            let mut rest = ledger
+                .intents
+                .values()
+                .filter(|intent| after.is_none_or(|after| intent.id > *after));
+            let data: Vec<Value> = rest.by_ref().take(limit).map(intent_json).collect();
+            let has_more = rest.next().is_some();
+            Ok((200, json!({ "object": "list", "data": data, "has_more": has_more })))
         },
     )
     .await

@@ -19,6 +19,7 @@ use serde_json::Value;
 use tracing::Instrument as _;
 
 use super::{Charge, ChargeOutcome, Decline, PaymentProvider, Prepared, Refund, RefundOutcome, VoidOutcome};
+use crate::reconcile::Taken;
 
 /// The metadata key that tags a refund with Keel's idempotency key.
 const KEY_METADATA: &str = "keel_key";
@@ -52,6 +53,16 @@ pub struct Intent {
     /// Why the last confirmation failed.
     #[serde(default)]
     pub last_payment_error: Option<PaymentError>,
+    /// `metadata[...]`: Keel tags each intent with its order.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IntentList {
+    data: Vec<Intent>,
+    #[serde(default)]
+    has_more: bool,
 }
 
 /// A decline, as Stripe describes it.
@@ -79,6 +90,17 @@ struct RefundObject {
 #[derive(Debug, Deserialize)]
 struct RefundList {
     data: Vec<RefundObject>,
+}
+
+impl RefundList {
+    /// What the refunds that did not fail gave back.
+    fn refunded(&self) -> i64 {
+        self.data
+            .iter()
+            .filter(|r| r.status.as_deref() != Some("failed"))
+            .map(|r| r.amount)
+            .sum()
+    }
 }
 
 /// How a call to the gateway failed.
@@ -249,6 +271,37 @@ impl CardGateway {
         }
     }
 
+    /// Every succeeded intent, page by page, with what its refunds gave back.
+    async fn succeeded_intents(&self) -> Result<Vec<Taken>, Failure> {
+        let mut taken = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", "100")];
+            if let Some(after) = &after {
+                query.push(("starting_after", after));
+            }
+            let page: IntentList = self.get("/v1/payment_intents", &query).await?;
+            for intent in page.data.iter().filter(|i| i.status == "succeeded") {
+                let refunds: RefundList = self
+                    .get("/v1/refunds", &[("payment_intent", intent.id.as_str())])
+                    .await?;
+                taken.push(Taken {
+                    order_id: intent
+                        .metadata
+                        .get("order_id")
+                        .and_then(|id| uuid::Uuid::parse_str(id).ok()),
+                    reference: intent.id.clone(),
+                    amount_minor: intent.amount,
+                    refunded_minor: refunds.refunded(),
+                });
+            }
+            match page.data.last() {
+                Some(last) if page.has_more => after = Some(last.id.clone()),
+                _ => return Ok(taken),
+            }
+        }
+    }
+
     /// Cancels an intent that has not taken money, so it never will.
     async fn cancel(&self, charge: &Charge, intent_id: &str) -> VoidOutcome {
         let path = format!("/v1/payment_intents/{intent_id}/cancel");
@@ -349,6 +402,10 @@ impl PaymentProvider for CardGateway {
         }
     }
 
+    async fn charges(&self) -> Result<Option<Vec<Taken>>, String> {
+        self.succeeded_intents().await.map(Some).map_err(|err| err.to_string())
+    }
+
     async fn refund(&self, refund: &Refund) -> RefundOutcome {
         let intent = refund.charge_reference.as_str();
         // The refund this key already made, if an answer was lost.
@@ -366,12 +423,7 @@ impl PaymentProvider for CardGateway {
                         reference: done.id.clone(),
                     };
                 }
-                let refunded: i64 = list
-                    .data
-                    .iter()
-                    .filter(|r| r.status.as_deref() != Some("failed"))
-                    .map(|r| r.amount)
-                    .sum();
+                let refunded = list.refunded();
                 if refunded > 0 {
                     // Someone refunded this charge outside Keel: never add to it.
                     tracing::error!(
@@ -409,6 +461,7 @@ mod tests {
             id: "pi_1".into(),
             status: status.into(),
             amount: 100,
+            metadata: Default::default(),
             last_payment_error: decline.map(|d| PaymentError {
                 code: Some("card_declined".into()),
                 decline_code: Some(d.into()),

@@ -56,6 +56,12 @@ pub fn charge_key(order_id: Uuid) -> String {
     format!("order:{order_id}:charge")
 }
 
+/// The order whose charge `key` is ([`charge_key`]'s inverse).
+pub fn order_of_charge_key(key: &str) -> Option<Uuid> {
+    let id = key.strip_prefix("order:")?.strip_suffix(":charge")?;
+    Uuid::parse_str(id).ok()
+}
+
 /// The idempotency key of an order's refund.
 pub fn refund_key(order_id: Uuid) -> String {
     format!("order:{order_id}:refund")
@@ -215,4 +221,11 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
 
     /// Gives back a charge in full.
     async fn refund(&self, refund: &Refund) -> RefundOutcome;
+
+    /// Every charge the provider holds for Keel's orders, for
+    /// reconciliation; `None` when this provider cannot list them (orders
+    /// cannot read accounts' ledger: `keel admin reconcile-payments` does).
+    async fn charges(&self) -> Result<Option<Vec<crate::reconcile::Taken>>, String> {
+        Ok(None)
+    }
 }

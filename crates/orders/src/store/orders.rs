@@ -197,6 +197,16 @@ pub async fn find_by_request(
         .optional()
 }
 
+/// Every order paid by `method`, oldest first.
+pub async fn all_of(conn: &mut AsyncPgConnection, method: PaymentMethod) -> QueryResult<Vec<OrderRow>> {
+    orders::table
+        .filter(orders::payment_method.eq(method))
+        .select(OrderRow::as_select())
+        .order(orders::id.asc())
+        .load(conn)
+        .await
+}
+
 /// The lines of `order_ids`, in each order's own sequence.
 pub async fn items(conn: &mut AsyncPgConnection, order_ids: &[Uuid]) -> QueryResult<Vec<ItemRow>> {
     order_items::table
