@@ -193,9 +193,8 @@ impl PaymentState {
     ];
 
     /// The moves allowed, as the database enforces them (the
-    /// `order_state_moves` table). Declined or voided to charged is the one
-    /// repair: reconciliation found money taken after all, and it is owed back.
-    pub const MOVES: [(PaymentState, PaymentState); 8] = {
+    /// `order_state_moves` table). Charged, declined and voided are final.
+    pub const MOVES: [(PaymentState, PaymentState); 6] = {
         use PaymentState::*;
         [
             (Unpaid, Charging),
@@ -204,8 +203,6 @@ impl PaymentState {
             (Charging, Charged),
             (Charging, Declined),
             (Charging, Voided),
-            (Declined, Charged),
-            (Voided, Charged),
         ]
     };
 

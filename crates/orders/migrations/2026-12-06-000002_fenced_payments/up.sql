@@ -52,10 +52,6 @@ INSERT INTO order_state_moves (machine, from_state, to_state) VALUES
     ('payment', 'charging', 'charged'),
     ('payment', 'charging', 'declined'),
     ('payment', 'charging', 'voided'),
-    -- Reconciliation found money taken for an order cancelled as unpaid: it
-    -- is owed back (the only move out of a final payment state).
-    ('payment', 'declined', 'charged'),
-    ('payment', 'voided', 'charged'),
     ('refund', 'not_needed', 'unknown'),
     ('refund', 'not_needed', 'due'),
     ('refund', 'unknown', 'not_needed'),
