@@ -172,7 +172,7 @@ async fn reconcile_payments(
 ) -> anyhow::Result<()> {
     use keel_orders::{
         payment::{PaymentProvider as _, order_of_charge_key},
-        reconcile::{Taken, compare},
+        reconcile::{Taken, compare, named_orders, placed_since},
         status::PaymentMethod,
     };
 
@@ -180,7 +180,9 @@ async fn reconcile_payments(
     database
         .prepare(keel_accounts::DATABASE, keel_accounts::MIGRATIONS)
         .await?;
-    let orders = keel_orders::all_orders(&database.url(keel_orders::DATABASE)?).await?;
+    // Orders first, then the money (see `compare`).
+    let orders_url = database.url(keel_orders::DATABASE)?;
+    let orders = keel_orders::all_orders(&orders_url).await?;
     let (by_balance, by_card): (Vec<_>, Vec<_>) = orders
         .into_iter()
         .partition(|order| order.payment_method == PaymentMethod::AccountBalance);
@@ -220,6 +222,15 @@ async fn reconcile_payments(
             by_card.len()
         ),
     }
+    // Charges of orders placed since they were read are no difference.
+    let named: std::collections::BTreeSet<_> = named_orders(&differences).into_iter().collect();
+    let existing = keel_orders::all_orders(&orders_url)
+        .await?
+        .into_iter()
+        .map(|order| order.id)
+        .filter(|id| named.contains(id))
+        .collect();
+    let differences = placed_since(differences, &existing);
     for difference in &differences {
         println!("{difference}");
     }

@@ -7,7 +7,7 @@
 //! of an order cancelled as never charged, or a second charge of one order),
 //! with the order's refund key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use keel_platform::Error;
 use uuid::Uuid;
@@ -43,8 +43,13 @@ impl Taken {
 /// One difference between orders and the money held for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Difference {
-    /// Money held for an order Keel does not have.
-    ChargeWithoutOrder { reference: String, held_minor: i64 },
+    /// Money held for an order Keel does not have (`order_id`: the one it
+    /// names, if any).
+    ChargeWithoutOrder {
+        order_id: Option<Uuid>,
+        reference: String,
+        held_minor: i64,
+    },
     /// Money held for an order cancelled as never charged. Repairable: refund
     /// it with the order's refund key.
     OrphanCharge {
@@ -72,9 +77,14 @@ pub enum Difference {
 impl std::fmt::Display for Difference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Difference::ChargeWithoutOrder { reference, held_minor } => {
-                write!(f, "charge {reference} holds {held_minor} for no order Keel has")
-            }
+            Difference::ChargeWithoutOrder {
+                order_id,
+                reference,
+                held_minor,
+            } => match order_id {
+                Some(id) => write!(f, "charge {reference} holds {held_minor} for order {id}, which Keel does not have"),
+                None => write!(f, "charge {reference} holds {held_minor} and names no order"),
+            },
             Difference::OrphanCharge {
                 order_id,
                 reference,
@@ -116,7 +126,10 @@ impl std::fmt::Display for Difference {
 /// Every difference between `orders` and `taken` (the charges of the same
 /// payment method). Orders still on their way (unpaid, or cancelled with a
 /// refund unknown or due) are the resumer's, and only checked for several
-/// charges.
+/// charges. Read `orders` before `taken`: an order settled then has its
+/// money where it belongs by the time the provider is asked. An order
+/// placed in between shows as a charge without an order; [`placed_since`]
+/// drops those.
 pub fn compare(orders: &[OrderRow], taken: &[Taken]) -> Vec<Difference> {
     let by_id: BTreeMap<Uuid, &OrderRow> = orders.iter().map(|order| (order.id, order)).collect();
     let mut held: BTreeMap<Uuid, Vec<&Taken>> = BTreeMap::new();
@@ -125,6 +138,7 @@ pub fn compare(orders: &[OrderRow], taken: &[Taken]) -> Vec<Difference> {
         match charge.order_id.filter(|id| by_id.contains_key(id)) {
             Some(id) => held.entry(id).or_default().push(charge),
             None if charge.held_minor() > 0 => differences.push(Difference::ChargeWithoutOrder {
+                order_id: charge.order_id,
                 reference: charge.reference.clone(),
                 held_minor: charge.held_minor(),
             }),
@@ -181,6 +195,30 @@ pub fn compare(orders: &[OrderRow], taken: &[Taken]) -> Vec<Difference> {
         }
     }
     differences
+}
+
+/// `differences` without the charges of orders that exist after all (placed
+/// after the orders were read): `existing` are those of the named orders
+/// that exist now.
+pub fn placed_since(differences: Vec<Difference>, existing: &BTreeSet<Uuid>) -> Vec<Difference> {
+    differences
+        .into_iter()
+        .filter(|difference| {
+            !matches!(difference, Difference::ChargeWithoutOrder { order_id: Some(id), .. } if existing.contains(id))
+        })
+        .collect()
+}
+
+/// The orders that charges without an order name: look them up again
+/// after reading the provider.
+pub fn named_orders(differences: &[Difference]) -> Vec<Uuid> {
+    differences
+        .iter()
+        .filter_map(|difference| match difference {
+            Difference::ChargeWithoutOrder { order_id, .. } => *order_id,
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether the order's payment has reached a definite end: not unpaid, and
@@ -246,14 +284,20 @@ impl Orders {
         let Some(provider) = self.payments.external.clone() else {
             return Ok(Report::default());
         };
-        let Some(taken) = provider.charges().await.map_err(|why| anyhow::anyhow!("{why}"))? else {
-            return Ok(Report::default());
-        };
+        // Orders first (see `compare`).
         let orders = {
             let mut conn = self.pool.get().await?;
             store::orders::all_of(&mut conn, PaymentMethod::External).await?
         };
+        let Some(taken) = provider.charges().await.map_err(|why| anyhow::anyhow!("{why}"))? else {
+            return Ok(Report::default());
+        };
         let differences = compare(&orders, &taken);
+        let existing = {
+            let mut conn = self.pool.get().await?;
+            store::orders::existing(&mut conn, &named_orders(&differences)).await?
+        };
+        let differences = placed_since(differences, &existing);
         let by_id: BTreeMap<Uuid, &OrderRow> = orders.iter().map(|order| (order.id, order)).collect();
         let mut repaired = Vec::new();
         for difference in &differences {
@@ -375,6 +419,12 @@ mod tests {
                 amount_minor: 5,
                 refunded_minor: 0,
             },
+            Taken {
+                order_id: Some(Uuid::now_v7()),
+                reference: "pi_new".into(),
+                amount_minor: 100,
+                refunded_minor: 0,
+            },
         ];
         let found = compare(
             &[
@@ -387,9 +437,14 @@ mod tests {
             &charges,
         );
         assert!(found.contains(&Difference::ChargeWithoutOrder {
+            order_id: None,
             reference: "pi_x".into(),
             held_minor: 5
         }));
+        // An order placed after the orders were read is no difference.
+        let placed = named_orders(&found);
+        assert_eq!(placed.len(), 1);
+        let found = placed_since(found, &placed.into_iter().collect());
         assert!(found.contains(&Difference::OrphanCharge {
             order_id: orphan.id,
             reference: "pi_o".into(),

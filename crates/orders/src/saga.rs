@@ -1,18 +1,22 @@
-//! CreateOrder as a persisted saga, and its compensations.
+//! CreateOrder as a persisted saga, and its compensations. Every step runs
+//! under a claim on the order whose fencing token each write checks (see
+//! docs/architecture.md, "Payments under concurrency").
 //!
 //! 1. [`Orders::place`]: one transaction reserves every line's units (or
 //!    none), snapshots names and prices, inserts the order PENDING_PAYMENT
-//!    leased to the caller, and writes OrderPlaced.
-//! 2. [`Orders::pay`]: the charge, outside any transaction, with the key
+//!    claimed by the caller, and writes OrderPlaced.
+//! 2. [`Orders::pay`]: the provider's record prepared and stored, the payment
+//!    marked CHARGING, then the charge, outside any transaction, with the key
 //!    `order:<id>:charge`; then one transaction records how it ended: PAID
 //!    and OrderPaid, or (definitely declined) stock released, CANCELLED and
-//!    OrderCancelled. An uncertain outcome changes nothing: the lease runs
-//!    out and the resumer tries again with the same key.
+//!    OrderCancelled. An uncertain outcome changes nothing: the order is held
+//!    until the resumer's next look, which tries again with the same key.
 //! 3. [`Orders::cancel`] and [`Orders::expire`] cancel in one transaction
-//!    (stock released, OrderCancelled) and note what is still owed: a refund
-//!    of a paid order, or for an unpaid one, voiding a charge that may be in
-//!    flight. [`Orders::settle`] does that outside the transaction, with
-//!    `order:<id>:refund`; it too is retried by the resumer until it ends.
+//!    (stock released) and note what is still owed: a refund of a charged
+//!    order, or for one whose charge is under way, voiding it. A cancel takes
+//!    the order over from whoever works on it. [`Orders::settle`] voids or
+//!    refunds outside the transaction, with `order:<id>:refund`; it too is
+//!    retried by the resumer until it ends.
 
 use chrono::Utc;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
@@ -276,7 +280,7 @@ impl Orders {
         }
         let provider = self.payments.get(order.payment_method)?;
         let mut order = order;
-        if order.payment_state == PaymentState::Unpaid && order.charge_reference.is_none() {
+        if provider.prepares() && order.payment_state == PaymentState::Unpaid && order.charge_reference.is_none() {
             order = match self.renew(&order).await? {
                 Held::Still(order) => order,
                 Held::Lost(now) => return Ok(Step::Stop(now)),

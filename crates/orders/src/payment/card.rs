@@ -355,6 +355,10 @@ fn void_outcome(intent: &Intent) -> VoidOutcome {
 
 #[tonic::async_trait]
 impl PaymentProvider for CardGateway {
+    fn prepares(&self) -> bool {
+        true
+    }
+
     async fn prepare(&self, charge: &Charge) -> Prepared {
         match self.create_intent(charge).await {
             Ok(intent) => Prepared::Ready(Some(intent.id)),

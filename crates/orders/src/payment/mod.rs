@@ -200,6 +200,12 @@ pub enum RefundOutcome {
 /// idempotent by the keys they are given.
 #[tonic::async_trait]
 pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
+    /// Whether the provider keeps a record of each charge, made by
+    /// [`PaymentProvider::prepare`] before any money moves.
+    fn prepares(&self) -> bool {
+        false
+    }
+
     /// Creates the provider's record of the charge without moving money; the
     /// saga stores its reference before calling [`PaymentProvider::charge`].
     /// Providers with no such record answer `Ready(None)`.

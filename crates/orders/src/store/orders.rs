@@ -207,6 +207,19 @@ pub async fn all_of(conn: &mut AsyncPgConnection, method: PaymentMethod) -> Quer
         .await
 }
 
+/// Which of `ids` are orders.
+pub async fn existing(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<std::collections::BTreeSet<Uuid>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let found: Vec<Uuid> = orders::table
+        .filter(orders::id.eq_any(ids))
+        .select(orders::id)
+        .load(conn)
+        .await?;
+    Ok(found.into_iter().collect())
+}
+
 /// The lines of `order_ids`, in each order's own sequence.
 pub async fn items(conn: &mut AsyncPgConnection, order_ids: &[Uuid]) -> QueryResult<Vec<ItemRow>> {
     order_items::table
