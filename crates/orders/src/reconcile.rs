@@ -82,7 +82,10 @@ impl std::fmt::Display for Difference {
                 reference,
                 held_minor,
             } => match order_id {
-                Some(id) => write!(f, "charge {reference} holds {held_minor} for order {id}, which Keel does not have"),
+                Some(id) => write!(
+                    f,
+                    "charge {reference} holds {held_minor} for order {id}, which Keel does not have"
+                ),
                 None => write!(f, "charge {reference} holds {held_minor} and names no order"),
             },
             Difference::OrphanCharge {
