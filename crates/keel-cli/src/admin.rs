@@ -171,8 +171,8 @@ async fn reconcile_payments(
     card_gateway: &keel_orders::CardGatewayConfig,
 ) -> anyhow::Result<()> {
     use keel_orders::{
-        payment::{PaymentProvider as _, order_of_charge_key},
-        reconcile::{Taken, compare, named_orders, placed_since},
+        app::reconcile::{compare, named_orders, placed_since},
+        payment::{PaymentProvider as _, Taken, order_of_charge_key},
         status::PaymentMethod,
     };
 

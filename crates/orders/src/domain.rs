@@ -146,6 +146,37 @@ pub fn is_gateway_id(raw: &str) -> bool {
     (1..=255).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Why an order was cancelled, as stored and as clients see it.
+pub mod reasons {
+    /// The buyer (or an admin) cancelled it.
+    pub const CANCELLED_ON_REQUEST: &str = "CANCELLED_ON_REQUEST";
+    /// It stayed unpaid past the payment deadline.
+    pub const PAYMENT_DEADLINE_PASSED: &str = "PAYMENT_DEADLINE_PASSED";
+    /// The balance did not cover it.
+    pub const INSUFFICIENT_FUNDS: &str = "INSUFFICIENT_FUNDS";
+    /// The payment provider declined it.
+    pub const PAYMENT_DECLINED: &str = "PAYMENT_DECLINED";
+
+    /// The sentence OrderCancelled carries for `reason`.
+    pub fn describe(reason: &str) -> &'static str {
+        match reason {
+            CANCELLED_ON_REQUEST => "cancelled on request",
+            PAYMENT_DEADLINE_PASSED => "not paid before the payment deadline",
+            INSUFFICIENT_FUNDS => "the balance did not cover the total",
+            PAYMENT_DECLINED => "the payment was declined",
+            _ => "cancelled",
+        }
+    }
+
+    /// The reason itself when it says the payment failed: CreateOrder answers
+    /// such an order with that error, to the first call and every retry.
+    pub fn payment_failure(reason: &str) -> Option<&'static str> {
+        [INSUFFICIENT_FUNDS, PAYMENT_DECLINED]
+            .into_iter()
+            .find(|known| *known == reason)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

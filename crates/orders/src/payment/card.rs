@@ -18,8 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tracing::Instrument as _;
 
-use super::{Charge, ChargeOutcome, Decline, PaymentProvider, Prepared, Refund, RefundOutcome, VoidOutcome};
-use crate::reconcile::Taken;
+use super::{Charge, ChargeOutcome, Decline, PaymentProvider, Prepared, Refund, RefundOutcome, Taken, VoidOutcome};
 
 /// The metadata key that tags a refund with Keel's idempotency key.
 const KEY_METADATA: &str = "keel_key";
@@ -156,7 +155,7 @@ impl CardGateway {
         let span = tracing::info_span!(
             "card_gateway",
             otel.kind = "client",
-            keel.service = crate::SERVICE.name,
+            keel.service = crate::config::NAME,
             http.request.method = %request.method(),
             url.path = request.url().path(),
             http.response.status_code = tracing::field::Empty,

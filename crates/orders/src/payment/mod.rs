@@ -181,6 +181,27 @@ pub enum VoidOutcome {
     Uncertain(String),
 }
 
+/// Money a provider took, as it reports it (for reconciliation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// The order it names (the card intent's `metadata[order_id]`, the
+    /// debit's key), if it names one Keel can read.
+    pub order_id: Option<Uuid>,
+    /// The provider's id of the charge.
+    pub reference: String,
+    /// Minor units taken.
+    pub amount_minor: i64,
+    /// Minor units given back since.
+    pub refunded_minor: i64,
+}
+
+impl Taken {
+    /// What the provider still holds.
+    pub fn held_minor(&self) -> i64 {
+        self.amount_minor.saturating_sub(self.refunded_minor)
+    }
+}
+
 /// How a refund ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundOutcome {
@@ -231,7 +252,7 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
     /// Every charge the provider holds for Keel's orders, for
     /// reconciliation; `None` when this provider cannot list them (orders
     /// cannot read accounts' ledger: `keel admin reconcile-payments` does).
-    async fn charges(&self) -> Result<Option<Vec<crate::reconcile::Taken>>, String> {
+    async fn charges(&self) -> Result<Option<Vec<Taken>>, String> {
         Ok(None)
     }
 }

@@ -8,69 +8,11 @@ mod orders;
 mod products;
 mod webhooks;
 
-use std::sync::Arc;
-
 use keel::orders::v1::{self as pb, orders_service_server::OrdersService};
-use keel_platform::{db::Pool, principal::principal, rpc::Reply};
+use keel_platform::{principal::principal, rpc::Reply};
 use tonic::{Request, Response};
 
-use crate::{SagaConfig, metrics::PaymentMetrics, payment::Providers};
-
-/// The event source name of orders: its service name, which is also the
-/// client id its relay's tokens carry.
-pub const SOURCE: &str = crate::SERVICE.name;
-
-/// The orders service.
-#[derive(Clone)]
-pub struct Orders {
-    pub(crate) pool: Pool,
-    pub(crate) payments: Providers,
-    pub(crate) saga: Arc<SagaConfig>,
-    /// The card gateway's webhook signing secrets.
-    pub(crate) webhook_secrets: Arc<[String]>,
-    pub(crate) metrics: PaymentMetrics,
-}
-
-impl std::fmt::Debug for Orders {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Orders")
-            .field("payments", &self.payments)
-            .field("saga", &self.saga)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Orders {
-    /// Orders over a (migrated) database, paying through `payments`.
-    pub fn new(pool: Pool, payments: Providers, saga: SagaConfig) -> Self {
-        Self {
-            pool,
-            payments,
-            saga: Arc::new(saga),
-            webhook_secrets: Arc::new([]),
-            metrics: PaymentMetrics::default(),
-        }
-    }
-
-    /// Counts failed refunds and repairs on `metrics`.
-    #[must_use]
-    pub fn with_metrics(mut self, metrics: PaymentMetrics) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    /// Accepts card gateway webhooks signed with any of `secrets`.
-    #[must_use]
-    pub fn with_webhook_secrets(mut self, secrets: Vec<String>) -> Self {
-        self.webhook_secrets = secrets.into();
-        self
-    }
-
-    /// The database pool.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-}
+use crate::app::Orders;
 
 #[tonic::async_trait]
 impl OrdersService for Orders {

@@ -18,9 +18,8 @@ use keel_platform::rpc::etag;
 
 use super::Orders;
 use crate::{
-    CrashPoint,
-    domain::{self, MAX_LINES, RequestId},
-    saga::{Line, PlaceOrder, Placed, Step, charge_of, reasons},
+    app::{Line, PlaceOrder},
+    domain::{self, MAX_LINES, RequestId, reasons},
     status::{OrderStatus, PaymentMethod, RefundState},
     store::{self, ItemRow, OrderRow},
 };
@@ -31,30 +30,7 @@ pub(super) async fn create_order(
     request: pb::CreateOrderRequest,
 ) -> Result<pb::CreateOrderResponse, Error> {
     let order = read_order(caller, &request)?;
-    // Refused before anything is reserved.
-    orders.payments.get(order.method)?;
-    let placed = match orders.place(&order).await? {
-        // Test hook: stop as a crashed process would.
-        Placed::New(order) if orders.saga.test_crash_after == Some(CrashPoint::Reservation) => order,
-        Placed::New(order) if orders.saga.test_crash_after == Some(CrashPoint::Charge) => {
-            if let Step::Go(order) = orders.begin_charge(order.clone()).await? {
-                orders
-                    .payments
-                    .get(order.payment_method)?
-                    .charge(&charge_of(&order))
-                    .await;
-            }
-            order
-        }
-        Placed::New(order) => orders.pay(order).await?,
-        // A retry of an order still unpaid helps it along unless someone
-        // else (the first call, the resumer) is at it.
-        Placed::Existing(order) if order.status == OrderStatus::PendingPayment => match orders.claim(order.id).await? {
-            Some(claimed) => orders.pay(claimed).await?,
-            None => order,
-        },
-        Placed::Existing(order) => order,
-    };
+    let placed = orders.create(&order).await?;
     if let Some(reason) = placed.cancel_reason.as_deref().and_then(reasons::payment_failure) {
         return Err(
             Error::failed_precondition(reason, format!("the payment failed: {}", reasons::describe(reason)))

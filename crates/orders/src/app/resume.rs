@@ -13,8 +13,8 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::Orders;
 use crate::{
-    Orders,
     status::OrderStatus,
     store::{self, OrderRow},
 };
@@ -83,7 +83,7 @@ fn resume_span(order: &OrderRow) -> tracing::Span {
     let span = tracing::info_span!(
         parent: None,
         "order.resume",
-        keel.service = crate::SERVICE.name,
+        keel.service = crate::config::NAME,
         order.id = %order.id,
         order.status = ?order.status,
     );

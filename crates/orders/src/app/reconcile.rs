@@ -12,33 +12,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use keel_platform::Error;
 use uuid::Uuid;
 
+pub use crate::payment::Taken;
+
+use super::Orders;
 use crate::{
-    Orders,
     payment::{Refund, RefundOutcome, refund_key},
     status::{OrderStatus, PaymentMethod, RefundState},
     store::{self, OrderRow},
 };
-
-/// Money a provider took, as it reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Taken {
-    /// The order it names (the card intent's `metadata[order_id]`, the
-    /// debit's key), if it names one Keel can read.
-    pub order_id: Option<Uuid>,
-    /// The provider's id of the charge.
-    pub reference: String,
-    /// Minor units taken.
-    pub amount_minor: i64,
-    /// Minor units given back since.
-    pub refunded_minor: i64,
-}
-
-impl Taken {
-    /// What the provider still holds.
-    pub fn held_minor(&self) -> i64 {
-        self.amount_minor.saturating_sub(self.refunded_minor)
-    }
-}
 
 /// One difference between orders and the money held for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
