@@ -9,9 +9,6 @@ use keel_platform::config::{PoolConfig, ServerConfig, TokenConfig};
 
 use crate::payment;
 
-/// The name orders is registered under, and the source of its events.
-pub const NAME: &str = "orders";
-
 /// Orders' settings.
 #[derive(Debug, Clone, Args)]
 pub struct OrdersConfig {

@@ -2,6 +2,9 @@
 //! it refuses, so a handler reports every bad field at once.
 
 use keel::common::v1::Money;
+
+/// The name orders is registered under, and the source of its events.
+pub const NAME: &str = "orders";
 use keel_platform::error::FieldViolation;
 
 fn violation(field: &str, description: impl Into<String>) -> FieldViolation {

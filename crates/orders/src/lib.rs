@@ -46,7 +46,7 @@ pub const SERVICE_NAME: &str = "keel.orders.v1.OrdersService";
 
 /// Orders, as the registry knows it.
 pub const SERVICE: ServiceSpec = ServiceSpec {
-    name: config::NAME,
+    name: domain::NAME,
     about: "The orders service: a catalog with stock, and orders paid exactly once.",
     grpc_services: &[SERVICE_NAME],
     default_port: 50053,

@@ -33,7 +33,7 @@ use crate::{config::SagaConfig, metrics::PaymentMetrics, payment::Providers, sto
 
 /// The event source name of orders: its service name, which is also the
 /// client id its relay's tokens carry.
-pub const SOURCE: &str = crate::config::NAME;
+pub const SOURCE: &str = crate::domain::NAME;
 
 /// The orders service's state: its database, its payment providers and how
 /// the saga paces itself. Clones share it.

@@ -83,7 +83,7 @@ fn resume_span(order: &OrderRow) -> tracing::Span {
     let span = tracing::info_span!(
         parent: None,
         "order.resume",
-        keel.service = crate::config::NAME,
+        keel.service = crate::domain::NAME,
         order.id = %order.id,
         order.status = ?order.status,
     );

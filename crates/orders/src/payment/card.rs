@@ -155,7 +155,7 @@ impl CardGateway {
         let span = tracing::info_span!(
             "card_gateway",
             otel.kind = "client",
-            keel.service = crate::config::NAME,
+            keel.service = crate::domain::NAME,
             http.request.method = %request.method(),
             url.path = request.url().path(),
             http.response.status_code = tracing::field::Empty,
