@@ -223,13 +223,7 @@ async fn reconcile_payments(
         ),
     }
     // Charges of orders placed since they were read are no difference.
-    let named: std::collections::BTreeSet<_> = named_orders(&differences).into_iter().collect();
-    let existing = keel_orders::all_orders(&orders_url)
-        .await?
-        .into_iter()
-        .map(|order| order.id)
-        .filter(|id| named.contains(id))
-        .collect();
+    let existing = keel_orders::existing_orders(&orders_url, &named_orders(&differences)).await?;
     let differences = placed_since(differences, &existing);
     for difference in &differences {
         println!("{difference}");

@@ -123,6 +123,15 @@ pub async fn all_orders(url: &str) -> anyhow::Result<Vec<store::OrderRow>> {
     Ok(all)
 }
 
+/// Which of `ids` are orders in the orders database at `url`.
+pub async fn existing_orders(url: &str, ids: &[uuid::Uuid]) -> anyhow::Result<std::collections::BTreeSet<uuid::Uuid>> {
+    use diesel_async::AsyncConnection as _;
+    let mut conn = diesel_async::AsyncPgConnection::establish(url)
+        .await
+        .context("connecting to the orders database")?;
+    Ok(store::orders::existing(&mut conn, ids).await?)
+}
+
 /// The name accounts is registered under: orders reaches it by name, and the
 /// registry supplies its URL.
 const ACCOUNTS: &str = "accounts";
