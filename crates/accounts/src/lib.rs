@@ -9,11 +9,11 @@ use keel::{
     accounts::v1::accounts_service_server::AccountsServiceServer, events::v1::event_sink_server::EventSinkServer,
 };
 use keel_platform::{
+    auth::scopes,
     config::{PoolConfig, ServerConfig, TokenConfig},
     db,
     events::{EventProducers, EventType},
     registry::{Context, ServiceFuture, ServiceSpec, Serving},
-    scopes,
 };
 
 pub mod domain;

@@ -15,7 +15,7 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use keel::auth::v1::Jwk;
-use keel_platform::principal::{Claims, SERVICE_SUBJECT_PREFIX};
+use keel_platform::auth::principal::{Claims, SERVICE_SUBJECT_PREFIX};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::RwLock;
 use uuid::Uuid;
@@ -281,7 +281,7 @@ impl KeyRing {
         header.kid = Some(active.kid.clone());
         // RFC 9068: an access token says so, and verifiers require it, so no
         // other JWT signed with these keys can stand in for one.
-        header.typ = Some(keel_platform::verifier::ACCESS_TOKEN_TYPE.into());
+        header.typ = Some(keel_platform::auth::verifier::ACCESS_TOKEN_TYPE.into());
         let token = jsonwebtoken::encode(&header, &claims, &active.signing).context("signing a token")?;
         Ok((token, expires))
     }

@@ -11,14 +11,14 @@ use clap::{Args, FromArgMatches as _};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use keel::auth::v1::{Jwk, auth_service_server::AuthServiceServer};
 use keel_platform::{
+    auth::scopes,
+    auth::service_token::{TokenFuture, TokenProvider},
+    auth::verifier::{KeySource, KeysFuture, Verifier},
     config::{PoolConfig, ServerConfig, TokenConfig},
     db,
     events::EventType,
     registry::{self, Context, ServiceFuture, ServiceSpec, Serving},
-    scopes,
     sealing::SealingKey,
-    service_token::{TokenFuture, TokenProvider},
-    verifier::{KeySource, KeysFuture, Verifier},
 };
 
 pub mod clients;

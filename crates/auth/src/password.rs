@@ -12,7 +12,7 @@ use argon2::{
     Algorithm, Argon2, Params, Version,
     password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
 };
-use keel_platform::metrics::{Metrics, sampled::SampledGauge};
+use keel_platform::serve::metrics::{Metrics, sampled::SampledGauge};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::Password;

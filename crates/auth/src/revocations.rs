@@ -15,9 +15,9 @@ use futures::{StreamExt as _, future::BoxFuture, stream::BoxStream};
 use keel::auth::v1::{self as pb, revocation::Subject};
 use keel_platform::{
     Error,
+    auth::revocations::{RevocationSource, RevocationStream},
     db::{self, Pool},
     proto::timestamp,
-    revocations::{RevocationSource, RevocationStream},
 };
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;

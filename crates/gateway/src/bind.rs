@@ -14,7 +14,7 @@ use percent_encoding::percent_decode_str;
 use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind};
 use serde_json::{Map, Value};
 
-use keel_platform::rules::FieldRules;
+use keel_platform::serve::rules::FieldRules;
 
 use crate::{descriptors::settable_field_path, error::ApiError, routes::Route, template::Binding};
 

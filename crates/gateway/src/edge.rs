@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keel_platform::principal::Principal;
+use keel_platform::auth::principal::Principal;
 
 /// Who a request counts against: the token's subject when it carries a
 /// valid one, else the client's address.
@@ -27,7 +27,7 @@ impl std::fmt::Display for ClientKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientKey::User(id) => write!(f, "user:{id}"),
-            ClientKey::Service(id) => write!(f, "{}{id}", keel_platform::principal::SERVICE_SUBJECT_PREFIX),
+            ClientKey::Service(id) => write!(f, "{}{id}", keel_platform::auth::principal::SERVICE_SUBJECT_PREFIX),
             ClientKey::Address(address) => write!(f, "{address}"),
         }
     }

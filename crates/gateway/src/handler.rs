@@ -20,11 +20,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::upgrade::OnUpgrade;
 use keel_platform::{
-    audit,
-    client_address::{FORWARDED_FOR, client_address},
-    principal::Principal,
-    telemetry::{RequestSpan, current_trace_context},
-    verifier::bearer_token,
+    auth::principal::Principal,
+    auth::verifier::bearer_token,
+    serve::audit,
+    serve::client_address::{FORWARDED_FOR, client_address},
+    serve::telemetry::{RequestSpan, current_trace_context},
 };
 use tonic::{
     Code,
@@ -61,7 +61,7 @@ const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
 /// The gateway's HTTP router.
 pub fn router(gateway: Arc<Gateway>, cors_origins: &[String], metrics: HttpMetrics) -> anyhow::Result<Router> {
     let layers = ServiceBuilder::new()
-        .map_request(keel_platform::telemetry::drop_unfit_request_id::<Body>)
+        .map_request(keel_platform::serve::telemetry::drop_unfit_request_id::<Body>)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(RequestSpan::new("gateway")))

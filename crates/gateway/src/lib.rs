@@ -9,8 +9,8 @@ use std::{collections::BTreeMap, net::SocketAddr, num::NonZeroU32, sync::Arc, ti
 use anyhow::Context as _;
 use clap::Args;
 use keel_platform::{
+    auth::{auth_service::GrpcKeySource, verifier::Verifier},
     config::{ShutdownConfig, TokenConfig},
-    verifier::{GrpcKeySource, Verifier},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -214,8 +214,8 @@ pub async fn run(
     metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let metrics = keel_platform::metrics::Metrics::new("gateway");
-    keel_platform::metrics::spawn(metrics_listener, &metrics, &shutdown);
+    let metrics = keel_platform::serve::metrics::Metrics::new("gateway");
+    keel_platform::serve::metrics::spawn(metrics_listener, &metrics, &shutdown);
     let gateway = Arc::new(Gateway::build(
         &config,
         upstreams.iter().map(|(area, url)| (*area, url.as_str())),

@@ -13,7 +13,7 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use keel_platform::metrics::{Metrics, latency_histogram};
+use keel_platform::serve::metrics::{Metrics, latency_histogram};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},

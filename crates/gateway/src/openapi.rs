@@ -8,7 +8,7 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value as Json, json};
 
-use keel_platform::rules::{Check, FieldRules, RequiredWhen};
+use keel_platform::serve::rules::{Check, FieldRules, RequiredWhen};
 
 use crate::{
     descriptors::{Descriptors, is_string_like, settable_field_path},

@@ -46,16 +46,16 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Up(args) => {
-                let _telemetry = keel_platform::telemetry::init("keel", &self.telemetry)?;
+                let _telemetry = keel_platform::serve::telemetry::init("keel", &self.telemetry)?;
                 crate::up::run(args).await
             }
             Command::Serve { service } => {
                 let name = format!("keel-{}", service.name());
-                let _telemetry = keel_platform::telemetry::init(&name, &self.telemetry)?;
+                let _telemetry = keel_platform::serve::telemetry::init(&name, &self.telemetry)?;
                 service.run().await
             }
             Command::Migrate(args) => {
-                let _telemetry = keel_platform::telemetry::init("keel", &self.telemetry)?;
+                let _telemetry = keel_platform::serve::telemetry::init("keel", &self.telemetry)?;
                 args.run().await
             }
             Command::Admin { command } => command.run().await,

@@ -5,10 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
-use keel_platform::{
-    db,
-    local_postgres::{Durability, LocalPostgres},
-};
+use keel_local_postgres::{Durability, LocalPostgres};
+use keel_platform::db;
 
 /// How to reach Postgres.
 #[derive(Debug, Clone, Args)]

@@ -29,7 +29,7 @@ impl ServeCommand {
         if self.name == GATEWAY {
             let config = GatewayConfig::from_arg_matches(&self.matches)?;
             let upstreams = REGISTRY.peer_urls(&self.matches, None);
-            let listener = keel_platform::server::bind(config.listen).await?;
+            let listener = keel_platform::serve::server::bind(config.listen).await?;
             let metrics_listener = self.metrics_listener().await?;
             tracing::info!(addr = %config.listen, "gateway listening");
             return until_signal(|shutdown| keel_gateway::run(config, upstreams, listener, metrics_listener, shutdown))
@@ -44,7 +44,7 @@ impl ServeCommand {
             .get_one::<std::net::SocketAddr>("listen")
             .copied()
             .unwrap_or_else(|| spec.default_listen());
-        let listener = keel_platform::server::bind(listen).await?;
+        let listener = keel_platform::serve::server::bind(listen).await?;
         let metrics_listener = self.metrics_listener().await?;
         tracing::info!(addr = %listen, "{} listening", spec.name);
         until_signal(|shutdown| async move {
@@ -70,7 +70,7 @@ impl ServeCommand {
     /// The listener of `--metrics-listen`, when it is set.
     async fn metrics_listener(&self) -> anyhow::Result<Option<tokio::net::TcpListener>> {
         match self.matches.get_one::<std::net::SocketAddr>(registry::METRICS_LISTEN) {
-            Some(addr) => Ok(Some(keel_platform::server::bind(*addr).await?)),
+            Some(addr) => Ok(Some(keel_platform::serve::server::bind(*addr).await?)),
             None => Ok(None),
         }
     }
@@ -126,7 +126,7 @@ where
     let signal = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            keel_platform::server::shutdown_signal().await;
+            keel_platform::serve::server::shutdown_signal().await;
             shutdown.cancel();
         })
     };

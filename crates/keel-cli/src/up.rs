@@ -145,12 +145,12 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
         bound.push((
             spec,
             loopback(listen),
-            keel_platform::server::bind(listen).await?,
+            keel_platform::serve::server::bind(listen).await?,
             bound_metrics(metrics).await?,
         ));
     }
     let addrs: BTreeMap<&'static str, SocketAddr> = bound.iter().map(|(spec, addr, _, _)| (spec.name, *addr)).collect();
-    let gateway_listener = keel_platform::server::bind(args.gateway_listen).await?;
+    let gateway_listener = keel_platform::serve::server::bind(args.gateway_listen).await?;
     let (gateway_metrics, gateway_metrics_listener) = bound_metrics(args.gateway_metrics_listen).await?;
 
     let mut services = Vec::new();
@@ -212,7 +212,7 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
     // A service that fails while the others start is reported at once.
     let outcome = tokio::select! {
         ready = ready => ready.map(|()| true),
-        () = keel_platform::server::shutdown_signal() => Ok(false),
+        () = keel_platform::serve::server::shutdown_signal() => Ok(false),
         failed = first_exit(&mut services) => {
             shutdown.cancel();
             return Err(failed);
@@ -221,7 +221,7 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
     if matches!(outcome, Ok(true)) {
         print_banner(&services, database, &args.database.data_dir);
         tokio::select! {
-            () = keel_platform::server::shutdown_signal() => say("\nStopping…\n"),
+            () = keel_platform::serve::server::shutdown_signal() => say("\nStopping…\n"),
             failed = first_exit(&mut services) => {
                 shutdown.cancel();
                 return Err(failed);
@@ -251,13 +251,13 @@ async fn first_exit(services: &mut [Service]) -> anyhow::Error {
 
 async fn wait_until_serving(addr: SocketAddr, service: &str) -> anyhow::Result<()> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
-    keel_platform::server::wait_until_serving(channel, service, Duration::from_secs(60)).await
+    keel_platform::serve::server::wait_until_serving(channel, service, Duration::from_secs(60)).await
 }
 
 /// A metrics listener on `addr`, and the address to reach it at (the bound
 /// port, so `:0` shows the port chosen).
 async fn bound_metrics(addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::net::TcpListener)> {
-    let listener = keel_platform::server::bind(addr).await?;
+    let listener = keel_platform::serve::server::bind(addr).await?;
     let bound = listener.local_addr().context("reading a metrics address")?;
     Ok((loopback(bound), listener))
 }

@@ -1,11 +1,11 @@
-//! Orders' settings: its own clap arguments, with the shared groups
-//! (tokens, pool, server) from platform.
+//! Orders' settings: its own clap arguments, with the groups every service
+//! takes from platform's [`ServiceArgs`].
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use keel_platform::config::{PoolConfig, ServerConfig, TokenConfig};
+use keel_platform::config::ServiceArgs;
 
 use crate::payment;
 
@@ -19,13 +19,7 @@ pub struct OrdersConfig {
     pub card_gateway: CardGatewayConfig,
 
     #[command(flatten)]
-    pub tokens: TokenConfig,
-
-    #[command(flatten)]
-    pub pool: PoolConfig,
-
-    #[command(flatten)]
-    pub server: ServerConfig,
+    pub service: ServiceArgs,
 }
 
 /// The external card gateway (Stripe's API); unset, PAYMENT_METHOD_EXTERNAL

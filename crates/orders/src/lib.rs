@@ -9,14 +9,13 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Args as _, FromArgMatches as _};
+use clap::Args as _;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use keel::orders::v1::orders_service_server::OrdersServiceServer;
 use keel_platform::{
-    db,
+    auth::scopes,
     events::EventType,
-    registry::{Context, ServiceFuture, ServiceSpec, Serving},
-    scopes,
+    registry::{self, Context, Service, ServiceSpec, Serving},
 };
 
 pub mod app;
@@ -66,49 +65,43 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
     scopes: &[scopes::ACCOUNTS_DEBIT, scopes::ACCOUNTS_REFUND, scopes::EVENTS_DELIVER],
     suite_flags: &[],
     settings: OrdersConfig::augment_args,
-    start,
+    start: registry::start::<OrdersConfig>,
 };
 
-fn start(settings: &clap::ArgMatches, context: Context) -> anyhow::Result<ServiceFuture> {
-    let config = OrdersConfig::from_arg_matches(settings)?;
-    Ok(Box::pin(run(config, context)))
-}
-
-/// Serves orders until the context's shutdown, with the resumer running
-/// beside it. Its database must exist; it is migrated first.
-pub async fn run(config: OrdersConfig, context: Context) -> anyhow::Result<()> {
-    db::migrate(&context.database_url, MIGRATIONS)
-        .await
-        .context("migrating keel_orders")?;
-    let tokens = context.service_tokens()?;
-    let accounts = context.service_channel(ACCOUNTS, tokens.clone())?;
-    let external = config.card_gateway.provider()?;
-    let payments = payment::Providers {
-        balance: Arc::new(payment::AccountBalance::new(accounts)),
-        external: external.map(|card| Arc::new(card) as Arc<dyn payment::PaymentProvider>),
-    };
-    let pool = db::pool(&context.database_url, &config.pool)?;
-    let orders = Orders::new(pool.clone(), payments, config.saga.clone())
-        .with_webhook_secrets(config.card_gateway.webhook_secrets())
-        .with_metrics(metrics::PaymentMetrics::new(&context.metrics));
-    let verifier = context.verifier(&config.tokens)?;
-    let resumer = tokio::spawn(app::resume::run(orders.clone(), context.shutdown.clone()));
-    let reconciler = tokio::spawn(app::reconcile::run(orders.clone(), context.shutdown.clone()));
-    let serving = Serving {
-        routes: tonic::service::Routes::new(OrdersServiceServer::new(orders)),
-        verifier,
-        pool,
-        tokens: Some(tokens),
-        server: config.server.clone(),
-    };
-    let served = context.serve(serving).await;
-    // The resumer stops at shutdown; an unfinished step is someone else's
-    // once its lease ends.
-    if tokio::time::timeout(Duration::from_secs(2), resumer).await.is_err() {
-        tracing::warn!("the orders resumer did not stop in time");
+/// Serves orders until the context's shutdown, its database migrated first.
+impl Service for OrdersConfig {
+    async fn run(self, context: Context) -> anyhow::Result<()> {
+        let config = self;
+        let pool = context.migrated_pool(&config.service.pool).await?;
+        let tokens = context.service_tokens()?;
+        let accounts = context.service_channel(ACCOUNTS, tokens.clone())?;
+        let external = config.card_gateway.provider()?;
+        let payments = payment::Providers {
+            balance: Arc::new(payment::AccountBalance::new(accounts)),
+            external: external.map(|card| Arc::new(card) as Arc<dyn payment::PaymentProvider>),
+        };
+        let orders = Orders::new(pool.clone(), payments, config.saga.clone())
+            .with_webhook_secrets(config.card_gateway.webhook_secrets())
+            .with_metrics(metrics::PaymentMetrics::new(&context.metrics));
+        let verifier = context.verifier(&config.service.tokens)?;
+        let resumer = tokio::spawn(app::resume::run(orders.clone(), context.shutdown.clone()));
+        let reconciler = tokio::spawn(app::reconcile::run(orders.clone(), context.shutdown.clone()));
+        let serving = Serving {
+            routes: tonic::service::Routes::new(OrdersServiceServer::new(orders)),
+            verifier,
+            pool,
+            tokens: Some(tokens),
+            server: config.service.server.clone(),
+        };
+        let served = context.serve(serving).await;
+        // The resumer stops at shutdown; an unfinished step is someone else's
+        // once its lease ends.
+        if tokio::time::timeout(Duration::from_secs(2), resumer).await.is_err() {
+            tracing::warn!("the orders resumer did not stop in time");
+        }
+        reconciler.abort();
+        served
     }
-    reconciler.abort();
-    served
 }
 
 /// Every order in the orders database at `url`, oldest first: for an

@@ -1,7 +1,7 @@
 //! What orders publishes about its money: refunds refused for good, and
 //! what reconciliation repaired.
 
-use keel_platform::metrics::Metrics;
+use keel_platform::serve::metrics::Metrics;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},

@@ -13,7 +13,7 @@ use clap::Args;
 use futures::future::BoxFuture;
 use tonic::{body::Body, transport::Channel};
 
-use crate::{service_token::TokenProvider, telemetry::current_trace_context};
+use crate::{auth::service_token::TokenProvider, serve::telemetry::current_trace_context};
 
 /// How service-to-service clients connect.
 #[derive(Debug, Clone, Args)]

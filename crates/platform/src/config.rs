@@ -167,6 +167,20 @@ impl Default for TokenConfig {
     }
 }
 
+/// The settings every service takes besides its own: how it verifies
+/// tokens, its database pool, and its server.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub tokens: TokenConfig,
+
+    #[command(flatten)]
+    pub pool: PoolConfig,
+
+    #[command(flatten)]
+    pub server: ServerConfig,
+}
+
 /// Parses one settings group from `args` (the first is the program name),
 /// with the environment filling in what they leave out: how a process that
 /// runs several services builds each one's settings.

@@ -1,32 +1,24 @@
-//! The shared runtime every Keel service stands on: configuration, telemetry,
-//! the gRPC server runner, the database pool and migrations, a private
-//! Postgres for development, token verification, the outbox, and the one
-//! error type that maps to `tonic::Status`.
+//! The shared runtime every Keel service stands on, in rooms by concern:
+//!
+//! - [`auth`]: access tokens and their verification, revocations, service
+//!   tokens and scopes;
+//! - [`events`]: the consumer side of events, the outbox and its relay;
+//! - [`serve`]: the gRPC server and its layers (rules, metrics, telemetry,
+//!   audit) and what handlers share;
+//! - [`db`]: the pool, migrations and pagination;
+//! - [`config`], [`client`], [`registry`], [`sealing`] and the one [`Error`]
+//!   type that maps to `tonic::Status`.
 
-pub mod audit;
+pub mod auth;
 pub mod client;
-pub mod client_address;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
-pub mod local_postgres;
-pub mod metrics;
-pub mod outbox;
-pub mod paging;
-pub mod principal;
 pub mod proto;
 pub mod registry;
-pub mod relay;
-pub mod revocations;
-pub mod rpc;
-pub mod rules;
-pub mod scopes;
 pub mod sealing;
-pub mod server;
-pub mod service_token;
-pub mod telemetry;
-pub mod verifier;
+pub mod serve;
 
+pub use auth::principal::{Principal, Role, principal};
 pub use error::{Error, Result};
-pub use principal::{Principal, Role, principal};

@@ -19,15 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::{
+    auth::service_token::{ClientCredentials, ServiceTokenSource, TokenProvider},
+    auth::{auth_service::GrpcKeySource, verifier::Verifier},
     client::{self, ClientConfig, ServiceChannel},
-    config::{ServerConfig, TokenConfig},
+    config::{PoolConfig, ServerConfig, TokenConfig},
     db,
+    events::relay::{Relay, RelayConfig, Subscriber},
     events::{EventProducers, EventType},
-    metrics::Metrics,
-    relay::{Relay, RelayConfig, Subscriber},
-    server::GrpcServer,
-    service_token::{ClientCredentials, ServiceTokenSource, TokenProvider},
-    verifier::{GrpcKeySource, Verifier},
+    serve::metrics::Metrics,
+    serve::server::GrpcServer,
 };
 
 /// The name of the service that issues tokens: every other service asks it
@@ -75,8 +75,22 @@ pub struct ServiceSpec {
     pub suite_flags: &'static [&'static str],
     /// Adds its own settings to a command (a clap `Args::augment_args`).
     pub settings: fn(Command) -> Command,
-    /// Reads its settings and returns the future that serves it.
+    /// Reads its settings and returns the future that serves it: a
+    /// service's entry is [`start`]`::<ItsSettings>`.
     pub start: fn(&ArgMatches, Context) -> anyhow::Result<ServiceFuture>,
+}
+
+/// A service's settings, and how the service runs from them.
+pub trait Service: clap::FromArgMatches + Sized + Send + 'static {
+    /// Serves until the context's shutdown.
+    fn run(self, context: Context) -> impl Future<Output = anyhow::Result<()>> + Send + 'static;
+}
+
+/// Reads `S`'s settings and returns the future that serves it: every
+/// service's [`ServiceSpec::start`].
+pub fn start<S: Service>(settings: &ArgMatches, context: Context) -> anyhow::Result<ServiceFuture> {
+    let settings = S::from_arg_matches(settings)?;
+    Ok(Box::pin(settings.run(context)))
 }
 
 impl ServiceSpec {
@@ -274,7 +288,7 @@ impl Registry {
             )
         })?;
         let metrics = Metrics::new(spec.name);
-        crate::metrics::spawn(launch.metrics_listener, &metrics, &launch.shutdown);
+        crate::serve::metrics::spawn(launch.metrics_listener, &metrics, &launch.shutdown);
         let context = Context {
             spec,
             database_url,
@@ -445,6 +459,15 @@ impl Context {
             .get(name)
             .with_context(|| format!("{} has no URL for {name}", self.spec.name))?;
         client::channel(url, &self.wiring.client).with_context(|| format!("KEEL_{}_URL", name.to_uppercase()))
+    }
+
+    /// Migrates the service's database (its spec's migrations) and returns a
+    /// pool on it.
+    pub async fn migrated_pool(&self, pool: &PoolConfig) -> anyhow::Result<db::Pool> {
+        db::migrate(&self.database_url, (self.spec.migrations)())
+            .await
+            .with_context(|| format!("migrating {}", self.spec.database))?;
+        db::pool(&self.database_url, pool)
     }
 
     /// A verifier for access tokens, with keys fetched from auth and auth's

@@ -17,10 +17,8 @@ use anyhow::Context as _;
 use diesel::sql_types::{BigInt, Bool};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use diesel_migrations::EmbeddedMigrations;
-use keel_platform::{
-    db::{self, quote_ident, quote_literal},
-    local_postgres::{Durability, LocalPostgres},
-};
+use keel_local_postgres::{Durability, LocalPostgres};
+use keel_platform::db::{self, quote_ident, quote_literal};
 
 /// The URL of the test server's `postgres` database.
 pub fn server_url() -> anyhow::Result<String> {

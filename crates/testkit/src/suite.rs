@@ -232,7 +232,7 @@ pub async fn spawn_suite_holding_events(auth_args: &[&str]) -> anyhow::Result<Su
 pub async fn spawn_suite_with_withheld_registration() -> anyhow::Result<(Suite, pb::User, pb::TokenPair)> {
     use diesel::{ExpressionMethods as _, QueryDsl as _};
     use diesel_async::RunQueryDsl as _;
-    use keel_platform::outbox::outbox;
+    use keel_platform::events::outbox::outbox;
 
     let mut suite = spawn_suite_with_options(SuiteOptions::default().withhold(keel_accounts::SERVICE.name)).await?;
     let (user, tokens) = suite.signed_in_user().await?;
@@ -290,7 +290,7 @@ impl Member {
 
     async fn wait_until_serving(&self) -> anyhow::Result<()> {
         let service = self.spec.grpc_services.first().copied().unwrap_or_default();
-        keel_platform::server::wait_until_serving(self.channel.clone(), service, Duration::from_secs(30)).await
+        keel_platform::serve::server::wait_until_serving(self.channel.clone(), service, Duration::from_secs(30)).await
     }
 
     async fn stop(&mut self) -> anyhow::Result<()> {
@@ -430,7 +430,8 @@ impl Suite {
             },
         };
         let service = member.spec.grpc_services.first().copied().unwrap_or_default();
-        keel_platform::server::wait_until_serving(replica.channel.clone(), service, Duration::from_secs(30)).await?;
+        keel_platform::serve::server::wait_until_serving(replica.channel.clone(), service, Duration::from_secs(30))
+            .await?;
         Ok(replica)
     }
 
@@ -649,7 +650,7 @@ impl Suite {
     pub async fn auth_events(&self, event_type: Option<&str>) -> anyhow::Result<Vec<keel::events::v1::Event>> {
         use diesel::{ExpressionMethods as _, QueryDsl as _};
         use diesel_async::RunQueryDsl as _;
-        use keel_platform::outbox::outbox;
+        use keel_platform::events::outbox::outbox;
         use prost::Message as _;
 
         let mut conn = self.auth_db().await?;

@@ -2,7 +2,7 @@
 
 use diesel_async::AsyncConnection as _;
 use keel::events::v1::{DeliverResponse, event::Payload};
-use keel_platform::{Error, events, rpc::parse_id};
+use keel_platform::{Error, events, serve::rpc::parse_id};
 
 use super::Accounts;
 use crate::store;

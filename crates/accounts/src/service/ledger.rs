@@ -9,11 +9,12 @@ use keel::{
 };
 use keel_platform::{
     Error, Principal,
+    auth::scopes,
+    db::paging,
     error::FieldViolation,
-    outbox, paging,
+    events::outbox,
     proto::timestamp,
-    rpc::{Violations, uuid_field},
-    scopes,
+    serve::rpc::{Violations, uuid_field},
 };
 use uuid::Uuid;
 

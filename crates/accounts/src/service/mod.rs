@@ -16,12 +16,12 @@ use keel::{
 };
 use keel_platform::{
     Error, Principal,
+    auth::principal::{UserPrincipal, principal},
+    auth::scopes,
     db::Pool,
     events,
-    principal::{UserPrincipal, principal},
     proto::timestamp,
-    rpc::Reply,
-    scopes,
+    serve::rpc::Reply,
 };
 use tonic::{Request, Response};
 use uuid::Uuid;

@@ -2,8 +2,9 @@
 
 use keel::accounts::v1 as pb;
 use keel_platform::{
-    Error, Principal, paging,
-    rpc::{invalid, parse_etag},
+    Error, Principal,
+    db::paging,
+    serve::rpc::{invalid, parse_etag},
 };
 
 use super::{Accounts, account_pb, target};

@@ -3,10 +3,11 @@
 use diesel_async::AsyncConnection as _;
 use keel::auth::v1 as pb;
 use keel_platform::{
-    Error, Role, audit,
+    Error, Role,
+    auth::principal::UserPrincipal,
     error::FieldViolation,
-    principal::UserPrincipal,
-    rpc::{invalid, parse_id},
+    serve::audit,
+    serve::rpc::{invalid, parse_id},
 };
 
 use super::{Auth, user_pb};

@@ -5,9 +5,10 @@ use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel::auth::v1 as pb;
 use keel_platform::{
-    Error, audit,
+    Error,
     proto::timestamp,
-    rpc::{collect, invalid},
+    serve::audit,
+    serve::rpc::{collect, invalid},
 };
 use uuid::Uuid;
 

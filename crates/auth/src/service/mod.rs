@@ -22,12 +22,13 @@ use std::{net::IpAddr, sync::Arc};
 use chrono::{DateTime, Duration, Utc};
 use keel::auth::v1::{self as pb, auth_service_server::AuthService};
 use keel_platform::{
-    Error, Role, audit,
-    client_address::{FORWARDED_FOR, client_address},
+    Error, Role,
     db::Pool,
     principal,
     proto::timestamp,
-    rpc::Reply,
+    serve::audit,
+    serve::client_address::{FORWARDED_FOR, client_address},
+    serve::rpc::Reply,
 };
 use tonic::{Request, Response};
 

@@ -7,12 +7,13 @@ use keel::{
     events::v1::{PasswordResetRequested, event::Payload},
 };
 use keel_platform::{
-    Error, audit,
+    Error,
+    auth::principal::UserPrincipal,
     events::EventType,
-    outbox,
-    principal::UserPrincipal,
+    events::outbox,
     proto::timestamp,
-    rpc::{collect, invalid},
+    serve::audit,
+    serve::rpc::{collect, invalid},
 };
 
 use super::{

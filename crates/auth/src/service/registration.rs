@@ -9,9 +9,9 @@ use keel::{
 use keel_platform::{
     Error, Role,
     events::EventType,
-    outbox,
+    events::outbox,
     proto::timestamp,
-    rpc::{collect, invalid},
+    serve::rpc::{collect, invalid},
 };
 use uuid::Uuid;
 

@@ -2,7 +2,7 @@
 //! verify every token.
 
 use keel::auth::v1 as pb;
-use keel_platform::{Error, audit, principal::SERVICE_SUBJECT_PREFIX, proto::timestamp};
+use keel_platform::{Error, auth::principal::SERVICE_SUBJECT_PREFIX, proto::timestamp, serve::audit};
 
 use super::{Auth, ClientInfo, throttle::address_key};
 

@@ -2,10 +2,12 @@
 
 use keel::auth::v1 as pb;
 use keel_platform::{
-    Error, audit, paging,
-    principal::UserPrincipal,
+    Error,
+    auth::principal::UserPrincipal,
+    db::paging,
     proto::timestamp,
-    rpc::{invalid, parse_id},
+    serve::audit,
+    serve::rpc::{invalid, parse_id},
 };
 use uuid::Uuid;
 

@@ -15,8 +15,8 @@ use keel::{
 };
 use keel_platform::{
     Role,
+    auth::scopes,
     registry::{self, Launch, ServiceSpec},
-    scopes,
 };
 use keel_registry::REGISTRY;
 use tokio::task::JoinHandle;
@@ -151,7 +151,7 @@ impl Pgbench {
     }
 
     fn new(url: String, clients: usize) -> anyhow::Result<Self> {
-        let binary = keel_platform::local_postgres::find_binaries()?.join("pgbench");
+        let binary = keel_local_postgres::find_binaries()?.join("pgbench");
         anyhow::ensure!(
             binary.is_file(),
             "pgbench was not found beside initdb ({})",

@@ -1,7 +1,7 @@
 //! What the delivery workers publish: every attempt's outcome per channel,
 //! and how many dead letters wait for an operator.
 
-use keel_platform::metrics::Metrics;
+use keel_platform::serve::metrics::Metrics;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},

@@ -2,7 +2,7 @@
 
 use diesel_async::AsyncConnection as _;
 use keel::notifications::v1 as pb;
-use keel_platform::{Error, paging, proto::timestamp, rpc::parse_id};
+use keel_platform::{Error, db::paging, proto::timestamp, serve::rpc::parse_id};
 
 use super::Notifications;
 use crate::{

@@ -7,7 +7,7 @@ use keel::events::v1::{DeliverResponse, event::Payload};
 use keel_platform::{
     Error,
     events::{self, EventType},
-    rpc::parse_id,
+    serve::rpc::parse_id,
 };
 use prost::Message as _;
 use uuid::Uuid;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use diesel_async::AsyncConnection as _;
 use keel::notifications::v1 as pb;
-use keel_platform::{Error, paging, proto::timestamp, rpc::parse_id};
+use keel_platform::{Error, db::paging, proto::timestamp, serve::rpc::parse_id};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;

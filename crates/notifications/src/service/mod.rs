@@ -18,11 +18,11 @@ use keel::{
     notifications::v1::{self as pb, notifications_service_server::NotificationsService},
 };
 use keel_platform::{
+    auth::principal::principal,
     db::Pool,
     events::{self, EventProducers},
-    principal::principal,
-    rpc::Reply,
     sealing::SealingKey,
+    serve::rpc::Reply,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};

@@ -6,9 +6,9 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel::notifications::v1 as pb;
 use keel_platform::{
     Error,
-    principal::UserPrincipal,
+    auth::principal::UserPrincipal,
     proto::timestamp,
-    rpc::{Violations, etag, parse_etag},
+    serve::rpc::{Violations, etag, parse_etag},
 };
 use uuid::Uuid;
 
@@ -136,7 +136,7 @@ fn target(caller: &UserPrincipal, field: &str, raw: &str) -> Result<Uuid, Error>
     let user_id = if raw == "me" {
         caller.user_id
     } else {
-        keel_platform::rpc::parse_id(field, raw)?
+        keel_platform::serve::rpc::parse_id(field, raw)?
     };
     if user_id != caller.user_id && !caller.is_admin() {
         return Err(Error::permission_denied(

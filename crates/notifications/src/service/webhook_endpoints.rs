@@ -7,10 +7,11 @@ use chrono::Utc;
 use diesel_async::AsyncConnection as _;
 use keel::notifications::v1 as pb;
 use keel_platform::{
-    Error, paging,
-    principal::UserPrincipal,
+    Error,
+    auth::principal::UserPrincipal,
+    db::paging,
     proto::timestamp,
-    rpc::{Violations, parse_id},
+    serve::rpc::{Violations, parse_id},
 };
 use uuid::Uuid;
 

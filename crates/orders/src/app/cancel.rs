@@ -8,7 +8,7 @@
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel::events::v1::{OrderCancelled, event::Payload};
-use keel_platform::{Error, outbox};
+use keel_platform::{Error, events::outbox};
 
 use super::{Orders, SOURCE, charge_of, claims::Held, transition_failed};
 use crate::{

@@ -3,7 +3,7 @@
 
 use diesel_async::AsyncConnection as _;
 use keel::events::v1::{OrderShipped, event::Payload};
-use keel_platform::{Error, outbox};
+use keel_platform::{Error, events::outbox};
 
 use super::{Orders, SOURCE, transition_failed};
 use crate::{

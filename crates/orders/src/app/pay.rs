@@ -7,7 +7,7 @@
 
 use diesel_async::AsyncConnection as _;
 use keel::events::v1::{OrderPaid, event::Payload};
-use keel_platform::{Error, outbox};
+use keel_platform::{Error, events::outbox};
 
 use super::{Orders, SOURCE, cancel::Cancel, claims::Held, money, transition_failed};
 use crate::{

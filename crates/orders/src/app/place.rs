@@ -5,7 +5,7 @@
 use chrono::Utc;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel::events::v1::{OrderPlaced, event::Payload};
-use keel_platform::{Error, outbox};
+use keel_platform::{Error, events::outbox};
 use uuid::Uuid;
 
 use super::{Orders, SOURCE, Step, charge_of, money};
@@ -86,7 +86,7 @@ impl Orders {
         let deadline = now + self.saga.payment_deadline();
         let lease_until = now + self.saga.lease();
         // Kept with the order, so its later steps join this call's trace.
-        let trace = keel_platform::telemetry::current_trace_context();
+        let trace = keel_platform::serve::telemetry::current_trace_context();
         let mut conn = self.pool.get().await?;
         conn.transaction::<_, Error, _>(async |conn| {
             // Calls with one key take turns, so a retry racing the first call

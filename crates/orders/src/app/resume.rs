@@ -89,7 +89,7 @@ fn resume_span(order: &OrderRow) -> tracing::Span {
     );
     if let Some(traceparent) = &order.traceparent {
         let carrier = HashMap::from([("traceparent".to_owned(), traceparent.clone())]);
-        keel_platform::telemetry::continue_trace(&span, &carrier);
+        keel_platform::serve::telemetry::continue_trace(&span, &carrier);
     }
     span
 }

@@ -160,7 +160,7 @@ impl CardGateway {
             url.path = request.url().path(),
             http.response.status_code = tracing::field::Empty,
         );
-        keel_platform::telemetry::inject_http_headers(&span, request.headers_mut());
+        keel_platform::serve::telemetry::inject_http_headers(&span, request.headers_mut());
         self.exchange(request).instrument(span).await
     }
 

@@ -9,7 +9,7 @@ mod products;
 mod webhooks;
 
 use keel::orders::v1::{self as pb, orders_service_server::OrdersService};
-use keel_platform::{principal::principal, rpc::Reply};
+use keel_platform::{auth::principal::principal, serve::rpc::Reply};
 use tonic::{Request, Response};
 
 use crate::app::Orders;

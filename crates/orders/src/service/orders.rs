@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use keel::{common::v1::Money, orders::v1 as pb};
 use keel_platform::{
     Error,
+    auth::principal::UserPrincipal,
+    db::paging,
     error::FieldViolation,
-    paging,
-    principal::UserPrincipal,
     proto::timestamp,
-    rpc::{parse_id, uuid_field},
+    serve::rpc::{parse_id, uuid_field},
 };
 use uuid::Uuid;
 
-use keel_platform::rpc::etag;
+use keel_platform::serve::rpc::etag;
 
 use super::Orders;
 use crate::{
@@ -153,7 +153,7 @@ pub(super) async fn cancel_order(
     caller: &UserPrincipal,
     request: pb::CancelOrderRequest,
 ) -> Result<pb::CancelOrderResponse, Error> {
-    let request_id = RequestId::parse("request_id", &request.request_id).map_err(keel_platform::rpc::invalid)?;
+    let request_id = RequestId::parse("request_id", &request.request_id).map_err(keel_platform::serve::rpc::invalid)?;
     let order = visible_order(orders, caller, &request.order_id).await?;
     let cancelled = orders.cancel(order, &request_id).await?;
     Ok(pb::CancelOrderResponse {

@@ -4,13 +4,14 @@
 use diesel_async::AsyncConnection as _;
 use keel::{common::v1::Money, orders::v1 as pb};
 use keel_platform::{
-    Error, paging,
+    Error,
+    db::paging,
     proto::timestamp,
-    rpc::{Violations, parse_id},
+    serve::rpc::{Violations, parse_id},
 };
 use uuid::Uuid;
 
-use keel_platform::rpc::{etag, parse_etag};
+use keel_platform::serve::rpc::{etag, parse_etag};
 
 use super::Orders;
 use crate::{
@@ -161,7 +162,7 @@ pub(super) async fn adjust_stock(
     request: pb::AdjustStockRequest,
 ) -> Result<pb::AdjustStockResponse, Error> {
     let mut violations = Violations::new();
-    let id = violations.check(keel_platform::rpc::uuid_field("product_id", &request.product_id));
+    let id = violations.check(keel_platform::serve::rpc::uuid_field("product_id", &request.product_id));
     let request_id = violations.check(RequestId::parse("request_id", &request.request_id));
     let reason = violations.check(domain::note("reason", &request.reason));
     let delta = violations.check(domain::stock_delta("delta", request.delta));

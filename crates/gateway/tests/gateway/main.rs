@@ -1,0 +1,8 @@
+//! The gateway's integration tests, one binary: real HTTP against a real
+//! suite.
+
+mod edge;
+mod routes;
+mod slow_clients;
+mod stream_resume;
+mod streams;

@@ -1,0 +1,13 @@
+//! Notifications' integration tests, one binary: a real suite with a real
+//! SMTP server and webhook receivers in-process.
+
+mod common;
+mod email;
+mod flow;
+mod gateway;
+mod inbox;
+mod mail;
+mod preferences;
+mod rules;
+mod webhook_sender;
+mod webhooks;

@@ -1,0 +1,258 @@
+//! The consumer side of events: who may deliver, and exactly-once effects on
+//! top of at-least-once delivery.
+
+pub mod outbox;
+pub mod relay;
+
+use std::collections::{BTreeMap, HashMap};
+
+use diesel::ExpressionMethods as _;
+use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
+use keel::events::v1::{DeliverRequest, event::Payload};
+use uuid::Uuid;
+
+use crate::{auth::principal::principal, auth::scopes, error::Error};
+
+/// The type of an event, named once for producers, consumers and the outbox's
+/// `event_type` column (so a producer and its consumers cannot disagree on a
+/// string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    /// `user.registered`
+    UserRegistered,
+    /// `user.password_reset_requested`
+    PasswordResetRequested,
+    /// `user.email_verification_requested`
+    EmailVerificationRequested,
+    /// `order.placed`
+    OrderPlaced,
+    /// `order.paid`
+    OrderPaid,
+    /// `order.shipped`
+    OrderShipped,
+    /// `order.cancelled`
+    OrderCancelled,
+    /// `balance.changed`
+    BalanceChanged,
+}
+
+impl EventType {
+    /// Every event type.
+    pub const ALL: [EventType; 8] = [
+        EventType::UserRegistered,
+        EventType::PasswordResetRequested,
+        EventType::EmailVerificationRequested,
+        EventType::OrderPlaced,
+        EventType::OrderPaid,
+        EventType::OrderShipped,
+        EventType::OrderCancelled,
+        EventType::BalanceChanged,
+    ];
+
+    /// The stable name, as stored in the outbox.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::UserRegistered => "user.registered",
+            EventType::PasswordResetRequested => "user.password_reset_requested",
+            EventType::EmailVerificationRequested => "user.email_verification_requested",
+            EventType::OrderPlaced => "order.placed",
+            EventType::OrderPaid => "order.paid",
+            EventType::OrderShipped => "order.shipped",
+            EventType::OrderCancelled => "order.cancelled",
+            EventType::BalanceChanged => "balance.changed",
+        }
+    }
+
+    /// Whether events of this type carry a secret (a one-time token, sealed
+    /// with the event secrets key that only producer and consumers hold).
+    pub const fn carries_secret(self) -> bool {
+        matches!(
+            self,
+            EventType::PasswordResetRequested | EventType::EmailVerificationRequested
+        )
+    }
+
+    /// The type of `payload`.
+    pub const fn of(payload: &Payload) -> Self {
+        match payload {
+            Payload::UserRegistered(_) => EventType::UserRegistered,
+            Payload::PasswordResetRequested(_) => EventType::PasswordResetRequested,
+            Payload::EmailVerificationRequested(_) => EventType::EmailVerificationRequested,
+            Payload::OrderPlaced(_) => EventType::OrderPlaced,
+            Payload::OrderPaid(_) => EventType::OrderPaid,
+            Payload::OrderShipped(_) => EventType::OrderShipped,
+            Payload::OrderCancelled(_) => EventType::OrderCancelled,
+            Payload::BalanceChanged(_) => EventType::BalanceChanged,
+        }
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EventType {
+    type Err = anyhow::Error;
+
+    /// Fails loudly on a name no event type has.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        EventType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == name)
+            .ok_or_else(|| anyhow::anyhow!("unknown event type {name:?}"))
+    }
+}
+
+diesel::table! {
+    /// Events a consumer has applied; every service's database has this table
+    /// (created by [`crate::db::SHARED_MIGRATIONS`]).
+    processed_events (event_id) {
+        event_id -> Uuid,
+        processed_at -> Timestamptz,
+    }
+}
+
+/// Which service produces each event type: the only source a sink accepts
+/// for it. Built from the registry ([`crate::registry::Registry::event_producers`]),
+/// so a type has at most one producer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventProducers(BTreeMap<EventType, &'static str>);
+
+impl EventProducers {
+    /// The map from `(event type, producing service)` pairs; an error when a
+    /// type is given two different producers.
+    pub fn new(pairs: impl IntoIterator<Item = (EventType, &'static str)>) -> anyhow::Result<Self> {
+        let mut producers = BTreeMap::new();
+        for (event_type, producer) in pairs {
+            if let Some(other) = producers.insert(event_type, producer)
+                && other != producer
+            {
+                anyhow::bail!("{event_type} is produced by both {other} and {producer}; an event type has one owner");
+            }
+        }
+        Ok(EventProducers(producers))
+    }
+
+    /// The service that produces `event_type`, if any does.
+    pub fn producer(&self, event_type: EventType) -> Option<&'static str> {
+        self.0.get(&event_type).copied()
+    }
+
+    /// Every event type and its producer.
+    pub fn iter(&self) -> impl Iterator<Item = (EventType, &'static str)> + '_ {
+        self.0.iter().map(|(t, p)| (*t, *p))
+    }
+}
+
+/// A delivered event, checked: the caller holds `events.deliver` and is the
+/// event's source, the source is the service that produces its type, and the
+/// event has an id and a payload.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The event's id, the consumer's idempotency key.
+    pub event_id: Uuid,
+    /// The service that produced it.
+    pub source: String,
+    /// When the producer committed it.
+    pub create_time: Option<prost_types::Timestamp>,
+    /// What happened.
+    pub payload: Payload,
+    /// The trace context of the span that wrote the event (the producer's
+    /// `outbox.enqueue`).
+    pub trace_context: HashMap<String, String>,
+}
+
+impl Delivery {
+    /// The span of the consumer applying this event (`event.consume`), for
+    /// the Keel service `consumer`: a child of the current span (the Deliver
+    /// call, itself under the relay's span) with a link to the producer's
+    /// span, so both ends of the hop find each other.
+    pub fn consume_span(&self, consumer: &'static str) -> tracing::Span {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let span = tracing::info_span!(
+            "event.consume",
+            otel.kind = "consumer",
+            keel.service = consumer,
+            event.id = %self.event_id,
+            event.source = %self.source,
+            "event.type" = EventType::of(&self.payload).as_str(),
+        );
+        let producer = crate::serve::telemetry::extract_trace_context(&self.trace_context);
+        span.add_link(producer.span().span_context().clone());
+        span
+    }
+
+    /// The event again, as a consumer that keeps it stores it.
+    pub fn to_event(&self) -> keel::events::v1::Event {
+        keel::events::v1::Event {
+            id: self.event_id.to_string(),
+            source: self.source.clone(),
+            create_time: self.create_time,
+            trace_context: Default::default(),
+            payload: Some(self.payload.clone()),
+        }
+    }
+}
+
+/// Reads and authorizes a Deliver call: every sink goes through here, so
+/// none can forget a check.
+pub fn delivery(request: tonic::Request<DeliverRequest>, producers: &EventProducers) -> Result<Delivery, Error> {
+    let caller = principal(&request)?
+        .service_with_scope(scopes::EVENTS_DELIVER)?
+        .client_id
+        .clone();
+    let event = request
+        .into_inner()
+        .event
+        .ok_or_else(|| Error::invalid_field("event", "is required"))?;
+    // A service delivers only its own events: holding `events.deliver` does
+    // not let one service speak for another.
+    if event.source != caller {
+        return Err(Error::permission_denied(
+            "EVENT_SOURCE_MISMATCH",
+            format!("client {caller} may only deliver its own events"),
+        ));
+    }
+    let event_id = crate::serve::rpc::parse_id("event.id", &event.id)?;
+    let payload = event
+        .payload
+        .ok_or_else(|| Error::invalid_field("event.payload", "is required"))?;
+    // Its own events are the types it produces: a client with
+    // `events.deliver` cannot announce, under its own name, what only
+    // another service may (a UserRegistered from anyone but auth).
+    let event_type = EventType::of(&payload);
+    match producers.producer(event_type) {
+        Some(owner) if owner == event.source => Ok(Delivery {
+            event_id,
+            source: event.source,
+            create_time: event.create_time,
+            payload,
+            trace_context: event.trace_context,
+        }),
+        owner => Err(Error::permission_denied(
+            "EVENT_SOURCE_NOT_OWNER",
+            format!(
+                "{} events come only from {}, not {}",
+                event_type,
+                owner.unwrap_or("a registered producer"),
+                event.source
+            ),
+        )
+        .with_metadata("event_type", event_type.as_str())
+        .with_metadata("source", event.source)),
+    }
+}
+
+/// Records `event_id` as processed, inside the caller's transaction. Returns
+/// false when it was processed before: the caller then applies nothing.
+pub async fn first_delivery(conn: &mut AsyncPgConnection, event_id: Uuid) -> Result<bool, Error> {
+    let inserted = diesel::insert_into(processed_events::table)
+        .values(processed_events::event_id.eq(event_id))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(inserted == 1)
+}

@@ -1,0 +1,465 @@
+//! The outbox relay: delivers a service's committed events to every
+//! subscriber's `keel.events.v1.EventSink/Deliver`, at least once.
+//!
+//! It wakes on the outbox's NOTIFY and polls as a fallback. Rows are claimed
+//! with `FOR UPDATE SKIP LOCKED` and leased for the time of their delivery,
+//! so several relays (replicas) can run at once without two of them sending
+//! the same row at the same time, and no transaction stays open while
+//! subscribers are called. A failed delivery is retried with exponential
+//! backoff and jitter; other events do not wait for it. A relay that dies
+//! mid-batch leaves its leased rows to be sent again when the lease ends.
+//! Events that no subscriber wants are marked done at once; every done event
+//! is deleted after the retention period, and an event carrying a secret
+//! when the secret expires.
+
+use std::{
+    fmt,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use clap::Args;
+use diesel::{BoolExpressionMethods as _, ExpressionMethods as _, QueryDsl as _};
+use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+use keel::events::v1::{DeliverRequest, Event, event_sink_client::EventSinkClient};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+};
+use prost::Message as _;
+use tokio::{sync::Notify, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::{
+    client::ServiceChannel,
+    db::Pool,
+    events::EventType,
+    events::outbox::{NOTIFY_CHANNEL, outbox as table},
+    serve::metrics::Metrics,
+};
+
+/// How the relay paces itself.
+#[derive(Debug, Clone, Args)]
+pub struct RelayConfig {
+    /// How often the relay looks for events when no NOTIFY wakes it (ms).
+    #[arg(long, env = "KEEL_RELAY_POLL_MS", default_value_t = 1_000)]
+    pub relay_poll_ms: u64,
+
+    /// The longest wait before retrying a failed delivery (ms); waits double
+    /// from 100 ms up to it, with jitter.
+    #[arg(long, env = "KEEL_RELAY_MAX_BACKOFF_MS", default_value_t = 60_000)]
+    pub relay_max_backoff_ms: u64,
+
+    /// Events claimed per pass.
+    #[arg(long, env = "KEEL_RELAY_BATCH", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub relay_batch: i64,
+
+    /// How long a delivered (or unwanted) event stays in the outbox before it
+    /// is deleted (seconds), so no outbox grows without bound.
+    #[arg(long, env = "KEEL_OUTBOX_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub outbox_retention_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            relay_poll_ms: 1_000,
+            relay_max_backoff_ms: 60_000,
+            relay_batch: 64,
+            outbox_retention_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// A service that receives events.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// Its name, for logs.
+    pub name: &'static str,
+    /// Where its EventSink listens, with the producer's service token.
+    pub channel: ServiceChannel,
+    /// The event types it wants; others are not sent to it, so secrets in
+    /// events reach only who needs them.
+    pub event_types: Vec<EventType>,
+}
+
+/// Delivers one service's outbox.
+#[derive(Clone)]
+pub struct Relay {
+    database_url: String,
+    pool: Pool,
+    subscribers: Vec<Subscriber>,
+    config: RelayConfig,
+    metrics: RelayMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProducerLabels {
+    producer: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    producer: &'static str,
+    subscriber: &'static str,
+    outcome: &'static str,
+}
+
+/// What the relay publishes: how far behind it is, and how its deliveries
+/// went.
+#[derive(Clone, Debug)]
+struct RelayMetrics {
+    producer: &'static str,
+    depth: Family<ProducerLabels, Gauge>,
+    oldest_age: Family<ProducerLabels, Gauge<f64, AtomicU64>>,
+    deliveries: Family<DeliveryLabels, Counter>,
+}
+
+impl RelayMetrics {
+    fn new(metrics: &Metrics) -> Self {
+        let relay = Self {
+            producer: metrics.component(),
+            depth: Family::default(),
+            oldest_age: Family::default(),
+            deliveries: Family::default(),
+        };
+        metrics.register(
+            "outbox_depth",
+            "Events in the outbox not yet delivered to every subscriber.",
+            relay.depth.clone(),
+        );
+        metrics.register(
+            "outbox_oldest_age_seconds",
+            "How long the oldest undelivered event has waited: the relay's lag.",
+            relay.oldest_age.clone(),
+        );
+        metrics.register(
+            "relay_deliveries",
+            "Deliveries of outbox events to subscribers, by outcome (delivered, failed).",
+            relay.deliveries.clone(),
+        );
+        relay
+    }
+
+    fn delivered(&self, subscriber: &'static str, outcome: &'static str) {
+        let labels = DeliveryLabels {
+            producer: self.producer,
+            subscriber,
+            outcome,
+        };
+        self.deliveries.get_or_create(&labels).inc();
+    }
+
+    fn backlog(&self, depth: i64, oldest_age: Duration) {
+        let labels = ProducerLabels {
+            producer: self.producer,
+        };
+        self.depth.get_or_create(&labels).set(depth);
+        self.oldest_age.get_or_create(&labels).set(oldest_age.as_secs_f64());
+    }
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("subscribers", &self.subscribers)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Each delivery attempt waits at most this long.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long claimed events stay reserved for the relay that claimed them:
+/// room for a whole batch of slow deliveries.
+const LEASE: Duration = Duration::from_secs(300);
+/// How often the outbox's backlog is measured for the metrics, at most.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
+/// How often old events are deleted, at most (a shorter retention period
+/// prunes as often as it lasts).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Relay {
+    /// A relay over the outbox in the database at `database_url`, whose
+    /// backlog and deliveries are published on `metrics`.
+    pub fn new(
+        database_url: String,
+        pool: Pool,
+        subscribers: Vec<Subscriber>,
+        config: RelayConfig,
+        metrics: &Metrics,
+    ) -> Self {
+        Self {
+            database_url,
+            pool,
+            subscribers,
+            config,
+            metrics: RelayMetrics::new(metrics),
+        }
+    }
+
+    /// Delivers until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(crate::db::listen(
+            self.database_url.clone(),
+            NOTIFY_CHANNEL,
+            wake.clone(),
+            shutdown.clone(),
+        ));
+        let poll = Duration::from_millis(self.config.relay_poll_ms);
+        let prune_every =
+            Duration::from_secs(self.config.outbox_retention_secs).clamp(Duration::from_secs(1), PRUNE_INTERVAL);
+        let mut next_prune = Instant::now();
+        // Measured beside the deliveries, not between batches: a batch of
+        // slow deliveries is exactly when the lag must not freeze.
+        let backlog = tokio::spawn(self.clone().measure_backlog(shutdown.clone()));
+        loop {
+            if Instant::now() >= next_prune {
+                next_prune = Instant::now() + prune_every;
+                if let Err(err) = self.prune().await {
+                    tracing::warn!(error = format!("{err:#}"), "deleting old outbox events failed");
+                }
+            }
+            let claimed = match self.deliver_batch(&shutdown).await {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), "outbox relay pass failed");
+                    0
+                }
+            };
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // A full batch means more may be waiting: go again at once.
+            if claimed < self.config.relay_batch as usize {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+        listener.abort();
+        backlog.abort();
+    }
+
+    /// Claims a batch of due events, delivers each, and records the outcome.
+    /// Returns how many were claimed.
+    ///
+    /// Claiming is a short transaction that leases the rows (pushes their
+    /// `next_attempt_at` past the delivery time), so no transaction or row
+    /// lock is held while subscribers are called, and another relay skips
+    /// them until the lease runs out.
+    /// On shutdown, the rows not yet delivered are released at once.
+    pub async fn deliver_batch(&self, shutdown: &CancellationToken) -> anyhow::Result<usize> {
+        let mut conn = self.pool.get().await.context("taking a connection")?;
+        let lease = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
+        let batch = self.config.relay_batch.max(1);
+        let rows: Vec<(Uuid, Vec<u8>, i32)> = conn
+            .transaction::<_, anyhow::Error, _>(async |conn| {
+                let rows: Vec<(Uuid, Vec<u8>, i32)> = table::table
+                    .filter(table::published_at.is_null())
+                    .filter(table::next_attempt_at.le(diesel::dsl::now))
+                    .order((table::created_at, table::id))
+                    .limit(batch)
+                    .select((table::id, table::payload, table::attempts))
+                    .for_update()
+                    .skip_locked()
+                    .load(conn)
+                    .await?;
+                let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
+                diesel::update(table::table.filter(table::id.eq_any(&ids)))
+                    .set(table::next_attempt_at.eq(lease))
+                    .execute(conn)
+                    .await?;
+                Ok(rows)
+            })
+            .await?;
+        for (index, (id, payload, attempts)) in rows.iter().enumerate() {
+            let delivery = async {
+                match Event::decode(payload.as_slice()) {
+                    Ok(event) => self.deliver(&event).await,
+                    Err(err) => Err(anyhow::anyhow!("undecodable event: {err}")),
+                }
+            };
+            let outcome = tokio::select! {
+                outcome = delivery => outcome,
+                () = shutdown.cancelled() => {
+                    // At least once: whatever was in flight is sent again later.
+                    let unsent: Vec<Uuid> = rows[index..].iter().map(|(id, _, _)| *id).collect();
+                    diesel::update(table::table.filter(table::id.eq_any(&unsent)))
+                        .set(table::next_attempt_at.eq(diesel::dsl::now))
+                        .execute(&mut conn)
+                        .await?;
+                    return Ok(index);
+                }
+            };
+            match outcome {
+                Ok(0) => {
+                    // Nobody subscribes to this type: done, and kept on record
+                    // until the retention period ends.
+                    diesel::update(table::table.find(id))
+                        .set((
+                            table::published_at.eq(diesel::dsl::now),
+                            table::last_error.eq(None::<String>),
+                        ))
+                        .execute(&mut conn)
+                        .await?;
+                }
+                Ok(_) => {
+                    // Delivered: the payload may carry secrets (reset tokens),
+                    // so it is not kept.
+                    diesel::update(table::table.find(id))
+                        .set((
+                            table::published_at.eq(diesel::dsl::now),
+                            table::payload.eq(Vec::<u8>::new()),
+                            table::last_error.eq(None::<String>),
+                        ))
+                        .execute(&mut conn)
+                        .await?;
+                }
+                Err(err) => {
+                    let wait = backoff(*attempts, Duration::from_millis(self.config.relay_max_backoff_ms));
+                    tracing::warn!(event_id = %id, attempts = attempts + 1, ?wait, error = format!("{err:#}"), "event delivery failed; will retry");
+                    let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                    diesel::update(table::table.find(id))
+                        .set((
+                            table::attempts.eq(attempts + 1),
+                            table::next_attempt_at.eq(next),
+                            table::last_error.eq(Some(format!("{err:#}"))),
+                        ))
+                        .execute(&mut conn)
+                        .await?;
+                }
+            }
+        }
+        Ok(rows.len())
+    }
+
+    /// Publishes how many events wait and how long the oldest has, every
+    /// [`BACKLOG_INTERVAL`] until `shutdown`.
+    async fn measure_backlog(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(err) = self.backlog().await {
+                tracing::warn!(error = format!("{err:#}"), "measuring the outbox backlog failed");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(BACKLOG_INTERVAL) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn backlog(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.get().await.context("taking a connection")?;
+        let (depth, oldest): (i64, Option<chrono::DateTime<Utc>>) = table::table
+            .filter(table::published_at.is_null())
+            .select((diesel::dsl::count_star(), diesel::dsl::min(table::created_at)))
+            .get_result(&mut conn)
+            .await?;
+        let age = oldest.map_or(Duration::ZERO, |oldest| {
+            (Utc::now() - oldest).to_std().unwrap_or_default()
+        });
+        self.metrics.backlog(depth, age);
+        Ok(())
+    }
+
+    /// Deletes events delivered (or unwanted) longer than the retention
+    /// period ago, and events whose secret has expired.
+    async fn prune(&self) -> anyhow::Result<()> {
+        let retention = chrono::Duration::from_std(Duration::from_secs(self.config.outbox_retention_secs))
+            .context("KEEL_OUTBOX_RETENTION_SECS is too large")?;
+        let mut conn = self.pool.get().await.context("taking a connection")?;
+        let deleted = diesel::delete(
+            table::table.filter(
+                table::published_at
+                    .lt(Utc::now() - retention)
+                    // A secret that no longer works is of no use to anyone:
+                    // its event goes, delivered or not.
+                    .or(table::discard_after.lt(diesel::dsl::now)),
+            ),
+        )
+        .execute(&mut conn)
+        .await?;
+        if deleted > 0 {
+            tracing::debug!(deleted, "deleted old outbox events");
+        }
+        Ok(())
+    }
+
+    /// Sends `event` to every subscriber that wants it; all must accept.
+    /// Returns how many received it.
+    ///
+    /// The delivery has a span of its own (`outbox.relay`) in the producer's
+    /// trace, under the span that wrote the event; each Deliver call carries
+    /// this span's context, so the consumer's work joins the trace under it.
+    async fn deliver(&self, event: &Event) -> anyhow::Result<usize> {
+        let Some(payload) = &event.payload else {
+            return Ok(0);
+        };
+        let event_type = EventType::of(payload);
+        let span = tracing::info_span!(
+            parent: None,
+            "outbox.relay",
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            keel.service = %event.source,
+            event.id = %event.id,
+            "event.type" = event_type.as_str(),
+            delivered = tracing::field::Empty,
+        );
+        crate::serve::telemetry::continue_trace(&span, &event.trace_context);
+        let sent = async {
+            let mut delivered = 0;
+            for subscriber in self.subscribers.iter().filter(|s| s.event_types.contains(&event_type)) {
+                let mut request = tonic::Request::new(DeliverRequest {
+                    event: Some(event.clone()),
+                });
+                request.set_timeout(DELIVERY_TIMEOUT);
+                let outcome = EventSinkClient::new(subscriber.channel.clone()).deliver(request).await;
+                self.metrics
+                    .delivered(subscriber.name, if outcome.is_ok() { "delivered" } else { "failed" });
+                outcome.with_context(|| format!("delivering {event_type} {} to {}", event.id, subscriber.name))?;
+                delivered += 1;
+            }
+            Ok(delivered)
+        }
+        .instrument(span.clone())
+        .await;
+        match &sent {
+            Ok(delivered) => span.record("delivered", delivered),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
+        sent
+    }
+}
+
+/// 100 ms doubled per attempt, capped at `max`, with "equal jitter": half the
+/// wait is fixed, half random, so retries of many events spread out.
+pub fn backoff(attempts: i32, max: Duration) -> Duration {
+    let exponent = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+    let full = Duration::from_millis(100).saturating_mul(1u32 << exponent).min(max);
+    full / 2 + full.mul_f64(rand::random::<f64>() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_cap() {
+        let max = Duration::from_secs(60);
+        for attempts in 0..8 {
+            let full = Duration::from_millis(100 * (1 << attempts));
+            let wait = backoff(attempts, max);
+            assert!(wait >= full / 2 && wait <= full, "attempt {attempts}: {wait:?}");
+        }
+        assert!(backoff(30, max) <= max);
+        assert!(backoff(30, max) >= max / 2);
+    }
+}
