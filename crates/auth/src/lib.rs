@@ -20,6 +20,7 @@ use keel_platform::{
     registry::{self, Context, ServiceFuture, ServiceSpec, Serving},
     sealing::SealingKey,
 };
+use secrecy::{ExposeSecret, SecretString};
 
 pub mod clients;
 pub mod domain;
@@ -201,10 +202,11 @@ impl AuthConfig {
 
     /// The configured service clients, and `extra` ones (see
     /// [`Context::suite_clients`]).
-    pub fn service_clients(&self, extra: &[String]) -> anyhow::Result<Vec<ServiceClient>> {
+    pub fn service_clients(&self, extra: &[SecretString]) -> anyhow::Result<Vec<ServiceClient>> {
         self.service_clients
             .iter()
-            .chain(extra)
+            .map(String::as_str)
+            .chain(extra.iter().map(ExposeSecret::expose_secret))
             .filter(|spec| !spec.trim().is_empty())
             .map(|spec| {
                 spec.parse()
@@ -266,7 +268,7 @@ impl AuthConfig {
 impl Auth {
     /// Connects to the (migrated) database at `url` and loads the keys;
     /// `extra_clients` are service clients besides the configured ones.
-    pub async fn build(config: &AuthConfig, url: &str, extra_clients: &[String]) -> anyhow::Result<Self> {
+    pub async fn build(config: &AuthConfig, url: &str, extra_clients: &[SecretString]) -> anyhow::Result<Self> {
         let pool = db::pool(url, &config.pool)?;
         service::fill_email_skeletons(&pool).await?;
         let keys = KeyRing::load(

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use clap::{Arg, ArgMatches, Args as _, Command, FromArgMatches as _};
 use diesel_migrations::EmbeddedMigrations;
 use futures::future::BoxFuture;
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -247,10 +248,13 @@ impl Registry {
         args.extend(spec.suite_flags.iter().map(|flag| (*flag).to_owned()));
         if let Some(secret) = clients.secrets.get(spec.name) {
             // `=`: a secret may start with `-`.
-            args.push(format!("--service-client-secret={secret}"));
+            args.push(format!("--service-client-secret={}", secret.expose_secret()));
         }
         if spec.produces.iter().chain(spec.consumes).any(|t| t.carries_secret()) {
-            args.push(format!("--event-secrets-key={}", clients.event_secrets_key));
+            args.push(format!(
+                "--event-secrets-key={}",
+                clients.event_secrets_key.expose_secret()
+            ));
         }
         args
     }
@@ -264,10 +268,12 @@ impl Registry {
         let mut entries = Vec::new();
         for spec in self.services().filter(|s| !s.scopes.is_empty()) {
             let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-            entries.push(format!("{}:{secret}:{}", spec.name, spec.scopes.join(" ")));
-            secrets.insert(spec.name, secret);
+            entries.push(format!("{}:{secret}:{}", spec.name, spec.scopes.join(" ")).into());
+            secrets.insert(spec.name, secret.into());
         }
-        let event_secrets_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        let event_secrets_key = base64::engine::general_purpose::STANDARD
+            .encode(rand::random::<[u8; 32]>())
+            .into();
         SuiteClients {
             secrets,
             entries,
@@ -319,7 +325,7 @@ pub struct Launch {
     /// Cancelled to stop it.
     pub shutdown: CancellationToken,
     /// See [`Context::suite_clients`].
-    pub suite_clients: Vec<String>,
+    pub suite_clients: Vec<SecretString>,
     /// See [`Context::data_dir`].
     pub data_dir: Option<std::path::PathBuf>,
     /// Where its Prometheus metrics are served (`/metrics`); None serves
@@ -329,23 +335,15 @@ pub struct Launch {
 
 /// The service clients of a suite, from [`Registry::suite_clients`], and the
 /// key its services seal event secrets with.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SuiteClients {
     /// Each service's secret, by name.
-    pub secrets: BTreeMap<&'static str, String>,
+    pub secrets: BTreeMap<&'static str, SecretString>,
     /// The KEEL_SERVICE_CLIENTS entries for auth.
-    pub entries: Vec<String>,
+    pub entries: Vec<SecretString>,
     /// KEEL_EVENT_SECRETS_KEY, for the services that produce or consume
     /// events carrying secrets.
-    pub event_secrets_key: String,
-}
-
-impl std::fmt::Debug for SuiteClients {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SuiteClients")
-            .field("clients", &self.secrets.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
+    pub event_secrets_key: SecretString,
 }
 
 /// `--<name>-listen` (`KEEL_<NAME>_LISTEN`), with the given id.
@@ -386,7 +384,7 @@ pub struct Wiring {
     /// Where every other service serves gRPC.
     pub peers: BTreeMap<&'static str, String>,
     /// Its secret as a service client of auth.
-    pub client_secret: Option<String>,
+    pub client_secret: Option<SecretString>,
     /// How it calls other services.
     pub client: ClientConfig,
     /// How its relay paces itself.
@@ -411,7 +409,9 @@ impl Wiring {
                 .unwrap_or_else(|| spec.default_listen()),
             database_url,
             peers: registry.peer_urls(matches, Some(spec.name)),
-            client_secret: matches.get_one::<String>("service-client-secret").cloned(),
+            client_secret: matches
+                .get_one::<String>("service-client-secret")
+                .map(|secret| SecretString::from(secret.as_str())),
             client: ClientConfig::from_arg_matches(matches)?,
             relay: RelayConfig::from_arg_matches(matches)?,
         })
@@ -437,7 +437,7 @@ pub struct Context {
     /// Service clients auth should accept besides its configured ones
     /// (`client_id:secret:scope ...`): those the suite registers for its own
     /// services when it runs them all. Only auth reads it.
-    pub suite_clients: Vec<String>,
+    pub suite_clients: Vec<SecretString>,
     /// Which service produces each event type: an event sink accepts an
     /// event only from its type's producer (see [`crate::events::delivery`]).
     pub event_producers: EventProducers,

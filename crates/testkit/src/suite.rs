@@ -19,6 +19,7 @@ use keel_platform::{
     sealing::SealingKey,
 };
 use keel_registry::REGISTRY;
+use secrecy::ExposeSecret as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -640,7 +641,7 @@ impl Suite {
             Payload::EmailVerificationRequested(event) => (&event.user_id, &event.sealed_token),
             other => anyhow::bail!("{} events carry no token", EventType::of(other)),
         };
-        let key: SealingKey = self.clients.event_secrets_key.parse()?;
+        let key: SealingKey = self.clients.event_secrets_key.expose_secret().parse()?;
         let sealed = sealed.as_ref().context("the event carries no sealed token")?;
         key.open_event_secret(EventType::of(payload), user_id, sealed)
     }

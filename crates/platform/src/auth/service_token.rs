@@ -8,6 +8,7 @@ use std::{fmt, future::Future, pin::Pin, time::Duration};
 
 use anyhow::Context as _;
 use keel::auth::v1::{IssueServiceTokenRequest, auth_service_client::AuthServiceClient};
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio::{sync::Mutex, time::Instant};
 use tonic::transport::Channel;
 
@@ -21,20 +22,12 @@ pub trait TokenProvider: Send + Sync + fmt::Debug {
 }
 
 /// A service's client id and secret, as registered on auth.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ClientCredentials {
     /// The client id (a service's name).
     pub client_id: String,
-    /// The secret; never printed.
-    pub client_secret: String,
-}
-
-impl fmt::Debug for ClientCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientCredentials")
-            .field("client_id", &self.client_id)
-            .finish_non_exhaustive()
-    }
+    /// The secret.
+    pub client_secret: SecretString,
 }
 
 /// A token renews once less than this much of its life is left (auth's
@@ -50,6 +43,7 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Client-credentials tokens from auth, cached until they are due for renewal.
+#[derive(Debug)]
 pub struct ServiceTokenSource {
     auth: Channel,
     credentials: ClientCredentials,
@@ -58,25 +52,17 @@ pub struct ServiceTokenSource {
     state: Mutex<State>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct State {
     token: Option<Cached>,
     failed: Option<(Instant, String)>,
 }
 
+#[derive(Debug)]
 struct Cached {
-    token: String,
+    token: SecretString,
     renew_at: Instant,
     expires_at: Instant,
-}
-
-impl fmt::Debug for ServiceTokenSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceTokenSource")
-            .field("credentials", &self.credentials)
-            .field("scopes", &self.scopes)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ServiceTokenSource {
@@ -102,7 +88,7 @@ impl ServiceTokenSource {
         let mut client = AuthServiceClient::new(self.auth.clone());
         let mut request = tonic::Request::new(IssueServiceTokenRequest {
             client_id: self.credentials.client_id.clone(),
-            client_secret: self.credentials.client_secret.clone(),
+            client_secret: self.credentials.client_secret.expose_secret().to_owned(),
             scopes: self.scopes.clone(),
         });
         request.set_timeout(FETCH_TIMEOUT);
@@ -119,7 +105,7 @@ impl ServiceTokenSource {
             .context("IssueServiceToken answered without a future expire_time")?;
         let expires_at = asked + lifetime;
         Ok(Cached {
-            token: response.access_token,
+            token: response.access_token.into(),
             renew_at: expires_at.checked_sub(self.renew_before).unwrap_or(asked),
             expires_at,
         })
@@ -135,7 +121,7 @@ impl TokenProvider for ServiceTokenSource {
             if let Some(cached) = &state.token
                 && now < cached.renew_at
             {
-                return Ok(cached.token.clone());
+                return Ok(cached.token.expose_secret().to_owned());
             }
             if let Some((at, error)) = &state.failed
                 && now < *at + RETRY_AFTER_FAILURE
@@ -144,7 +130,7 @@ impl TokenProvider for ServiceTokenSource {
             }
             match self.fetch().await {
                 Ok(fresh) => {
-                    let token = fresh.token.clone();
+                    let token = fresh.token.expose_secret().to_owned();
                     *state = State {
                         token: Some(fresh),
                         failed: None,
@@ -173,5 +159,5 @@ fn still_valid(state: &State, now: Instant) -> Option<String> {
         .token
         .as_ref()
         .filter(|cached| now + MIN_REMAINING < cached.expires_at)
-        .map(|cached| cached.token.clone())
+        .map(|cached| cached.token.expose_secret().to_owned())
 }
