@@ -13,12 +13,12 @@ use keel_platform::{
     db::paging,
     error::FieldViolation,
     events::outbox,
-    proto::timestamp,
+    proto::{money, timestamp},
     serve::rpc::{Violations, uuid_field},
 };
 use uuid::Uuid;
 
-use super::{Accounts, SOURCE, money, target};
+use super::{Accounts, SOURCE, target};
 use crate::{
     domain::{self, Amount, DebitKeyState, Decline, Kind, RequestId},
     store::{self, AccountRow, ClosedKeyRow, EntryRow, NewClosedKey, NewEntry},

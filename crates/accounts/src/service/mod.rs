@@ -11,7 +11,6 @@ mod profiles;
 
 use keel::{
     accounts::v1::{self as pb, accounts_service_server::AccountsService},
-    common::v1::Money,
     events::v1::{DeliverRequest, DeliverResponse, event_sink_server::EventSink},
 };
 use keel_platform::{
@@ -171,13 +170,6 @@ impl Accounts {
                 .await?
                 .ok_or_else(|| Error::not_found("account")),
         }
-    }
-}
-
-fn money(amount_minor: i64, currency: &str) -> Money {
-    Money {
-        amount_minor,
-        currency_code: currency.to_owned(),
     }
 }
 

@@ -23,7 +23,6 @@ pub mod resume;
 
 use std::sync::Arc;
 
-use keel::common::v1::Money;
 use keel_platform::{Error, db::Pool};
 
 pub use pay::{Step, charge_of};
@@ -85,13 +84,6 @@ impl Orders {
     /// The database pool.
     pub fn pool(&self) -> &Pool {
         &self.pool
-    }
-}
-
-fn money(amount_minor: i64, currency: &str) -> Money {
-    Money {
-        amount_minor,
-        currency_code: currency.to_owned(),
     }
 }
 

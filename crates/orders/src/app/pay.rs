@@ -7,9 +7,9 @@
 
 use diesel_async::AsyncConnection as _;
 use keel::events::v1::{OrderPaid, event::Payload};
-use keel_platform::{Error, events::outbox};
+use keel_platform::{Error, events::outbox, proto::money};
 
-use super::{Orders, SOURCE, cancel::Cancel, claims::Held, money, transition_failed};
+use super::{Orders, SOURCE, cancel::Cancel, claims::Held, transition_failed};
 use crate::{
     payment::{Charge, ChargeOutcome, Decline, Prepared, charge_key},
     status::{OrderStatus, PaymentState, Transition},

@@ -5,10 +5,10 @@
 use chrono::Utc;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel::events::v1::{OrderPlaced, event::Payload};
-use keel_platform::{Error, events::outbox};
+use keel_platform::{Error, events::outbox, proto::money};
 use uuid::Uuid;
 
-use super::{Orders, SOURCE, Step, charge_of, money};
+use super::{Orders, SOURCE, Step, charge_of};
 use crate::{
     config::CrashPoint,
     domain::{MAX_TOTAL_MINOR, RequestId},

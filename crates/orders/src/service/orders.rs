@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use keel::{common::v1::Money, orders::v1 as pb};
+use keel::orders::v1 as pb;
 use keel_platform::{
     Error,
     auth::principal::UserPrincipal,
     db::paging,
     error::FieldViolation,
-    proto::timestamp,
+    proto::{money, timestamp},
     serve::rpc::{parse_id, uuid_field},
 };
 use uuid::Uuid;
@@ -226,13 +226,6 @@ impl Orders {
     }
 }
 
-fn money(amount_minor: i64, currency: &str) -> Option<Money> {
-    Some(Money {
-        amount_minor,
-        currency_code: currency.to_owned(),
-    })
-}
-
 fn order_pb(row: &OrderRow, items: &[ItemRow]) -> pb::Order {
     pb::Order {
         id: row.id.to_string(),
@@ -243,14 +236,14 @@ fn order_pb(row: &OrderRow, items: &[ItemRow]) -> pb::Order {
                 product_id: item.product_id.to_string(),
                 product_name: item.product_name.clone(),
                 quantity: item.quantity,
-                unit_price: money(item.unit_price_minor, &item.currency),
-                line_total: money(
+                unit_price: Some(money(item.unit_price_minor, &item.currency)),
+                line_total: Some(money(
                     item.unit_price_minor.saturating_mul(i64::from(item.quantity)),
                     &item.currency,
-                ),
+                )),
             })
             .collect(),
-        total: money(row.total_minor, &row.currency),
+        total: Some(money(row.total_minor, &row.currency)),
         status: row.status.to_pb() as i32,
         payment_method: row.payment_method.to_pb() as i32,
         etag: etag(row.version),

@@ -6,5 +6,3 @@ pub mod products;
 
 pub use orders::{ItemRow, NewItem, NewOrder, OrderChanges, OrderRow};
 pub use products::{AdjustmentRow, NewAdjustment, NewProduct, ProductChanges, ProductRow};
-
-type QueryResult<T> = Result<T, diesel::result::Error>;

@@ -13,11 +13,11 @@ use diesel::{
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use super::QueryResult;
 use crate::{
     schema::{order_items, orders},
     status::{OrderStatus, PaymentMethod, PaymentState, RefundState, Refused, Transition},
 };
+use diesel::QueryResult;
 
 /// An order as stored.
 #[derive(Debug, Clone, Queryable, Selectable)]

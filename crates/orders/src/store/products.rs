@@ -8,8 +8,8 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use super::QueryResult;
 use crate::schema::{products, stock_adjustments};
+use diesel::QueryResult;
 
 /// A product as stored.
 #[derive(Debug, Clone, Queryable, Selectable)]
