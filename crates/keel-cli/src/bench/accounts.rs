@@ -1,29 +1,16 @@
 //! `keel bench accounts`: the ledger's reads and writes against what the same
 //! Postgres does on its own (pgbench), at the same concurrency.
 
-use std::{collections::BTreeMap, net::SocketAddr, process::Command, time::Duration};
+use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
-use keel::{
-    accounts::v1::{
-        DebitRequest, DepositRequest, GetAccountRequest, GetBalanceRequest,
-        accounts_service_client::AccountsServiceClient,
-    },
-    auth::v1::{IssueServiceTokenRequest, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
-    common::v1::Money,
-};
-use keel_platform::{
-    Role,
-    auth::scopes,
-    registry::{self, Launch, ServiceSpec},
-};
-use keel_registry::REGISTRY;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use keel::accounts::v1::{DebitRequest, GetBalanceRequest};
 
-use super::{Phases, median, retry};
+use super::{
+    Phases,
+    harness::{self, median},
+    suite::{Client, Pgbench, Services, against_pgbench, bearer, drop_scratch_databases, usd},
+};
 use crate::database::{Database, DatabaseArgs};
 
 /// `keel bench accounts`.
@@ -34,52 +21,6 @@ pub struct AccountsBench {
 
     #[command(flatten)]
     database: DatabaseArgs,
-}
-
-/// The scratch database a bench gives service `spec`.
-pub(super) fn bench_database(spec: &ServiceSpec) -> String {
-    format!("keel_bench_{}", spec.name)
-}
-/// Drops every bench database (best effort: the bench's result matters more).
-pub(super) async fn drop_bench_databases(server: &str) {
-    for spec in REGISTRY.services() {
-        let _ = keel_platform::db::drop_database(server, &bench_database(spec)).await;
-    }
-}
-
-/// The database pgbench's tables live in.
-const PGBENCH_DB: &str = "keel_bench_pgbench";
-const CLIENT_SECRET: &str = "bench-client-secret-0123456789";
-const PASSWORD: &str = "benchmark password, long enough";
-
-/// Drops the bench's databases, pgbench's included (best effort, as
-/// [`drop_bench_databases`]).
-pub(super) async fn drop_scratch_databases(database: &Database) {
-    if let Ok(server) = database.url("postgres") {
-        drop_bench_databases(&server).await;
-        let _ = keel_platform::db::drop_database(&server, PGBENCH_DB).await;
-    }
-}
-
-/// Sets up pgbench and the services on `database`, prints the bench's
-/// header, runs `measure`, and stops the services whatever it returned.
-pub(super) async fn against_pgbench(
-    database: &Database,
-    name: &str,
-    phases: &super::Phases,
-    measure: impl AsyncFnOnce(&Services, &Pgbench) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let pgbench = Pgbench::create(database, phases.concurrency).await?;
-    println!(
-        "keel bench {name}: {} clients, {} rounds of {}s phases; pgbench scale {}",
-        phases.concurrency, phases.rounds, phases.seconds, phases.concurrency
-    );
-    pgbench.initialize()?;
-
-    let suite = Services::start(database).await?;
-    let result = measure(&suite, &pgbench).await;
-    suite.stop().await?;
-    result
 }
 
 impl AccountsBench {
@@ -134,273 +75,6 @@ impl AccountsBench {
     }
 }
 
-/// The pgbench client on the same server.
-pub(super) struct Pgbench {
-    binary: std::path::PathBuf,
-    url: String,
-    clients: usize,
-}
-
-impl Pgbench {
-    /// pgbench for `clients` on a fresh, empty database of `database`'s server.
-    pub(super) async fn create(database: &Database, clients: usize) -> anyhow::Result<Self> {
-        let server = database.url("postgres")?;
-        keel_platform::db::drop_database(&server, PGBENCH_DB).await?;
-        keel_platform::db::ensure_database(&server, PGBENCH_DB).await?;
-        Self::new(database.url(PGBENCH_DB)?, clients)
-    }
-
-    fn new(url: String, clients: usize) -> anyhow::Result<Self> {
-        let binary = keel_local_postgres::find_binaries()?.join("pgbench");
-        anyhow::ensure!(
-            binary.is_file(),
-            "pgbench was not found beside initdb ({})",
-            binary.display()
-        );
-        Ok(Self {
-            binary,
-            url,
-            clients: clients.max(1),
-        })
-    }
-
-    /// `pgbench -i` at scale = clients, so tpcb-like's branch rows are not a
-    /// single hot spot.
-    pub(super) fn initialize(&self) -> anyhow::Result<()> {
-        let output = Command::new(&self.binary)
-            .args(["-i", "-q", "-s", &self.clients.to_string(), &self.url])
-            .output()
-            .context("running pgbench -i")?;
-        anyhow::ensure!(
-            output.status.success(),
-            "pgbench -i failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    }
-
-    /// Runs pgbench for `seconds` with `extra` flags; returns its tps.
-    pub(super) fn run(&self, extra: &[&str], seconds: u64) -> anyhow::Result<f64> {
-        let threads = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(self.clients);
-        let output = Command::new(&self.binary)
-            .args(extra)
-            .args([
-                "-c",
-                &self.clients.to_string(),
-                "-j",
-                &threads.to_string(),
-                "-T",
-                &seconds.to_string(),
-                "-n",
-                &self.url,
-            ])
-            .output()
-            .context("running pgbench")?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        anyhow::ensure!(
-            output.status.success(),
-            "pgbench failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("tps = "))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|tps| tps.parse().ok())
-            .with_context(|| format!("no tps in pgbench's output: {stdout}"))
-    }
-}
-
-/// Auth and accounts, in-process on scratch databases.
-pub(super) struct Services {
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-    pub(super) auth: Channel,
-    pub(super) accounts: Channel,
-    pub(super) accounts_addr: String,
-    pub(super) accounts_url: String,
-    /// Auth's database, where the bench's administrator is created.
-    auth_database_url: String,
-    /// Where every service listens, by name.
-    pub(super) addrs: BTreeMap<&'static str, SocketAddr>,
-}
-
-impl Services {
-    /// Starts every registered service on fresh `keel_bench_*` databases.
-    pub(super) async fn start(database: &Database) -> anyhow::Result<Self> {
-        let server = database.url("postgres")?;
-        let clients = REGISTRY.suite_clients();
-        let mut bound = Vec::new();
-        for spec in REGISTRY.services() {
-            let name = bench_database(spec);
-            keel_platform::db::drop_database(&server, &name).await?;
-            database.prepare(&name, (spec.migrations)()).await?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            bound.push((spec, listener.local_addr()?, listener));
-        }
-        let addrs: BTreeMap<&'static str, SocketAddr> =
-            bound.iter().map(|(spec, addr, _)| (spec.name, *addr)).collect();
-        let bench_client = format!(
-            "bench:{CLIENT_SECRET}:{} {}",
-            scopes::ACCOUNTS_DEBIT,
-            scopes::ACCOUNTS_DEPOSIT
-        );
-        let shutdown = CancellationToken::new();
-        let mut tasks = Vec::new();
-        for (spec, _, listener) in bound {
-            let mut argv = REGISTRY.suite_args(spec, &addrs, &clients);
-            argv.extend([
-                format!("--{}-database-url", spec.name),
-                database.url(&bench_database(spec))?,
-            ]);
-            if spec.name == registry::AUTH {
-                argv.extend(["--service-clients".to_owned(), bench_client.clone()]);
-                // One user per client, all registered from this address.
-                argv.extend(["--register-limit".to_owned(), "1000000".to_owned()]);
-            }
-            let serve = REGISTRY.start(
-                spec,
-                Launch {
-                    matches: REGISTRY.parse(spec, argv)?,
-                    listener,
-                    shutdown: shutdown.clone(),
-                    suite_clients: clients.entries.clone(),
-                    data_dir: None,
-                    metrics_listener: None,
-                },
-            )?;
-            tasks.push(tokio::spawn(serve));
-        }
-        let url = |name: &str| {
-            addrs
-                .get(name)
-                .map(|addr| format!("http://{addr}"))
-                .context("not registered")
-        };
-        let (auth_url, accounts_url) = (url(registry::AUTH)?, url(keel_accounts::SERVICE.name)?);
-        Ok(Self {
-            shutdown,
-            tasks,
-            auth: Channel::from_shared(auth_url)?.connect_lazy(),
-            accounts: Channel::from_shared(accounts_url.clone())?.connect_lazy(),
-            accounts_addr: accounts_url,
-            accounts_url: database.url(&bench_database(&keel_accounts::SERVICE))?,
-            auth_database_url: database.url(&bench_database(&keel_auth::SERVICE))?,
-            addrs,
-        })
-    }
-
-    /// The access token of a new administrator: created straight in auth's
-    /// database, as `keel admin create-user` does, then signed in.
-    pub(super) async fn admin_token(&self) -> anyhow::Result<String> {
-        let email = format!("bench-admin-{}@example.com", uuid::Uuid::now_v7().simple());
-        crate::admin::insert_user(&self.auth_database_url, &email, PASSWORD, &[Role::Admin])
-            .await
-            .context("creating the bench's administrator")?;
-        let login = AuthServiceClient::new(self.auth.clone())
-            .login(LoginRequest {
-                email,
-                password: PASSWORD.into(),
-            })
-            .await
-            .context("signing the administrator in")?
-            .into_inner();
-        Ok(login.tokens.context("no tokens")?.access_token)
-    }
-
-    /// One signed-in user per client, each with a funded account, and a
-    /// service token for debits.
-    pub(super) async fn clients(&self, count: usize) -> anyhow::Result<Vec<Client>> {
-        let mut auth = AuthServiceClient::new(self.auth.clone());
-        let service_token = retry(|| async {
-            let mut auth = auth.clone();
-            Ok(auth
-                .issue_service_token(IssueServiceTokenRequest {
-                    client_id: "bench".into(),
-                    client_secret: CLIENT_SECRET.into(),
-                    scopes: Vec::new(),
-                })
-                .await?
-                .into_inner()
-                .access_token)
-        })
-        .await?;
-        let mut accounts = AccountsServiceClient::new(self.accounts.clone());
-        let mut clients = Vec::new();
-        for i in 0..count {
-            let email = format!("bench-{i}-{}@example.com", uuid::Uuid::now_v7().simple());
-            auth.register(RegisterRequest {
-                request_id: email.clone(),
-                email: email.clone(),
-                password: PASSWORD.into(),
-            })
-            .await?;
-            let login = auth
-                .login(LoginRequest {
-                    email,
-                    password: PASSWORD.into(),
-                })
-                .await?
-                .into_inner();
-            let user = login.user.context("no user")?;
-            let token = login.tokens.context("no tokens")?.access_token;
-            retry(|| async {
-                let mut accounts = accounts.clone();
-                accounts
-                    .get_account(bearer(
-                        GetAccountRequest {
-                            account_id: "me".into(),
-                        },
-                        &token,
-                    )?)
-                    .await?;
-                Ok(())
-            })
-            .await?;
-            accounts
-                .deposit(bearer(
-                    DepositRequest {
-                        account_id: user.id.clone(),
-                        amount: Some(usd(1_000_000_000)),
-                        request_id: format!("bench-fund-{}", user.id),
-                        ..Default::default()
-                    },
-                    &service_token,
-                )?)
-                .await?;
-            // One connection per client, as pgbench has.
-            let connection = Channel::from_shared(self.accounts_addr.clone())?.connect().await?;
-            clients.push(Client {
-                accounts: AccountsServiceClient::new(connection),
-                account_id: user.id,
-                user_token: token,
-                service_token: service_token.clone(),
-            });
-        }
-        Ok(clients)
-    }
-
-    pub(super) async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        for task in self.tasks {
-            task.await.context("a service panicked")??;
-        }
-        Ok(())
-    }
-}
-
-/// One bench client: a signed-in user with a funded account and a
-/// connection of its own.
-#[derive(Clone)]
-pub(super) struct Client {
-    pub(super) accounts: AccountsServiceClient<Channel>,
-    pub(super) account_id: String,
-    pub(super) user_token: String,
-    service_token: String,
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Op {
     GetBalance,
@@ -409,7 +83,7 @@ enum Op {
 
 /// Calls per second of `op`, one loop per client, for `phase`.
 async fn throughput(clients: &[Client], phase: Duration, op: Op) -> anyhow::Result<f64> {
-    super::throughput(clients, phase, move |mut client: Client| async move {
+    harness::throughput(clients, phase, move |mut client: Client| async move {
         match op {
             Op::GetBalance => {
                 let request = GetBalanceRequest {
@@ -433,19 +107,4 @@ async fn throughput(clients: &[Client], phase: Duration, op: Op) -> anyhow::Resu
         Ok(())
     })
     .await
-}
-
-pub(super) fn usd(amount_minor: i64) -> Money {
-    Money {
-        amount_minor,
-        currency_code: "USD".into(),
-    }
-}
-
-pub(super) fn bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
 }

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Phases,
-    accounts::{Client, Services, bearer, drop_bench_databases},
-    median, throughput,
+    harness::{median, throughput},
+    suite::{Client, Services, bearer, drop_bench_databases},
 };
 use crate::database::DatabaseArgs;
 

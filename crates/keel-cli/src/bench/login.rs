@@ -21,6 +21,7 @@ use keel_registry::REGISTRY;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use super::{harness, suite};
 use crate::database::DatabaseArgs;
 
 /// `keel bench login`.
@@ -192,13 +193,9 @@ async fn measure_login(channel: Channel, plan: Plan) -> anyhow::Result<()> {
         failures += login.failures;
     }
 
-    let median_ratio = super::median(&mut ratios);
+    let median_ratio = harness::median(&mut ratios);
     latencies.sort();
-    // No samples (a zero-length phase) reads as NaN rather than a panic.
-    let percentile = |p: f64| {
-        let index = ((latencies.len() as f64 * p).ceil() as usize).max(1) - 1;
-        latencies.get(index).map_or(f64::NAN, |&latency| super::ms(latency))
-    };
+    let percentile = |p: f64| harness::percentile_ms(&latencies, p);
     let cost = plan.cost;
     println!(
         "Login throughput / raw argon2id verify rate (m={} KiB, t={}, p={}, {} threads; {} callers): median {:.2} \
@@ -216,8 +213,8 @@ async fn measure_login(channel: Channel, plan: Plan) -> anyhow::Result<()> {
     println!(
         "Failed Login, one caller (median of {FAILED_LOGIN_SAMPLES} each): unknown email {:.1} ms, wrong password {:.1} ms \
          (ratio {:.2}; about 1 means an unknown email is indistinguishable)",
-        super::ms(unknown),
-        super::ms(wrong),
+        harness::ms(unknown),
+        harness::ms(wrong),
         unknown.as_secs_f64() / wrong.as_secs_f64()
     );
     Ok(())
@@ -266,7 +263,7 @@ async fn failed_login_latency(channel: &Channel, email: &str) -> anyhow::Result<
 
 async fn register_bench_user(channel: &Channel) -> anyhow::Result<String> {
     let email = format!("bench-{}@example.com", uuid::Uuid::now_v7().simple());
-    super::retry(|| async {
+    suite::retry(|| async {
         let mut client = AuthServiceClient::new(channel.clone());
         let request = RegisterRequest {
             request_id: email.clone(),

@@ -13,8 +13,8 @@ use tonic::transport::Channel;
 
 use super::{
     Phases,
-    accounts::{Pgbench, Services, against_pgbench, bearer, drop_scratch_databases, usd},
-    median, tally,
+    harness::{median, tally},
+    suite::{Pgbench, Services, against_pgbench, bearer, drop_scratch_databases, usd},
 };
 use crate::database::{Database, DatabaseArgs};
 
