@@ -7,6 +7,9 @@ use keel_platform::error::FieldViolation;
 
 use crate::schema::sql_types;
 
+/// The name accounts is registered under, and the source of its events.
+pub const NAME: &str = "accounts";
+
 fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
     FieldViolation {
         field: field.into(),

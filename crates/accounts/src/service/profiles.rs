@@ -4,18 +4,22 @@ use keel::accounts::v1 as pb;
 use keel_platform::{
     Error, Principal,
     db::paging,
+    proto::timestamp,
     serve::rpc::{invalid, parse_etag},
 };
 
-use super::{Accounts, account_pb, target};
-use crate::{domain, store};
+use crate::{
+    app::{Accounts, ProfileUpdate, Target},
+    domain,
+    store::AccountRow,
+};
 
 pub(super) async fn get_account(
     accounts: &Accounts,
     caller: &Principal,
     request: pb::GetAccountRequest,
 ) -> Result<pb::GetAccountResponse, Error> {
-    let target = target(caller, &request.account_id)?;
+    let target = Target::resolve(caller, &request.account_id)?;
     let account = accounts.account(target).await?;
     Ok(pb::GetAccountResponse {
         account: Some(account_pb(&account)),
@@ -35,23 +39,20 @@ pub(super) async fn update_profile(
         return Err(Error::invalid_field("update_mask", format!("{path} cannot be updated")));
     }
     let display_name = domain::display_name(&account.display_name).map_err(invalid)?;
-    let expected = parse_etag("account.etag", &account.etag)?;
-    let target = target(caller, &account.id)?;
-    let current = accounts.account(target).await?;
+    let expected_version = parse_etag("account.etag", &account.etag)?;
+    let target = Target::resolve(caller, &account.id)?;
     // Without a mask only the fields set in `account` change (AIP-134), and
     // an empty string is proto3's "unset": then there is nothing to change.
-    if paths.is_empty() && display_name.is_empty() {
-        if expected.is_some_and(|version| version != current.version) {
-            return Err(etag_mismatch());
-        }
-        return Ok(pb::UpdateProfileResponse {
-            account: Some(account_pb(&current)),
-        });
-    }
-    let mut conn = accounts.pool.get().await?;
-    let updated = store::update_display_name(&mut conn, current.id, &display_name, expected)
-        .await?
-        .ok_or_else(etag_mismatch)?;
+    let display_name = if paths.is_empty() && display_name.is_empty() {
+        None
+    } else {
+        Some(display_name)
+    };
+    let update = ProfileUpdate {
+        display_name,
+        expected_version,
+    };
+    let updated = accounts.update_profile(target, update).await?;
     Ok(pb::UpdateProfileResponse {
         account: Some(account_pb(&updated)),
     })
@@ -63,18 +64,20 @@ pub(super) async fn list_accounts(
 ) -> Result<pb::ListAccountsResponse, Error> {
     let limit = paging::page_size(request.page_size)?;
     let after = paging::decode_token(&request.page_token)?;
-    let mut conn = accounts.pool.get().await?;
-    let rows = store::list_accounts(&mut conn, after, limit + 1).await?;
-    let (page, next_page_token) = paging::page(rows, limit, |row| paging::encode_token(row.id));
+    let page = accounts.list_accounts(after, limit).await?;
     Ok(pb::ListAccountsResponse {
-        accounts: page.iter().map(account_pb).collect(),
-        next_page_token,
+        accounts: page.items.iter().map(account_pb).collect(),
+        next_page_token: page.next_page_token,
     })
 }
 
-fn etag_mismatch() -> Error {
-    Error::aborted(
-        "ETAG_MISMATCH",
-        "the account changed since it was read; read it again and retry",
-    )
+fn account_pb(account: &AccountRow) -> pb::Account {
+    pb::Account {
+        id: account.id.to_string(),
+        email: account.email.clone(),
+        display_name: account.display_name.clone(),
+        etag: format!("\"{}\"", account.version),
+        create_time: Some(timestamp(account.created_at)),
+        update_time: Some(timestamp(account.updated_at)),
+    }
 }

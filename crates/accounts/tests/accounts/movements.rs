@@ -463,7 +463,7 @@ async fn a_debit_of_an_unknown_account_stays_declined_once_it_exists() -> anyhow
 
     // The account appears and is funded; the key still answers NOT_FOUND.
     let mut conn = fx.suite.accounts_db().await?;
-    keel_accounts::store::ensure_account(&mut conn, later, "", "USD").await?;
+    keel_accounts::store::accounts::ensure(&mut conn, later, "", "USD").await?;
     deposit(
         &fx.suite,
         &fx.admin,

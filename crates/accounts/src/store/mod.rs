@@ -1,0 +1,13 @@
+//! Accounts' queries, one module per table group: [`accounts`] (the
+//! accounts and their balances), [`ledger`] (the ledger entries behind the
+//! balances) and [`debit_keys`] (the debit keys that can never debit). Every
+//! function takes the caller's connection, so an operation decides what runs
+//! in one transaction.
+
+pub mod accounts;
+pub mod debit_keys;
+pub mod ledger;
+
+pub use accounts::{AccountRow, NewAccount};
+pub use debit_keys::{ClosedKeyRow, NewClosedKey};
+pub use ledger::{EntryRow, KeyedDebit, LedgerMismatch, NewEntry};
