@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use keel_platform::config::ServiceArgs;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::payment;
 
@@ -24,7 +25,7 @@ pub struct OrdersConfig {
 
 /// The external card gateway (Stripe's API); unset, PAYMENT_METHOD_EXTERNAL
 /// is refused with PAYMENT_METHOD_UNAVAILABLE.
-#[derive(Clone, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct CardGatewayConfig {
     /// The card gateway's base URL (`https://api.stripe.com`, or a stand-in).
     #[arg(long, env = "KEEL_ORDERS_CARD_GATEWAY_URL")]
@@ -32,7 +33,7 @@ pub struct CardGatewayConfig {
 
     /// The secret API key, sent as the bearer token.
     #[arg(long, env = "KEEL_ORDERS_CARD_GATEWAY_SECRET_KEY", hide_env_values = true)]
-    pub card_gateway_secret_key: Option<String>,
+    pub card_gateway_secret_key: Option<SecretString>,
 
     /// The webhook signing secrets (`whsec_...`), comma-separated: during a
     /// rotation give both, the new one first.
@@ -42,21 +43,12 @@ pub struct CardGatewayConfig {
         value_delimiter = ',',
         hide_env_values = true
     )]
-    pub card_webhook_secrets: Vec<String>,
+    pub card_webhook_secrets: Vec<SecretString>,
 
     /// How long one call to the card gateway may take (milliseconds); after
     /// that its outcome counts as unknown and the resumer asks again.
     #[arg(long, env = "KEEL_ORDERS_CARD_GATEWAY_TIMEOUT_MS", default_value_t = 10_000)]
     pub card_gateway_timeout_ms: u64,
-}
-
-impl std::fmt::Debug for CardGatewayConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CardGatewayConfig")
-            .field("card_gateway_url", &self.card_gateway_url)
-            .field("card_gateway_timeout_ms", &self.card_gateway_timeout_ms)
-            .finish_non_exhaustive()
-    }
 }
 
 impl CardGatewayConfig {
@@ -69,7 +61,11 @@ impl CardGatewayConfig {
             .card_gateway_secret_key
             .clone()
             .context("KEEL_ORDERS_CARD_GATEWAY_URL is set, so KEEL_ORDERS_CARD_GATEWAY_SECRET_KEY must be too")?;
-        if self.card_webhook_secrets.iter().all(|s| s.trim().is_empty()) {
+        if self
+            .card_webhook_secrets
+            .iter()
+            .all(|s| s.expose_secret().trim().is_empty())
+        {
             tracing::warn!(
                 "KEEL_ORDERS_CARD_WEBHOOK_SECRETS is not set: card gateway webhooks are refused, and payments \
                  that need 3-D Secure settle only when the resumer asks the gateway"
@@ -80,11 +76,12 @@ impl CardGatewayConfig {
     }
 
     /// The webhook secrets given.
-    pub fn webhook_secrets(&self) -> Vec<String> {
+    pub fn webhook_secrets(&self) -> Vec<SecretString> {
         self.card_webhook_secrets
             .iter()
-            .map(|s| s.trim().to_owned())
+            .map(|s| s.expose_secret().trim())
             .filter(|s| !s.is_empty())
+            .map(SecretString::from)
             .collect()
     }
 }

@@ -2,9 +2,12 @@
 //! a persisted saga (reserve, charge, record; compensate on failure), owning
 //! the `keel_orders` database.
 //!
-//! The operations live in [`app`], one file per capability (placing,
-//! paying, cancelling, fulfilling, resuming, reconciling); the gRPC adapters
-//! in [`service`]; the payment providers behind the saga in [`payment`].
+//! The operations live in [`app`], one file per capability (the catalog,
+//! placing, paying, cancelling, fulfilling, reading orders, the card
+//! gateway's webhook, resuming, reconciling); the gRPC adapters in
+//! [`service`], which only parse, call one operation and map its answer; the
+//! queries, one module per table group, in [`store`]; the payment providers
+//! behind the saga in [`payment`].
 
 use std::{sync::Arc, time::Duration};
 
@@ -106,7 +109,7 @@ impl Service for OrdersConfig {
 
 /// Every order in the orders database at `url`, oldest first: for an
 /// operator's reconciliation.
-pub async fn all_orders(url: &str) -> anyhow::Result<Vec<store::OrderRow>> {
+pub async fn all_orders(url: &str) -> anyhow::Result<Vec<store::orders::OrderRow>> {
     use diesel_async::AsyncConnection as _;
     let mut conn = diesel_async::AsyncPgConnection::establish(url)
         .await

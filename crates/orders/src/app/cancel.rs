@@ -8,16 +8,17 @@
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel::events::v1::{OrderCancelled, event::Payload};
-use keel_platform::{Error, events::outbox};
+use keel_platform::{Error, auth::principal::UserPrincipal, events::outbox};
+use uuid::Uuid;
 
-use super::{Orders, SOURCE, charge_of, claims::Held, transition_failed};
+use super::{Orders, SOURCE, charge_of, claims::Held, lookup::OrderView, transition_failed};
 use crate::{
     domain::{RequestId, reasons},
     payment::{Refund, RefundOutcome, VoidOutcome, refund_key},
     status::{OrderStatus, PaymentState, RefundState, Transition},
     store::{
-        self, OrderChanges, OrderRow,
-        orders::{Expect, Hold, TransitionError, transition},
+        self,
+        orders::{Expect, Hold, OrderChanges, OrderRow, TransitionError, transition},
         products,
     },
 };
@@ -87,6 +88,19 @@ impl Orders {
             Ok(Some(row))
         })
         .await
+    }
+
+    /// CancelOrder: cancels the order `id` if `caller` may see it (see
+    /// [`Orders::cancel`]), answered with its lines.
+    pub async fn cancel_order(
+        &self,
+        caller: &UserPrincipal,
+        id: Uuid,
+        request_id: &RequestId,
+    ) -> Result<OrderView, Error> {
+        let order = self.visible_order(caller, id).await?;
+        let cancelled = self.cancel(order, request_id).await?;
+        self.view(cancelled).await
     }
 
     /// CancelOrder's work, after the caller's right to the order is checked:

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::Orders;
 use crate::store::{
-    self, OrderChanges, OrderRow,
-    orders::{Expect, Hold},
+    self,
+    orders::{Expect, Hold, OrderChanges, OrderRow},
 };
 
 /// The outcome of a write under a claim.

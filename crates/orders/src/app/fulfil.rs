@@ -4,17 +4,31 @@
 use diesel_async::AsyncConnection as _;
 use keel::events::v1::{OrderShipped, event::Payload};
 use keel_platform::{Error, events::outbox};
+use uuid::Uuid;
 
-use super::{Orders, SOURCE, transition_failed};
+use super::{Orders, SOURCE, lookup::OrderView, transition_failed};
 use crate::{
     status::{OrderStatus, Transition},
-    store::{
-        OrderChanges, OrderRow,
-        orders::{Expect, Hold, TransitionError, transition},
-    },
+    store::orders::{Expect, Hold, OrderChanges, OrderRow, TransitionError, transition},
 };
 
 impl Orders {
+    /// ShipOrder: ships the order `id` (see [`Orders::ship`]), answered with
+    /// its lines.
+    pub async fn ship_order(&self, id: Uuid) -> Result<OrderView, Error> {
+        let order = self.find_order(id).await?;
+        let shipped = self.ship(order).await?;
+        self.view(shipped).await
+    }
+
+    /// DeliverOrder: marks the order `id` delivered (see
+    /// [`Orders::deliver`]), answered with its lines.
+    pub async fn deliver_order(&self, id: Uuid) -> Result<OrderView, Error> {
+        let order = self.find_order(id).await?;
+        let delivered = self.deliver(order).await?;
+        self.view(delivered).await
+    }
+
     /// PAID -> SHIPPED (with OrderShipped); an order already SHIPPED is
     /// returned as it is.
     pub async fn ship(&self, order: OrderRow) -> Result<OrderRow, Error> {

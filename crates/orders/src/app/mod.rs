@@ -1,12 +1,21 @@
 //! What orders does, apart from how it is called: the service's state
 //! ([`Orders`]) and its operations, one file per capability. The gRPC
-//! adapters in `service/` call these; nothing here knows gRPC's types.
+//! adapters in `service/` call these, one operation per call; nothing here
+//! knows gRPC's types.
 //!
-//! - [`place`](Orders::place): reserve, snapshot and insert an order;
+//! - the catalog (`catalog`): [`create_product`](Orders::create_product),
+//!   [`update_product`](Orders::update_product),
+//!   [`adjust_stock`](Orders::adjust_stock) and the reads;
+//! - [`place`](Orders::place): reserve, snapshot and insert an order
+//!   ([`create_order`](Orders::create_order) places and pays it);
 //! - [`pay`](Orders::pay): charge it and record the outcome;
 //! - [`cancel`](Orders::cancel), [`expire`](Orders::expire) and
 //!   [`settle`](Orders::settle): cancel it and give back what is owed;
 //! - [`ship`](Orders::ship) and [`deliver`](Orders::deliver);
+//! - reading orders for a caller (`lookup`): [`get_order`](Orders::get_order)
+//!   and [`list_orders`](Orders::list_orders);
+//! - the card gateway's webhook (`webhooks`):
+//!   [`handle_card_webhook`](Orders::handle_card_webhook);
 //! - [`resume`]: the worker that finishes what a crash or an outage left;
 //! - [`reconcile`]: orders against the money their providers hold.
 //!
@@ -14,17 +23,27 @@
 //! each write checks (`claims`).
 
 mod cancel;
+mod catalog;
 mod claims;
 mod fulfil;
+mod lookup;
 mod pay;
 mod place;
 pub mod reconcile;
 pub mod resume;
+mod webhooks;
 
 use std::sync::Arc;
 
-use keel_platform::{Error, db::Pool};
+use keel_platform::{
+    Error,
+    db::{Pool, paging},
+};
+use secrecy::SecretString;
+use uuid::Uuid;
 
+pub use catalog::{AddProduct, AdjustStock, UpdateProduct};
+pub use lookup::{ListOrders, OrderView};
 pub use pay::{Step, charge_of};
 pub use place::{Line, PlaceOrder, Placed};
 
@@ -36,23 +55,16 @@ pub const SOURCE: &str = crate::domain::NAME;
 
 /// The orders service's state: its database, its payment providers and how
 /// the saga paces itself. Clones share it.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Orders {
-    pub(crate) pool: Pool,
-    pub(crate) payments: Providers,
-    pub(crate) saga: Arc<SagaConfig>,
+    // Private to `app`: the gRPC adapters reach the database and the
+    // providers only through the operations.
+    pool: Pool,
+    payments: Providers,
+    saga: Arc<SagaConfig>,
     /// The card gateway's webhook signing secrets.
-    pub(crate) webhook_secrets: Arc<[String]>,
-    pub(crate) metrics: PaymentMetrics,
-}
-
-impl std::fmt::Debug for Orders {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Orders")
-            .field("payments", &self.payments)
-            .field("saga", &self.saga)
-            .finish_non_exhaustive()
-    }
+    webhook_secrets: Arc<[SecretString]>,
+    metrics: PaymentMetrics,
 }
 
 impl Orders {
@@ -69,7 +81,7 @@ impl Orders {
 
     /// Accepts card gateway webhooks signed with any of `secrets`.
     #[must_use]
-    pub fn with_webhook_secrets(mut self, secrets: Vec<String>) -> Self {
+    pub fn with_webhook_secrets(mut self, secrets: Vec<SecretString>) -> Self {
         self.webhook_secrets = secrets.into();
         self
     }
@@ -84,6 +96,24 @@ impl Orders {
     /// The database pool.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+}
+
+/// One page of a listing, and the token of the page after it.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The page's entries.
+    pub items: Vec<T>,
+    /// The next page's token; empty on the last page.
+    pub next_page_token: String,
+}
+
+impl<T> Page<T> {
+    /// The page of `rows` fetched with `limit + 1` (see [`paging::page`]),
+    /// whose token carries the `id` of its last entry.
+    fn of(rows: Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> Self {
+        let (items, next_page_token) = paging::page(rows, limit, |row| paging::encode_token(id(row)));
+        Self { items, next_page_token }
     }
 }
 

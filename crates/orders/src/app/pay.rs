@@ -13,10 +13,7 @@ use super::{Orders, SOURCE, cancel::Cancel, claims::Held, transition_failed};
 use crate::{
     payment::{Charge, ChargeOutcome, Decline, Prepared, charge_key},
     status::{OrderStatus, PaymentState, Transition},
-    store::{
-        OrderChanges, OrderRow,
-        orders::{Expect, Hold, TransitionError, transition},
-    },
+    store::orders::{Expect, Hold, OrderChanges, OrderRow, TransitionError, transition},
 };
 
 /// Where [`Orders::begin_charge`] left an order.

@@ -8,12 +8,16 @@ use keel::events::v1::{OrderPlaced, event::Payload};
 use keel_platform::{Error, events::outbox, proto::money};
 use uuid::Uuid;
 
-use super::{Orders, SOURCE, Step, charge_of};
+use super::{Orders, SOURCE, Step, charge_of, lookup::OrderView};
 use crate::{
     config::CrashPoint,
-    domain::{MAX_TOTAL_MINOR, RequestId},
+    domain::{MAX_TOTAL_MINOR, RequestId, reasons},
     status::{OrderStatus, PaymentMethod},
-    store::{self, ItemRow, NewItem, NewOrder, OrderRow, products},
+    store::{
+        self,
+        orders::{ItemRow, NewItem, NewOrder, OrderRow},
+        products,
+    },
 };
 
 /// One requested line.
@@ -50,6 +54,21 @@ pub enum Placed {
 }
 
 impl Orders {
+    /// CreateOrder: [`Orders::create`], answered with the order's lines. An
+    /// order whose payment failed answers with that failure instead, to the
+    /// first call and to every retry.
+    pub async fn create_order(&self, order: &PlaceOrder) -> Result<OrderView, Error> {
+        let placed = self.create(order).await?;
+        if let Some(reason) = placed.cancel_reason.as_deref().and_then(reasons::payment_failure) {
+            return Err(Error::failed_precondition(
+                reason,
+                format!("the payment failed: {}", reasons::describe(reason)),
+            )
+            .with_metadata("order_id", placed.id.to_string()));
+        }
+        self.view(placed).await
+    }
+
     /// CreateOrder's work: places the order (or finds the one this key
     /// placed) and pays it, or helps an unpaid one along unless someone else
     /// is at it. Returns the order as it is afterwards.

@@ -18,7 +18,7 @@ use super::Orders;
 use crate::{
     payment::{Refund, RefundOutcome, refund_key},
     status::{OrderStatus, PaymentMethod, RefundState},
-    store::{self, OrderRow},
+    store::{self, orders::OrderRow},
 };
 
 /// One difference between orders and the money held for them.

@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 use super::Orders;
 use crate::{
     status::OrderStatus,
-    store::{self, OrderRow},
+    store::{self, orders::OrderRow},
 };
 
 /// Runs passes until `shutdown`.

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 use tracing::Instrument as _;
@@ -24,19 +25,11 @@ use super::{Charge, ChargeOutcome, Decline, PaymentProvider, Prepared, Refund, R
 const KEY_METADATA: &str = "keel_key";
 
 /// The card gateway provider.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct CardGateway {
     http: reqwest::Client,
     base_url: String,
-    secret_key: String,
-}
-
-impl std::fmt::Debug for CardGateway {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CardGateway")
-            .field("base_url", &self.base_url)
-            .finish_non_exhaustive()
-    }
+    secret_key: SecretString,
 }
 
 /// A PaymentIntent, as much of it as Keel reads.
@@ -132,7 +125,7 @@ impl std::fmt::Display for Failure {
 impl CardGateway {
     /// A client of the gateway at `base_url` (e.g. `https://api.stripe.com`)
     /// with `secret_key`; each call gives up after `timeout`.
-    pub fn new(base_url: &str, secret_key: String, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(base_url: &str, secret_key: SecretString, timeout: Duration) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -149,7 +142,7 @@ impl CardGateway {
     /// goes with it, so the gateway's side joins the order's trace.
     async fn send<T: for<'de> Deserialize<'de>>(&self, request: reqwest::RequestBuilder) -> Result<T, Failure> {
         let mut request = request
-            .bearer_auth(&self.secret_key)
+            .bearer_auth(self.secret_key.expose_secret())
             .build()
             .map_err(|err| Failure::Unknown(format!("the card gateway request could not be built: {err}")))?;
         let span = tracing::info_span!(

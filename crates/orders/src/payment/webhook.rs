@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -60,7 +61,7 @@ pub struct EventObject {
 
 /// Checks `payload` against `header` with any of `secrets` at `now` (unix
 /// seconds) and reads the event.
-pub fn verify(payload: &[u8], header: Option<&str>, secrets: &[String], now: i64) -> Result<Event, Refused> {
+pub fn verify(payload: &[u8], header: Option<&str>, secrets: &[SecretString], now: i64) -> Result<Event, Refused> {
     let header = header.ok_or(Refused::Malformed)?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
@@ -81,7 +82,7 @@ pub fn verify(payload: &[u8], header: Option<&str>, secrets: &[String], now: i64
     }
     let matches = secrets.iter().any(|secret| {
         signatures.iter().any(|signature| {
-            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()) else {
                 return false;
             };
             mac.update(timestamp.to_string().as_bytes());
@@ -123,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_good_signature_verifies_and_anything_else_is_refused() {
-        let secrets = vec!["whsec_new".to_owned(), "whsec_old".to_owned()];
+        let secrets = vec![SecretString::from("whsec_new"), SecretString::from("whsec_old")];
         let now = 1_700_000_000;
         let good = format!("t={now},v1={}", sign("whsec_new", now, EVENT));
         let event = verify(EVENT, Some(&good), &secrets, now + 10).expect("verified");

@@ -2,7 +2,9 @@
 //!
 //! The trait impl below only adapts gRPC to the handlers: each reads the
 //! caller from the request and hands the message to a function of the
-//! resource's module (products, orders), which returns `Result<_, Error>`.
+//! resource's module (products, orders, webhooks), which parses it, calls
+//! one operation of [`Orders`] and maps its answer back to the proto,
+//! returning `Result<_, Error>`.
 
 mod orders;
 mod products;

@@ -1,7 +1,6 @@
 //! CreateOrder, GetOrder, ListOrders, CancelOrder, ShipOrder and
-//! DeliverOrder: reading requests and shaping answers around the saga.
-
-use std::collections::BTreeMap;
+//! DeliverOrder: reading requests into the order operations of `app` and
+//! shaping the orders they answer.
 
 use keel::orders::v1 as pb;
 use keel_platform::{
@@ -10,18 +9,13 @@ use keel_platform::{
     db::paging,
     error::FieldViolation,
     proto::{money, timestamp},
-    serve::rpc::{parse_id, uuid_field},
+    serve::rpc::{etag, invalid, parse_id, uuid_field},
 };
-use uuid::Uuid;
 
-use keel_platform::serve::rpc::etag;
-
-use super::Orders;
 use crate::{
-    app::{Line, PlaceOrder},
-    domain::{self, MAX_LINES, RequestId, reasons},
+    app::{Line, ListOrders, OrderView, Orders, PlaceOrder},
+    domain::{self, MAX_LINES, RequestId},
     status::{OrderStatus, PaymentMethod, RefundState},
-    store::{self, ItemRow, OrderRow},
 };
 
 pub(super) async fn create_order(
@@ -30,15 +24,9 @@ pub(super) async fn create_order(
     request: pb::CreateOrderRequest,
 ) -> Result<pb::CreateOrderResponse, Error> {
     let order = read_order(caller, &request)?;
-    let placed = orders.create(&order).await?;
-    if let Some(reason) = placed.cancel_reason.as_deref().and_then(reasons::payment_failure) {
-        return Err(
-            Error::failed_precondition(reason, format!("the payment failed: {}", reasons::describe(reason)))
-                .with_metadata("order_id", placed.id.to_string()),
-        );
-    }
+    let placed = orders.create_order(&order).await?;
     Ok(pb::CreateOrderResponse {
-        order: Some(orders.order_pb(placed).await?),
+        order: Some(order_pb(&placed)),
     })
 }
 
@@ -102,9 +90,10 @@ pub(super) async fn get_order(
     caller: &UserPrincipal,
     request: pb::GetOrderRequest,
 ) -> Result<pb::GetOrderResponse, Error> {
-    let order = visible_order(orders, caller, &request.order_id).await?;
+    let id = parse_id("order_id", &request.order_id)?;
+    let order = orders.get_order(caller, id).await?;
     Ok(pb::GetOrderResponse {
-        order: Some(orders.order_pb(order).await?),
+        order: Some(order_pb(&order)),
     })
 }
 
@@ -123,28 +112,21 @@ pub(super) async fn list_orders(
         Ok(state) => RefundState::from_pb(state),
         Err(_) => return Err(Error::invalid_field("refund_state", "is not a refund state")),
     };
-    let buyer = match request.user_id.as_str() {
-        "" if caller.is_admin() => None,
-        "" => Some(caller.user_id),
-        raw => {
-            let id = parse_id("user_id", raw)?;
-            if id != caller.user_id && !caller.is_admin() {
-                return Err(Error::permission_denied(
-                    "NOT_ORDER_OWNER",
-                    "a user may only list their own orders",
-                ));
-            }
-            Some(id)
-        }
+    // Unset: the caller's own orders, or everyone's for an admin (the app
+    // decides, and refuses another user's to a non-admin).
+    let user_id = match request.user_id.as_str() {
+        "" => None,
+        raw => Some(parse_id("user_id", raw)?),
     };
-    let rows = {
-        let mut conn = orders.pool.get().await?;
-        store::orders::list(&mut conn, buyer, status, refund_state, before, limit + 1).await?
+    let filter = ListOrders {
+        user_id,
+        status,
+        refund_state,
     };
-    let (page, next_page_token) = paging::page(rows, limit, |row| paging::encode_token(row.id));
+    let page = orders.list_orders(caller, &filter, before, limit).await?;
     Ok(pb::ListOrdersResponse {
-        orders: orders.orders_pb(page).await?,
-        next_page_token,
+        orders: page.items.iter().map(order_pb).collect(),
+        next_page_token: page.next_page_token,
     })
 }
 
@@ -153,19 +135,19 @@ pub(super) async fn cancel_order(
     caller: &UserPrincipal,
     request: pb::CancelOrderRequest,
 ) -> Result<pb::CancelOrderResponse, Error> {
-    let request_id = RequestId::parse("request_id", &request.request_id).map_err(keel_platform::serve::rpc::invalid)?;
-    let order = visible_order(orders, caller, &request.order_id).await?;
-    let cancelled = orders.cancel(order, &request_id).await?;
+    let request_id = RequestId::parse("request_id", &request.request_id).map_err(invalid)?;
+    let id = parse_id("order_id", &request.order_id)?;
+    let cancelled = orders.cancel_order(caller, id, &request_id).await?;
     Ok(pb::CancelOrderResponse {
-        order: Some(orders.order_pb(cancelled).await?),
+        order: Some(order_pb(&cancelled)),
     })
 }
 
 pub(super) async fn ship_order(orders: &Orders, request: pb::ShipOrderRequest) -> Result<pb::ShipOrderResponse, Error> {
-    let order = find_order(orders, &request.order_id).await?;
-    let shipped = orders.ship(order).await?;
+    let id = parse_id("order_id", &request.order_id)?;
+    let shipped = orders.ship_order(id).await?;
     Ok(pb::ShipOrderResponse {
-        order: Some(orders.order_pb(shipped).await?),
+        order: Some(order_pb(&shipped)),
     })
 }
 
@@ -173,60 +155,15 @@ pub(super) async fn deliver_order(
     orders: &Orders,
     request: pb::DeliverOrderRequest,
 ) -> Result<pb::DeliverOrderResponse, Error> {
-    let order = find_order(orders, &request.order_id).await?;
-    let delivered = orders.deliver(order).await?;
+    let id = parse_id("order_id", &request.order_id)?;
+    let delivered = orders.deliver_order(id).await?;
     Ok(pb::DeliverOrderResponse {
-        order: Some(orders.order_pb(delivered).await?),
+        order: Some(order_pb(&delivered)),
     })
 }
 
-async fn find_order(orders: &Orders, raw_id: &str) -> Result<OrderRow, Error> {
-    let id = parse_id("order_id", raw_id)?;
-    let mut conn = orders.pool.get().await?;
-    store::orders::find(&mut conn, id)
-        .await?
-        .ok_or_else(|| Error::not_found("order"))
-}
-
-/// The order, if the caller may see it: their own, or any for an admin.
-/// Another user's order answers as a missing one, so ids reveal nothing.
-async fn visible_order(orders: &Orders, caller: &UserPrincipal, raw_id: &str) -> Result<OrderRow, Error> {
-    let order = find_order(orders, raw_id).await?;
-    if order.user_id == caller.user_id || caller.is_admin() {
-        Ok(order)
-    } else {
-        Err(Error::not_found("order"))
-    }
-}
-
-impl Orders {
-    async fn order_pb(&self, order: OrderRow) -> Result<pb::Order, Error> {
-        let mut all = self.orders_pb(vec![order]).await?;
-        all.pop()
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("an order went missing while being read")))
-    }
-
-    async fn orders_pb(&self, rows: Vec<OrderRow>) -> Result<Vec<pb::Order>, Error> {
-        let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-        let items = {
-            let mut conn = self.pool.get().await?;
-            store::orders::items(&mut conn, &ids).await?
-        };
-        let mut by_order: BTreeMap<Uuid, Vec<ItemRow>> = BTreeMap::new();
-        for item in items {
-            by_order.entry(item.order_id).or_default().push(item);
-        }
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let items = by_order.remove(&row.id).unwrap_or_default();
-                order_pb(&row, &items)
-            })
-            .collect())
-    }
-}
-
-fn order_pb(row: &OrderRow, items: &[ItemRow]) -> pb::Order {
+fn order_pb(view: &OrderView) -> pb::Order {
+    let OrderView { order: row, items } = view;
     pb::Order {
         id: row.id.to_string(),
         user_id: row.user_id.to_string(),

@@ -1,22 +1,19 @@
 //! CreateProduct, GetProduct, ListProducts, UpdateProduct and AdjustStock:
-//! the catalog. Prices live here and nowhere else.
+//! reading the requests into the catalog's operations (`app::catalog`) and
+//! shaping the products they answer.
 
-use diesel_async::AsyncConnection as _;
 use keel::{common::v1::Money, orders::v1 as pb};
 use keel_platform::{
     Error,
     db::paging,
     proto::timestamp,
-    serve::rpc::{Violations, parse_id},
+    serve::rpc::{Violations, etag, parse_etag, parse_id, uuid_field},
 };
-use uuid::Uuid;
 
-use keel_platform::serve::rpc::{etag, parse_etag};
-
-use super::Orders;
 use crate::{
+    app::{AddProduct, AdjustStock, Orders, UpdateProduct},
     domain::{self, Price, RequestId},
-    store::{NewAdjustment, NewProduct, ProductChanges, ProductRow, products},
+    store::products::ProductRow,
 };
 
 pub(super) async fn create_product(
@@ -34,20 +31,14 @@ pub(super) async fn create_product(
     let (Some(name), Some(description), Some(price), Some(stock)) = (name, description, price, stock) else {
         return Err(violations.into_error());
     };
-    let mut conn = orders.pool.get().await?;
-    let row = products::insert(
-        &mut conn,
-        NewProduct {
-            id: Uuid::now_v7(),
-            name: &name,
-            description: &description,
-            price_minor: price.minor,
-            currency: &price.currency,
-            stock_quantity: stock,
-            initial_stock: stock,
-        },
-    )
-    .await?;
+    let row = orders
+        .create_product(&AddProduct {
+            name,
+            description,
+            price,
+            stock,
+        })
+        .await?;
     Ok(pb::CreateProductResponse {
         product: Some(product_pb(&row)),
     })
@@ -58,10 +49,7 @@ pub(super) async fn get_product(
     request: pb::GetProductRequest,
 ) -> Result<pb::GetProductResponse, Error> {
     let id = parse_id("product_id", &request.product_id)?;
-    let mut conn = orders.pool.get().await?;
-    let row = products::find(&mut conn, id)
-        .await?
-        .ok_or_else(|| Error::not_found("product"))?;
+    let row = orders.product(id).await?;
     Ok(pb::GetProductResponse {
         product: Some(product_pb(&row)),
     })
@@ -73,12 +61,10 @@ pub(super) async fn list_products(
 ) -> Result<pb::ListProductsResponse, Error> {
     let limit = paging::page_size(request.page_size)?;
     let after = paging::decode_token(&request.page_token)?;
-    let mut conn = orders.pool.get().await?;
-    let rows = products::list(&mut conn, after, limit + 1).await?;
-    let (page, next_page_token) = paging::page(rows, limit, |row| paging::encode_token(row.id));
+    let page = orders.list_products(after, limit).await?;
     Ok(pb::ListProductsResponse {
-        products: page.iter().map(product_pb).collect(),
-        next_page_token,
+        products: page.items.iter().map(product_pb).collect(),
+        next_page_token: page.next_page_token,
     })
 }
 
@@ -126,35 +112,15 @@ pub(super) async fn update_product(
     {
         return Err(violations.into_error());
     }
-    let (name, description, price) = (name.flatten(), description.flatten(), price.flatten());
-
-    let mut conn = orders.pool.get().await?;
-    if name.is_none() && description.is_none() && price.is_none() {
-        let current = products::find(&mut conn, id)
-            .await?
-            .ok_or_else(|| Error::not_found("product"))?;
-        if expected.is_some_and(|version| version != current.version) {
-            return Err(etag_mismatch());
-        }
-        return Ok(pb::UpdateProductResponse {
-            product: Some(product_pb(&current)),
-        });
-    }
-    let changes = ProductChanges {
-        name: name.as_deref(),
-        description: description.as_deref(),
-        price_minor: price.as_ref().map(|p| p.minor),
-        currency: price.as_ref().map(|p| p.currency.as_str()),
+    let update = UpdateProduct {
+        name: name.flatten(),
+        description: description.flatten(),
+        price: price.flatten(),
     };
-    match products::update(&mut conn, id, changes, expected).await? {
-        Some(row) => Ok(pb::UpdateProductResponse {
-            product: Some(product_pb(&row)),
-        }),
-        None => match products::find(&mut conn, id).await? {
-            None => Err(Error::not_found("product")),
-            Some(_) => Err(etag_mismatch()),
-        },
-    }
+    let row = orders.update_product(id, expected, &update).await?;
+    Ok(pb::UpdateProductResponse {
+        product: Some(product_pb(&row)),
+    })
 }
 
 pub(super) async fn adjust_stock(
@@ -162,71 +128,24 @@ pub(super) async fn adjust_stock(
     request: pb::AdjustStockRequest,
 ) -> Result<pb::AdjustStockResponse, Error> {
     let mut violations = Violations::new();
-    let id = violations.check(keel_platform::serve::rpc::uuid_field("product_id", &request.product_id));
+    let id = violations.check(uuid_field("product_id", &request.product_id));
     let request_id = violations.check(RequestId::parse("request_id", &request.request_id));
     let reason = violations.check(domain::note("reason", &request.reason));
     let delta = violations.check(domain::stock_delta("delta", request.delta));
-    let (Some(id), Some(request_id), Some(reason), Some(delta)) = (id, request_id, reason, delta) else {
+    let (Some(product_id), Some(request_id), Some(reason), Some(delta)) = (id, request_id, reason, delta) else {
         return Err(violations.into_error());
     };
-    let mut conn = orders.pool.get().await?;
-    let row = conn
-        .transaction::<_, Error, _>(async |conn| {
-            // The lock orders adjustments of one product, so the replay check
-            // and the insert below cannot race.
-            let current = products::lock(conn, id)
-                .await?
-                .ok_or_else(|| Error::not_found("product"))?;
-            if let Some(first) = products::find_adjustment(conn, id, request_id.as_str()).await? {
-                if first.delta == delta && first.reason == reason {
-                    return Ok(current);
-                }
-                return Err(Error::already_exists(
-                    "REQUEST_ID_REUSED",
-                    "this request_id was used for a different adjustment; use a new one",
-                ));
-            }
-            if current.stock_quantity.saturating_add(delta) > domain::MAX_STOCK {
-                return Err(Error::failed_precondition(
-                    "STOCK_LIMIT_EXCEEDED",
-                    format!("a product holds at most {} units", domain::MAX_STOCK),
-                )
-                .with_metadata("product_id", id.to_string()));
-            }
-            let moved = products::move_stock(conn, id, delta).await?.ok_or_else(|| {
-                Error::failed_precondition(
-                    "INSUFFICIENT_STOCK",
-                    format!(
-                        "the product has {} units; removing {} would go below zero",
-                        current.stock_quantity, -delta
-                    ),
-                )
-                .with_metadata("product_id", id.to_string())
-            })?;
-            products::insert_adjustment(
-                conn,
-                NewAdjustment {
-                    id: Uuid::now_v7(),
-                    product_id: id,
-                    request_id: request_id.as_str(),
-                    delta,
-                    reason: &reason,
-                },
-            )
-            .await?;
-            Ok(moved)
+    let row = orders
+        .adjust_stock(&AdjustStock {
+            product_id,
+            request_id,
+            reason,
+            delta,
         })
         .await?;
     Ok(pb::AdjustStockResponse {
         product: Some(product_pb(&row)),
     })
-}
-
-fn etag_mismatch() -> Error {
-    Error::aborted(
-        "ETAG_MISMATCH",
-        "the product changed since it was read; read it again and retry",
-    )
 }
 
 pub(super) fn product_pb(row: &ProductRow) -> pb::Product {

@@ -1,8 +1,7 @@
-//! Orders' queries, one module per table group. Every function takes the
+//! Orders' queries, one public module per table group, used qualified
+//! (`store::orders::find`, `store::products::lock`). Every function takes the
 //! caller's connection, so a handler decides what runs in one transaction.
 
+pub mod card_gateway_events;
 pub mod orders;
 pub mod products;
-
-pub use orders::{ItemRow, NewItem, NewOrder, OrderChanges, OrderRow};
-pub use products::{AdjustmentRow, NewAdjustment, NewProduct, ProductChanges, ProductRow};

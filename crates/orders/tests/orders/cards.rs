@@ -452,10 +452,10 @@ fn chrono_now() -> i64 {
 }
 
 /// The stored order placed with `request_id`, once it exists.
-async fn placed(fx: &Fixture, request_id: &str) -> anyhow::Result<keel_orders::store::OrderRow> {
+async fn placed(fx: &Fixture, request_id: &str) -> anyhow::Result<keel_orders::store::orders::OrderRow> {
     use diesel::{ExpressionMethods as _, QueryDsl as _, SelectableHelper as _};
     use diesel_async::RunQueryDsl as _;
-    use keel_orders::{schema::orders, store::OrderRow};
+    use keel_orders::{schema::orders, store::orders::OrderRow};
     let mut conn = fx.suite.db("orders").await?;
     for _ in 0..200 {
         let found = orders::table

@@ -14,7 +14,10 @@ use keel::{
 use keel_orders::{
     schema::{order_items, orders, products, stock_adjustments},
     status::{OrderStatus, PaymentMethod, RefundState},
-    store::{ItemRow, OrderRow, ProductRow},
+    store::{
+        orders::{ItemRow, OrderRow},
+        products::ProductRow,
+    },
 };
 use keel_testkit::{Suite, SuiteOptions, authorized, proxy::DelayProxy, spawn_suite_with_options};
 use tonic::{Status, transport::Channel};
