@@ -113,9 +113,9 @@ fn assert_not_logged(secrets: &[(&str, &[u8])]) {
 async fn signing_keys(suite: &Suite) -> anyhow::Result<Vec<Vec<u8>>> {
     let kek = suite.auth_config().key_encryption_key.as_ref();
     let mut keys = Vec::new();
-    for key in keel_auth::store::newest_signing_keys(&mut suite.auth_db().await?, i64::MAX).await? {
+    for key in keel_auth::store::signing_keys::newest(&mut suite.auth_db().await?, i64::MAX).await? {
         keys.push(keel_auth::keys::open_private_key(&key, kek)?);
-        keys.extend(key.private_key);
+        keys.extend(key.private_key.map(|stored| stored.expose().to_vec()));
     }
     Ok(keys)
 }

@@ -1,17 +1,19 @@
 //! Services that may ask for tokens (OAuth 2.0 client credentials), as
 //! configured: `client_id:secret:scope scope ...`, several separated by `;`.
 
-use std::{fmt, str::FromStr};
+use std::str::FromStr;
 
+use secrecy::{ExposeSecret as _, SecretSlice};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-/// One configured service client.
-#[derive(Clone)]
+/// One configured service client. Its `Debug` shows no secret.
+#[derive(Debug, Clone)]
 pub struct ServiceClient {
     /// The client id, e.g. `orders`.
     pub id: String,
-    secret_hash: [u8; 32],
+    /// The SHA-256 of its secret.
+    secret_hash: SecretSlice<u8>,
     /// The scopes it may be granted.
     pub scopes: Vec<String>,
 }
@@ -21,7 +23,7 @@ impl ServiceClient {
     pub fn new(id: &str, secret: &str, scopes: &[&str]) -> Self {
         ServiceClient {
             id: id.to_owned(),
-            secret_hash: Sha256::digest(secret.as_bytes()).into(),
+            secret_hash: Sha256::digest(secret.as_bytes()).to_vec().into(),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         }
     }
@@ -36,15 +38,6 @@ impl ServiceClient {
             Some(denied) => Err(denied.clone()),
             None => Ok(asked.to_vec()),
         }
-    }
-}
-
-impl fmt::Debug for ServiceClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceClient")
-            .field("id", &self.id)
-            .field("scopes", &self.scopes)
-            .finish_non_exhaustive()
     }
 }
 
@@ -87,7 +80,7 @@ impl ServiceClients {
         self.0
             .iter()
             .find(|client| client.id == id)
-            .filter(|client| bool::from(client.secret_hash.ct_eq(&presented)))
+            .filter(|client| bool::from(client.secret_hash.expose_secret().ct_eq(&presented[..])))
     }
 }
 

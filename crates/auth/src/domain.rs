@@ -4,6 +4,7 @@ use std::fmt;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use keel_platform::{Role, error::FieldViolation};
+use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 use unicode_normalization::UnicodeNormalization as _;
 
@@ -75,8 +76,8 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 /// A password of acceptable length. Its `Debug` never shows it.
-#[derive(Clone)]
-pub struct Password(String);
+#[derive(Debug, Clone)]
+pub struct Password(SecretString);
 
 impl Password {
     /// Accepts `raw` if it has at least 8 characters and at most 1 KiB.
@@ -91,7 +92,7 @@ impl Password {
         if raw.chars().count() < MIN_PASSWORD_CHARS {
             return Err(invalid(format!("must have at least {MIN_PASSWORD_CHARS} characters")));
         }
-        Ok(Password(raw))
+        Ok(Password(raw.into()))
     }
 
     /// Accepts any `raw` up to 1 KiB: for checking a password at login,
@@ -103,18 +104,12 @@ impl Password {
                 description: format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
             });
         }
-        Ok(Password(raw))
+        Ok(Password(raw.into()))
     }
 
     /// The secret bytes, for the hasher only.
     pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(***)")
+        self.0.expose_secret().as_bytes()
     }
 }
 
@@ -156,23 +151,24 @@ impl Roles {
 }
 
 /// A secret handed to a client once (refresh token, reset or verification
-/// token): 256 random bits, base64url. Only its hash is stored.
-#[derive(Clone, PartialEq, Eq)]
-pub struct OpaqueToken(String);
+/// token): 256 random bits, base64url. Only its hash is stored; its `Debug`
+/// never shows it.
+#[derive(Debug, Clone)]
+pub struct OpaqueToken(SecretString);
 
 impl OpaqueToken {
     /// A fresh random token.
     pub fn generate() -> anyhow::Result<Self> {
         let mut bytes = [0u8; 32];
         aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow::anyhow!("the system random source failed"))?;
-        Ok(OpaqueToken(URL_SAFE_NO_PAD.encode(bytes)))
+        Ok(OpaqueToken(URL_SAFE_NO_PAD.encode(bytes).into()))
     }
 
     /// A token presented by a client; refused if it cannot be one of ours.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
         let decoded = URL_SAFE_NO_PAD.decode(raw.trim()).ok();
         match decoded {
-            Some(bytes) if bytes.len() == 32 => Ok(OpaqueToken(raw.trim().to_owned())),
+            Some(bytes) if bytes.len() == 32 => Ok(OpaqueToken(raw.trim().into())),
             _ => Err(FieldViolation {
                 field: field.into(),
                 description: if raw.is_empty() {
@@ -186,18 +182,12 @@ impl OpaqueToken {
 
     /// The SHA-256 of the token: what the database keeps.
     pub fn hash(&self) -> Vec<u8> {
-        Sha256::digest(self.0.as_bytes()).to_vec()
+        Sha256::digest(self.0.expose_secret().as_bytes()).to_vec()
     }
 
     /// The token itself, to hand to the client.
     pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for OpaqueToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OpaqueToken(***)")
+        self.0.expose_secret()
     }
 }
 

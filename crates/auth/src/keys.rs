@@ -22,11 +22,11 @@ use uuid::Uuid;
 
 use keel_platform::sealing::SealingKey;
 
-use crate::{domain::Roles, store};
+use crate::{domain::Roles, store::signing_keys};
 
 // The row types are the store's (so the store needs nothing from here);
 // generating and using keys is this module's.
-pub use crate::store::{NewKey, StoredKey};
+pub use crate::store::signing_keys::{NewKey, PrivateKey, StoredKey};
 
 /// How long an access token lives.
 pub const ACCESS_TOKEN_TTL: Duration = Duration::minutes(15);
@@ -67,7 +67,7 @@ impl NewKey {
         };
         Ok(NewKey {
             kid,
-            private_key,
+            private_key: private_key.into(),
             public_key,
             sealed_with,
         })
@@ -84,7 +84,8 @@ fn sealing_context(kid: &str) -> Vec<u8> {
 pub fn open_private_key(key: &StoredKey, kek: Option<&SealingKey>) -> anyhow::Result<Vec<u8>> {
     let stored = key
         .private_key
-        .as_deref()
+        .as_ref()
+        .map(PrivateKey::expose)
         .with_context(|| format!("signing key {} has retired: its private key is deleted", key.kid))?;
     match (&key.sealed_with, kek) {
         (None, _) => Ok(stored.to_vec()),
@@ -109,7 +110,7 @@ pub async fn protect_private_keys(pool: &keel_platform::db::Pool, kek: Option<&S
     use diesel_async::AsyncConnection as _;
     let mut conn = pool.get().await.context("taking a connection to seal signing keys")?;
     let Some(kek) = kek else {
-        let keys = store::newest_signing_keys(&mut conn, i64::MAX).await?;
+        let keys = signing_keys::newest(&mut conn, i64::MAX).await?;
         if let Some(sealed) = keys
             .iter()
             .find(|key| key.private_key.is_some() && key.sealed_with.is_some())
@@ -125,12 +126,12 @@ pub async fn protect_private_keys(pool: &keel_platform::db::Pool, kek: Option<&S
     let sealed = conn
         .transaction::<_, anyhow::Error, _>(async |conn| {
             let mut sealed = 0;
-            for key in store::lock_private_keys(conn).await? {
+            for key in signing_keys::lock_private_keys(conn).await? {
                 // Opening proves the key-encryption key is the right one.
                 let plain = open_private_key(&key, Some(kek))?;
                 if key.sealed_with.is_none() {
-                    let stored = kek.seal(&plain, &sealing_context(&key.kid))?;
-                    store::seal_private_key(conn, &key.kid, &stored, kek.id()).await?;
+                    let stored = PrivateKey::from(kek.seal(&plain, &sealing_context(&key.kid))?);
+                    signing_keys::seal_private_key(conn, &key.kid, &stored, kek.id()).await?;
                     sealed += 1;
                 }
             }
@@ -201,10 +202,10 @@ impl KeyRing {
 
     async fn read(pool: &keel_platform::db::Pool, kek: Option<&SealingKey>) -> anyhow::Result<Active> {
         let mut conn = pool.get().await.context("taking a connection to read signing keys")?;
-        let mut keys = store::newest_signing_keys(&mut conn, 2).await?;
+        let mut keys = signing_keys::newest(&mut conn, 2).await?;
         if keys.is_empty() {
-            store::insert_signing_key(&mut conn, &NewKey::generate(kek)?).await?;
-            keys = store::newest_signing_keys(&mut conn, 2).await?;
+            signing_keys::insert(&mut conn, &NewKey::generate(kek)?).await?;
+            keys = signing_keys::newest(&mut conn, 2).await?;
         }
         let newest = keys.first().context("no signing key after generating one")?;
         // A new key is published for a while before it signs, so every
@@ -215,7 +216,7 @@ impl KeyRing {
         };
         let signing = EncodingKey::from_ed_der(&open_private_key(signer, kek)?);
         // A private key that signed no live token is only a risk.
-        let retired = store::delete_replaced_private_keys(&mut conn, Utc::now() - PRIVATE_KEY_AFTERLIFE).await?;
+        let retired = signing_keys::delete_replaced_private_keys(&mut conn, Utc::now() - PRIVATE_KEY_AFTERLIFE).await?;
         for kid in retired {
             tracing::info!(
                 kid,
@@ -295,7 +296,7 @@ pub async fn rotate(url: &str, kek: Option<&SealingKey>) -> anyhow::Result<Strin
         .await
         .context("connecting to auth's database")?;
     let key = NewKey::generate(kek)?;
-    store::insert_signing_key(&mut conn, &key).await?;
+    signing_keys::insert(&mut conn, &key).await?;
     Ok(key.kid)
 }
 
@@ -327,7 +328,10 @@ mod tests {
         let (kek, _) = SealingKey::generate().expect("kek");
         let key = NewKey::generate(Some(&kek)).expect("key");
         assert_eq!(key.sealed_with.as_deref(), Some(kek.id()));
-        assert!(Ed25519KeyPair::from_pkcs8(&key.private_key).is_err(), "stored sealed");
+        assert!(
+            Ed25519KeyPair::from_pkcs8(key.private_key.expose()).is_err(),
+            "stored sealed"
+        );
         let stored = StoredKey {
             kid: key.kid.clone(),
             private_key: Some(key.private_key.clone()),

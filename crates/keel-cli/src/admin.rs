@@ -134,9 +134,10 @@ pub(crate) async fn insert_user(
     email: &str,
     password: &str,
     roles: &[Role],
-) -> anyhow::Result<keel_auth::store::UserRow> {
+) -> anyhow::Result<keel_auth::store::users::UserRow> {
     let config = AuthConfig::from_args(["keel"])?;
-    let auth = keel_auth::Auth::build(&config, url, &[]).await?;
+    let pool = keel_platform::db::pool(url, &config.service.pool)?;
+    let auth = keel_auth::Auth::build(&config, pool, &[]).await?;
     let email = domain::Email::parse(email).map_err(|v| anyhow::anyhow!("email {}", v.description))?;
     let password = domain::Password::parse("password", password.to_owned())
         .map_err(|v| anyhow::anyhow!("password {}", v.description))?;

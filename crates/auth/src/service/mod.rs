@@ -1,10 +1,8 @@
-//! The `keel.auth.v1.AuthService` implementation: proto in, domain types,
-//! store calls, proto out; every error leaves as a `Status` through
-//! [`keel_platform::Error`].
-//!
-//! The trait impl below only adapts gRPC to the handlers: it reads the
-//! caller and the client from the request, then hands the message to a
-//! function of the resource's module, which returns `Result<_, Error>`.
+//! The `keel.auth.v1.AuthService` implementation: adapters only. The
+//! trait impl below reads the caller and the client from the request and
+//! hands the message to a function of the resource's module, which parses
+//! it, calls one operation of [`Auth`] and maps the answer;
+//! every error leaves as a `Status` through [`keel_platform::Error`].
 
 mod admin;
 mod login;
@@ -13,18 +11,12 @@ mod registration;
 mod revocations;
 mod service_tokens;
 mod sessions;
-mod throttle;
 
-pub(crate) use registration::fill_email_skeletons;
+use std::net::IpAddr;
 
-use std::{net::IpAddr, sync::Arc};
-
-use chrono::{DateTime, Duration, Utc};
 use keel::auth::v1::{self as pb, auth_service_server::AuthService};
 use keel_platform::{
-    Error, Role,
-    db::Pool,
-    principal,
+    Role, principal,
     proto::timestamp,
     serve::audit,
     serve::client_address::{FORWARDED_FOR, client_address},
@@ -32,79 +24,11 @@ use keel_platform::{
 };
 use tonic::{Request, Response};
 
-use crate::{clients::ServiceClients, domain::Roles, keys::KeyRing, password::Hasher, store::UserRow};
-
-/// How long a password reset token lives.
-pub const RESET_TOKEN_TTL: Duration = Duration::hours(1);
-/// How long an email verification token lives.
-pub const VERIFICATION_TOKEN_TTL: Duration = Duration::days(7);
-/// The event source name of auth: its service name, which is also the client
-/// id its relay's tokens carry (consumers check that they match).
-pub const SOURCE: &str = keel_platform::registry::AUTH;
-
-pub use throttle::{CallLimits, LoginThrottle};
-
-/// How long a session (a sign-in and its refresh tokens) may last.
-#[derive(Debug, Clone, Copy)]
-pub struct SessionLimits {
-    /// From sign-in; refreshing does not extend it.
-    pub max_lifetime: Duration,
-    /// A session not refreshed for this long ends.
-    pub idle_timeout: Duration,
-}
-
-impl SessionLimits {
-    /// When a session that signed in at `signed_in` ends if it is not used
-    /// again after `now`: its refresh token expires then too.
-    pub fn expiry(&self, signed_in: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-        (now + self.idle_timeout).min(signed_in + self.max_lifetime)
-    }
-}
-
-/// The auth service: everything its calls need.
-#[derive(Clone)]
-pub struct Auth {
-    pub(crate) pool: Pool,
-    pub(crate) hasher: Hasher,
-    pub(crate) keys: KeyRing,
-    pub(crate) clients: Arc<ServiceClients>,
-    pub(crate) login_throttle: LoginThrottle,
-    pub(crate) call_limits: CallLimits,
-    pub(crate) session_limits: SessionLimits,
-    /// Peers whose `x-forwarded-for` is believed.
-    pub(crate) trusted_proxies: Arc<[IpAddr]>,
-    /// New revocations, for WatchRevocations and auth's own verifier.
-    pub(crate) revocations: crate::revocations::RevocationFeed,
-    /// Seals the one-time tokens in events for their consumer.
-    pub(crate) event_secrets: Option<keel_platform::sealing::SealingKey>,
-}
-
-impl Auth {
-    /// `token` sealed for the consumer of `event_type` events about
-    /// `user_id`; None without an event secrets key.
-    pub(crate) fn seal_token(
-        &self,
-        event_type: keel_platform::events::EventType,
-        user_id: uuid::Uuid,
-        token: &crate::domain::OpaqueToken,
-    ) -> Result<Option<keel::events::v1::SealedSecret>, Error> {
-        self.event_secrets
-            .as_ref()
-            .map(|key| key.seal_event_secret(event_type, &user_id.to_string(), token.expose()))
-            .transpose()
-            .map_err(Error::Internal)
-    }
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth")
-            .field("login_throttle", &self.login_throttle)
-            .field("call_limits", &self.call_limits)
-            .field("session_limits", &self.session_limits)
-            .finish_non_exhaustive()
-    }
-}
+use crate::{
+    app::{Auth, ClientInfo},
+    domain::Roles,
+    store::users::UserRow,
+};
 
 #[tonic::async_trait]
 impl AuthService for Auth {
@@ -118,14 +42,14 @@ impl AuthService for Auth {
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
-        let client = ClientInfo::of(&request, &self.trusted_proxies);
+        let client = client_info(&request, self.trusted_proxies());
         Ok(Response::new(
             registration::register(self, request.into_inner(), &client).await?,
         ))
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
-        let client = ClientInfo::of(&request, &self.trusted_proxies);
+        let client = client_info(&request, self.trusted_proxies());
         Ok(Response::new(login::login(self, request.into_inner(), &client).await?))
     }
 
@@ -153,7 +77,7 @@ impl AuthService for Auth {
 
     async fn change_password(&self, request: Request<pb::ChangePasswordRequest>) -> Reply<pb::ChangePasswordResponse> {
         let caller = principal(&request)?.user()?.clone();
-        let client = ClientInfo::of(&request, &self.trusted_proxies);
+        let client = client_info(&request, self.trusted_proxies());
         Ok(Response::new(
             passwords::change(self, &caller, request.into_inner(), &client).await?,
         ))
@@ -163,7 +87,7 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::RequestPasswordResetRequest>,
     ) -> Reply<pb::RequestPasswordResetResponse> {
-        let client = ClientInfo::of(&request, &self.trusted_proxies);
+        let client = client_info(&request, self.trusted_proxies());
         Ok(Response::new(
             passwords::request_reset(self, request.into_inner(), &client).await?,
         ))
@@ -187,7 +111,7 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Reply<pb::IssueServiceTokenResponse> {
-        let client = ClientInfo::of(&request, &self.trusted_proxies);
+        let client = client_info(&request, self.trusted_proxies());
         Ok(Response::new(
             service_tokens::issue(self, request.into_inner(), &client).await?,
         ))
@@ -206,48 +130,32 @@ impl AuthService for Auth {
     }
 }
 
-/// Who is on the other end of a call, for sessions and throttling.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ClientInfo {
-    pub address: Option<IpAddr>,
-    pub user_agent: String,
-}
-
-impl ClientInfo {
-    fn of<T>(request: &Request<T>, trusted_proxies: &[IpAddr]) -> Self {
-        let user_agent = request
+/// Who is on the other end of a call: its address (named by a trusted
+/// proxy's `x-forwarded-for` when it came through one) and user agent.
+fn client_info<T>(request: &Request<T>, trusted_proxies: &[IpAddr]) -> ClientInfo {
+    let user_agent = request
+        .metadata()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(256)
+        .collect();
+    let address = request.remote_addr().map(|peer| {
+        let forwarded = request
             .metadata()
-            .get("user-agent")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .chars()
-            .take(256)
-            .collect();
-        let address = request.remote_addr().map(|peer| {
-            let forwarded = request
-                .metadata()
-                .get_all(FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok());
-            client_address(peer.ip(), forwarded, trusted_proxies)
-        });
-        if let Some(address) = address {
-            audit::record_client(address);
-        }
-        ClientInfo { address, user_agent }
+            .get_all(FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        client_address(peer.ip(), forwarded, trusted_proxies)
+    });
+    if let Some(address) = address {
+        audit::record_client(address);
     }
+    ClientInfo { address, user_agent }
 }
 
-/// Sign-in and password changes refuse to finish over a password or account
-/// that changed under them.
-fn credentials_changed() -> Error {
-    Error::unauthenticated(
-        "CREDENTIALS_CHANGED",
-        "the password or the account changed during sign-in; log in again",
-    )
-}
-
-pub(crate) fn user_pb(user: &UserRow) -> pb::User {
+fn user_pb(user: &UserRow) -> pb::User {
     pb::User {
         id: user.id.to_string(),
         email: user.email.clone(),

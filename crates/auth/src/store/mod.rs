@@ -1,20 +1,11 @@
-//! Auth's queries, one function per question or change, in one file per
-//! table (or pair of tables that change together).
+//! Auth's queries, one public module per table (or pair of tables that
+//! change together), used qualified: `store::users::find(conn, id)`. Every
+//! function takes the caller's connection, so an operation decides what runs
+//! in one transaction.
 
-mod one_time_tokens;
-mod revocations;
-mod sessions;
-mod signing_keys;
-mod throttle_counters;
-mod users;
-
-use diesel::result::Error as DieselError;
-
-pub use one_time_tokens::*;
-pub use revocations::*;
-pub use sessions::*;
-pub use signing_keys::*;
-pub use throttle_counters::*;
-pub use users::*;
-
-type QueryResult<T> = Result<T, DieselError>;
+pub mod one_time_tokens;
+pub mod revocations;
+pub mod sessions;
+pub mod signing_keys;
+pub mod throttle_counters;
+pub mod users;

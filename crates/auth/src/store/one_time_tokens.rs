@@ -1,11 +1,10 @@
 //! The `one_time_tokens` table: password reset and email verification tokens.
 
 use chrono::{DateTime, Utc};
-use diesel::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _};
+use diesel::{ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use super::QueryResult;
 use crate::schema::one_time_tokens;
 
 /// The purposes of one-time tokens.
@@ -24,7 +23,18 @@ impl TokenPurpose {
     }
 }
 
-pub async fn insert_one_time_token(
+/// A one-time token to store: only its hash.
+#[derive(Insertable)]
+#[diesel(table_name = one_time_tokens)]
+struct NewOneTimeToken<'a> {
+    token_hash: &'a [u8],
+    user_id: Uuid,
+    purpose: &'static str,
+    expires_at: DateTime<Utc>,
+}
+
+/// Stores a token (by its hash) for `user_id`, live until `expires_at`.
+pub async fn insert(
     conn: &mut AsyncPgConnection,
     token_hash: &[u8],
     user_id: Uuid,
@@ -32,23 +42,19 @@ pub async fn insert_one_time_token(
     expires_at: DateTime<Utc>,
 ) -> QueryResult<()> {
     diesel::insert_into(one_time_tokens::table)
-        .values((
-            one_time_tokens::token_hash.eq(token_hash),
-            one_time_tokens::user_id.eq(user_id),
-            one_time_tokens::purpose.eq(purpose.as_str()),
-            one_time_tokens::expires_at.eq(expires_at),
-        ))
+        .values(NewOneTimeToken {
+            token_hash,
+            user_id,
+            purpose: purpose.as_str(),
+            expires_at,
+        })
         .execute(conn)
         .await?;
     Ok(())
 }
 
 /// The user a live (unused, unexpired) token belongs to, without using it.
-pub async fn peek_one_time_token(
-    conn: &mut AsyncPgConnection,
-    token_hash: &[u8],
-    purpose: TokenPurpose,
-) -> QueryResult<Option<Uuid>> {
+pub async fn peek(conn: &mut AsyncPgConnection, token_hash: &[u8], purpose: TokenPurpose) -> QueryResult<Option<Uuid>> {
     one_time_tokens::table
         .filter(one_time_tokens::token_hash.eq(token_hash))
         .filter(one_time_tokens::purpose.eq(purpose.as_str()))
@@ -61,7 +67,7 @@ pub async fn peek_one_time_token(
 }
 
 /// Uses a live token, atomically: of two concurrent callers, one wins.
-pub async fn use_one_time_token(
+pub async fn consume(
     conn: &mut AsyncPgConnection,
     token_hash: &[u8],
     purpose: TokenPurpose,
@@ -81,11 +87,7 @@ pub async fn use_one_time_token(
 }
 
 /// Ends every live token of a purpose for a user (a new one replaces them).
-pub async fn expire_one_time_tokens(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    purpose: TokenPurpose,
-) -> QueryResult<()> {
+pub async fn expire_all(conn: &mut AsyncPgConnection, user_id: Uuid, purpose: TokenPurpose) -> QueryResult<()> {
     diesel::update(
         one_time_tokens::table
             .filter(one_time_tokens::user_id.eq(user_id))

@@ -2,11 +2,12 @@
 //! longer count, for every verifier to follow.
 
 use chrono::{DateTime, Utc};
-use diesel::{ExpressionMethods as _, Insertable, QueryDsl as _, Queryable, Selectable, SelectableHelper as _};
+use diesel::{
+    ExpressionMethods as _, Insertable, QueryDsl as _, QueryResult, Queryable, Selectable, SelectableHelper as _,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use super::QueryResult;
 use crate::schema::revocations;
 
 /// A revocation as stored.
@@ -27,7 +28,7 @@ struct NewRevocation {
 }
 
 /// Every token of these sessions, from now on.
-pub async fn revoke_session_tokens(conn: &mut AsyncPgConnection, session_ids: &[Uuid]) -> QueryResult<()> {
+pub async fn revoke_sessions(conn: &mut AsyncPgConnection, session_ids: &[Uuid]) -> QueryResult<()> {
     if session_ids.is_empty() {
         return Ok(());
     }
@@ -47,7 +48,7 @@ pub async fn revoke_session_tokens(conn: &mut AsyncPgConnection, session_ids: &[
 
 /// Every token of a user issued before now (its sessions go on, and new
 /// tokens carry what changed).
-pub async fn revoke_user_tokens(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<()> {
+pub async fn revoke_user(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<()> {
     diesel::insert_into(revocations::table)
         .values(NewRevocation {
             session_id: None,
@@ -59,7 +60,7 @@ pub async fn revoke_user_tokens(conn: &mut AsyncPgConnection, user_id: Uuid) -> 
 }
 
 /// The revocations whose `not_before` is after `since`, in sequence order.
-pub async fn revocations_since(conn: &mut AsyncPgConnection, since: DateTime<Utc>) -> QueryResult<Vec<RevocationRow>> {
+pub async fn since(conn: &mut AsyncPgConnection, since: DateTime<Utc>) -> QueryResult<Vec<RevocationRow>> {
     revocations::table
         .filter(revocations::not_before.gt(since))
         .order(revocations::sequence)
@@ -70,7 +71,7 @@ pub async fn revocations_since(conn: &mut AsyncPgConnection, since: DateTime<Utc
 
 /// Deletes revocations from before `before` (every token they cover has
 /// expired).
-pub async fn prune_revocations(conn: &mut AsyncPgConnection, before: DateTime<Utc>) -> QueryResult<usize> {
+pub async fn prune(conn: &mut AsyncPgConnection, before: DateTime<Utc>) -> QueryResult<usize> {
     diesel::delete(revocations::table.filter(revocations::not_before.lt(before)))
         .execute(conn)
         .await

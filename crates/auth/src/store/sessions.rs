@@ -2,13 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods as _, JoinOnDsl as _, OptionalExtension as _, QueryDsl as _, Queryable, Selectable,
-    SelectableHelper as _,
+    ExpressionMethods as _, Insertable, JoinOnDsl as _, OptionalExtension as _, QueryDsl as _, QueryResult, Queryable,
+    Selectable, SelectableHelper as _,
 };
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use super::QueryResult;
 use crate::schema::{refresh_tokens, sessions};
 
 /// A session as stored.
@@ -44,13 +43,22 @@ pub struct NewSession<'a> {
     pub client_address: &'a str,
 }
 
+/// A refresh token to store: only its hash.
+#[derive(Insertable)]
+#[diesel(table_name = refresh_tokens)]
+struct NewRefreshToken<'a> {
+    token_hash: &'a [u8],
+    session_id: Uuid,
+    expires_at: DateTime<Utc>,
+}
+
 /// Starts a session with its first refresh token, in one statement (one
 /// round trip: sign-in is hot), but only while the user still has the
 /// password hash that was just verified and is not disabled. The user row is
 /// share-locked, so a concurrent password change or disabling either waits
 /// for this session (and then ends it) or makes this insert find nothing.
 /// Returns whether the session was created.
-pub async fn insert_session(
+pub async fn insert(
     conn: &mut AsyncPgConnection,
     session: NewSession<'_>,
     verified_password_hash: &str,
@@ -85,11 +93,11 @@ pub async fn insert_refresh_token(
     expires_at: DateTime<Utc>,
 ) -> QueryResult<()> {
     diesel::insert_into(refresh_tokens::table)
-        .values((
-            refresh_tokens::token_hash.eq(token_hash),
-            refresh_tokens::session_id.eq(session_id),
-            refresh_tokens::expires_at.eq(expires_at),
-        ))
+        .values(NewRefreshToken {
+            token_hash,
+            session_id,
+            expires_at,
+        })
         .execute(conn)
         .await?;
     Ok(())
@@ -119,11 +127,7 @@ pub async fn spend_refresh_token(conn: &mut AsyncPgConnection, token_hash: &[u8]
     Ok(())
 }
 
-pub async fn extend_session(
-    conn: &mut AsyncPgConnection,
-    session_id: Uuid,
-    expires_at: DateTime<Utc>,
-) -> QueryResult<()> {
+pub async fn extend(conn: &mut AsyncPgConnection, session_id: Uuid, expires_at: DateTime<Utc>) -> QueryResult<()> {
     diesel::update(sessions::table.find(session_id))
         .set((
             sessions::last_used_at.eq(diesel::dsl::now),
@@ -136,7 +140,7 @@ pub async fn extend_session(
 
 /// Ends a session (a no-op if it has ended), and with it every access token
 /// it issued. Returns whether it was active.
-pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid, reason: &str) -> QueryResult<bool> {
+pub async fn revoke(conn: &mut AsyncPgConnection, session_id: Uuid, reason: &str) -> QueryResult<bool> {
     // Both or neither: a session ended without its revocation would leave its
     // tokens working, and a retry would find nothing left to end. (Inside a
     // caller's transaction this is a savepoint.)
@@ -149,7 +153,7 @@ pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid, reas
             .execute(conn)
             .await?;
         if changed > 0 {
-            super::revoke_session_tokens(conn, &[session_id]).await?;
+            super::revocations::revoke_sessions(conn, &[session_id]).await?;
         }
         Ok(changed > 0)
     })
@@ -158,7 +162,7 @@ pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid, reas
 
 /// Ends every active session of a user but `keep`, and every access token
 /// they issued. Returns how many ended.
-pub async fn revoke_user_sessions(
+pub async fn revoke_all_of_user(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     keep: Option<Uuid>,
@@ -189,14 +193,14 @@ pub async fn revoke_user_sessions(
                     .await?
             }
         };
-        super::revoke_session_tokens(conn, &ended).await?;
+        super::revocations::revoke_sessions(conn, &ended).await?;
         Ok(ended.len())
     })
     .await
 }
 
 /// A user's active sessions, newest first, after the cursor.
-pub async fn active_sessions(
+pub async fn active(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     before: Option<Uuid>,
@@ -216,7 +220,7 @@ pub async fn active_sessions(
     query.load(conn).await
 }
 
-pub async fn find_session(conn: &mut AsyncPgConnection, session_id: Uuid) -> QueryResult<Option<SessionRow>> {
+pub async fn find(conn: &mut AsyncPgConnection, session_id: Uuid) -> QueryResult<Option<SessionRow>> {
     sessions::table
         .find(session_id)
         .select(SessionRow::as_select())

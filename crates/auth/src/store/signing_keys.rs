@@ -1,42 +1,75 @@
 //! The `signing_keys` table: the keys that sign access tokens.
 
 use chrono::{DateTime, Utc};
-use diesel::{ExpressionMethods as _, Insertable, QueryDsl as _, Queryable, Selectable, SelectableHelper as _};
+use diesel::{
+    ExpressionMethods as _, Insertable, QueryDsl as _, QueryResult, Queryable, Selectable, SelectableHelper as _,
+    deserialize::{self, FromSql, FromSqlRow},
+    expression::AsExpression,
+    pg::{Pg, PgValue},
+    serialize::{self, Output, ToSql},
+    sql_types::Binary,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
+use secrecy::{ExposeSecret as _, SecretSlice};
 
-use super::QueryResult;
 use crate::schema::signing_keys;
 
+/// A private key as stored: the PKCS#8 document, or its sealed form. A
+/// secret either way (unsealed it signs tokens for anyone), so its `Debug`
+/// never shows it and its memory is wiped when it is dropped.
+#[derive(Debug, Clone, AsExpression, FromSqlRow)]
+#[diesel(sql_type = Binary)]
+pub struct PrivateKey(SecretSlice<u8>);
+
+impl PrivateKey {
+    /// The stored bytes, to open or to sign with.
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+impl From<Vec<u8>> for PrivateKey {
+    fn from(bytes: Vec<u8>) -> Self {
+        PrivateKey(bytes.into())
+    }
+}
+
+impl ToSql<Binary, Pg> for PrivateKey {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        <[u8] as ToSql<Binary, Pg>>::to_sql(self.expose(), out)
+    }
+}
+
+impl FromSql<Binary, Pg> for PrivateKey {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        <Vec<u8> as FromSql<Binary, Pg>>::from_sql(bytes).map(PrivateKey::from)
+    }
+}
+
 /// A newly generated key pair, as it is stored (`NewKey::generate` makes
-/// one). Its `Debug` leaves the private key out.
-#[derive(Insertable)]
+/// one).
+#[derive(Debug, Insertable)]
 #[diesel(table_name = signing_keys)]
 pub struct NewKey {
     /// RFC 7638 thumbprint of the public key.
     pub kid: String,
     /// The PKCS#8 v2 document, sealed when `sealed_with` names a key.
-    pub private_key: Vec<u8>,
+    pub private_key: PrivateKey,
     /// The raw 32-byte public key.
     pub public_key: Vec<u8>,
     /// The fingerprint of the key-encryption key that sealed the private key.
     pub sealed_with: Option<String>,
 }
 
-impl std::fmt::Debug for NewKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewKey").field("kid", &self.kid).finish_non_exhaustive()
-    }
-}
-
-/// A stored key. Its `Debug` leaves the private key out.
-#[derive(Clone, Queryable, Selectable)]
+/// A stored key.
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = signing_keys)]
 pub struct StoredKey {
     /// Its id.
     pub kid: String,
     /// The PKCS#8 document, sealed when `sealed_with` names a key; None once
     /// the key has retired.
-    pub private_key: Option<Vec<u8>>,
+    pub private_key: Option<PrivateKey>,
     /// Raw public key.
     pub public_key: Vec<u8>,
     /// When it was generated.
@@ -45,17 +78,8 @@ pub struct StoredKey {
     pub sealed_with: Option<String>,
 }
 
-impl std::fmt::Debug for StoredKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredKey")
-            .field("kid", &self.kid)
-            .field("created_at", &self.created_at)
-            .field("sealed_with", &self.sealed_with)
-            .finish_non_exhaustive()
-    }
-}
-
-pub async fn newest_signing_keys(conn: &mut AsyncPgConnection, count: i64) -> QueryResult<Vec<StoredKey>> {
+/// The `count` newest keys, newest first.
+pub async fn newest(conn: &mut AsyncPgConnection, count: i64) -> QueryResult<Vec<StoredKey>> {
     signing_keys::table
         .select(StoredKey::as_select())
         .order(signing_keys::created_at.desc())
@@ -64,7 +88,7 @@ pub async fn newest_signing_keys(conn: &mut AsyncPgConnection, count: i64) -> Qu
         .await
 }
 
-pub async fn insert_signing_key(conn: &mut AsyncPgConnection, key: &NewKey) -> QueryResult<()> {
+pub async fn insert(conn: &mut AsyncPgConnection, key: &NewKey) -> QueryResult<()> {
     diesel::insert_into(signing_keys::table)
         .values(key)
         .on_conflict_do_nothing()
@@ -88,7 +112,7 @@ pub async fn lock_private_keys(conn: &mut AsyncPgConnection) -> QueryResult<Vec<
 pub async fn seal_private_key(
     conn: &mut AsyncPgConnection,
     kid: &str,
-    sealed: &[u8],
+    sealed: &PrivateKey,
     sealed_with: &str,
 ) -> QueryResult<()> {
     diesel::update(signing_keys::table.find(kid))

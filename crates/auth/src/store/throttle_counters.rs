@@ -3,10 +3,11 @@
 //! RequestPasswordReset or IssueServiceToken).
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Array, Double, Integer, Nullable, Text, Timestamptz};
+use diesel::{
+    QueryResult,
+    sql_types::{Array, Double, Integer, Nullable, Text, Timestamptz},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
-
-use super::QueryResult;
 
 /// A counter as it stands, with the database's clock.
 #[derive(Debug, Clone, diesel::QueryableByName)]
@@ -44,7 +45,7 @@ pub struct CounterUpdate {
 /// Locks the counters of `keys` until the transaction ends, creating empty
 /// ones (kept for `ttl_secs`) where there are none. Rows are taken in subject
 /// order, so concurrent callers queue instead of deadlocking.
-pub async fn lock_counters(
+pub async fn lock(
     conn: &mut AsyncPgConnection,
     keys: &[CounterKey<'_>],
     ttl_secs: f64,
@@ -69,8 +70,8 @@ pub async fn lock_counters(
     .await
 }
 
-/// Writes counters locked by [`lock_counters`].
-pub async fn save_counters(conn: &mut AsyncPgConnection, updates: &[CounterUpdate]) -> QueryResult<()> {
+/// Writes counters locked by [`lock`].
+pub async fn save(conn: &mut AsyncPgConnection, updates: &[CounterUpdate]) -> QueryResult<()> {
     let subjects: Vec<&str> = updates.iter().map(|u| u.subject.as_str()).collect();
     let hits: Vec<i32> = updates.iter().map(|u| u.hits).collect();
     let starts: Vec<DateTime<Utc>> = updates.iter().map(|u| u.window_start).collect();
@@ -94,7 +95,7 @@ pub async fn save_counters(conn: &mut AsyncPgConnection, updates: &[CounterUpdat
 }
 
 /// Deletes one counter.
-pub async fn delete_counter(conn: &mut AsyncPgConnection, subject: &str) -> QueryResult<()> {
+pub async fn delete(conn: &mut AsyncPgConnection, subject: &str) -> QueryResult<()> {
     diesel::sql_query("DELETE FROM throttle_counters WHERE subject = $1")
         .bind::<Text, _>(subject)
         .execute(conn)
@@ -104,7 +105,7 @@ pub async fn delete_counter(conn: &mut AsyncPgConnection, subject: &str) -> Quer
 
 /// Takes one back from a counter (an attempt counted in advance that turned
 /// out not to count).
-pub async fn decrement_counter(conn: &mut AsyncPgConnection, subject: &str) -> QueryResult<()> {
+pub async fn decrement(conn: &mut AsyncPgConnection, subject: &str) -> QueryResult<()> {
     diesel::sql_query("UPDATE throttle_counters SET hits = greatest(hits - 1, 0) WHERE subject = $1")
         .bind::<Text, _>(subject)
         .execute(conn)
@@ -113,8 +114,8 @@ pub async fn decrement_counter(conn: &mut AsyncPgConnection, subject: &str) -> Q
 }
 
 /// Deletes every counter of `account` (its own and its per-address ones),
-/// locking them in subject order as [`lock_counters`] does. Returns how many.
-pub async fn clear_account_counters(conn: &mut AsyncPgConnection, account: &str) -> QueryResult<usize> {
+/// locking them in subject order as [`lock`] does. Returns how many.
+pub async fn clear_account(conn: &mut AsyncPgConnection, account: &str) -> QueryResult<usize> {
     diesel::sql_query(
         "DELETE FROM throttle_counters WHERE subject IN ( \
              SELECT subject FROM throttle_counters WHERE account = $1 ORDER BY subject FOR UPDATE)",
@@ -154,7 +155,7 @@ pub async fn count_calls(
 }
 
 /// Deletes counters that no longer mean anything. Returns how many.
-pub async fn delete_expired_counters(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
+pub async fn delete_expired(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
     diesel::sql_query("DELETE FROM throttle_counters WHERE expires_at < now()")
         .execute(conn)
         .await

@@ -2,14 +2,13 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    BoolExpressionMethods as _, ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, Queryable, Selectable,
-    SelectableHelper as _,
+    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult,
+    Queryable, Selectable, SelectableHelper as _,
     result::{DatabaseErrorKind, Error as DieselError},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use super::QueryResult;
 use crate::schema::users;
 
 /// A user as stored.
@@ -27,7 +26,8 @@ pub struct UserRow {
 }
 
 /// What a new user needs.
-#[derive(Debug)]
+#[derive(Debug, Insertable)]
+#[diesel(table_name = users)]
 pub struct NewUser<'a> {
     pub id: Uuid,
     pub email: &'a str,
@@ -49,16 +49,11 @@ pub enum InsertUserError {
     Database(#[from] DieselError),
 }
 
-pub async fn insert_user(conn: &mut AsyncPgConnection, user: NewUser<'_>) -> Result<UserRow, InsertUserError> {
+/// Inserts a user; a taken email (or skeleton) or request id is an
+/// [`InsertUserError`] of its own.
+pub async fn insert(conn: &mut AsyncPgConnection, user: &NewUser<'_>) -> Result<UserRow, InsertUserError> {
     diesel::insert_into(users::table)
-        .values((
-            users::id.eq(user.id),
-            users::email.eq(user.email),
-            users::email_skeleton.eq(user.email_skeleton),
-            users::password_hash.eq(user.password_hash),
-            users::roles.eq(user.roles),
-            users::register_request_id.eq(user.register_request_id),
-        ))
+        .values(user)
         .returning(UserRow::as_returning())
         .get_result(conn)
         .await
@@ -74,7 +69,7 @@ pub async fn insert_user(conn: &mut AsyncPgConnection, user: NewUser<'_>) -> Res
         })
 }
 
-pub async fn find_user(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<UserRow>> {
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<UserRow>> {
     users::table
         .find(id)
         .select(UserRow::as_select())
@@ -83,7 +78,7 @@ pub async fn find_user(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Op
         .optional()
 }
 
-pub async fn find_user_by_email(conn: &mut AsyncPgConnection, email: &str) -> QueryResult<Option<UserRow>> {
+pub async fn find_by_email(conn: &mut AsyncPgConnection, email: &str) -> QueryResult<Option<UserRow>> {
     users::table
         .filter(users::email.eq(email))
         .select(UserRow::as_select())
@@ -93,7 +88,7 @@ pub async fn find_user_by_email(conn: &mut AsyncPgConnection, email: &str) -> Qu
 }
 
 /// The user whose email is `email` or looks like it (has its skeleton).
-pub async fn find_user_by_email_or_skeleton(
+pub async fn find_by_email_or_skeleton(
     conn: &mut AsyncPgConnection,
     email: &str,
     skeleton: &str,
@@ -107,7 +102,7 @@ pub async fn find_user_by_email_or_skeleton(
 }
 
 /// Users stored before emails had skeletons: (id, email).
-pub async fn users_without_skeleton(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(Uuid, String)>> {
+pub async fn without_skeleton(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(Uuid, String)>> {
     users::table
         .filter(users::email_skeleton.is_null())
         .select((users::id, users::email))
@@ -136,10 +131,7 @@ pub async fn set_email_skeleton(
     }
 }
 
-pub async fn find_user_by_register_request(
-    conn: &mut AsyncPgConnection,
-    request_id: &str,
-) -> QueryResult<Option<UserRow>> {
+pub async fn find_by_register_request(conn: &mut AsyncPgConnection, request_id: &str) -> QueryResult<Option<UserRow>> {
     users::table
         .filter(users::register_request_id.eq(request_id))
         .select(UserRow::as_select())
@@ -185,7 +177,7 @@ pub async fn set_roles(
         .optional()
 }
 
-pub async fn disable_user(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Option<UserRow>> {
+pub async fn disable(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Option<UserRow>> {
     diesel::update(users::table.find(user_id))
         .set((users::disabled.eq(true), users::updated_at.eq(diesel::dsl::now)))
         .returning(UserRow::as_returning())

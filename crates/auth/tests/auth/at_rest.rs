@@ -12,8 +12,8 @@ use diesel::{QueryableByName, sql_types::Text};
 use diesel_async::RunQueryDsl as _;
 use keel::auth::v1::{self as pb};
 use keel_auth::{
-    keys::{self, KeyRing, NewKey},
-    store,
+    keys::{self, KeyRing, NewKey, PrivateKey},
+    store::signing_keys,
 };
 use keel_platform::{config::PoolConfig, sealing::SealingKey};
 use keel_testkit::{Suite, status::reason};
@@ -233,12 +233,12 @@ async fn signing_keys_are_sealed_and_useless_without_the_key_encryption_key() ->
         .clone()
         .expect("the suite runs auth with a key-encryption key");
     let mut conn = suite.auth_db().await?;
-    let stored = store::newest_signing_keys(&mut conn, i64::MAX).await?;
+    let stored = signing_keys::newest(&mut conn, i64::MAX).await?;
     assert_eq!(stored.len(), 1);
     let key = &stored[0];
     assert_eq!(key.sealed_with.as_deref(), Some(kek.id()));
     let plain = keys::open_private_key(key, Some(&kek))?;
-    let sealed = key.private_key.as_deref().expect("a private key");
+    let sealed = key.private_key.as_ref().map(PrivateKey::expose).expect("a private key");
     assert!(
         !sealed.windows(32).any(|w| plain.windows(32).any(|p| p == w)),
         "no part of the key is stored in the clear"
@@ -246,8 +246,8 @@ async fn signing_keys_are_sealed_and_useless_without_the_key_encryption_key() ->
 
     // Auth refuses to start without the key-encryption key, or with another.
     let (issuer, audience) = (
-        &suite.auth_config().tokens.token_issuer,
-        &suite.auth_config().tokens.token_audience,
+        &suite.auth_config().service.tokens.token_issuer,
+        &suite.auth_config().service.tokens.token_audience,
     );
     let pool = keel_platform::db::pool(suite.auth_database_url(), &PoolConfig::default())?;
     let refused = KeyRing::load(&pool, issuer, audience, None).await.expect_err("no kek");
@@ -273,12 +273,12 @@ async fn a_key_encryption_key_seals_the_keys_stored_before_it() -> anyhow::Resul
     let mut conn = suite.auth_db().await?;
     // A key written by an auth that ran without one.
     let plain = NewKey::generate(None)?;
-    store::insert_signing_key(&mut conn, &plain).await?;
+    signing_keys::insert(&mut conn, &plain).await?;
     let pool = keel_platform::db::pool(suite.auth_database_url(), &PoolConfig::default())?;
-    let tokens = &suite.auth_config().tokens;
+    let tokens = &suite.auth_config().service.tokens;
     KeyRing::load(&pool, &tokens.token_issuer, &tokens.token_audience, kek.clone()).await?;
 
-    let stored = store::newest_signing_keys(&mut conn, i64::MAX).await?;
+    let stored = signing_keys::newest(&mut conn, i64::MAX).await?;
     assert_eq!(stored.len(), 2);
     for key in &stored {
         assert_eq!(
@@ -289,8 +289,14 @@ async fn a_key_encryption_key_seals_the_keys_stored_before_it() -> anyhow::Resul
         );
     }
     let sealed = stored.iter().find(|k| k.kid == plain.kid).expect("the plain key");
-    assert_ne!(sealed.private_key.as_deref(), Some(plain.private_key.as_slice()));
-    assert_eq!(keys::open_private_key(sealed, kek.as_ref())?, plain.private_key);
+    assert_ne!(
+        sealed.private_key.as_ref().map(PrivateKey::expose),
+        Some(plain.private_key.expose())
+    );
+    assert_eq!(
+        keys::open_private_key(sealed, kek.as_ref())?,
+        plain.private_key.expose()
+    );
     suite.stop().await
 }
 
@@ -298,14 +304,14 @@ async fn a_key_encryption_key_seals_the_keys_stored_before_it() -> anyhow::Resul
 async fn a_replaced_private_key_is_deleted_once_every_token_it_signed_has_expired() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite_holding_events(&[]).await?;
     let kek = suite.auth_config().key_encryption_key.clone();
-    let tokens = &suite.auth_config().tokens;
+    let tokens = &suite.auth_config().service.tokens;
     let pool = keel_platform::db::pool(suite.auth_database_url(), &PoolConfig::default())?;
     let mut conn = suite.auth_db().await?;
-    let first = store::newest_signing_keys(&mut conn, 1).await?.remove(0);
+    let first = signing_keys::newest(&mut conn, 1).await?.remove(0);
     let second = NewKey::generate(kek.as_ref())?;
-    store::insert_signing_key(&mut conn, &second).await?;
+    signing_keys::insert(&mut conn, &second).await?;
     let private_keys = async |conn: &mut diesel_async::AsyncPgConnection| -> anyhow::Result<Vec<(String, bool)>> {
-        let keys = store::newest_signing_keys(conn, i64::MAX).await?;
+        let keys = signing_keys::newest(conn, i64::MAX).await?;
         Ok(keys.into_iter().map(|k| (k.kid, k.private_key.is_some())).collect())
     };
     let backdate = async |conn: &mut diesel_async::AsyncPgConnection, kid: &str, minutes: i32| {

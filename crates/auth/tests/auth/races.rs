@@ -3,7 +3,10 @@
 //! checked here directly.
 
 use chrono::Utc;
-use keel_auth::store::{self, NewSession};
+use keel_auth::store::{
+    sessions::{self, NewSession},
+    users,
+};
 use keel_testkit::spawn_suite;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -11,7 +14,7 @@ async fn a_session_needs_the_password_hash_that_was_verified() -> anyhow::Result
     let suite = spawn_suite().await?;
     suite.register("race@example.com", "the first password").await?;
     let mut conn = suite.auth_db().await?;
-    let user = store::find_user_by_email(&mut conn, "race@example.com")
+    let user = users::find_by_email(&mut conn, "race@example.com")
         .await?
         .expect("registered");
     let session = |id| NewSession {
@@ -23,19 +26,19 @@ async fn a_session_needs_the_password_hash_that_was_verified() -> anyhow::Result
     };
 
     // Verified against the current hash: the session starts.
-    assert!(store::insert_session(&mut conn, session(uuid::Uuid::now_v7()), &user.password_hash, &[1; 32]).await?);
+    assert!(sessions::insert(&mut conn, session(uuid::Uuid::now_v7()), &user.password_hash, &[1; 32]).await?);
 
     // The password changed after the hash was verified: no session.
-    store::set_password_hash(
+    users::set_password_hash(
         &mut conn,
         user.id,
         "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g",
     )
     .await?;
-    assert!(!store::insert_session(&mut conn, session(uuid::Uuid::now_v7()), &user.password_hash, &[2; 32]).await?);
+    assert!(!sessions::insert(&mut conn, session(uuid::Uuid::now_v7()), &user.password_hash, &[2; 32]).await?);
 
     // A hash upgrade from the old hash no longer applies either.
-    assert!(!store::upgrade_password_hash(&mut conn, user.id, &user.password_hash, "anything").await?);
+    assert!(!users::upgrade_password_hash(&mut conn, user.id, &user.password_hash, "anything").await?);
     suite.stop().await
 }
 
@@ -44,12 +47,12 @@ async fn a_disabled_user_gets_no_session_even_with_the_right_hash() -> anyhow::R
     let suite = spawn_suite().await?;
     suite.register("off@example.com", "the first password").await?;
     let mut conn = suite.auth_db().await?;
-    let user = store::find_user_by_email(&mut conn, "off@example.com")
+    let user = users::find_by_email(&mut conn, "off@example.com")
         .await?
         .expect("registered");
-    store::disable_user(&mut conn, user.id).await?;
+    users::disable(&mut conn, user.id).await?;
 
-    let started = store::insert_session(
+    let started = sessions::insert(
         &mut conn,
         NewSession {
             id: uuid::Uuid::now_v7(),

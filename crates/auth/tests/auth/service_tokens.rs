@@ -63,7 +63,7 @@ async fn a_source_started_while_auth_is_down_recovers_when_it_returns() -> anyho
     tokio::time::sleep(Duration::from_millis(600)).await;
     let token = tokens.token().await?;
     // The token is one auth accepts as a service with the scope asked for.
-    let config = &suite.auth_config().tokens;
+    let config = &suite.auth_config().service.tokens;
     let verifier = Verifier::new(
         &config.token_issuer,
         &config.token_audience,

@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use keel::auth::v1::{self as pb, Jwk};
 use keel_auth::{
     keys::{self, KeyRing, NewKey},
-    store,
+    store::signing_keys,
 };
 use keel_platform::{
     auth::principal::{Claims, Principal},
@@ -47,8 +47,8 @@ fn random_refresh_token() -> String {
 fn claims_like_auth(suite: &Suite, user_id: &str, session_id: &str) -> Claims {
     let now = chrono::Utc::now().timestamp();
     Claims {
-        iss: suite.auth_config().tokens.token_issuer.clone(),
-        aud: suite.auth_config().tokens.token_audience.clone(),
+        iss: suite.auth_config().service.tokens.token_issuer.clone(),
+        aud: suite.auth_config().service.tokens.token_audience.clone(),
         sub: user_id.into(),
         exp: now + 600,
         iat: now,
@@ -61,7 +61,7 @@ fn claims_like_auth(suite: &Suite, user_id: &str, session_id: &str) -> Claims {
 
 /// The newest signing key in the suite's database: its kid and private key.
 async fn real_signing_key(suite: &Suite) -> anyhow::Result<(String, EncodingKey)> {
-    let newest = store::newest_signing_keys(&mut suite.auth_db().await?, 1).await?;
+    let newest = signing_keys::newest(&mut suite.auth_db().await?, 1).await?;
     let key = newest.into_iter().next().context("a signing key")?;
     let private_key = keys::open_private_key(&key, suite.auth_config().key_encryption_key.as_ref())?;
     Ok((key.kid.clone(), EncodingKey::from_ed_der(&private_key)))
@@ -420,7 +420,7 @@ async fn token_signed_with_a_foreign_key_is_refused() -> anyhow::Result<()> {
     let (user, tokens) = suite.signed_in_user().await?;
     let (real_kid, _) = real_signing_key(&suite).await?;
     let foreign = NewKey::generate(None)?;
-    let foreign_key = EncodingKey::from_ed_der(&foreign.private_key);
+    let foreign_key = EncodingKey::from_ed_der(foreign.private_key.expose());
     let claims = claims_like_auth(&suite, &user.id, &tokens.session_id);
 
     // An unknown kid.
@@ -440,13 +440,13 @@ async fn after_a_rotation_the_new_key_is_published_then_signs_and_the_previous_s
     let suite = keel_testkit::spawn_suite().await?;
     let (user, before) = suite.signed_in_user().await?;
     let (old_kid, _) = real_signing_key(&suite).await?;
-    let issuer = suite.auth_config().tokens.token_issuer.clone();
-    let audience = suite.auth_config().tokens.token_audience.clone();
+    let issuer = suite.auth_config().service.tokens.token_issuer.clone();
+    let audience = suite.auth_config().service.tokens.token_audience.clone();
 
     let pool = keel_platform::db::pool(suite.auth_database_url(), &PoolConfig::default())?;
     let new_key = NewKey::generate(suite.auth_config().key_encryption_key.as_ref())?;
     let mut conn = pool.get().await?;
-    store::insert_signing_key(&mut conn, &new_key).await?;
+    signing_keys::insert(&mut conn, &new_key).await?;
     let ring = KeyRing::load(
         &pool,
         &issuer,
@@ -507,13 +507,13 @@ async fn after_a_rotation_the_new_key_is_published_then_signs_and_the_previous_s
 async fn a_key_two_rotations_old_is_no_longer_published() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let (_, before) = suite.signed_in_user().await?;
-    let issuer = suite.auth_config().tokens.token_issuer.clone();
-    let audience = suite.auth_config().tokens.token_audience.clone();
+    let issuer = suite.auth_config().service.tokens.token_issuer.clone();
+    let audience = suite.auth_config().service.tokens.token_audience.clone();
 
     let pool = keel_platform::db::pool(suite.auth_database_url(), &PoolConfig::default())?;
     let mut conn = pool.get().await?;
     for _ in 0..2 {
-        store::insert_signing_key(
+        signing_keys::insert(
             &mut conn,
             &NewKey::generate(suite.auth_config().key_encryption_key.as_ref())?,
         )
@@ -540,7 +540,7 @@ async fn jwks_publishes_the_stored_signing_key() -> anyhow::Result<()> {
     let suite = keel_testkit::spawn_suite().await?;
     let pool = keel_platform::db::pool(suite.auth_database_url(), &PoolConfig::default())?;
     let mut conn = pool.get().await?;
-    let keys = store::newest_signing_keys(&mut conn, 10).await?;
+    let keys = signing_keys::newest(&mut conn, 10).await?;
     assert_eq!(keys.len(), 1, "one key is generated on first start");
     let jwks = suite.auth().get_jwks(pb::GetJwksRequest {}).await?.into_inner().keys;
     assert_eq!(jwks.len(), 1);

@@ -15,63 +15,17 @@ use std::{
 use anyhow::Context as _;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel_platform::Error;
+use tokio_util::sync::CancellationToken;
 
 use super::Auth;
-use crate::store::{self, CounterKey, CounterRow, CounterUpdate};
+use crate::store::throttle_counters::{self, CounterKey, CounterRow, CounterUpdate};
 
-/// How failed logins are limited.
-#[derive(Debug, Clone, Copy)]
-pub struct LoginThrottle {
-    /// Failures allowed per account and client address within the window;
-    /// further attempts from there are refused until it ends.
-    pub max_failures: i32,
-    /// Failures allowed per client address across accounts (password
-    /// spraying) within the window.
-    pub max_address_failures: i32,
-    /// Failures of an account, from all addresses, before each address must
-    /// wait between its attempts at it.
-    pub slowdown_after: i32,
-    /// The first wait; it doubles with every further failure...
-    pub slowdown_base: StdDuration,
-    /// ...up to this.
-    pub slowdown_max: StdDuration,
-    /// The counting window.
-    pub window: StdDuration,
-}
-
-impl LoginThrottle {
-    /// How long an address must wait before each attempt at an account with
-    /// `failures` failures in the window: nothing below `slowdown_after`, then
-    /// `slowdown_base` doubling per failure, at most `slowdown_max`.
-    pub fn delay(&self, failures: i32) -> Option<StdDuration> {
-        let beyond = u32::try_from(failures.checked_sub(self.slowdown_after)?).ok()?;
-        let factor = 1_u32 << beyond.min(20);
-        Some(
-            self.slowdown_base
-                .checked_mul(factor)
-                .map_or(self.slowdown_max, |delay| delay.min(self.slowdown_max)),
-        )
-    }
-}
-
-/// Limits on calls per window that cost a hash, a signature or a mail.
-#[derive(Debug, Clone, Copy)]
-pub struct CallLimits {
-    /// Register calls per client address.
-    pub register_per_address: i32,
-    /// RequestPasswordReset calls per email (mails to one inbox).
-    pub reset_per_email: i32,
-    /// RequestPasswordReset calls per client address.
-    pub reset_per_address: i32,
-    /// IssueServiceToken calls per client id and address.
-    pub service_token_per_client: i32,
-    /// The counting window.
-    pub window: StdDuration,
-}
+/// How often throttle counters whose windows have passed are deleted.
+const PRUNE_INTERVAL: StdDuration = StdDuration::from_secs(60);
 
 /// The key of a client address: IPv4 as is, IPv6 by its /64, which is what
 /// one customer is usually given (any address in it is theirs to use).
-pub(crate) fn address_key(address: Option<IpAddr>) -> String {
+pub(super) fn address_key(address: Option<IpAddr>) -> String {
     match address {
         Some(IpAddr::V4(v4)) => v4.to_string(),
         Some(IpAddr::V6(v6)) => {
@@ -84,7 +38,7 @@ pub(crate) fn address_key(address: Option<IpAddr>) -> String {
 
 /// The counters one login attempt touches.
 #[derive(Debug, Clone)]
-pub(crate) struct LoginSubjects {
+pub(super) struct LoginSubjects {
     email: String,
     address: String,
     pair: String,
@@ -94,7 +48,7 @@ pub(crate) struct LoginSubjects {
 impl LoginSubjects {
     /// For `email` (normalized; known or not, so throttling reveals nothing)
     /// from `address`.
-    pub(crate) fn new(email: &str, address: Option<IpAddr>) -> Self {
+    pub(super) fn new(email: &str, address: Option<IpAddr>) -> Self {
         let address = address_key(address);
         LoginSubjects {
             email: email.to_owned(),
@@ -136,7 +90,7 @@ impl Auth {
         let window = chrono_duration(throttle.window)?;
         let decision = conn
             .transaction::<_, Error, _>(async |conn| {
-                let rows = store::lock_counters(conn, &subjects.keys(), throttle.window.as_secs_f64()).await?;
+                let rows = throttle_counters::lock(conn, &subjects.keys(), throttle.window.as_secs_f64()).await?;
                 let row = |subject: &str| {
                     rows.iter()
                         .find(|row| row.subject == subject)
@@ -169,7 +123,7 @@ impl Auth {
                                 not_before: Some(at),
                                 expires_at: (pair.window_start + window).max(at + window),
                             };
-                            store::save_counters(conn, &[ticket]).await?;
+                            throttle_counters::save(conn, &[ticket]).await?;
                             return Ok(Err(login_delayed(at - now)));
                         }
                     }
@@ -190,7 +144,7 @@ impl Auth {
                         }
                     })
                     .collect();
-                store::save_counters(conn, &counted).await?;
+                throttle_counters::save(conn, &counted).await?;
                 Ok(Ok(()))
             })
             .await?;
@@ -207,9 +161,9 @@ impl Auth {
     ) -> Result<(), Error> {
         // One row per statement: each holds a single row lock, so none can
         // deadlock with an admission holding several.
-        store::delete_counter(conn, &subjects.pair).await?;
-        store::delete_counter(conn, &subjects.account).await?;
-        store::decrement_counter(conn, &subjects.address).await?;
+        throttle_counters::delete(conn, &subjects.pair).await?;
+        throttle_counters::delete(conn, &subjects.account).await?;
+        throttle_counters::decrement(conn, &subjects.address).await?;
         Ok(())
     }
 
@@ -222,7 +176,7 @@ impl Auth {
     ) -> Result<(), Error> {
         let window = chrono_duration(self.call_limits.window)?;
         let subjects: Vec<&str> = limits.iter().map(|(subject, _)| subject.as_str()).collect();
-        let rows = store::count_calls(conn, &subjects, self.call_limits.window.as_secs_f64()).await?;
+        let rows = throttle_counters::count_calls(conn, &subjects, self.call_limits.window.as_secs_f64()).await?;
         let wait = rows
             .iter()
             .filter(|row| {
@@ -248,7 +202,7 @@ impl Auth {
     /// Clears every login counter of `email` (after a password reset, the
     /// owner is back in control).
     pub(super) async fn clear_login_failures(conn: &mut AsyncPgConnection, email: &str) -> Result<(), Error> {
-        store::clear_account_counters(conn, email).await?;
+        throttle_counters::clear_account(conn, email).await?;
         Ok(())
     }
 
@@ -259,9 +213,22 @@ impl Auth {
             .get()
             .await
             .context("a connection to prune throttle counters")?;
-        store::delete_expired_counters(&mut conn)
+        throttle_counters::delete_expired(&mut conn)
             .await
             .context("deleting expired throttle counters")
+    }
+}
+
+/// Deletes expired throttle counters every minute until `shutdown`.
+pub async fn prune(auth: Auth, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PRUNE_INTERVAL) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(err) = auth.prune_throttle_counters().await {
+            tracing::warn!(error = format!("{err:#}"), "pruning throttle counters failed");
+        }
     }
 }
 
@@ -302,28 +269,6 @@ fn chrono_duration(duration: StdDuration) -> Result<chrono::Duration, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn throttle() -> LoginThrottle {
-        LoginThrottle {
-            max_failures: 5,
-            max_address_failures: 20,
-            slowdown_after: 10,
-            slowdown_base: StdDuration::from_secs(1),
-            slowdown_max: StdDuration::from_secs(30),
-            window: StdDuration::from_secs(900),
-        }
-    }
-
-    #[test]
-    fn the_delay_doubles_from_the_threshold_up_to_the_cap() {
-        let t = throttle();
-        assert_eq!(t.delay(9), None);
-        assert_eq!(t.delay(10), Some(StdDuration::from_secs(1)));
-        assert_eq!(t.delay(11), Some(StdDuration::from_secs(2)));
-        assert_eq!(t.delay(14), Some(StdDuration::from_secs(16)));
-        assert_eq!(t.delay(15), Some(StdDuration::from_secs(30)));
-        assert_eq!(t.delay(i32::MAX), Some(StdDuration::from_secs(30)));
-    }
 
     #[test]
     fn ipv6_addresses_are_keyed_by_their_64() {

@@ -22,7 +22,11 @@ use keel_platform::{
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::{keys::ACCESS_TOKEN_TTL, store};
+use super::Auth;
+use crate::{
+    keys::ACCESS_TOKEN_TTL,
+    store::revocations::{self, RevocationRow},
+};
 
 /// The NOTIFY channel the table's trigger signals.
 const NOTIFY_CHANNEL: &str = "keel_revocations";
@@ -93,7 +97,7 @@ impl RevocationFeed {
     async fn publish_new(&self, sent: &mut BTreeMap<i64, DateTime<Utc>>) -> Result<(), Error> {
         let now = Utc::now();
         let mut conn = self.pool.get().await?;
-        let rows = store::revocations_since(&mut conn, now - OVERLAP).await?;
+        let rows = revocations::since(&mut conn, now - OVERLAP).await?;
         let new: Vec<pb::Revocation> = rows
             .iter()
             .filter(|row| !sent.contains_key(&row.sequence))
@@ -113,7 +117,7 @@ impl RevocationFeed {
 
     async fn prune(&self) -> Result<(), Error> {
         let mut conn = self.pool.get().await?;
-        store::prune_revocations(&mut conn, Utc::now() - relevant_for()).await?;
+        revocations::prune(&mut conn, Utc::now() - relevant_for()).await?;
         Ok(())
     }
 
@@ -144,11 +148,11 @@ impl RevocationFeed {
 
 async fn everything_relevant(pool: &Pool) -> Result<Vec<pb::Revocation>, Error> {
     let mut conn = pool.get().await?;
-    let rows = store::revocations_since(&mut conn, Utc::now() - relevant_for()).await?;
+    let rows = revocations::since(&mut conn, Utc::now() - relevant_for()).await?;
     Ok(rows.iter().map(revocation_pb).collect())
 }
 
-fn revocation_pb(row: &store::RevocationRow) -> pb::Revocation {
+fn revocation_pb(row: &RevocationRow) -> pb::Revocation {
     let subject = match (row.session_id, row.user_id) {
         (Some(session), _) => Some(Subject::SessionId(session.to_string())),
         (None, Some(user)) => Some(Subject::UserId(user.to_string())),
@@ -158,6 +162,14 @@ fn revocation_pb(row: &store::RevocationRow) -> pb::Revocation {
         sequence: row.sequence,
         subject,
         not_before: Some(timestamp(row.not_before)),
+    }
+}
+
+impl Auth {
+    /// Every revocation still relevant, then each new batch, until the feed
+    /// stops: what every verifier follows.
+    pub fn watch_revocations(&self) -> BoxStream<'static, Result<Vec<pb::Revocation>, Error>> {
+        self.revocations.watch()
     }
 }
 
