@@ -1,12 +1,19 @@
 //! The service's vocabulary, valid by construction: channels, delivery
-//! states and the topics users choose channels for. The enums stored in
-//! Postgres fail loudly on a label the code does not know.
+//! states, what an attempt at a delivery came to, and the topics users
+//! choose channels for. The enums stored in Postgres fail loudly on a label
+//! the code does not know.
+
+use std::time::Duration;
 
 use diesel::{deserialize::FromSqlRow, expression::AsExpression};
 use keel::notifications::v1 as pb;
 use keel_platform::{error::FieldViolation, events::EventType};
 
 use crate::schema::sql_types;
+
+/// The service's name: how the registry knows it, and the consumer its
+/// event spans name.
+pub const NAME: &str = "notifications";
 
 /// A way to reach a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, AsExpression, FromSqlRow)]
@@ -94,6 +101,35 @@ impl DeliveryState {
 }
 
 keel_platform::pg_enum!(DeliveryState, sql_types::DeliveryState, "delivery state");
+
+/// The result of one attempt at sending a delivery, as every channel
+/// (email, webhook) reports it to the delivery workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The receiver took it (SMTP 2xx, HTTP 2xx).
+    Delivered,
+    /// Worth trying again later: a 4xx SMTP reply, a network error, a
+    /// timeout, an HTTP error other than 410.
+    Retry {
+        /// The SMTP reply code or HTTP status; `None` when there was none.
+        status: Option<i32>,
+        /// A short description, never holding a secret.
+        error: String,
+        /// The receiver's `Retry-After`, when it gave one (429, 503).
+        retry_after: Option<Duration>,
+    },
+    /// Refused for good (an SMTP 5xx, a URL the SSRF guard refuses): dead-
+    /// lettered at once.
+    Refused {
+        /// The SMTP reply code or HTTP status; `None` when there was none.
+        status: Option<i32>,
+        /// A short description, never holding a secret.
+        error: String,
+    },
+    /// The webhook receiver answered 410 Gone: the endpoint is disabled and
+    /// nothing more is sent to it.
+    Gone,
+}
 
 /// What a notification is about: the names users choose channels for, and
 /// the `type` of webhook payloads. Security mail (verification, reset) is

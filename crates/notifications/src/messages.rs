@@ -8,7 +8,11 @@ use keel::{
 };
 use keel_platform::{Error, events::EventType, sealing::SealingKey};
 
-use crate::email::{Mail, templates::Message, unsubscribe};
+use crate::email::{
+    Mail,
+    templates::Message,
+    unsubscribe::{self, LinkKey},
+};
 
 /// Where mail links point.
 #[derive(Debug, Clone)]
@@ -18,7 +22,7 @@ pub struct Links {
     /// The application's password-reset page, `{token}` standing for it.
     pub password_reset: Option<String>,
     /// The key that signs unsubscribe links.
-    pub unsubscribe_key: [u8; 32],
+    pub unsubscribe_key: LinkKey,
 }
 
 impl Links {
@@ -40,7 +44,7 @@ impl Links {
 
     /// The RFC 8058 one-click link (POSTed by mail clients).
     pub fn unsubscribe(&self, user_id: uuid::Uuid, topic: crate::domain::Topic) -> String {
-        let token = unsubscribe::sign(&self.unsubscribe_key, user_id, topic);
+        let token = unsubscribe::sign(self.unsubscribe_key.expose(), user_id, topic);
         format!("{}/v1/notifications:unsubscribe?token={}", self.base(), encode(&token))
     }
 }

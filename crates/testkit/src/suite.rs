@@ -11,7 +11,7 @@ use keel::{
     accounts::v1::accounts_service_client::AccountsServiceClient,
     auth::v1::{self as pb, auth_service_client::AuthServiceClient},
 };
-use keel_auth::{AuthConfig, domain, store::UserRow};
+use keel_auth::{AuthConfig, domain, store::users::UserRow};
 use keel_platform::{
     Role,
     events::EventType,
@@ -600,7 +600,8 @@ impl Suite {
 
     /// Creates a user with `roles` straight through the service's code.
     pub async fn create_user(&self, email: &str, password: &str, roles: &[Role]) -> anyhow::Result<UserRow> {
-        let auth = keel_auth::Auth::build(&self.auth_config, self.auth_database_url(), &self.clients.entries).await?;
+        let pool = keel_platform::db::pool(self.auth_database_url(), &self.auth_config.service.pool)?;
+        let auth = keel_auth::Auth::build(&self.auth_config, pool, &self.clients.entries).await?;
         let email = domain::Email::parse(email).map_err(|v| anyhow::anyhow!(v.description))?;
         let password =
             domain::Password::parse("password", password.into()).map_err(|v| anyhow::anyhow!(v.description))?;

@@ -4,12 +4,12 @@
 //! if a worker dies between sending and recording, which is why mail carries
 //! a stable Message-ID and webhooks a stable `webhook-id`); and records what
 //! came of it: delivered, retried later with backoff, or dead-lettered.
+//! The channels it sends on ([`crate::email`], [`crate::webhook`]) report
+//! each attempt as a [`crate::domain::Outcome`].
 
 mod backoff;
 mod metrics;
-mod outcome;
 mod worker;
 
 pub use metrics::DeliveryMetrics;
-pub use outcome::Outcome;
 pub use worker::Workers;

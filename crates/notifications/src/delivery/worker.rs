@@ -11,10 +11,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{DeliveryMetrics, Outcome, backoff, metrics::Recorded};
+use super::{DeliveryMetrics, backoff, metrics::Recorded};
 use crate::{
-    DeliveryConfig,
-    domain::{Channel, Topic},
+    app::preferences,
+    config::DeliveryConfig,
+    domain::{Channel, Outcome, Topic},
     email::{
         Mailer,
         templates::{Message, Templates},
@@ -29,7 +30,7 @@ use crate::{
 };
 
 /// What the workers send with.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Workers {
     pub(crate) pool: Pool,
     pub(crate) mailer: Arc<Mailer>,
@@ -43,15 +44,6 @@ pub struct Workers {
     /// How long an endpoint may fail before it is disabled.
     pub(crate) disable_after: Duration,
     pub(crate) metrics: DeliveryMetrics,
-}
-
-impl std::fmt::Debug for Workers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Workers")
-            .field("config", &self.config)
-            .field("disable_after", &self.disable_after)
-            .finish_non_exhaustive()
-    }
 }
 
 /// How often the dead letters are counted for the metrics, at most.
@@ -246,11 +238,16 @@ impl Workers {
     fn secrets_of(&self, endpoint: &EndpointRow) -> Result<Vec<SigningSecret>, Error> {
         let key = self.secrets_key.as_ref();
         let sealed_with = endpoint.sealed_with.as_deref();
-        let mut secrets = vec![SigningSecret::open(&endpoint.secret, sealed_with, key, endpoint.id)?];
+        let mut secrets = vec![SigningSecret::open(
+            endpoint.secret.as_bytes(),
+            sealed_with,
+            key,
+            endpoint.id,
+        )?];
         if let (Some(previous), Some(until)) = (&endpoint.previous_secret, endpoint.previous_secret_expire_time)
             && until > Utc::now()
         {
-            secrets.push(SigningSecret::open(previous, sealed_with, key, endpoint.id)?);
+            secrets.push(SigningSecret::open(previous.as_bytes(), sealed_with, key, endpoint.id)?);
         }
         Ok(secrets)
     }
@@ -369,7 +366,7 @@ impl Workers {
                 return Ok(());
             }
             deliveries::drop_pending_for(conn, endpoint.id, "the endpoint was disabled").await?;
-            let chosen = crate::service::preferences_of(conn, endpoint.user_id).await?;
+            let chosen = preferences::of(conn, endpoint.user_id).await?;
             if chosen.channels_for(topic).contains(&Channel::InApp) {
                 inbox::append(
                     conn,

@@ -15,8 +15,9 @@ use lettre::{
     message::{Mailbox, MultiPart, header::ContentTransferEncoding},
     transport::smtp::PoolConfig,
 };
+use secrecy::{ExposeSecret as _, SecretString};
 
-use crate::{EmailConfig, delivery::Outcome};
+use crate::{config::EmailConfig, domain::Outcome};
 
 mod headers;
 pub mod templates;
@@ -62,7 +63,7 @@ enum Sink {
         /// `host:port`, for the banner and logs.
         endpoint: String,
         /// The URL's user name and password, scrubbed from any error text.
-        secrets: Vec<String>,
+        secrets: Vec<SecretString>,
     },
     Files {
         dir: PathBuf,
@@ -98,7 +99,7 @@ impl Mailer {
                 // panics without one; an error says it better.
                 tokio::runtime::Handle::try_current()
                     .context("the SMTP mailer must be built inside a Tokio runtime")?;
-                smtp_sink(url, config.timeout())?
+                smtp_sink(url.expose_secret(), config.timeout())?
             }
             (None, Some(dir)) => {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating the mail folder {}", dir.display()))?;
@@ -251,6 +252,7 @@ fn smtp_sink(url: &str, timeout: Duration) -> anyhow::Result<Sink> {
             [s.to_owned(), decoded.into_owned()]
         })
         .filter(|s| s.len() >= 3)
+        .map(SecretString::from)
         .collect();
     let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
         .map_err(|e| anyhow::anyhow!("KEEL_SMTP_URL: {}", brief(&e.to_string(), &[])))?
@@ -265,7 +267,7 @@ fn smtp_sink(url: &str, timeout: Duration) -> anyhow::Result<Sink> {
 }
 
 /// What a failed SMTP send means for the delivery.
-fn smtp_outcome(e: &lettre::transport::smtp::Error, secrets: &[String]) -> Outcome {
+fn smtp_outcome(e: &lettre::transport::smtp::Error, secrets: &[SecretString]) -> Outcome {
     let status = e.status().map(|code| i32::from(u16::from(code)));
     let error = brief(&e.to_string(), secrets);
     if e.is_permanent() {
@@ -282,10 +284,10 @@ fn smtp_outcome(e: &lettre::transport::smtp::Error, secrets: &[String]) -> Outco
 }
 
 /// `text` without secrets, on one line, at most [`MAX_ERROR_LEN`] chars.
-fn brief(text: &str, secrets: &[String]) -> String {
+fn brief(text: &str, secrets: &[SecretString]) -> String {
     let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     for secret in secrets {
-        text = text.replace(secret.as_str(), "…");
+        text = text.replace(secret.expose_secret(), "…");
     }
     match text.char_indices().nth(MAX_ERROR_LEN) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
@@ -330,7 +332,7 @@ mod tests {
 
     #[test]
     fn brief_scrubs_secrets_and_cuts() {
-        let secrets = vec!["hunter2".to_owned()];
+        let secrets = vec![SecretString::from("hunter2")];
         assert_eq!(brief("auth failed for\n hunter2", &secrets), "auth failed for …");
         let long = "x".repeat(1000);
         assert_eq!(brief(&long, &[]).chars().count(), MAX_ERROR_LEN + 1);
@@ -356,7 +358,7 @@ mod tests {
     #[test]
     fn an_smtp_mailer_outside_a_runtime_is_an_error_not_a_panic() {
         let built = Mailer::new(&EmailConfig {
-            smtp_url: Some("smtp://127.0.0.1:2525".to_owned()),
+            smtp_url: Some("smtp://127.0.0.1:2525".into()),
             mail_dir: None,
             mail_from: "Keel <no-reply@keel.localhost>".to_owned(),
             smtp_timeout_ms: 1_000,
@@ -379,7 +381,7 @@ mod tests {
             ("smtp://relay.local", "relay.local:25"),
         ] {
             let mailer = Mailer::new(&EmailConfig {
-                smtp_url: Some(url.to_owned()),
+                smtp_url: Some(url.into()),
                 mail_dir: None,
                 mail_from: "Keel <no-reply@keel.localhost>".to_owned(),
                 smtp_timeout_ms: 1_000,

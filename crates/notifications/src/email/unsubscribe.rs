@@ -6,8 +6,11 @@
 //! name, then an HMAC-SHA256 of both. It never expires: mail stays in
 //! inboxes for years and its unsubscribe link must keep working.
 
+use std::sync::Arc;
+
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, KeyInit as _, Mac as _};
+use secrecy::{ExposeSecret as _, SecretBox};
 use sha2::Sha256;
 use uuid::Uuid;
 
@@ -21,6 +24,24 @@ const CONTEXT: &[u8] = b"keel unsubscribe v1\0";
 
 const ID_LEN: usize = 16;
 const TAG_LEN: usize = 32;
+
+/// The key that signs unsubscribe links: 32 bytes, made once and stored in
+/// the database, so every replica signs alike. `Debug` never shows it;
+/// clones share it.
+#[derive(Debug, Clone)]
+pub struct LinkKey(Arc<SecretBox<[u8; 32]>>);
+
+impl LinkKey {
+    /// The key of these bytes.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(Arc::new(SecretBox::new(Box::new(bytes))))
+    }
+
+    /// The bytes, to [`sign`] and [`verify`] with.
+    pub fn expose(&self) -> &[u8; 32] {
+        self.0.expose_secret()
+    }
+}
 
 /// The token that unsubscribes `user_id` from `topic`'s mail.
 pub fn sign(key: &[u8; 32], user_id: Uuid, topic: Topic) -> String {

@@ -3,7 +3,8 @@
 //!
 //! The trait impls below only adapt gRPC to the handlers: each reads the
 //! caller from the request and hands the message to a function of the
-//! resource's module, which returns `Result<_, Error>`.
+//! resource's module, which reads it, calls the operation of [`crate::app`]
+//! and shapes the answer, returning `Result<_, Error>`.
 
 mod dead_letters;
 mod event_sink;
@@ -11,62 +12,16 @@ mod inbox;
 mod preferences;
 mod webhook_endpoints;
 
-use std::sync::Arc;
-
 use keel::{
     events::v1::{DeliverRequest, DeliverResponse, event_sink_server::EventSink},
     notifications::v1::{self as pb, notifications_service_server::NotificationsService},
 };
-use keel_platform::{
-    auth::principal::principal,
-    db::Pool,
-    events::{self, EventProducers},
-    sealing::SealingKey,
-    serve::rpc::Reply,
-};
-use tokio_util::sync::CancellationToken;
+use keel_platform::{auth::principal::principal, events, serve::rpc::Reply};
 use tonic::{Request, Response};
 
 pub use inbox::NotificationStream;
-pub(crate) use preferences::of as preferences_of;
 
-use crate::{email::templates::Templates, live::Hub, webhook::send::Sender};
-
-/// The notifications service.
-#[derive(Clone)]
-pub struct Notifications {
-    pub(crate) pool: Pool,
-    pub(crate) event_producers: EventProducers,
-    pub(crate) hub: Hub,
-    pub(crate) templates: Arc<Templates>,
-    /// Checks endpoint URLs at registration (the SSRF guard).
-    pub(crate) webhooks: Arc<Sender>,
-    /// Seals webhook signing secrets at rest.
-    pub(crate) secrets_key: Option<SealingKey>,
-    /// Signs unsubscribe links.
-    pub(crate) link_key: [u8; 32],
-    /// The most entries one stream may have waiting for its client.
-    pub(crate) stream_buffer: usize,
-    /// How long a full buffer may stay full before the stream ends.
-    pub(crate) stream_stall: std::time::Duration,
-    /// Ends open streams when the server stops.
-    pub(crate) shutdown: CancellationToken,
-}
-
-impl std::fmt::Debug for Notifications {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Notifications")
-            .field("stream_buffer", &self.stream_buffer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Notifications {
-    /// The database pool.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-}
+use crate::{app::Notifications, domain};
 
 #[tonic::async_trait]
 impl NotificationsService for Notifications {
@@ -187,7 +142,7 @@ impl NotificationsService for Notifications {
 impl EventSink for Notifications {
     async fn deliver(&self, request: Request<DeliverRequest>) -> Reply<DeliverResponse> {
         let delivery = events::delivery(request, &self.event_producers)?;
-        let span = delivery.consume_span(crate::SERVICE.name);
+        let span = delivery.consume_span(domain::NAME);
         Ok(Response::new(
             tracing::Instrument::instrument(event_sink::deliver(self, delivery), span).await?,
         ))

@@ -2,17 +2,54 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, Queryable,
-    Selectable, SelectableHelper as _,
+    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult,
+    Queryable, Selectable, SelectableHelper as _,
+    deserialize::{self, FromSql, FromSqlRow},
+    expression::AsExpression,
+    pg::{Pg, PgValue},
+    serialize::{self, Output, ToSql},
+    sql_types::Binary,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
+use secrecy::{ExposeSecret as _, SecretSlice};
 use uuid::Uuid;
 
-use super::QueryResult;
 use crate::schema::webhook_endpoints;
 
+/// A signing secret as its row holds it: sealed under the secrets key, or
+/// its raw bytes when there is none (see `webhook::SigningSecret::seal`).
+/// `Debug` shows neither.
+#[derive(Debug, Clone, AsExpression, FromSqlRow)]
+#[diesel(sql_type = Binary)]
+pub struct StoredSecret(SecretSlice<u8>);
+
+impl StoredSecret {
+    /// The stored bytes, to open.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+impl From<Vec<u8>> for StoredSecret {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(bytes.into())
+    }
+}
+
+impl ToSql<Binary, Pg> for StoredSecret {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        <[u8] as ToSql<Binary, Pg>>::to_sql(self.as_bytes(), out)
+    }
+}
+
+impl FromSql<Binary, Pg> for StoredSecret {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        <Vec<u8> as FromSql<Binary, Pg>>::from_sql(value).map(Self::from)
+    }
+}
+
 /// An endpoint as stored.
-#[derive(Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = webhook_endpoints)]
 pub struct EndpointRow {
     pub id: Uuid,
@@ -20,25 +57,14 @@ pub struct EndpointRow {
     pub url: String,
     pub event_types: Vec<String>,
     pub description: String,
-    pub secret: Vec<u8>,
-    pub previous_secret: Option<Vec<u8>>,
+    pub secret: StoredSecret,
+    pub previous_secret: Option<StoredSecret>,
     pub previous_secret_expire_time: Option<DateTime<Utc>>,
     pub sealed_with: Option<String>,
     pub failing_since: Option<DateTime<Utc>>,
     pub disable_time: Option<DateTime<Utc>>,
     pub disable_reason: String,
     pub create_time: DateTime<Utc>,
-}
-
-impl std::fmt::Debug for EndpointRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndpointRow")
-            .field("id", &self.id)
-            .field("user_id", &self.user_id)
-            .field("url", &self.url)
-            .field("disable_time", &self.disable_time)
-            .finish_non_exhaustive()
-    }
 }
 
 impl EndpointRow {
@@ -49,7 +75,7 @@ impl EndpointRow {
 }
 
 /// An endpoint to add.
-#[derive(Insertable)]
+#[derive(Debug, Insertable)]
 #[diesel(table_name = webhook_endpoints)]
 pub struct NewEndpoint<'a> {
     pub id: Uuid,
@@ -57,18 +83,8 @@ pub struct NewEndpoint<'a> {
     pub url: &'a str,
     pub event_types: &'a [String],
     pub description: &'a str,
-    pub secret: &'a [u8],
+    pub secret: &'a StoredSecret,
     pub sealed_with: Option<&'a str>,
-}
-
-impl std::fmt::Debug for NewEndpoint<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewEndpoint")
-            .field("id", &self.id)
-            .field("user_id", &self.user_id)
-            .field("url", &self.url)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Adds an endpoint.
@@ -146,8 +162,8 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool>
 pub async fn rotate(
     conn: &mut AsyncPgConnection,
     id: Uuid,
-    secret: &[u8],
-    previous: Option<&[u8]>,
+    secret: &StoredSecret,
+    previous: Option<&StoredSecret>,
     previous_until: Option<DateTime<Utc>>,
     sealed_with: Option<&str>,
 ) -> QueryResult<EndpointRow> {

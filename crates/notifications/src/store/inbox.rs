@@ -5,13 +5,12 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, Queryable,
-    Selectable, SelectableHelper as _,
+    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult,
+    Queryable, Selectable, SelectableHelper as _,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use super::QueryResult;
 use crate::schema::{inboxes, notifications};
 
 /// The channel NOTIFY announces new entries on; the payload is the user id.
@@ -42,6 +41,14 @@ pub struct NewNotification<'a> {
     pub body: &'a str,
 }
 
+/// A user's inbox, made with their first entry.
+#[derive(Insertable)]
+#[diesel(table_name = inboxes)]
+struct NewInbox {
+    user_id: Uuid,
+    last_seq: i64,
+}
+
 #[derive(Insertable)]
 #[diesel(table_name = notifications)]
 struct NotificationInsert<'a> {
@@ -60,7 +67,10 @@ struct NotificationInsert<'a> {
 pub async fn append(conn: &mut AsyncPgConnection, new: &NewNotification<'_>) -> QueryResult<bool> {
     // Taking the number locks the user's inbox row until commit.
     let seq: i64 = diesel::insert_into(inboxes::table)
-        .values((inboxes::user_id.eq(new.user_id), inboxes::last_seq.eq(1)))
+        .values(NewInbox {
+            user_id: new.user_id,
+            last_seq: 1,
+        })
         .on_conflict(inboxes::user_id)
         .do_update()
         .set(inboxes::last_seq.eq(inboxes::last_seq + 1))

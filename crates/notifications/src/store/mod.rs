@@ -8,5 +8,3 @@ pub mod inbox;
 pub mod link_keys;
 pub mod preferences;
 pub mod recipients;
-
-type QueryResult<T> = Result<T, diesel::result::Error>;

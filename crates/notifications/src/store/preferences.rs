@@ -2,12 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, Queryable, Selectable, SelectableHelper as _,
+    ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult, Queryable, Selectable,
+    SelectableHelper as _,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use super::QueryResult;
 use crate::{domain::Channel, schema::preferences};
 
 /// A user's preferences as stored.
@@ -19,6 +19,15 @@ pub struct PreferencesRow {
     pub event_types: serde_json::Value,
     pub version: i64,
     pub update_time: DateTime<Utc>,
+}
+
+/// A user's first preferences row.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = preferences)]
+struct NewPreferences<'a> {
+    user_id: Uuid,
+    default_channels: &'a [Channel],
+    event_types: &'a serde_json::Value,
 }
 
 /// The user's row, if they ever changed their preferences.
@@ -50,11 +59,11 @@ pub async fn put(
     event_types: &serde_json::Value,
 ) -> QueryResult<PreferencesRow> {
     diesel::insert_into(preferences::table)
-        .values((
-            preferences::user_id.eq(user_id),
-            preferences::default_channels.eq(default_channels),
-            preferences::event_types.eq(event_types),
-        ))
+        .values(NewPreferences {
+            user_id,
+            default_channels,
+            event_types,
+        })
         .on_conflict(preferences::user_id)
         .do_update()
         .set((

@@ -1,16 +1,25 @@
 //! Where each user's mail goes, as auth's events last said.
 
-use diesel::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, upsert::excluded};
+use diesel::{
+    ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult, upsert::excluded,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use super::QueryResult;
 use crate::schema::recipients;
+
+/// A user's address.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = recipients)]
+struct NewRecipient<'a> {
+    user_id: Uuid,
+    email: &'a str,
+}
 
 /// Records `email` as `user_id`'s address.
 pub async fn remember(conn: &mut AsyncPgConnection, user_id: Uuid, email: &str) -> QueryResult<()> {
     diesel::insert_into(recipients::table)
-        .values((recipients::user_id.eq(user_id), recipients::email.eq(email)))
+        .values(NewRecipient { user_id, email })
         .on_conflict(recipients::user_id)
         .do_update()
         .set((

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::Rng as _;
 
-use crate::WebhookConfig;
+use crate::config::WebhookConfig;
 
 /// The delay before each attempt, the first one immediate: 8 attempts in
 /// all.

@@ -1,8 +1,6 @@
 //! An endpoint's signing secret: random bytes shown once to its owner as
 //! `whsec_<base64>`, and sealed at rest under the notifications secrets key.
 
-use std::fmt;
-
 use anyhow::Context as _;
 use base64::{
     Engine as _, alphabet,
@@ -10,6 +8,7 @@ use base64::{
 };
 use keel_platform::sealing::SealingKey;
 use rand::{TryRngCore as _, rngs::OsRng};
+use secrecy::{ExposeSecret as _, SecretSlice};
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -37,8 +36,8 @@ const KEY_SETTING: &str = "KEEL_NOTIFICATIONS_SECRETS_KEY";
 /// An HMAC-SHA256 signing secret of 24 to 64 bytes. `Debug` never shows the
 /// bytes, they are wiped from memory when it is dropped, and `==` compares
 /// in constant time.
-#[derive(Clone)]
-pub struct SigningSecret(Zeroizing<Vec<u8>>);
+#[derive(Debug, Clone)]
+pub struct SigningSecret(SecretSlice<u8>);
 
 impl SigningSecret {
     /// A fresh secret of [`GENERATED_LEN`] bytes from the operating system's
@@ -48,7 +47,7 @@ impl SigningSecret {
         OsRng
             .try_fill_bytes(&mut bytes)
             .context("the operating system gave no randomness for a signing secret")?;
-        Ok(Self(bytes))
+        Ok(Self::holding(&bytes))
     }
 
     /// The secret as its owner sees it: `whsec_` and the bytes in standard
@@ -74,7 +73,13 @@ impl SigningSecret {
 
     /// The raw key bytes (the HMAC key).
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        self.0.expose_secret()
+    }
+
+    /// A secret of a copy of `bytes` (allocated to their exact length, so
+    /// the copy never moves); the caller's `Zeroizing` wipes the original.
+    fn holding(bytes: &[u8]) -> Self {
+        Self(SecretSlice::new(Box::from(bytes)))
     }
 
     fn from_bytes(bytes: Zeroizing<Vec<u8>>) -> anyhow::Result<Self> {
@@ -85,7 +90,7 @@ impl SigningSecret {
             LEN_RANGE.end(),
             bytes.len()
         );
-        Ok(Self(bytes))
+        Ok(Self::holding(&bytes))
     }
 
     /// The form stored in the endpoint's row: sealed under `key` (bound to
@@ -143,14 +148,6 @@ impl PartialEq for SigningSecret {
 }
 
 impl Eq for SigningSecret {}
-
-impl fmt::Debug for SigningSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningSecret")
-            .field("len", &self.0.len())
-            .finish_non_exhaustive()
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@ use super::{
     sign::signature_header,
     ssrf::{Guard, GuardedResolver, Refusal},
 };
-use crate::{WebhookConfig, delivery::Outcome};
+use crate::{config::WebhookConfig, domain::Outcome};
 
 /// The header carrying the delivery's id, the receiver's idempotency key.
 pub const WEBHOOK_ID: &str = "webhook-id";

@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 
 use keel_notifications::{
     EmailConfig,
-    delivery::Outcome,
+    domain::Outcome,
     email::{
         Mail, Mailer,
         templates::{Message, Templates},
@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn config(smtp_url: Option<String>, mail_dir: Option<&Path>, timeout_ms: u64) -> EmailConfig {
     EmailConfig {
-        smtp_url,
+        smtp_url: smtp_url.map(Into::into),
         mail_dir: mail_dir.map(Path::to_path_buf),
         mail_from: FROM.to_owned(),
         smtp_timeout_ms: timeout_ms,

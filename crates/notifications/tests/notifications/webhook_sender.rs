@@ -21,7 +21,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use keel_notifications::{
     WebhookConfig,
-    delivery::Outcome,
+    domain::Outcome,
     webhook::{Refusal, Sender, SigningSecret},
 };
 use sha2::Sha256;
