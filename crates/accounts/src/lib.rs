@@ -90,7 +90,7 @@ impl Service for AccountsConfig {
 /// Every debit whose request id starts with `prefix`, with what its refunds
 /// gave back: for an operator's reconciliation (orders' keys start with
 /// `order:`).
-pub async fn debits_by_key_prefix(url: &str, prefix: &str) -> anyhow::Result<Vec<store::KeyedDebit>> {
+pub async fn debits_by_key_prefix(url: &str, prefix: &str) -> anyhow::Result<Vec<store::ledger::KeyedDebit>> {
     use diesel_async::AsyncConnection as _;
     let mut conn = diesel_async::AsyncPgConnection::establish(url)
         .await
@@ -100,7 +100,7 @@ pub async fn debits_by_key_prefix(url: &str, prefix: &str) -> anyhow::Result<Vec
 
 /// Checks every account's ledger against its balance; returns the accounts
 /// checked and those that disagree.
-pub async fn verify_ledger(url: &str) -> anyhow::Result<(i64, Vec<store::LedgerMismatch>)> {
+pub async fn verify_ledger(url: &str) -> anyhow::Result<(i64, Vec<store::ledger::LedgerMismatch>)> {
     use diesel_async::AsyncConnection as _;
     let mut conn = diesel_async::AsyncPgConnection::establish(url)
         .await

@@ -11,7 +11,12 @@ use uuid::Uuid;
 use super::{Accounts, Page, SOURCE, Target};
 use crate::{
     domain::{self, Amount, DebitKeyState, Decline, Kind, RequestId},
-    store::{self, AccountRow, ClosedKeyRow, EntryRow, NewClosedKey, NewEntry},
+    store::{
+        self,
+        accounts::AccountRow,
+        debit_keys::{ClosedKeyRow, NewClosedKey},
+        ledger::{EntryRow, NewEntry},
+    },
 };
 
 /// A movement (Deposit, Debit, Refund), checked.

@@ -25,7 +25,7 @@ pub use profiles::ProfileUpdate;
 
 use crate::{
     domain::Currency,
-    store::{self, AccountRow},
+    store::{self, accounts::AccountRow},
 };
 
 /// The event source name of accounts: its service name, which is also the

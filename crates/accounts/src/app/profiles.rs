@@ -5,7 +5,7 @@ use keel_platform::{Error, db::paging::encode_token};
 use uuid::Uuid;
 
 use super::{Accounts, Page, Target};
-use crate::store::{self, AccountRow};
+use crate::store::{self, accounts::AccountRow};
 
 /// A change to a profile.
 #[derive(Debug, Clone, PartialEq, Eq)]

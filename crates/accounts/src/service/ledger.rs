@@ -14,7 +14,7 @@ use keel_platform::{
 use crate::{
     app::{Accounts, Movement, Target, Void, Voided},
     domain::{self, Amount, Kind, RequestId},
-    store::EntryRow,
+    store::ledger::EntryRow,
 };
 
 pub(super) async fn deposit(

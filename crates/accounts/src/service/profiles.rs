@@ -11,7 +11,7 @@ use keel_platform::{
 use crate::{
     app::{Accounts, ProfileUpdate, Target},
     domain,
-    store::AccountRow,
+    store::accounts::AccountRow,
 };
 
 pub(super) async fn get_account(

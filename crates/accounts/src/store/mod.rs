@@ -7,7 +7,3 @@
 pub mod accounts;
 pub mod debit_keys;
 pub mod ledger;
-
-pub use accounts::{AccountRow, NewAccount};
-pub use debit_keys::{ClosedKeyRow, NewClosedKey};
-pub use ledger::{EntryRow, KeyedDebit, LedgerMismatch, NewEntry};
