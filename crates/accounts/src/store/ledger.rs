@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult, Queryable, Selectable,
-    SelectableHelper as _,
+    AsChangeset, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult, Queryable,
+    Selectable, SelectableHelper as _,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
@@ -81,6 +81,14 @@ pub async fn refund_amounts(conn: &mut AsyncPgConnection, debit_id: Uuid) -> Que
         .await
 }
 
+/// An account's balance and sequence moved to a new ledger entry.
+#[derive(AsChangeset)]
+#[diesel(table_name = accounts)]
+struct BalanceMove {
+    balance_minor: i64,
+    ledger_seq: i64,
+}
+
 /// Appends the entry and moves the account's balance to it, in the
 /// caller's transaction (which must hold the account's lock).
 pub async fn append(conn: &mut AsyncPgConnection, entry: NewEntry<'_>) -> QueryResult<EntryRow> {
@@ -91,8 +99,10 @@ pub async fn append(conn: &mut AsyncPgConnection, entry: NewEntry<'_>) -> QueryR
         .await?;
     diesel::update(accounts::table.find(entry.account_id))
         .set((
-            accounts::balance_minor.eq(entry.balance_after_minor),
-            accounts::ledger_seq.eq(entry.seq),
+            BalanceMove {
+                balance_minor: entry.balance_after_minor,
+                ledger_seq: entry.seq,
+            },
             accounts::updated_at.eq(diesel::dsl::now),
         ))
         .execute(conn)

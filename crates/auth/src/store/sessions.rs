@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods as _, Insertable, JoinOnDsl as _, OptionalExtension as _, QueryDsl as _, QueryResult, Queryable,
-    Selectable, SelectableHelper as _,
+    AsChangeset, ExpressionMethods as _, Insertable, JoinOnDsl as _, OptionalExtension as _, QueryDsl as _,
+    QueryResult, Queryable, Selectable, SelectableHelper as _,
 };
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
@@ -127,15 +127,29 @@ pub async fn spend_refresh_token(conn: &mut AsyncPgConnection, token_hash: &[u8]
     Ok(())
 }
 
+/// A session's new expiry, when a refresh extends it.
+#[derive(AsChangeset)]
+#[diesel(table_name = sessions)]
+struct SessionExtension {
+    expires_at: DateTime<Utc>,
+}
+
 pub async fn extend(conn: &mut AsyncPgConnection, session_id: Uuid, expires_at: DateTime<Utc>) -> QueryResult<()> {
     diesel::update(sessions::table.find(session_id))
         .set((
             sessions::last_used_at.eq(diesel::dsl::now),
-            sessions::expires_at.eq(expires_at),
+            SessionExtension { expires_at },
         ))
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Why a session ended, recorded when it is revoked.
+#[derive(AsChangeset)]
+#[diesel(table_name = sessions)]
+struct SessionEnd<'a> {
+    revoke_reason: &'a str,
 }
 
 /// Ends a session (a no-op if it has ended), and with it every access token
@@ -148,7 +162,7 @@ pub async fn revoke(conn: &mut AsyncPgConnection, session_id: Uuid, reason: &str
         let changed = diesel::update(sessions::table.find(session_id).filter(sessions::revoked_at.is_null()))
             .set((
                 sessions::revoked_at.eq(diesel::dsl::now),
-                sessions::revoke_reason.eq(reason),
+                SessionEnd { revoke_reason: reason },
             ))
             .execute(conn)
             .await?;
@@ -174,7 +188,7 @@ pub async fn revoke_all_of_user(
         .filter(sessions::expires_at.gt(diesel::dsl::now));
     let set = (
         sessions::revoked_at.eq(diesel::dsl::now),
-        sessions::revoke_reason.eq(reason),
+        SessionEnd { revoke_reason: reason },
     );
     conn.transaction(async |conn| {
         let ended: Vec<Uuid> = match keep {

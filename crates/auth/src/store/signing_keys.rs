@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods as _, Insertable, QueryDsl as _, QueryResult, Queryable, Selectable, SelectableHelper as _,
+    AsChangeset, ExpressionMethods as _, Insertable, QueryDsl as _, QueryResult, Queryable, Selectable,
+    SelectableHelper as _,
     deserialize::{self, FromSql, FromSqlRow},
     expression::AsExpression,
     pg::{Pg, PgValue},
@@ -108,6 +109,14 @@ pub async fn lock_private_keys(conn: &mut AsyncPgConnection) -> QueryResult<Vec<
         .await
 }
 
+/// A key's private key replaced by its sealed form, and the key that sealed it.
+#[derive(AsChangeset)]
+#[diesel(table_name = signing_keys)]
+struct KeySeal<'a> {
+    private_key: &'a PrivateKey,
+    sealed_with: &'a str,
+}
+
 /// Replaces a key's private key with its sealed form.
 pub async fn seal_private_key(
     conn: &mut AsyncPgConnection,
@@ -116,13 +125,22 @@ pub async fn seal_private_key(
     sealed_with: &str,
 ) -> QueryResult<()> {
     diesel::update(signing_keys::table.find(kid))
-        .set((
-            signing_keys::private_key.eq(sealed),
-            signing_keys::sealed_with.eq(sealed_with),
-        ))
+        .set(KeySeal {
+            private_key: sealed,
+            sealed_with,
+        })
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// A retired key's private key deleted, with the name of what sealed it.
+#[derive(AsChangeset)]
+// None must write NULL here, not leave the column as it is.
+#[diesel(table_name = signing_keys, treat_none_as_null = true)]
+struct KeyRetirement {
+    private_key: Option<Vec<u8>>,
+    sealed_with: Option<String>,
 }
 
 /// Deletes the private key of every key that a newer key, created before
@@ -142,10 +160,10 @@ pub async fn delete_replaced_private_keys(
             .filter(signing_keys::private_key.is_not_null())
             .filter(replaced),
     )
-    .set((
-        signing_keys::private_key.eq(None::<Vec<u8>>),
-        signing_keys::sealed_with.eq(None::<String>),
-    ))
+    .set(KeyRetirement {
+        private_key: None,
+        sealed_with: None,
+    })
     .returning(signing_keys::kid)
     .get_results(conn)
     .await

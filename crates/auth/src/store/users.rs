@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult,
-    Queryable, Selectable, SelectableHelper as _,
+    AsChangeset, BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _,
+    QueryResult, Queryable, Selectable, SelectableHelper as _,
     result::{DatabaseErrorKind, Error as DieselError},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
@@ -111,6 +111,14 @@ pub async fn without_skeleton(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(
         .await
 }
 
+/// A user's email replaced by its normalized form, with that form's skeleton.
+#[derive(AsChangeset)]
+#[diesel(table_name = users)]
+struct EmailNormalization<'a> {
+    email: &'a str,
+    email_skeleton: &'a str,
+}
+
 /// Stores a user's normalized email and its skeleton. False when another
 /// user already has either (the two then look alike, and an administrator
 /// must decide).
@@ -121,7 +129,10 @@ pub async fn set_email_skeleton(
     skeleton: &str,
 ) -> QueryResult<bool> {
     let updated = diesel::update(users::table.find(user_id))
-        .set((users::email.eq(email), users::email_skeleton.eq(skeleton)))
+        .set(EmailNormalization {
+            email,
+            email_skeleton: skeleton,
+        })
         .execute(conn)
         .await;
     match updated {
@@ -140,6 +151,13 @@ pub async fn find_by_register_request(conn: &mut AsyncPgConnection, request_id: 
         .optional()
 }
 
+/// A user's new password hash.
+#[derive(AsChangeset)]
+#[diesel(table_name = users)]
+struct PasswordChange<'a> {
+    password_hash: &'a str,
+}
+
 /// Replaces the password hash only if it still is `old` (a login upgrading
 /// the hash must not undo a concurrent password change). Returns whether it
 /// did.
@@ -150,7 +168,10 @@ pub async fn upgrade_password_hash(
     new: &str,
 ) -> QueryResult<bool> {
     let changed = diesel::update(users::table.find(user_id).filter(users::password_hash.eq(old)))
-        .set((users::password_hash.eq(new), users::updated_at.eq(diesel::dsl::now)))
+        .set((
+            PasswordChange { password_hash: new },
+            users::updated_at.eq(diesel::dsl::now),
+        ))
         .execute(conn)
         .await?;
     Ok(changed == 1)
@@ -158,10 +179,20 @@ pub async fn upgrade_password_hash(
 
 pub async fn set_password_hash(conn: &mut AsyncPgConnection, user_id: Uuid, hash: &str) -> QueryResult<()> {
     diesel::update(users::table.find(user_id))
-        .set((users::password_hash.eq(hash), users::updated_at.eq(diesel::dsl::now)))
+        .set((
+            PasswordChange { password_hash: hash },
+            users::updated_at.eq(diesel::dsl::now),
+        ))
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// A user's new set of roles.
+#[derive(AsChangeset)]
+#[diesel(table_name = users)]
+struct RolesChange {
+    roles: Vec<String>,
 }
 
 pub async fn set_roles(
@@ -170,25 +201,42 @@ pub async fn set_roles(
     roles: Vec<String>,
 ) -> QueryResult<Option<UserRow>> {
     diesel::update(users::table.find(user_id))
-        .set((users::roles.eq(roles), users::updated_at.eq(diesel::dsl::now)))
+        .set((RolesChange { roles }, users::updated_at.eq(diesel::dsl::now)))
         .returning(UserRow::as_returning())
         .get_result(conn)
         .await
         .optional()
+}
+
+/// A user disabled.
+#[derive(AsChangeset)]
+#[diesel(table_name = users)]
+struct Disabling {
+    disabled: bool,
 }
 
 pub async fn disable(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Option<UserRow>> {
     diesel::update(users::table.find(user_id))
-        .set((users::disabled.eq(true), users::updated_at.eq(diesel::dsl::now)))
+        .set((Disabling { disabled: true }, users::updated_at.eq(diesel::dsl::now)))
         .returning(UserRow::as_returning())
         .get_result(conn)
         .await
         .optional()
 }
 
+/// A user's email marked verified.
+#[derive(AsChangeset)]
+#[diesel(table_name = users)]
+struct EmailVerification {
+    email_verified: bool,
+}
+
 pub async fn mark_email_verified(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Option<UserRow>> {
     diesel::update(users::table.find(user_id))
-        .set((users::email_verified.eq(true), users::updated_at.eq(diesel::dsl::now)))
+        .set((
+            EmailVerification { email_verified: true },
+            users::updated_at.eq(diesel::dsl::now),
+        ))
         .returning(UserRow::as_returning())
         .get_result(conn)
         .await

@@ -19,9 +19,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::Args;
-use diesel::{BoolExpressionMethods as _, ExpressionMethods as _, QueryDsl as _};
+use diesel::{AsChangeset, BoolExpressionMethods as _, ExpressionMethods as _, QueryDsl as _};
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 use keel::events::v1::{DeliverRequest, Event, event_sink_client::EventSinkClient};
 use prometheus_client::{
@@ -183,6 +183,32 @@ const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 /// prunes as often as it lasts).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// An event's last delivery error cleared, as it is marked done.
+#[derive(AsChangeset)]
+// None must write NULL here, not leave the column as it is.
+#[diesel(table_name = table, treat_none_as_null = true)]
+struct ErrorClear {
+    last_error: Option<String>,
+}
+
+/// A delivered event's payload dropped (it may carry secrets) and its last error cleared.
+#[derive(AsChangeset)]
+// None must write NULL here, not leave the column as it is.
+#[diesel(table_name = table, treat_none_as_null = true)]
+struct PayloadScrub {
+    payload: Vec<u8>,
+    last_error: Option<String>,
+}
+
+/// A failed delivery recorded, and the event's next attempt scheduled.
+#[derive(AsChangeset)]
+#[diesel(table_name = table)]
+struct RetrySchedule {
+    attempts: i32,
+    next_attempt_at: DateTime<Utc>,
+    last_error: String,
+}
+
 impl Relay {
     /// A relay over the outbox in the database at `database_url`, whose
     /// backlog and deliveries are published on `metrics`.
@@ -306,7 +332,7 @@ impl Relay {
                     diesel::update(table::table.find(id))
                         .set((
                             table::published_at.eq(diesel::dsl::now),
-                            table::last_error.eq(None::<String>),
+                            ErrorClear { last_error: None },
                         ))
                         .execute(&mut conn)
                         .await?;
@@ -317,8 +343,10 @@ impl Relay {
                     diesel::update(table::table.find(id))
                         .set((
                             table::published_at.eq(diesel::dsl::now),
-                            table::payload.eq(Vec::<u8>::new()),
-                            table::last_error.eq(None::<String>),
+                            PayloadScrub {
+                                payload: Vec::new(),
+                                last_error: None,
+                            },
                         ))
                         .execute(&mut conn)
                         .await?;
@@ -328,11 +356,11 @@ impl Relay {
                     tracing::warn!(event_id = %id, attempts = attempts + 1, ?wait, error = format!("{err:#}"), "event delivery failed; will retry");
                     let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
                     diesel::update(table::table.find(id))
-                        .set((
-                            table::attempts.eq(attempts + 1),
-                            table::next_attempt_at.eq(next),
-                            table::last_error.eq(Some(format!("{err:#}"))),
-                        ))
+                        .set(RetrySchedule {
+                            attempts: attempts + 1,
+                            next_attempt_at: next,
+                            last_error: format!("{err:#}"),
+                        })
                         .execute(&mut conn)
                         .await?;
                 }
