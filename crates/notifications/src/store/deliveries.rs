@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult,
-    Queryable, Selectable, SelectableHelper as _,
+    AsChangeset, BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _,
+    QueryResult, Queryable, Selectable, SelectableHelper as _,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
@@ -69,6 +69,13 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, new: &NewDelivery<'_>) -> Que
     Ok(inserted == 1)
 }
 
+/// A delivery claimed for one attempt, held until its lease runs out.
+#[derive(AsChangeset)]
+#[diesel(table_name = deliveries)]
+struct Claim {
+    lease_until: DateTime<Utc>,
+}
+
 /// Claims up to `limit` due deliveries for one attempt each, holding them
 /// for `lease`; counts the attempt. Runs its own short transaction.
 pub async fn claim(conn: &mut AsyncPgConnection, limit: i64, lease: Duration) -> QueryResult<Vec<DeliveryRow>> {
@@ -95,7 +102,7 @@ pub async fn claim(conn: &mut AsyncPgConnection, limit: i64, lease: Duration) ->
             .await?;
         diesel::update(deliveries::table.filter(deliveries::id.eq_any(&due)))
             .set((
-                deliveries::lease_until.eq(lease_until),
+                Claim { lease_until },
                 deliveries::attempt_count.eq(deliveries::attempt_count + 1),
             ))
             .returning(DeliveryRow::as_returning())
@@ -118,20 +125,43 @@ fn held(id: Uuid, attempt: i32) -> deliveries::BoxedQuery<'static, diesel::pg::P
         .into_boxed()
 }
 
+/// A delivery the receiver took: its event forgotten and its hold released.
+#[derive(AsChangeset)]
+// None must write NULL here, not leave the column as it is.
+#[diesel(table_name = deliveries, treat_none_as_null = true)]
+struct DeliverySuccess {
+    state: DeliveryState,
+    event: Option<Vec<u8>>,
+    lease_until: Option<DateTime<Utc>>,
+}
+
 /// Records that the receiver took it; forgets the event (and any secret in
 /// it). Returns false when the attempt no longer held it.
 pub async fn delivered(conn: &mut AsyncPgConnection, id: Uuid, attempt: i32) -> QueryResult<bool> {
     let ids = held(id, attempt).select(deliveries::id);
     let changed = diesel::update(deliveries::table.filter(deliveries::id.eq_any(ids)))
         .set((
-            deliveries::state.eq(DeliveryState::Delivered),
-            deliveries::event.eq(None::<Vec<u8>>),
-            deliveries::lease_until.eq(None::<DateTime<Utc>>),
+            DeliverySuccess {
+                state: DeliveryState::Delivered,
+                event: None,
+                lease_until: None,
+            },
             deliveries::finish_time.eq(diesel::dsl::now),
         ))
         .execute(conn)
         .await?;
     Ok(changed == 1)
+}
+
+/// A failed attempt recorded, its hold released, and the next attempt scheduled.
+#[derive(AsChangeset)]
+// None must write NULL here, not leave the column as it is.
+#[diesel(table_name = deliveries, treat_none_as_null = true)]
+struct RetrySchedule<'a> {
+    next_attempt_time: DateTime<Utc>,
+    lease_until: Option<DateTime<Utc>>,
+    last_status: Option<i32>,
+    last_error: &'a str,
 }
 
 /// Schedules the next attempt after `delay`.
@@ -146,15 +176,26 @@ pub async fn retry_later(
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(24));
     let ids = held(id, attempt).select(deliveries::id);
     let changed = diesel::update(deliveries::table.filter(deliveries::id.eq_any(ids)))
-        .set((
-            deliveries::next_attempt_time.eq(next),
-            deliveries::lease_until.eq(None::<DateTime<Utc>>),
-            deliveries::last_status.eq(status),
-            deliveries::last_error.eq(error),
-        ))
+        .set(RetrySchedule {
+            next_attempt_time: next,
+            lease_until: None,
+            last_status: status,
+            last_error: error,
+        })
         .execute(conn)
         .await?;
     Ok(changed == 1)
+}
+
+/// A held delivery ended as its target went away: its event forgotten, its hold released, why recorded.
+#[derive(AsChangeset)]
+// None must write NULL here, not leave the column as it is.
+#[diesel(table_name = deliveries, treat_none_as_null = true)]
+struct DeliveryDrop<'a> {
+    state: DeliveryState,
+    event: Option<Vec<u8>>,
+    lease_until: Option<DateTime<Utc>>,
+    last_error: &'a str,
 }
 
 /// Ends a delivery whose target went away.
@@ -162,10 +203,12 @@ pub async fn drop_delivery(conn: &mut AsyncPgConnection, id: Uuid, attempt: i32,
     let ids = held(id, attempt).select(deliveries::id);
     let changed = diesel::update(deliveries::table.filter(deliveries::id.eq_any(ids)))
         .set((
-            deliveries::state.eq(DeliveryState::Dropped),
-            deliveries::event.eq(None::<Vec<u8>>),
-            deliveries::lease_until.eq(None::<DateTime<Utc>>),
-            deliveries::last_error.eq(why),
+            DeliveryDrop {
+                state: DeliveryState::Dropped,
+                event: None,
+                lease_until: None,
+                last_error: why,
+            },
             deliveries::finish_time.eq(diesel::dsl::now),
         ))
         .execute(conn)
@@ -208,6 +251,17 @@ struct NewDeadLetter<'a> {
     last_error: &'a str,
 }
 
+/// A delivery given up on: its hold released, its last failure recorded (its event stays).
+#[derive(AsChangeset)]
+// None must write NULL here, not leave the column as it is.
+#[diesel(table_name = deliveries, treat_none_as_null = true)]
+struct DeadLettering<'a> {
+    state: DeliveryState,
+    lease_until: Option<DateTime<Utc>>,
+    last_status: Option<i32>,
+    last_error: &'a str,
+}
+
 /// Gives up on a delivery and records a dead letter; the event is kept
 /// for a redelivery. Returns false when the attempt no longer held it.
 pub async fn dead_letter(
@@ -220,10 +274,12 @@ pub async fn dead_letter(
     let ids = held(delivery.id, delivery.attempt_count).select(deliveries::id);
     let changed = diesel::update(deliveries::table.filter(deliveries::id.eq_any(ids)))
         .set((
-            deliveries::state.eq(DeliveryState::Dead),
-            deliveries::lease_until.eq(None::<DateTime<Utc>>),
-            deliveries::last_status.eq(status),
-            deliveries::last_error.eq(error),
+            DeadLettering {
+                state: DeliveryState::Dead,
+                lease_until: None,
+                last_status: status,
+                last_error: error,
+            },
             deliveries::finish_time.eq(diesel::dsl::now),
         ))
         .execute(conn)
@@ -332,6 +388,16 @@ pub async fn prune(conn: &mut AsyncPgConnection, retention: Duration) -> QueryRe
     .await
 }
 
+/// Pending deliveries ended as their endpoint went away: their events forgotten, why recorded.
+#[derive(AsChangeset)]
+// None must write NULL here, not leave the column as it is.
+#[diesel(table_name = deliveries, treat_none_as_null = true)]
+struct PendingDrop<'a> {
+    state: DeliveryState,
+    event: Option<Vec<u8>>,
+    last_error: &'a str,
+}
+
 /// Ends every pending delivery to an endpoint (deleted or disabled).
 pub async fn drop_pending_for(conn: &mut AsyncPgConnection, endpoint: Uuid, why: &str) -> QueryResult<usize> {
     diesel::update(
@@ -343,9 +409,11 @@ pub async fn drop_pending_for(conn: &mut AsyncPgConnection, endpoint: Uuid, why:
         ),
     )
     .set((
-        deliveries::state.eq(DeliveryState::Dropped),
-        deliveries::event.eq(None::<Vec<u8>>),
-        deliveries::last_error.eq(why),
+        PendingDrop {
+            state: DeliveryState::Dropped,
+            event: None,
+            last_error: why,
+        },
         deliveries::finish_time.eq(diesel::dsl::now),
     ))
     .execute(conn)

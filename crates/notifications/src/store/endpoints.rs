@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult,
-    Queryable, Selectable, SelectableHelper as _,
+    AsChangeset, BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _,
+    QueryResult, Queryable, Selectable, SelectableHelper as _,
     deserialize::{self, FromSql, FromSqlRow},
     expression::AsExpression,
     pg::{Pg, PgValue},
@@ -158,6 +158,17 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool>
     Ok(deleted == 1)
 }
 
+/// An endpoint's new secret, with the old one and until when it still signs.
+#[derive(AsChangeset)]
+// None must write NULL here, not leave the column as it is.
+#[diesel(table_name = webhook_endpoints, treat_none_as_null = true)]
+struct SecretRotation<'a> {
+    secret: &'a StoredSecret,
+    previous_secret: Option<&'a StoredSecret>,
+    previous_secret_expire_time: Option<DateTime<Utc>>,
+    sealed_with: Option<&'a str>,
+}
+
 /// Replaces the secret, keeping the old one signing until `previous_until`.
 pub async fn rotate(
     conn: &mut AsyncPgConnection,
@@ -168,15 +179,22 @@ pub async fn rotate(
     sealed_with: Option<&str>,
 ) -> QueryResult<EndpointRow> {
     diesel::update(webhook_endpoints::table.find(id))
-        .set((
-            webhook_endpoints::secret.eq(secret),
-            webhook_endpoints::previous_secret.eq(previous),
-            webhook_endpoints::previous_secret_expire_time.eq(previous_until),
-            webhook_endpoints::sealed_with.eq(sealed_with),
-        ))
+        .set(SecretRotation {
+            secret,
+            previous_secret: previous,
+            previous_secret_expire_time: previous_until,
+            sealed_with,
+        })
         .returning(EndpointRow::as_returning())
         .get_result(conn)
         .await
+}
+
+/// Why an endpoint was disabled, recorded as it is.
+#[derive(AsChangeset)]
+#[diesel(table_name = webhook_endpoints)]
+struct Disabling<'a> {
+    disable_reason: &'a str,
 }
 
 /// Stops deliveries to an enabled endpoint; returns whether this call did.
@@ -190,7 +208,7 @@ pub async fn disable(conn: &mut AsyncPgConnection, id: Uuid, reason: &str) -> Qu
     )
     .set((
         webhook_endpoints::disable_time.eq(diesel::dsl::now),
-        webhook_endpoints::disable_reason.eq(reason),
+        Disabling { disable_reason: reason },
     ))
     .execute(conn)
     .await?;

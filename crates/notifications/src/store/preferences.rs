@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult, Queryable, Selectable,
-    SelectableHelper as _,
+    AsChangeset, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult, Queryable,
+    Selectable, SelectableHelper as _,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
@@ -51,6 +51,14 @@ pub async fn lock(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Op
         .optional()
 }
 
+/// A user's new channel choices, replacing the stored ones.
+#[derive(AsChangeset)]
+#[diesel(table_name = preferences)]
+struct PreferencesChange<'a> {
+    default_channels: &'a [Channel],
+    event_types: &'a serde_json::Value,
+}
+
 /// Writes the user's preferences, bumping the version.
 pub async fn put(
     conn: &mut AsyncPgConnection,
@@ -67,8 +75,10 @@ pub async fn put(
         .on_conflict(preferences::user_id)
         .do_update()
         .set((
-            preferences::default_channels.eq(default_channels),
-            preferences::event_types.eq(event_types),
+            PreferencesChange {
+                default_channels,
+                event_types,
+            },
             preferences::version.eq(preferences::version + 1),
             preferences::update_time.eq(diesel::dsl::now),
         ))
