@@ -26,7 +26,8 @@ use crate::{domain::Roles, store::signing_keys};
 
 // The row types are the store's (so the store needs nothing from here);
 // generating and using keys is this module's.
-pub use crate::store::signing_keys::{NewKey, PrivateKey, StoredKey};
+pub use crate::store::signing_keys::{NewKey, StoredKey};
+use keel_platform::db::SecretBytes;
 
 /// How long an access token lives.
 pub const ACCESS_TOKEN_TTL: Duration = Duration::minutes(15);
@@ -85,7 +86,7 @@ pub fn open_private_key(key: &StoredKey, kek: Option<&SealingKey>) -> anyhow::Re
     let stored = key
         .private_key
         .as_ref()
-        .map(PrivateKey::expose)
+        .map(SecretBytes::expose)
         .with_context(|| format!("signing key {} has retired: its private key is deleted", key.kid))?;
     match (&key.sealed_with, kek) {
         (None, _) => Ok(stored.to_vec()),
@@ -130,7 +131,7 @@ pub async fn protect_private_keys(pool: &keel_platform::db::Pool, kek: Option<&S
                 // Opening proves the key-encryption key is the right one.
                 let plain = open_private_key(&key, Some(kek))?;
                 if key.sealed_with.is_none() {
-                    let stored = PrivateKey::from(kek.seal(&plain, &sealing_context(&key.kid))?);
+                    let stored = SecretBytes::from(kek.seal(&plain, &sealing_context(&key.kid))?);
                     signing_keys::seal_private_key(conn, &key.kid, &stored, kek.id()).await?;
                     sealed += 1;
                 }

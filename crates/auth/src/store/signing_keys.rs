@@ -4,48 +4,11 @@ use chrono::{DateTime, Utc};
 use diesel::{
     AsChangeset, ExpressionMethods as _, Insertable, QueryDsl as _, QueryResult, Queryable, Selectable,
     SelectableHelper as _,
-    deserialize::{self, FromSql, FromSqlRow},
-    expression::AsExpression,
-    pg::{Pg, PgValue},
-    serialize::{self, Output, ToSql},
-    sql_types::Binary,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
-use secrecy::{ExposeSecret as _, SecretSlice};
+use keel_platform::db::SecretBytes;
 
 use crate::schema::signing_keys;
-
-/// A private key as stored: the PKCS#8 document, or its sealed form. A
-/// secret either way (unsealed it signs tokens for anyone), so its `Debug`
-/// never shows it and its memory is wiped when it is dropped.
-#[derive(Debug, Clone, AsExpression, FromSqlRow)]
-#[diesel(sql_type = Binary)]
-pub struct PrivateKey(SecretSlice<u8>);
-
-impl PrivateKey {
-    /// The stored bytes, to open or to sign with.
-    pub fn expose(&self) -> &[u8] {
-        self.0.expose_secret()
-    }
-}
-
-impl From<Vec<u8>> for PrivateKey {
-    fn from(bytes: Vec<u8>) -> Self {
-        PrivateKey(bytes.into())
-    }
-}
-
-impl ToSql<Binary, Pg> for PrivateKey {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        <[u8] as ToSql<Binary, Pg>>::to_sql(self.expose(), out)
-    }
-}
-
-impl FromSql<Binary, Pg> for PrivateKey {
-    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
-        <Vec<u8> as FromSql<Binary, Pg>>::from_sql(bytes).map(PrivateKey::from)
-    }
-}
 
 /// A newly generated key pair, as it is stored (`NewKey::generate` makes
 /// one).
@@ -55,7 +18,7 @@ pub struct NewKey {
     /// RFC 7638 thumbprint of the public key.
     pub kid: String,
     /// The PKCS#8 v2 document, sealed when `sealed_with` names a key.
-    pub private_key: PrivateKey,
+    pub private_key: SecretBytes,
     /// The raw 32-byte public key.
     pub public_key: Vec<u8>,
     /// The fingerprint of the key-encryption key that sealed the private key.
@@ -70,7 +33,7 @@ pub struct StoredKey {
     pub kid: String,
     /// The PKCS#8 document, sealed when `sealed_with` names a key; None once
     /// the key has retired.
-    pub private_key: Option<PrivateKey>,
+    pub private_key: Option<SecretBytes>,
     /// Raw public key.
     pub public_key: Vec<u8>,
     /// When it was generated.
@@ -113,7 +76,7 @@ pub async fn lock_private_keys(conn: &mut AsyncPgConnection) -> QueryResult<Vec<
 #[derive(AsChangeset)]
 #[diesel(table_name = signing_keys)]
 struct KeySeal<'a> {
-    private_key: &'a PrivateKey,
+    private_key: &'a SecretBytes,
     sealed_with: &'a str,
 }
 
@@ -121,7 +84,7 @@ struct KeySeal<'a> {
 pub async fn seal_private_key(
     conn: &mut AsyncPgConnection,
     kid: &str,
-    sealed: &PrivateKey,
+    sealed: &SecretBytes,
     sealed_with: &str,
 ) -> QueryResult<()> {
     diesel::update(signing_keys::table.find(kid))

@@ -12,10 +12,10 @@ use diesel::{QueryableByName, sql_types::Text};
 use diesel_async::RunQueryDsl as _;
 use keel::auth::v1::{self as pb};
 use keel_auth::{
-    keys::{self, KeyRing, NewKey, PrivateKey},
+    keys::{self, KeyRing, NewKey},
     store::signing_keys,
 };
-use keel_platform::{config::PoolConfig, sealing::SealingKey};
+use keel_platform::{config::PoolConfig, db::SecretBytes, sealing::SealingKey};
 use keel_testkit::{Suite, status::reason};
 use tonic::Code;
 
@@ -238,7 +238,11 @@ async fn signing_keys_are_sealed_and_useless_without_the_key_encryption_key() ->
     let key = &stored[0];
     assert_eq!(key.sealed_with.as_deref(), Some(kek.id()));
     let plain = keys::open_private_key(key, Some(&kek))?;
-    let sealed = key.private_key.as_ref().map(PrivateKey::expose).expect("a private key");
+    let sealed = key
+        .private_key
+        .as_ref()
+        .map(SecretBytes::expose)
+        .expect("a private key");
     assert!(
         !sealed.windows(32).any(|w| plain.windows(32).any(|p| p == w)),
         "no part of the key is stored in the clear"
@@ -290,7 +294,7 @@ async fn a_key_encryption_key_seals_the_keys_stored_before_it() -> anyhow::Resul
     }
     let sealed = stored.iter().find(|k| k.kid == plain.kid).expect("the plain key");
     assert_ne!(
-        sealed.private_key.as_ref().map(PrivateKey::expose),
+        sealed.private_key.as_ref().map(SecretBytes::expose),
         Some(plain.private_key.expose())
     );
     assert_eq!(

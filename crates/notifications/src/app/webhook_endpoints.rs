@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use diesel_async::AsyncConnection as _;
-use keel_platform::{Error, auth::principal::UserPrincipal};
+use keel_platform::{Error, auth::principal::UserPrincipal, db::SecretBytes};
 use uuid::Uuid;
 
 use super::{Notifications, Page};
 use crate::{
     store::{
         deliveries,
-        endpoints::{self, EndpointRow, NewEndpoint, StoredSecret},
+        endpoints::{self, EndpointRow, NewEndpoint},
     },
     webhook::{secret::SigningSecret, ssrf::Refusal},
 };
@@ -59,7 +59,7 @@ impl Notifications {
         let id = Uuid::now_v7();
         let secret = SigningSecret::generate()?;
         let (sealed, sealed_with) = secret.seal(self.secrets_key.as_ref(), id)?;
-        let sealed = StoredSecret::from(sealed);
+        let sealed = SecretBytes::from(sealed);
         let mut conn = self.pool.get().await?;
         let row = conn
             .transaction::<_, Error, _>(async |conn| {
@@ -132,7 +132,7 @@ impl Notifications {
         let overlap = overlap.map_or(DEFAULT_OVERLAP, |overlap| overlap.min(MAX_OVERLAP));
         let secret = SigningSecret::generate()?;
         let (sealed, sealed_with) = secret.seal(self.secrets_key.as_ref(), id)?;
-        let sealed = StoredSecret::from(sealed);
+        let sealed = SecretBytes::from(sealed);
         let mut conn = self.pool.get().await?;
         let row = conn
             .transaction::<_, Error, _>(async |conn| {
@@ -144,12 +144,12 @@ impl Notifications {
                 let previous = match until {
                     Some(_) => {
                         let old = SigningSecret::open(
-                            row.secret.as_bytes(),
+                            row.secret.expose(),
                             row.sealed_with.as_deref(),
                             self.secrets_key.as_ref(),
                             id,
                         )?;
-                        Some(StoredSecret::from(old.seal(self.secrets_key.as_ref(), id)?.0))
+                        Some(SecretBytes::from(old.seal(self.secrets_key.as_ref(), id)?.0))
                     }
                     None => None,
                 };

@@ -239,7 +239,7 @@ impl Workers {
         let key = self.secrets_key.as_ref();
         let sealed_with = endpoint.sealed_with.as_deref();
         let mut secrets = vec![SigningSecret::open(
-            endpoint.secret.as_bytes(),
+            endpoint.secret.expose(),
             sealed_with,
             key,
             endpoint.id,
@@ -247,7 +247,7 @@ impl Workers {
         if let (Some(previous), Some(until)) = (&endpoint.previous_secret, endpoint.previous_secret_expire_time)
             && until > Utc::now()
         {
-            secrets.push(SigningSecret::open(previous.as_bytes(), sealed_with, key, endpoint.id)?);
+            secrets.push(SigningSecret::open(previous.expose(), sealed_with, key, endpoint.id)?);
         }
         Ok(secrets)
     }

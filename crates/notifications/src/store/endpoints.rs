@@ -4,49 +4,12 @@ use chrono::{DateTime, Utc};
 use diesel::{
     AsChangeset, BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _,
     QueryResult, Queryable, Selectable, SelectableHelper as _,
-    deserialize::{self, FromSql, FromSqlRow},
-    expression::AsExpression,
-    pg::{Pg, PgValue},
-    serialize::{self, Output, ToSql},
-    sql_types::Binary,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
-use secrecy::{ExposeSecret as _, SecretSlice};
+use keel_platform::db::SecretBytes;
 use uuid::Uuid;
 
 use crate::schema::webhook_endpoints;
-
-/// A signing secret as its row holds it: sealed under the secrets key, or
-/// its raw bytes when there is none (see `webhook::SigningSecret::seal`).
-/// `Debug` shows neither.
-#[derive(Debug, Clone, AsExpression, FromSqlRow)]
-#[diesel(sql_type = Binary)]
-pub struct StoredSecret(SecretSlice<u8>);
-
-impl StoredSecret {
-    /// The stored bytes, to open.
-    pub fn as_bytes(&self) -> &[u8] {
-        self.0.expose_secret()
-    }
-}
-
-impl From<Vec<u8>> for StoredSecret {
-    fn from(bytes: Vec<u8>) -> Self {
-        Self(bytes.into())
-    }
-}
-
-impl ToSql<Binary, Pg> for StoredSecret {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        <[u8] as ToSql<Binary, Pg>>::to_sql(self.as_bytes(), out)
-    }
-}
-
-impl FromSql<Binary, Pg> for StoredSecret {
-    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
-        <Vec<u8> as FromSql<Binary, Pg>>::from_sql(value).map(Self::from)
-    }
-}
 
 /// An endpoint as stored.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -57,8 +20,8 @@ pub struct EndpointRow {
     pub url: String,
     pub event_types: Vec<String>,
     pub description: String,
-    pub secret: StoredSecret,
-    pub previous_secret: Option<StoredSecret>,
+    pub secret: SecretBytes,
+    pub previous_secret: Option<SecretBytes>,
     pub previous_secret_expire_time: Option<DateTime<Utc>>,
     pub sealed_with: Option<String>,
     pub failing_since: Option<DateTime<Utc>>,
@@ -83,7 +46,7 @@ pub struct NewEndpoint<'a> {
     pub url: &'a str,
     pub event_types: &'a [String],
     pub description: &'a str,
-    pub secret: &'a StoredSecret,
+    pub secret: &'a SecretBytes,
     pub sealed_with: Option<&'a str>,
 }
 
@@ -163,8 +126,8 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool>
 // None must write NULL here, not leave the column as it is.
 #[diesel(table_name = webhook_endpoints, treat_none_as_null = true)]
 struct SecretRotation<'a> {
-    secret: &'a StoredSecret,
-    previous_secret: Option<&'a StoredSecret>,
+    secret: &'a SecretBytes,
+    previous_secret: Option<&'a SecretBytes>,
     previous_secret_expire_time: Option<DateTime<Utc>>,
     sealed_with: Option<&'a str>,
 }
@@ -173,8 +136,8 @@ struct SecretRotation<'a> {
 pub async fn rotate(
     conn: &mut AsyncPgConnection,
     id: Uuid,
-    secret: &StoredSecret,
-    previous: Option<&StoredSecret>,
+    secret: &SecretBytes,
+    previous: Option<&SecretBytes>,
     previous_until: Option<DateTime<Utc>>,
     sealed_with: Option<&str>,
 ) -> QueryResult<EndpointRow> {

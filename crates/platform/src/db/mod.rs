@@ -1,6 +1,10 @@
-//! The Postgres pool (diesel-async over deadpool) and embedded migrations.
+//! The Postgres pool (diesel-async over deadpool), embedded migrations,
+//! pagination, and secret `bytea` columns.
 
 pub mod paging;
+mod secret_bytes;
+
+pub use secret_bytes::SecretBytes;
 
 use std::time::Duration;
 
