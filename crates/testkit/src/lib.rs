@@ -15,6 +15,7 @@ pub mod database;
 pub mod http;
 pub mod metrics;
 pub mod otlp;
+pub mod ports;
 pub mod proxy;
 pub mod reflection;
 pub mod smtp;

@@ -22,7 +22,7 @@ type Outcome = (Instant, Result<(), tonic::Status>);
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_fails_no_call_accepted_before_not_serving() -> anyhow::Result<()> {
     let database = TestDatabase::create(schema(&keel_auth::SERVICE)).await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = keel_testkit::ports::free_port()?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["serve", "auth"])
         .env("KEEL_AUTH_LISTEN", format!("127.0.0.1:{port}"))

@@ -6,7 +6,6 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::TcpListener,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -17,10 +16,7 @@ use keel::{
 };
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    keel_testkit::ports::free_port().expect("a free port")
 }
 
 fn postgres_running_in(dir: &std::path::Path) -> bool {
