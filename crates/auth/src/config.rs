@@ -91,6 +91,11 @@ pub struct AuthConfig {
     #[arg(long, env = "KEEL_CALL_LIMIT_WINDOW_SECS", default_value_t = 3_600, value_parser = clap::value_parser!(u32).range(1..))]
     pub call_limit_window_secs: u32,
 
+    /// How long a user's access token lives (seconds; at most 900). A
+    /// shorter life makes clients refresh more often.
+    #[arg(long, env = "KEEL_ACCESS_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u32).range(1..=900))]
+    pub access_token_ttl_secs: u32,
+
     /// A session's lifetime from sign-in (seconds); refreshing does not
     /// extend it.
     #[arg(long, env = "KEEL_SESSION_MAX_LIFETIME_SECS", default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u32).range(1..))]

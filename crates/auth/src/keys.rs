@@ -29,7 +29,8 @@ use crate::{domain::Roles, store::signing_keys};
 pub use crate::store::signing_keys::{NewKey, StoredKey};
 use keel_platform::db::SecretBytes;
 
-/// How long an access token lives.
+/// How long an access token lives, at most (and by default): the bound the
+/// keys' afterlife and the revocations' relevance are reckoned from.
 pub const ACCESS_TOKEN_TTL: Duration = Duration::minutes(15);
 
 /// How long a new key is published before it signs: longer than replicas
@@ -172,6 +173,7 @@ pub struct KeyRing {
     kek: Option<SealingKey>,
     issuer: Arc<str>,
     audience: Arc<str>,
+    access_ttl: Duration,
 }
 
 impl KeyRing {
@@ -190,7 +192,14 @@ impl KeyRing {
             kek,
             issuer: issuer.into(),
             audience: audience.into(),
+            access_ttl: ACCESS_TOKEN_TTL,
         })
+    }
+
+    /// Signs users' access tokens that live `ttl` (at most [`ACCESS_TOKEN_TTL`]).
+    pub fn with_access_ttl(mut self, ttl: Duration) -> Self {
+        self.access_ttl = ttl.clamp(Duration::seconds(1), ACCESS_TOKEN_TTL);
+        self
     }
 
     /// Re-reads the keys, to pick up a rotation made elsewhere, and deletes
@@ -243,17 +252,26 @@ impl KeyRing {
         session_id: Uuid,
         roles: &Roles,
     ) -> anyhow::Result<(String, DateTime<Utc>)> {
-        self.sign(user_id.to_string(), roles.names(), Some(session_id.to_string()), None)
-            .await
+        self.sign(
+            user_id.to_string(),
+            roles.names(),
+            Some(session_id.to_string()),
+            None,
+            self.access_ttl,
+        )
+        .await
     }
 
-    /// Signs an access token for a service with `scopes`.
+    /// Signs an access token for a service with `scopes` (it lives
+    /// [`ACCESS_TOKEN_TTL`]: services refresh their own, and are never
+    /// revoked).
     pub async fn service_token(&self, client_id: &str, scopes: &[String]) -> anyhow::Result<(String, DateTime<Utc>)> {
         self.sign(
             format!("{SERVICE_SUBJECT_PREFIX}{client_id}"),
             Vec::new(),
             None,
             Some(scopes.join(" ")),
+            ACCESS_TOKEN_TTL,
         )
         .await
     }
@@ -264,9 +282,10 @@ impl KeyRing {
         roles: Vec<String>,
         sid: Option<String>,
         scope: Option<String>,
+        ttl: Duration,
     ) -> anyhow::Result<(String, DateTime<Utc>)> {
         let now = Utc::now();
-        let expires = now + ACCESS_TOKEN_TTL;
+        let expires = now + ttl;
         let claims = Claims {
             iss: self.issuer.to_string(),
             aud: self.audience.to_string(),

@@ -5,7 +5,11 @@
 //! idle between requests (closed after the idle timeout), receiving a
 //! request's headers (closed if they are not complete within the header
 //! timeout, counted from the request's first byte), or serving requests (left
-//! alone: the body read timeout and the upstream timeout bound that).
+//! alone: the body read timeout and the upstream timeout bound that). In any
+//! phase, a client that reads nothing while the gateway has bytes for it
+//! (its TCP window shut) is dropped after the send timeout: an event stream
+//! nobody reads must not hold its connection, upstream stream and the
+//! client's stream places forever.
 //!
 //! A connection upgraded to WebSocket leaves hyper (and its watchdog: the
 //! session pings its client instead), but keeps its place among the open
@@ -42,6 +46,8 @@ pub struct Limits {
     /// The most connections open at once; beyond it, new ones wait in the
     /// listen queue.
     pub max_connections: usize,
+    /// How long a write to the client may stay blocked.
+    pub send_timeout: Duration,
 }
 
 /// A connection's place among the open connections; every request carries
@@ -159,7 +165,15 @@ async fn serve_connection(
     }
 }
 
-/// What a connection is doing.
+/// What a connection is doing, and since when its writes have been
+/// blocked, if they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    phase: Phase,
+    write_blocked: Option<Instant>,
+}
+
+/// Where a connection is between requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// No request since this instant.
@@ -171,26 +185,53 @@ enum Phase {
     Busy(usize),
 }
 
-/// A connection's phase, watched by its watchdog.
+/// A connection's state, watched by its watchdog.
 #[derive(Debug)]
 struct Activity {
-    phase: watch::Sender<Phase>,
+    state: watch::Sender<State>,
 }
 
 impl Activity {
     fn new() -> Self {
         Self {
-            phase: watch::Sender::new(Phase::Idle(Instant::now())),
+            state: watch::Sender::new(State {
+                phase: Phase::Idle(Instant::now()),
+                write_blocked: None,
+            }),
         }
     }
 
-    /// Applies `change`, waking the watchdog only if the phase changed.
-    fn update(&self, change: impl FnOnce(Phase) -> Phase) {
-        self.phase.send_if_modified(|phase| {
-            let next = change(*phase);
-            let changed = next != *phase;
-            *phase = next;
+    /// Applies `change`, waking the watchdog only if the state changed.
+    fn modify(&self, change: impl FnOnce(State) -> State) {
+        self.state.send_if_modified(|state| {
+            let next = change(*state);
+            let changed = next != *state;
+            *state = next;
             changed
+        });
+    }
+
+    /// Applies `change` to the phase.
+    fn update(&self, change: impl FnOnce(Phase) -> Phase) {
+        self.modify(|state| State {
+            phase: change(state.phase),
+            ..state
+        });
+    }
+
+    /// A write could not go out: the client's window is shut.
+    fn write_blocked(&self) {
+        self.modify(|state| State {
+            write_blocked: state.write_blocked.or_else(|| Some(Instant::now())),
+            ..state
+        });
+    }
+
+    /// A write went out.
+    fn write_flowed(&self) {
+        self.modify(|state| State {
+            write_blocked: None,
+            ..state
         });
     }
 
@@ -211,16 +252,24 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// Resolves when the connection has been idle, or receiving headers, for
-    /// too long.
+    /// Resolves when the connection has been idle, or receiving headers, or
+    /// unable to write, for too long.
     async fn expired(&self, limits: Limits) -> &'static str {
-        let mut phases = self.phase.subscribe();
+        let mut phases = self.state.subscribe();
         loop {
-            let deadline = match *phases.borrow_and_update() {
+            let state = *phases.borrow_and_update();
+            let phase = match state.phase {
                 Phase::Idle(since) => Some((since + limits.idle_timeout, "idle timeout")),
                 Phase::Head(since) => Some((since + limits.header_timeout, "header read timeout")),
                 // The request's own timeouts bound it.
                 Phase::Busy(_) => None,
+            };
+            let blocked = state
+                .write_blocked
+                .map(|since| (since + limits.send_timeout, "send timeout"));
+            let deadline = match (phase, blocked) {
+                (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+                (a, b) => a.or(b),
             };
             let changed = match deadline {
                 Some((deadline, reason)) => tokio::select! {
@@ -295,9 +344,22 @@ impl AsyncRead for Watched {
     }
 }
 
+impl Watched {
+    /// Tells the watchdog whether a write went out or is stuck.
+    fn noting<T>(&self, polled: Poll<T>) -> Poll<T> {
+        match polled {
+            Poll::Pending => self.activity.write_blocked(),
+            Poll::Ready(_) => self.activity.write_flowed(),
+        }
+        polled
+    }
+}
+
 impl AsyncWrite for Watched {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.noting(polled)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -313,7 +375,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.noting(polled)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -16,11 +16,12 @@ use axum::{
     response::{IntoResponse as _, Response},
     routing::get,
 };
+use futures::StreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::upgrade::OnUpgrade;
 use keel_platform::{
-    auth::principal::Principal,
+    auth::lifetime::{Verified, until_lapsed},
     auth::verifier::bearer_token,
     serve::audit,
     serve::client_address::{FORWARDED_FOR, client_address},
@@ -47,6 +48,7 @@ use crate::{
     respond,
     resume::LAST_EVENT_ID,
     routes::Resolved,
+    streams,
     websocket::{self, Handshake},
 };
 
@@ -243,20 +245,29 @@ async fn serve(
         parts.headers.insert(header::AUTHORIZATION, value);
     }
 
-    let principal = if route.anonymous {
+    let token = if route.anonymous {
         None
     } else {
         Some(authenticate(gateway, &parts.headers).await)
     };
+    let key = ClientKey::of(
+        token.as_ref().and_then(|t| t.as_ref().ok()).map(Verified::principal),
+        client,
+    );
     if let Some(limiter) = &gateway.limiter {
-        let verified = principal.as_ref().and_then(|p| p.as_ref().ok());
-        let key = ClientKey::of(verified, client);
         limiter.check(&key).map_err(|wait| {
             audit::rate_limited(&key);
             ApiError::rate_limited(wait)
         })?;
     }
-    principal.transpose()?;
+    let token = token.transpose()?;
+    // Taken before the upstream call, so a client at its cap costs nothing
+    // further.
+    let stream_place = if route.is_streaming() {
+        Some(gateway.streams.open(key, &route.openapi_path)?)
+    } else {
+        None
+    };
 
     let body = read_body(gateway, &parts.headers, body).await?;
     let input = Input {
@@ -273,11 +284,18 @@ async fn serve(
     }
     let metadata = metadata(&parts.headers, !route.anonymous, client);
 
-    if route.is_streaming() {
+    if let Some(place) = stream_place {
         let replies = gateway
             .upstreams
             .server_streaming(route, message, metadata, gateway.upstream_timeout)
             .await?;
+        // The stream ends with its token (expired or revoked), and gives its
+        // place back when it ends.
+        let replies = match token {
+            Some(token) => until_lapsed(replies, token).boxed(),
+            None => replies.boxed(),
+        };
+        let replies = streams::holding(replies, place);
         if let (Some(handshake), Some(upgrade)) = (handshake, upgrade) {
             let session = websocket::Session {
                 route: route.clone(),
@@ -285,6 +303,7 @@ async fn serve(
                 stop: gateway.stopping.clone(),
                 slot: parts.extensions.remove::<ConnectionSlot>(),
                 max_message_bytes: gateway.max_body_bytes,
+                send_timeout: gateway.send_timeout,
             };
             return Ok(websocket::accept(handshake, upgrade, session, replies));
         }
@@ -316,9 +335,9 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     }
 }
 
-/// Who the request's bearer token names; 401 when it is missing or does
+/// The request's bearer token, verified; 401 when it is missing or does
 /// not verify.
-async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Principal, ApiError> {
+async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Verified, ApiError> {
     // A token that does not verify is 401; keys that cannot be fetched
     // (auth down) stay 503, so clients retry instead of signing in again.
     let refused = |err: keel_platform::Error| {
@@ -336,9 +355,9 @@ async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Principa
             "this route needs an access token (authorization: Bearer …)",
         )
     })?;
-    let principal = gateway.verifier.verify(&token).await.map_err(refused)?;
-    audit::record_subject(&principal);
-    Ok(principal)
+    let verified = gateway.verifier.verify_token(&token).await.map_err(refused)?;
+    audit::record_subject(verified.principal());
+    Ok(verified)
 }
 
 /// The body, refusing more than the limit (413) before reading it when the

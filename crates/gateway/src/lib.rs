@@ -28,6 +28,7 @@ pub mod respond;
 pub mod resume;
 pub mod routes;
 pub mod status;
+pub mod streams;
 pub mod template;
 pub mod upstream;
 pub mod websocket;
@@ -35,6 +36,7 @@ pub mod websocket;
 use descriptors::Descriptors;
 use edge::ClientLimiter;
 use routes::RouteTable;
+use streams::OpenStreams;
 use upstream::Upstreams;
 
 /// The gateway's settings.
@@ -80,6 +82,18 @@ pub struct GatewayConfig {
     #[arg(long, env = "KEEL_GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// How many event streams and WebSocket sessions one client (by token
+    /// subject, else by address) may hold open at once; more get 429. 0
+    /// turns the cap off.
+    #[arg(long, env = "KEEL_GATEWAY_MAX_STREAMS_PER_CLIENT", default_value_t = 16)]
+    pub max_streams_per_client: usize,
+
+    /// How long a write to a client may stay blocked (its TCP window shut:
+    /// it reads nothing) before the connection is dropped (ms). It bounds
+    /// event streams and WebSocket sessions nobody reads.
+    #[arg(long, env = "KEEL_GATEWAY_SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub send_timeout_ms: u64,
+
     /// How long the gateway waits for a service's reply (ms); longer gets 504.
     #[arg(long, env = "KEEL_GATEWAY_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
     pub upstream_timeout_ms: u64,
@@ -120,7 +134,13 @@ impl GatewayConfig {
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             max_connections: self.max_connections,
+            send_timeout: self.send_timeout(),
         }
+    }
+
+    /// The send timeout.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
     }
 }
 
@@ -132,10 +152,12 @@ pub struct Gateway {
     upstreams: Upstreams,
     verifier: Arc<Verifier>,
     limiter: Option<ClientLimiter>,
+    streams: OpenStreams,
     openapi: bytes::Bytes,
     max_body_bytes: usize,
     body_timeout: Duration,
     upstream_timeout: Duration,
+    send_timeout: Duration,
     trusted_proxies: Vec<std::net::IpAddr>,
     ready: std::sync::atomic::AtomicBool,
     /// Cancelled when the gateway stops taking connections: open event
@@ -186,10 +208,12 @@ impl Gateway {
             upstreams,
             verifier,
             limiter,
+            streams: OpenStreams::new(config.max_streams_per_client),
             openapi: openapi.into(),
             max_body_bytes: config.max_body_bytes,
             body_timeout: Duration::from_millis(config.body_timeout_ms),
             upstream_timeout: config.upstream_timeout(),
+            send_timeout: config.send_timeout(),
             trusted_proxies: config.trusted_proxies.clone(),
             ready: std::sync::atomic::AtomicBool::new(true),
             stopping: CancellationToken::new(),
@@ -199,6 +223,16 @@ impl Gateway {
     /// The routes served.
     pub fn routes(&self) -> &RouteTable {
         &self.routes
+    }
+
+    /// The streams open now.
+    pub fn streams(&self) -> &OpenStreams {
+        &self.streams
+    }
+
+    /// The services behind the gateway.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 }
 
@@ -220,6 +254,7 @@ pub async fn run(
         &config,
         upstreams.iter().map(|(area, url)| (*area, url.as_str())),
     )?);
+    gateway.streams.register(&metrics);
     if let Some(limiter) = gateway.limiter.clone() {
         let stop = shutdown.clone();
         tokio::spawn(async move {

@@ -61,10 +61,6 @@ pub const PROTOCOL: &str = "keel.v1";
 /// The prefix of the subprotocol that carries an access token.
 pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 
-/// How long one frame may take to reach a client before it is dropped as
-/// too slow (its TCP window stays shut).
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long the gateway waits for the client's answer to its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -156,6 +152,9 @@ pub struct Session {
     pub slot: Option<ConnectionSlot>,
     /// The largest frame a client may send (the body limit).
     pub max_message_bytes: usize,
+    /// How long one frame may take to reach the client before it is dropped
+    /// as too slow (its TCP window stays shut): the gateway's send timeout.
+    pub send_timeout: Duration,
 }
 
 /// Answers `101 Switching Protocols` and, once hyper hands over the
@@ -255,7 +254,7 @@ async fn run<S>(
             () = session.stop.cancelled() => break End::Close(CloseCode::Away, "the gateway is stopping", None),
         };
         let sent = tokio::select! {
-            sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(outgoing)) => matches!(sent, Ok(Ok(()))),
+            sent = tokio::time::timeout(session.send_timeout, sink.send(outgoing)) => matches!(sent, Ok(Ok(()))),
             () = session.stop.cancelled() => false,
         };
         if !sent {
@@ -268,7 +267,7 @@ async fn run<S>(
     if let End::Close(code, reason, frame) = end {
         let farewell = async {
             if let Some(frame) = frame {
-                tokio::time::timeout(SEND_TIMEOUT, sink.send(frame)).await??;
+                tokio::time::timeout(session.send_timeout, sink.send(frame)).await??;
             }
             let close = Message::Close(Some(CloseFrame {
                 code,

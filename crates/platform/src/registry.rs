@@ -26,7 +26,7 @@ use crate::{
     config::{PoolConfig, ServerConfig, TokenConfig},
     db,
     events::relay::{Relay, RelayConfig, Subscriber},
-    events::{EventProducers, EventType},
+    events::{EventProducers, EventType, retention},
     serve::metrics::Metrics,
     serve::server::GrpcServer,
 };
@@ -295,6 +295,8 @@ impl Registry {
         })?;
         let metrics = Metrics::new(spec.name);
         crate::serve::metrics::spawn(launch.metrics_listener, &metrics, &launch.shutdown);
+        // A sink refuses events older than its processed_events rows last.
+        let event_producers = self.event_producers()?.with_max_age(wiring.relay.event_horizon());
         let context = Context {
             spec,
             database_url,
@@ -307,7 +309,7 @@ impl Registry {
                 .map(|(consumer, types)| (consumer.name, types))
                 .collect(),
             suite_clients: launch.suite_clients,
-            event_producers: self.event_producers()?,
+            event_producers,
             data_dir: launch.data_dir,
             metrics,
         };
@@ -413,7 +415,11 @@ impl Wiring {
                 .get_one::<String>("service-client-secret")
                 .map(|secret| SecretString::from(secret.as_str())),
             client: ClientConfig::from_arg_matches(matches)?,
-            relay: RelayConfig::from_arg_matches(matches)?,
+            relay: {
+                let relay = RelayConfig::from_arg_matches(matches)?;
+                relay.check()?;
+                relay
+            },
         })
     }
 }
@@ -439,7 +445,9 @@ pub struct Context {
     /// services when it runs them all. Only auth reads it.
     pub suite_clients: Vec<SecretString>,
     /// Which service produces each event type: an event sink accepts an
-    /// event only from its type's producer (see [`crate::events::delivery`]).
+    /// event only from its type's producer, and only while it is younger
+    /// than the horizon of the service's `processed_events` retention (see
+    /// [`crate::events::delivery`]).
     pub event_producers: EventProducers,
     /// The folder of the machine's suite (`keel up`'s data folder), for what
     /// a service keeps as files when nothing else is configured (mail as
@@ -510,7 +518,8 @@ impl Context {
     }
 
     /// Serves `service` on the listener until shutdown, with the relay of
-    /// this service's outbox running beside it when it produces events.
+    /// this service's outbox running beside it when it produces events, and
+    /// the pruning of its `processed_events` when it consumes them.
     pub async fn serve(self, service: Serving) -> anyhow::Result<()> {
         let relay = if self.spec.produces.is_empty() {
             None
@@ -539,6 +548,14 @@ impl Context {
             );
             Some(tokio::spawn(relay.run(self.shutdown.clone())))
         };
+        // Here, not in each service, so no consumer can forget it.
+        let pruner = (!self.spec.consumes.is_empty()).then(|| {
+            tokio::spawn(retention::run(
+                service.pool.clone(),
+                self.wiring.relay.processed_events_retention(),
+                self.shutdown.clone(),
+            ))
+        });
         service.pool.register_metrics(&self.metrics);
         let server = GrpcServer {
             service_names: self.spec.grpc_services.to_vec(),
@@ -556,6 +573,10 @@ impl Context {
                 .is_err()
         {
             tracing::warn!("the outbox relay did not stop in time");
+        }
+        // It stops on shutdown by itself; a delete cut short is redone later.
+        if let Some(pruner) = pruner {
+            pruner.abort();
         }
         result
     }

@@ -1,17 +1,22 @@
-//! Events from auth reach accounts: at least once, applied exactly once.
+//! Events from auth reach accounts: at least once, applied exactly once, and
+//! not sent again once accepted while another subscriber still fails.
 
 use std::{sync::Arc, time::Duration};
 
 use diesel::{ExpressionMethods as _, QueryDsl as _};
-use diesel_async::RunQueryDsl as _;
+use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 use futures::future::join_all;
+use keel::events::v1::{UserRegistered, event::Payload};
 use keel_accounts::schema::accounts;
 use keel_platform::{
     auth::service_token::{TokenFuture, TokenProvider},
     client::ServiceChannel,
+    events::EventType,
+    events::outbox,
     events::relay::{Relay, RelayConfig, Subscriber},
+    serve::metrics::{Format, Metrics},
 };
-use keel_testkit::{Suite, SuiteOptions, spawn_suite_with_options};
+use keel_testkit::{Suite, SuiteOptions, TestDatabase, spawn_suite_with_options};
 use tokio_util::sync::CancellationToken;
 
 /// Waits until accounts holds `expected` accounts (or gives up after 30 s).
@@ -117,5 +122,129 @@ async fn two_relays_at_once_apply_each_event_once() -> anyhow::Result<()> {
         .get_result(&mut auth)
         .await?;
     assert_eq!(pending, 0, "every event is marked delivered");
+    suite.stop().await
+}
+
+/// How many deliveries to `subscriber` the relay publishing on `metrics`
+/// counted with `outcome`.
+fn deliveries(metrics: &Metrics, subscriber: &str, outcome: &str) -> anyhow::Result<f64> {
+    let text = metrics.encode(Format::Prometheus)?;
+    let (subscriber, outcome) = (format!("subscriber=\"{subscriber}\""), format!("outcome=\"{outcome}\""));
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with("keel_relay_deliveries_total{"))
+        .filter(|line| line.contains(&subscriber) && line.contains(&outcome))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum())
+}
+
+/// A relay over `outbox_url` sending UserRegistered to accounts and to
+/// `notifications` (a channel to it, or to nowhere).
+fn relay_to(
+    suite: &Suite,
+    outbox_url: &str,
+    token: &str,
+    notifications: tonic::transport::Channel,
+    metrics: &Metrics,
+) -> anyhow::Result<Relay> {
+    let tokens: Arc<dyn TokenProvider> = Arc::new(TestClientTokens(token.to_owned()));
+    let subscriber = |name, channel| Subscriber {
+        name,
+        channel: ServiceChannel::new(channel, tokens.clone()),
+        event_types: vec![EventType::UserRegistered],
+    };
+    Ok(Relay::new(
+        outbox_url.to_owned(),
+        keel_platform::db::pool(outbox_url, &Default::default())?,
+        vec![
+            subscriber("accounts", suite.accounts_channel()),
+            subscriber("notifications", notifications),
+        ],
+        RelayConfig::default(),
+        metrics,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_that_accepted_an_event_is_not_sent_it_again_while_another_fails() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let token = suite.auth_relay_token().await?;
+    // An outbox of auth's events of its own, which only the relays below read.
+    let outbox_db = TestDatabase::create(keel_testkit::suite::schema(&keel_accounts::SERVICE)).await?;
+    let user_id = uuid::Uuid::now_v7();
+    let registered = Payload::UserRegistered(UserRegistered {
+        user_id: user_id.to_string(),
+        email: "twice-over@example.com".into(),
+    });
+    let mut conn = diesel_async::AsyncPgConnection::establish(outbox_db.url()).await?;
+    let event_id = outbox::enqueue(&mut conn, "auth", registered).await?;
+
+    // Notifications cannot be reached: accounts applies the event, and is
+    // remembered as having accepted it.
+    let nowhere = {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        tonic::transport::Channel::from_shared(format!("http://{closed}"))?.connect_lazy()
+    };
+    let failing = Metrics::new("auth");
+    let relay = relay_to(&suite, outbox_db.url(), &token, nowhere, &failing)?;
+    for _ in 0..2 {
+        assert_eq!(relay.deliver_batch(&CancellationToken::new()).await?, 1);
+        diesel::update(outbox::outbox::table.find(event_id))
+            .set(outbox::outbox::next_attempt_at.eq(diesel::dsl::now))
+            .execute(&mut conn)
+            .await?;
+    }
+    assert_eq!(
+        deliveries(&failing, "accounts", "delivered")?,
+        1.0,
+        "sent to accounts once"
+    );
+    assert_eq!(deliveries(&failing, "notifications", "failed")?, 2.0);
+    let (published, delivered_to, last_error): (
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<Vec<String>>,
+        Option<String>,
+    ) = outbox::outbox::table
+        .find(event_id)
+        .select((
+            outbox::outbox::published_at,
+            outbox::outbox::delivered_to,
+            outbox::outbox::last_error,
+        ))
+        .get_result(&mut conn)
+        .await?;
+    assert_eq!(published, None, "not done while notifications has not accepted it");
+    assert_eq!(delivered_to, Some(vec!["accounts".to_owned()]));
+    assert!(last_error.unwrap_or_default().contains("notifications"));
+    assert_eq!(wait_for_accounts(&suite, 1).await?, 1);
+
+    // Notifications is back: it alone is sent the event, which is then done.
+    let recovered = Metrics::new("auth");
+    let relay = relay_to(
+        &suite,
+        outbox_db.url(),
+        &token,
+        suite.channel("notifications"),
+        &recovered,
+    )?;
+    assert_eq!(relay.deliver_batch(&CancellationToken::new()).await?, 1);
+    assert_eq!(deliveries(&recovered, "accounts", "delivered")?, 0.0);
+    assert_eq!(deliveries(&recovered, "notifications", "delivered")?, 1.0);
+    let (published, delivered_to, payload): (Option<chrono::DateTime<chrono::Utc>>, Option<Vec<String>>, Vec<u8>) =
+        outbox::outbox::table
+            .find(event_id)
+            .select((
+                outbox::outbox::published_at,
+                outbox::outbox::delivered_to,
+                outbox::outbox::payload,
+            ))
+            .get_result(&mut conn)
+            .await?;
+    assert!(published.is_some());
+    assert_eq!(
+        delivered_to,
+        Some(vec!["accounts".to_owned(), "notifications".to_owned()])
+    );
+    assert!(payload.is_empty(), "a delivered event's payload is cleared");
     suite.stop().await
 }

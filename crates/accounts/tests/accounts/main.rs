@@ -9,4 +9,5 @@ mod movements;
 mod outbox;
 mod profiles;
 mod refunds;
+mod retention;
 mod rules;

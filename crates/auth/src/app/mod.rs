@@ -118,7 +118,8 @@ impl Auth {
             config.key_encryption_key.clone(),
         )
         .await
-        .context("loading the signing keys")?;
+        .context("loading the signing keys")?
+        .with_access_ttl(chrono::Duration::seconds(i64::from(config.access_token_ttl_secs)));
         if config.event_secrets_key.is_none() {
             tracing::warn!(
                 "KEEL_EVENT_SECRETS_KEY is not set: password-reset and email-verification events carry \

@@ -161,3 +161,35 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() -> anyhow::Result<()> 
     gateway.stop().await?;
     suite.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_reads_nothing_is_dropped_after_the_send_timeout() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let gateway = gateway(&suite, &["--send-timeout-ms", "1000"]).await?;
+    let mut stream = TcpStream::connect(gateway.addr()).await?;
+    // Fifty pipelined requests for the whole document: far more than the
+    // sockets' buffers hold, so the gateway's writes block while the client
+    // reads nothing.
+    const REQUESTS: usize = 50;
+    let request = b"GET /openapi.json HTTP/1.1\r\nHost: keel\r\n\r\n".repeat(REQUESTS);
+    stream.write_all(&request).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (received, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await?;
+    assert!(closed.is_some(), "the connection stayed open");
+    let answered = received.matches("HTTP/1.1 200").count();
+    assert!(
+        answered < REQUESTS,
+        "the gateway gave up before answering all {REQUESTS}: {answered}"
+    );
+
+    // A client that reads is unaffected.
+    let mut reader = TcpStream::connect(gateway.addr()).await?;
+    reader
+        .write_all(b"GET /openapi.json HTTP/1.1\r\nHost: keel\r\nConnection: close\r\n\r\n")
+        .await?;
+    let (whole, closed) = read_until_closed(&mut reader, Duration::from_secs(10)).await?;
+    assert!(closed.is_some() && whole.starts_with("HTTP/1.1 200"));
+
+    gateway.stop().await?;
+    suite.stop().await
+}

@@ -1,8 +1,14 @@
 //! ListNotifications, MarkRead and StreamNotifications: the in-app inbox.
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, stream::BoxStream};
 use keel::notifications::v1 as pb;
-use keel_platform::{Error, db::paging, proto::timestamp, serve::rpc::parse_id};
+use keel_platform::{
+    Error,
+    auth::lifetime::{Verified, until_lapsed},
+    db::paging,
+    proto::timestamp,
+    serve::rpc::parse_id,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use uuid::Uuid;
@@ -60,14 +66,15 @@ pub(super) async fn mark_read(
 }
 
 /// The replies of one stream.
-pub type NotificationStream =
-    futures::stream::Map<ReceiverStream<StreamItem>, fn(StreamItem) -> Result<pb::StreamNotificationsResponse, Status>>;
+pub type NotificationStream = BoxStream<'static, Result<pb::StreamNotificationsResponse, Status>>;
 
 /// Opens the user's stream: what came after `after_notification_id` first,
-/// then each new entry, oldest first, each once.
+/// then each new entry, oldest first, each once. It ends with
+/// UNAUTHENTICATED when the caller's `token` expires or is revoked.
 pub(super) async fn stream_notifications(
     service: &Notifications,
     user_id: Uuid,
+    token: Verified,
     request: pb::StreamNotificationsRequest,
 ) -> Result<NotificationStream, Error> {
     let after = if request.after_notification_id.is_empty() {
@@ -76,8 +83,7 @@ pub(super) async fn stream_notifications(
         Some(parse_id("after_notification_id", &request.after_notification_id)?)
     };
     let stream = service.stream(user_id, after).await?;
-    let reply: fn(StreamItem) -> Result<pb::StreamNotificationsResponse, Status> = reply;
-    Ok(ReceiverStream::new(stream).map(reply))
+    Ok(until_lapsed(ReceiverStream::new(stream).map(reply), token).boxed())
 }
 
 /// One message of a stream as the client gets it.

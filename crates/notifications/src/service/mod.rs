@@ -16,7 +16,11 @@ use keel::{
     events::v1::{DeliverRequest, DeliverResponse, event_sink_server::EventSink},
     notifications::v1::{self as pb, notifications_service_server::NotificationsService},
 };
-use keel_platform::{auth::principal::principal, events, serve::rpc::Reply};
+use keel_platform::{
+    auth::{lifetime::verified, principal::principal},
+    events,
+    serve::rpc::Reply,
+};
 use tonic::{Request, Response};
 
 pub use inbox::NotificationStream;
@@ -48,9 +52,10 @@ impl NotificationsService for Notifications {
         &self,
         request: Request<pb::StreamNotificationsRequest>,
     ) -> Reply<Self::StreamNotificationsStream> {
-        let user_id = principal(&request)?.user()?.user_id;
+        let token = verified(&request)?.clone();
+        let user_id = token.principal().user()?.user_id;
         Ok(Response::new(
-            inbox::stream_notifications(self, user_id, request.into_inner()).await?,
+            inbox::stream_notifications(self, user_id, token, request.into_inner()).await?,
         ))
     }
 

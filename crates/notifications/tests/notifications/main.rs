@@ -3,6 +3,7 @@
 
 mod common;
 mod email;
+mod fair_streams;
 mod flow;
 mod gateway;
 mod inbox;

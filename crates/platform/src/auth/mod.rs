@@ -3,6 +3,7 @@
 //! other, and the scopes those carry.
 
 pub mod auth_service;
+pub mod lifetime;
 pub mod principal;
 pub mod revocations;
 pub mod scopes;

@@ -37,6 +37,8 @@ const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct RevocationList {
     lists: std::sync::RwLock<Lists>,
+    /// Woken after each batch, so open streams check their tokens again.
+    applied: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +72,13 @@ impl RevocationList {
         let horizon = chrono::Utc::now().timestamp_millis() - RELEVANT_FOR_MS;
         lists.sessions.retain(|_, not_before| *not_before > horizon);
         lists.users.retain(|_, not_before| *not_before > horizon);
+        drop(lists);
+        self.applied.notify_waiters();
+    }
+
+    /// Resolves after the next batch is applied.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.applied.notified()
     }
 
     /// Whether a token of `principal` issued at `issued_ms` (Unix ms) is

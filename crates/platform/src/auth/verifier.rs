@@ -22,6 +22,7 @@ use tokio::sync::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::lifetime::{self, Verified},
     auth::principal::{Claims, Principal},
     auth::revocations::{self, RevocationList, RevocationSource},
     error::Error,
@@ -86,9 +87,9 @@ pub struct Verifier {
     source: Arc<dyn KeySource>,
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_fetch: Mutex<Option<Fetch>>,
-    /// Verified tokens: who they speak for, until when they may be trusted
-    /// without checking again, and when they were issued (Unix ms).
-    verified: quick_cache::sync::Cache<[u8; 32], (Principal, Instant, i64)>,
+    /// Verified tokens, and until when they may be trusted without checking
+    /// their signature again.
+    verified: quick_cache::sync::Cache<[u8; 32], (Verified, Instant)>,
     revoked: Arc<RevocationList>,
 }
 
@@ -122,10 +123,16 @@ impl Verifier {
 
     /// Verifies `token` and returns who it speaks for.
     pub async fn verify(&self, token: &str) -> Result<Principal, Error> {
+        self.verify_token(token).await.map(Verified::into_principal)
+    }
+
+    /// Verifies `token` and returns it verified: who it speaks for, and what
+    /// ends it (for a stream that must end with it).
+    pub async fn verify_token(&self, token: &str) -> Result<Verified, Error> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((principal, valid_until, issued_ms)) = self.verified.get(&digest) {
+        if let Some((verified, valid_until)) = self.verified.get(&digest) {
             if Instant::now() < valid_until {
-                return self.unless_revoked(principal, issued_ms);
+                return verified.unless_revoked();
             }
             self.verified.remove(&digest);
         }
@@ -147,7 +154,7 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|err| {
             use jsonwebtoken::errors::ErrorKind;
             match err.kind() {
-                ErrorKind::ExpiredSignature => Error::unauthenticated("TOKEN_EXPIRED", "the access token has expired"),
+                ErrorKind::ExpiredSignature => lifetime::expired(),
                 ErrorKind::InvalidSignature => invalid("bad_signature"),
                 ErrorKind::InvalidIssuer => invalid("wrong_issuer"),
                 ErrorKind::InvalidAudience => invalid("wrong_audience"),
@@ -156,24 +163,17 @@ impl Verifier {
             }
         })?;
         let principal = Principal::from_claims(&data.claims)?;
-        let issued_ms = issued_ms(&data.claims);
+        let verified = Verified::new(
+            principal,
+            issued_ms(&data.claims),
+            data.claims.exp,
+            self.revoked.clone(),
+        );
 
         let remaining = u64::try_from(data.claims.exp - chrono::Utc::now().timestamp()).unwrap_or(0);
         let ttl = Duration::from_secs(remaining).min(MAX_CACHE_TTL);
-        self.verified
-            .insert(digest, (principal.clone(), Instant::now() + ttl, issued_ms));
-        self.unless_revoked(principal, issued_ms)
-    }
-
-    fn unless_revoked(&self, principal: Principal, issued_ms: i64) -> Result<Principal, Error> {
-        if self.revoked.is_revoked(&principal, issued_ms) {
-            crate::serve::audit::record_subject(&principal);
-            return Err(Error::unauthenticated(
-                "TOKEN_REVOKED",
-                "the access token has been revoked; sign in or refresh again",
-            ));
-        }
-        Ok(principal)
+        self.verified.insert(digest, (verified.clone(), Instant::now() + ttl));
+        verified.unless_revoked()
     }
 
     /// The key named `kid`, refetching the key set once if it is unknown.
@@ -223,7 +223,8 @@ impl Verifier {
 }
 
 /// A tower layer that verifies the bearer token of every call that has one
-/// and puts the [`Principal`] into the request's extensions. Calls without a
+/// and puts the [`Principal`] (and the [`Verified`] token, for streams that
+/// must end with it) into the request's extensions. Calls without a
 /// token pass through (public RPCs decide for themselves); a token that fails
 /// verification ends the call with UNAUTHENTICATED.
 #[derive(Debug, Clone)]
@@ -278,10 +279,11 @@ where
         Box::pin(async move {
             match bearer_token(request.headers()) {
                 Ok(None) => {}
-                Ok(Some(token)) => match verifier.verify(&token).await {
-                    Ok(principal) => {
-                        crate::serve::audit::record_subject(&principal);
-                        request.extensions_mut().insert(principal);
+                Ok(Some(token)) => match verifier.verify_token(&token).await {
+                    Ok(verified) => {
+                        crate::serve::audit::record_subject(verified.principal());
+                        request.extensions_mut().insert(verified.principal().clone());
+                        request.extensions_mut().insert(verified);
                     }
                     Err(err) => return Ok(tonic::Status::from(err).into_http()),
                 },

@@ -3,8 +3,12 @@
 
 pub mod outbox;
 pub mod relay;
+pub mod retention;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, SystemTime},
+};
 
 use diesel::ExpressionMethods as _;
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
@@ -114,35 +118,62 @@ diesel::table! {
     }
 }
 
-/// Which service produces each event type: the only source a sink accepts
-/// for it. Built from the registry ([`crate::registry::Registry::event_producers`]),
-/// so a type has at most one producer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventProducers(BTreeMap<EventType, &'static str>);
+/// What an event sink accepts: each event type only from the service that
+/// produces it (built from the registry,
+/// [`crate::registry::Registry::event_producers`], so a type has at most one
+/// producer), and only while the event is young enough that a redelivery of
+/// it is still recognised ([`retention`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventProducers {
+    owners: BTreeMap<EventType, &'static str>,
+    max_age: Duration,
+}
+
+impl Default for EventProducers {
+    fn default() -> Self {
+        Self {
+            owners: BTreeMap::new(),
+            max_age: retention::event_horizon(retention::DEFAULT_PROCESSED_EVENTS_RETENTION),
+        }
+    }
+}
 
 impl EventProducers {
-    /// The map from `(event type, producing service)` pairs; an error when a
-    /// type is given two different producers.
+    /// The map from `(event type, producing service)` pairs, accepting events
+    /// up to the horizon of the default retention; an error when a type is
+    /// given two different producers.
     pub fn new(pairs: impl IntoIterator<Item = (EventType, &'static str)>) -> anyhow::Result<Self> {
-        let mut producers = BTreeMap::new();
+        let mut producers = EventProducers::default();
         for (event_type, producer) in pairs {
-            if let Some(other) = producers.insert(event_type, producer)
+            if let Some(other) = producers.owners.insert(event_type, producer)
                 && other != producer
             {
                 anyhow::bail!("{event_type} is produced by both {other} and {producer}; an event type has one owner");
             }
         }
-        Ok(EventProducers(producers))
+        Ok(producers)
+    }
+
+    /// The same producers, accepting events at most `max_age` old (the
+    /// horizon of the consumer's `processed_events` retention,
+    /// [`retention::event_horizon`]).
+    pub fn with_max_age(self, max_age: Duration) -> Self {
+        Self { max_age, ..self }
     }
 
     /// The service that produces `event_type`, if any does.
     pub fn producer(&self, event_type: EventType) -> Option<&'static str> {
-        self.0.get(&event_type).copied()
+        self.owners.get(&event_type).copied()
     }
 
     /// Every event type and its producer.
     pub fn iter(&self) -> impl Iterator<Item = (EventType, &'static str)> + '_ {
-        self.0.iter().map(|(t, p)| (*t, *p))
+        self.owners.iter().map(|(t, p)| (*t, *p))
+    }
+
+    /// The oldest an event may be and still be accepted.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
     }
 }
 
@@ -224,15 +255,9 @@ pub fn delivery(request: tonic::Request<DeliverRequest>, producers: &EventProduc
     // `events.deliver` cannot announce, under its own name, what only
     // another service may (a UserRegistered from anyone but auth).
     let event_type = EventType::of(&payload);
-    match producers.producer(event_type) {
-        Some(owner) if owner == event.source => Ok(Delivery {
-            event_id,
-            source: event.source,
-            create_time: event.create_time,
-            payload,
-            trace_context: event.trace_context,
-        }),
-        owner => Err(Error::permission_denied(
+    let owner = producers.producer(event_type);
+    if owner != Some(event.source.as_str()) {
+        return Err(Error::permission_denied(
             "EVENT_SOURCE_NOT_OWNER",
             format!(
                 "{} events come only from {}, not {}",
@@ -242,12 +267,50 @@ pub fn delivery(request: tonic::Request<DeliverRequest>, producers: &EventProduc
             ),
         )
         .with_metadata("event_type", event_type.as_str())
-        .with_metadata("source", event.source)),
+        .with_metadata("source", event.source));
     }
+    check_age(event_id, event.create_time, producers.max_age())?;
+    Ok(Delivery {
+        event_id,
+        source: event.source,
+        create_time: event.create_time,
+        payload,
+        trace_context: event.trace_context,
+    })
+}
+
+/// Refuses an event older than `max_age`: its `processed_events` row, if it
+/// was applied before, may already be pruned, so it could apply twice (see
+/// [`retention`]). It stays in its producer's outbox, with this error as its
+/// last, for an operator to see.
+fn check_age(event_id: Uuid, create_time: Option<prost_types::Timestamp>, max_age: Duration) -> Result<(), Error> {
+    let create_time = create_time.ok_or_else(|| Error::invalid_field("event.create_time", "is required"))?;
+    let created = SystemTime::try_from(create_time)
+        .map_err(|_| Error::invalid_field("event.create_time", "is not a valid time"))?;
+    // A producer's clock a little ahead of ours makes a new event look
+    // younger than zero: that is young enough.
+    let age = SystemTime::now().duration_since(created).unwrap_or_default();
+    if age <= max_age {
+        return Ok(());
+    }
+    Err(Error::failed_precondition(
+        "EVENT_TOO_OLD",
+        format!(
+            "event {event_id} is {}s old, past the {}s within which a redelivery is recognised; it is refused so it \
+             cannot apply twice",
+            age.as_secs(),
+            max_age.as_secs()
+        ),
+    )
+    .with_metadata("event_id", event_id.to_string())
+    .with_metadata("event_age_secs", age.as_secs().to_string())
+    .with_metadata("max_age_secs", max_age.as_secs().to_string()))
 }
 
 /// Records `event_id` as processed, inside the caller's transaction. Returns
-/// false when it was processed before: the caller then applies nothing.
+/// false when it was processed before: the caller then applies nothing. The
+/// record is kept for the processed events retention ([`retention`]), past
+/// the age at which [`delivery`] refuses the event.
 pub async fn first_delivery(conn: &mut AsyncPgConnection, event_id: Uuid) -> Result<bool, Error> {
     let inserted = diesel::insert_into(processed_events::table)
         .values(processed_events::event_id.eq(event_id))

@@ -25,6 +25,7 @@ diesel::table! {
         next_attempt_at -> Timestamptz,
         last_error -> Nullable<Text>,
         discard_after -> Nullable<Timestamptz>,
+        delivered_to -> Nullable<Array<Text>>,
     }
 }
 

@@ -6,7 +6,8 @@
 //! so several relays (replicas) can run at once without two of them sending
 //! the same row at the same time, and no transaction stays open while
 //! subscribers are called. A failed delivery is retried with exponential
-//! backoff and jitter; other events do not wait for it. A relay that dies
+//! backoff and jitter; other events do not wait for it, and the subscribers
+//! that accepted it are recorded and not sent it again. A relay that dies
 //! mid-batch leaves its leased rows to be sent again when the lease ends.
 //! Events that no subscriber wants are marked done at once; every done event
 //! is deleted after the retention period, and an event carrying a secret
@@ -22,7 +23,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use diesel::{AsChangeset, BoolExpressionMethods as _, ExpressionMethods as _, QueryDsl as _};
-use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use keel::events::v1::{DeliverRequest, Event, event_sink_client::EventSinkClient};
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -39,10 +40,12 @@ use crate::{
     db::Pool,
     events::EventType,
     events::outbox::{NOTIFY_CHANNEL, outbox as table},
+    events::retention,
     serve::metrics::Metrics,
 };
 
-/// How the relay paces itself.
+/// How events travel: how the relay paces itself, and how long producers
+/// and consumers keep their records of them. Every service takes these.
 #[derive(Debug, Clone, Args)]
 pub struct RelayConfig {
     /// How often the relay looks for events when no NOTIFY wakes it (ms).
@@ -62,6 +65,14 @@ pub struct RelayConfig {
     /// is deleted (seconds), so no outbox grows without bound.
     #[arg(long, env = "KEEL_OUTBOX_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
     pub outbox_retention_secs: u64,
+
+    /// How long a consumer remembers an event it applied (seconds), so a
+    /// redelivery is a duplicate; its sink refuses events older than this
+    /// less an hour (FAILED_PRECONDITION `EVENT_TOO_OLD`) rather than risk
+    /// applying one twice. At least an hour longer than the outbox retention
+    /// and the relay's longest backoff.
+    #[arg(long, env = "KEEL_PROCESSED_EVENTS_RETENTION_SECS", default_value_t = 30 * 24 * 3600)]
+    pub processed_events_retention_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -71,7 +82,41 @@ impl Default for RelayConfig {
             relay_max_backoff_ms: 60_000,
             relay_batch: 64,
             outbox_retention_secs: 7 * 24 * 3600,
+            processed_events_retention_secs: retention::DEFAULT_PROCESSED_EVENTS_RETENTION.as_secs(),
         }
+    }
+}
+
+impl RelayConfig {
+    /// How long consumers keep their `processed_events` rows.
+    pub fn processed_events_retention(&self) -> Duration {
+        Duration::from_secs(self.processed_events_retention_secs)
+    }
+
+    /// The oldest event a consumer accepts ([`retention::event_horizon`]).
+    pub fn event_horizon(&self) -> Duration {
+        retention::event_horizon(self.processed_events_retention())
+    }
+
+    /// An error unless consumers remember events clearly longer than the
+    /// relay waits between two attempts (else an event that fails once might
+    /// be refused as too old at its retry) and than producers keep them in
+    /// their outbox (so an event its producer still has on record is one its
+    /// consumers still remember).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let floor = Duration::from_secs(self.outbox_retention_secs)
+            .max(Duration::from_millis(self.relay_max_backoff_ms))
+            .saturating_add(retention::CLOCK_SKEW_MARGIN);
+        anyhow::ensure!(
+            self.processed_events_retention() >= floor,
+            "KEEL_PROCESSED_EVENTS_RETENTION_SECS ({}) must be at least {} seconds: an hour longer than both \
+             KEEL_OUTBOX_RETENTION_SECS ({}) and KEEL_RELAY_MAX_BACKOFF_MS ({} ms)",
+            self.processed_events_retention_secs,
+            floor.as_secs(),
+            self.outbox_retention_secs,
+            self.relay_max_backoff_ms
+        );
+        Ok(())
     }
 }
 
@@ -280,25 +325,29 @@ impl Relay {
     /// Claiming is a short transaction that leases the rows (pushes their
     /// `next_attempt_at` past the delivery time), so no transaction or row
     /// lock is held while subscribers are called, and another relay skips
-    /// them until the lease runs out.
-    /// On shutdown, the rows not yet delivered are released at once.
+    /// them until the lease runs out. Each outcome is one statement, so a
+    /// crash leaves an event either as it was claimed (sent again when the
+    /// lease ends) or fully recorded.
+    /// On shutdown, or when the lease would run out before the next delivery
+    /// ends, the rows not yet delivered are released at once.
     pub async fn deliver_batch(&self, shutdown: &CancellationToken) -> anyhow::Result<usize> {
         let mut conn = self.pool.get().await.context("taking a connection")?;
+        let leased_until = Instant::now() + LEASE;
         let lease = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
         let batch = self.config.relay_batch.max(1);
-        let rows: Vec<(Uuid, Vec<u8>, i32)> = conn
+        let rows: Vec<Claimed> = conn
             .transaction::<_, anyhow::Error, _>(async |conn| {
-                let rows: Vec<(Uuid, Vec<u8>, i32)> = table::table
+                let rows: Vec<Claimed> = table::table
                     .filter(table::published_at.is_null())
                     .filter(table::next_attempt_at.le(diesel::dsl::now))
                     .order((table::created_at, table::id))
                     .limit(batch)
-                    .select((table::id, table::payload, table::attempts))
+                    .select((table::id, table::payload, table::attempts, table::delivered_to))
                     .for_update()
                     .skip_locked()
                     .load(conn)
                     .await?;
-                let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
+                let ids: Vec<Uuid> = rows.iter().map(|(id, ..)| *id).collect();
                 diesel::update(table::table.filter(table::id.eq_any(&ids)))
                     .set(table::next_attempt_at.eq(lease))
                     .execute(conn)
@@ -306,27 +355,32 @@ impl Relay {
                 Ok(rows)
             })
             .await?;
-        for (index, (id, payload, attempts)) in rows.iter().enumerate() {
+        // The longest one event's delivery can take.
+        let longest = DELIVERY_TIMEOUT.saturating_mul(u32::try_from(self.subscribers.len()).unwrap_or(u32::MAX));
+        for (index, (id, payload, attempts, delivered_to)) in rows.iter().enumerate() {
+            // Past the lease another relay may claim the row and send it
+            // too: hand the rest back instead (after one, so a relay always
+            // makes progress).
+            if index > 0 && Instant::now() + longest > leased_until {
+                self.release(&mut conn, &rows[index..]).await?;
+                return Ok(index);
+            }
             let delivery = async {
                 match Event::decode(payload.as_slice()) {
-                    Ok(event) => self.deliver(&event).await,
-                    Err(err) => Err(anyhow::anyhow!("undecodable event: {err}")),
+                    Ok(event) => self.deliver(&event, delivered_to.as_deref().unwrap_or_default()).await,
+                    Err(err) => Sent::failed(delivered_to, anyhow::anyhow!("undecodable event: {err}")),
                 }
             };
-            let outcome = tokio::select! {
-                outcome = delivery => outcome,
+            let sent = tokio::select! {
+                sent = delivery => sent,
                 () = shutdown.cancelled() => {
                     // At least once: whatever was in flight is sent again later.
-                    let unsent: Vec<Uuid> = rows[index..].iter().map(|(id, _, _)| *id).collect();
-                    diesel::update(table::table.filter(table::id.eq_any(&unsent)))
-                        .set(table::next_attempt_at.eq(diesel::dsl::now))
-                        .execute(&mut conn)
-                        .await?;
+                    self.release(&mut conn, &rows[index..]).await?;
                     return Ok(index);
                 }
             };
-            match outcome {
-                Ok(0) => {
+            match sent.error {
+                None if sent.wanted == 0 => {
                     // Nobody subscribes to this type: done, and kept on record
                     // until the retention period ends.
                     diesel::update(table::table.find(id))
@@ -337,12 +391,13 @@ impl Relay {
                         .execute(&mut conn)
                         .await?;
                 }
-                Ok(_) => {
+                None => {
                     // Delivered: the payload may carry secrets (reset tokens),
                     // so it is not kept.
                     diesel::update(table::table.find(id))
                         .set((
                             table::published_at.eq(diesel::dsl::now),
+                            table::delivered_to.eq(sent.delivered_to),
                             PayloadScrub {
                                 payload: Vec::new(),
                                 last_error: None,
@@ -351,22 +406,40 @@ impl Relay {
                         .execute(&mut conn)
                         .await?;
                 }
-                Err(err) => {
+                Some(err) => {
                     let wait = backoff(*attempts, Duration::from_millis(self.config.relay_max_backoff_ms));
                     tracing::warn!(event_id = %id, attempts = attempts + 1, ?wait, error = format!("{err:#}"), "event delivery failed; will retry");
                     let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                    diesel::update(table::table.find(id))
-                        .set(RetrySchedule {
-                            attempts: attempts + 1,
-                            next_attempt_at: next,
-                            last_error: format!("{err:#}"),
-                        })
+                    // Who accepted it is recorded with the failure, in one
+                    // statement: they are not sent it again. Only while it is
+                    // not done: a relay that overran its lease must not mark
+                    // failed what another delivered.
+                    diesel::update(table::table.find(id).filter(table::published_at.is_null()))
+                        .set((
+                            RetrySchedule {
+                                attempts: attempts + 1,
+                                next_attempt_at: next,
+                                last_error: format!("{err:#}"),
+                            },
+                            table::delivered_to.eq(sent.delivered_to),
+                        ))
                         .execute(&mut conn)
                         .await?;
                 }
             }
         }
         Ok(rows.len())
+    }
+
+    /// Makes `unsent` due again at once, for any relay to claim.
+    async fn release(&self, conn: &mut AsyncPgConnection, unsent: &[Claimed]) -> anyhow::Result<()> {
+        let ids: Vec<Uuid> = unsent.iter().map(|(id, ..)| *id).collect();
+        diesel::update(table::table.filter(table::id.eq_any(&ids)))
+            .set(table::next_attempt_at.eq(diesel::dsl::now))
+            .execute(conn)
+            .await
+            .context("releasing undelivered events")?;
+        Ok(())
     }
 
     /// Publishes how many events wait and how long the oldest has, every
@@ -420,15 +493,22 @@ impl Relay {
         Ok(())
     }
 
-    /// Sends `event` to every subscriber that wants it; all must accept.
-    /// Returns how many received it.
+    /// Sends `event` to every subscriber that wants it and is not in
+    /// `delivered_to` (those accepted it on an earlier attempt); all must
+    /// accept. One subscriber's failure does not keep the event from the
+    /// others.
     ///
     /// The delivery has a span of its own (`outbox.relay`) in the producer's
     /// trace, under the span that wrote the event; each Deliver call carries
     /// this span's context, so the consumer's work joins the trace under it.
-    async fn deliver(&self, event: &Event) -> anyhow::Result<usize> {
+    async fn deliver(&self, event: &Event, delivered_to: &[String]) -> Sent {
+        let mut sent = Sent {
+            wanted: 0,
+            delivered_to: delivered_to.to_vec(),
+            error: None,
+        };
         let Some(payload) = &event.payload else {
-            return Ok(0);
+            return sent;
         };
         let event_type = EventType::of(payload);
         let span = tracing::info_span!(
@@ -442,28 +522,66 @@ impl Relay {
             delivered = tracing::field::Empty,
         );
         crate::serve::telemetry::continue_trace(&span, &event.trace_context);
-        let sent = async {
-            let mut delivered = 0;
+        let mut failures = Vec::new();
+        async {
             for subscriber in self.subscribers.iter().filter(|s| s.event_types.contains(&event_type)) {
+                sent.wanted += 1;
+                if delivered_to.iter().any(|name| name == subscriber.name) {
+                    continue;
+                }
                 let mut request = tonic::Request::new(DeliverRequest {
                     event: Some(event.clone()),
                 });
                 request.set_timeout(DELIVERY_TIMEOUT);
-                let outcome = EventSinkClient::new(subscriber.channel.clone()).deliver(request).await;
-                self.metrics
-                    .delivered(subscriber.name, if outcome.is_ok() { "delivered" } else { "failed" });
-                outcome.with_context(|| format!("delivering {event_type} {} to {}", event.id, subscriber.name))?;
-                delivered += 1;
+                match EventSinkClient::new(subscriber.channel.clone()).deliver(request).await {
+                    Ok(_) => {
+                        self.metrics.delivered(subscriber.name, "delivered");
+                        sent.delivered_to.push(subscriber.name.to_owned());
+                    }
+                    Err(status) => {
+                        self.metrics.delivered(subscriber.name, "failed");
+                        failures.push(format!(
+                            "delivering {event_type} {} to {}: {status}",
+                            event.id, subscriber.name
+                        ));
+                    }
+                }
             }
-            Ok(delivered)
         }
         .instrument(span.clone())
         .await;
-        match &sent {
-            Ok(delivered) => span.record("delivered", delivered),
-            Err(_) => span.record("otel.status_code", "ERROR"),
-        };
+        if failures.is_empty() {
+            span.record("delivered", sent.wanted);
+        } else {
+            span.record("otel.status_code", "ERROR");
+            sent.error = Some(anyhow::anyhow!(failures.join("; ")));
+        }
         sent
+    }
+}
+
+/// A claimed row: its id, payload, attempts so far and the subscribers that
+/// accepted it already.
+type Claimed = (Uuid, Vec<u8>, i32, Option<Vec<String>>);
+
+/// How one event's delivery went.
+struct Sent {
+    /// How many subscribers want its type (0: it is done at once).
+    wanted: usize,
+    /// Who has accepted it, on this attempt or an earlier one.
+    delivered_to: Vec<String>,
+    /// Why some subscriber has not, if one has not.
+    error: Option<anyhow::Error>,
+}
+
+impl Sent {
+    /// A delivery that failed before any subscriber was called.
+    fn failed(delivered_to: &Option<Vec<String>>, error: anyhow::Error) -> Self {
+        Sent {
+            wanted: 0,
+            delivered_to: delivered_to.clone().unwrap_or_default(),
+            error: Some(error),
+        }
     }
 }
 
@@ -478,6 +596,31 @@ pub fn backoff(attempts: i32, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumers_must_remember_events_longer_than_producers_keep_them() {
+        assert!(RelayConfig::default().check().is_ok());
+        let shorter = RelayConfig {
+            processed_events_retention_secs: 7 * 24 * 3600,
+            ..RelayConfig::default()
+        };
+        assert!(shorter.check().is_err(), "no longer than the outbox retention");
+        let under_backoff = RelayConfig {
+            outbox_retention_secs: 60,
+            relay_max_backoff_ms: 3_600_000,
+            processed_events_retention_secs: 2 * 3600 - 1,
+            ..RelayConfig::default()
+        };
+        assert!(under_backoff.check().is_err(), "an hour past the longest backoff");
+        assert!(
+            RelayConfig {
+                processed_events_retention_secs: 2 * 3600,
+                ..under_backoff
+            }
+            .check()
+            .is_ok()
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_a_cap() {
