@@ -93,7 +93,8 @@ pub struct WebhookConfig {
           action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
 
-    /// How long one delivery may take (ms).
+    /// How long one attempt may take, connecting and reading the answer
+    /// included: the longest an endpoint holds a worker per delivery (ms).
     #[arg(long, env = "KEEL_NOTIFICATIONS_WEBHOOK_TIMEOUT_MS", default_value_t = 15_000)]
     pub webhook_timeout_ms: u64,
 
@@ -137,10 +138,31 @@ pub struct DeliveryConfig {
     #[arg(long, env = "KEEL_NOTIFICATIONS_DELIVERY_POLL_MS", default_value_t = 1_000)]
     pub delivery_poll_ms: u64,
 
-    /// The most deliveries one pass claims (and sends at once).
-    #[arg(long, env = "KEEL_NOTIFICATIONS_DELIVERY_BATCH", default_value_t = 32,
-          value_parser = clap::value_parser!(i64).range(1..=1000))]
-    pub delivery_batch: i64,
+    /// How many mails one process sends at once. Mail has workers of its
+    /// own, so webhooks can't hold it up (nor it them).
+    #[arg(long, env = "KEEL_NOTIFICATIONS_EMAIL_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub email_concurrency: u32,
+
+    /// How many webhooks one process sends at once. A worker takes the next
+    /// due delivery as soon as it is free; none waits for another's answer.
+    #[arg(long, env = "KEEL_NOTIFICATIONS_WEBHOOK_CONCURRENCY", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub webhook_concurrency: u32,
+
+    /// How many deliveries one webhook endpoint may have in flight at once,
+    /// across every replica: the rest of its queue waits for it, and no one
+    /// else's does.
+    #[arg(long, env = "KEEL_NOTIFICATIONS_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub webhook_endpoint_concurrency: u32,
+
+    /// How many of one process's webhook workers endpoints that are failing
+    /// (their last attempt failed) may hold at once; the others stay free
+    /// for endpoints that answer, however many endpoints are down.
+    #[arg(long, env = "KEEL_NOTIFICATIONS_WEBHOOK_FAILING_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub webhook_failing_concurrency: u32,
 
     /// The most attempts at one mail before it is dead-lettered.
     #[arg(long, env = "KEEL_NOTIFICATIONS_EMAIL_MAX_ATTEMPTS", default_value_t = 8,
@@ -157,6 +179,28 @@ pub struct DeliveryConfig {
     /// letters stay until redelivered).
     #[arg(long, env = "KEEL_NOTIFICATIONS_DELIVERY_RETENTION_SECS", default_value_t = 604_800)]
     pub delivery_retention_secs: u64,
+
+    /// Test hook: the delivery workers stop at this point as if the process
+    /// died there. Never set it in production.
+    #[arg(
+        long,
+        env = "KEEL_NOTIFICATIONS_TEST_CRASH_AFTER",
+        value_enum,
+        default_value = "never",
+        hide = true
+    )]
+    pub test_crash_after: CrashPoint,
+}
+
+/// Where the test hook [`DeliveryConfig::test_crash_after`] stops the
+/// delivery workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CrashPoint {
+    /// Nowhere: the workers run as they should.
+    #[default]
+    Never,
+    /// After a delivery is marked dead, before its dead letter is written.
+    MarkingDead,
 }
 
 impl DeliveryConfig {
@@ -178,6 +222,26 @@ impl DeliveryConfig {
     /// How long finished deliveries are kept.
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.delivery_retention_secs)
+    }
+
+    /// How many mails one process sends at once.
+    pub fn email_slots(&self) -> usize {
+        self.email_concurrency.max(1) as usize
+    }
+
+    /// How many webhooks one process sends at once.
+    pub fn webhook_slots(&self) -> usize {
+        self.webhook_concurrency.max(1) as usize
+    }
+
+    /// How many of those failing endpoints may hold (never more than all).
+    pub fn failing_webhook_slots(&self) -> usize {
+        (self.webhook_failing_concurrency.max(1) as usize).min(self.webhook_slots())
+    }
+
+    /// How many deliveries one endpoint may have in flight.
+    pub fn per_endpoint(&self) -> i64 {
+        i64::from(self.webhook_endpoint_concurrency.max(1))
     }
 }
 

@@ -39,7 +39,7 @@ pub mod store;
 pub mod webhook;
 
 pub use app::Notifications;
-pub use config::{DeliveryConfig, EmailConfig, InboxConfig, NotificationsConfig, WebhookConfig};
+pub use config::{CrashPoint, DeliveryConfig, EmailConfig, InboxConfig, NotificationsConfig, WebhookConfig};
 
 /// The service's migrations, embedded in the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");

@@ -9,8 +9,8 @@ use super::{Notifications, Page};
 use crate::{
     domain::Channel,
     store::{
-        deliveries::{self, DeadLetterRow},
-        endpoints,
+        dead_letters::{self, DeadLetterRow},
+        deliveries, endpoints,
     },
 };
 
@@ -26,7 +26,7 @@ impl Notifications {
     ) -> Result<Page<DeadLetterRow>, Error> {
         let endpoint = endpoint.map(|id| id.to_string());
         let mut conn = self.pool.get().await?;
-        let rows = deliveries::dead_letter_page(&mut conn, endpoint.as_deref(), before, limit + 1).await?;
+        let rows = dead_letters::page(&mut conn, endpoint.as_deref(), before, limit + 1).await?;
         Ok(Page::of(rows, limit, |row| row.id))
     }
 
@@ -36,7 +36,7 @@ impl Notifications {
         let mut conn = self.pool.get().await?;
         let row = conn
             .transaction::<_, Error, _>(async |conn| {
-                let row = deliveries::lock_dead_letter(conn, id)
+                let row = dead_letters::lock(conn, id)
                     .await?
                     .ok_or_else(|| Error::not_found("dead letter"))?;
                 if row.redeliver_time.is_some() {
@@ -66,7 +66,16 @@ impl Notifications {
                         Some(_) => {}
                     }
                 }
-                Ok(deliveries::redeliver(conn, &row).await?)
+                // Queued again and no longer listed, together.
+                if !deliveries::requeue(conn, row.delivery_id, row.channel).await? {
+                    return Err(anyhow::anyhow!(
+                        "the delivery {} of dead letter {} is not dead",
+                        row.delivery_id,
+                        row.id
+                    )
+                    .into());
+                }
+                Ok(dead_letters::mark_redelivered(conn, row.id).await?)
             })
             .await?;
         tracing::info!(dead_letter_id = %row.id, delivery_id = %row.delivery_id, "dead letter redelivered");

@@ -1,11 +1,15 @@
-//! What the delivery workers publish: every attempt's outcome per channel,
-//! and how many dead letters wait for an operator.
+//! What the delivery workers publish: every attempt's outcome per channel
+//! and per webhook endpoint, how long the oldest due delivery of each
+//! channel has waited, and how many dead letters wait for an operator.
+
+use std::{sync::atomic::AtomicU64, time::Duration};
 
 use keel_platform::serve::metrics::Metrics;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
+use uuid::Uuid;
 
 use crate::domain::Channel;
 
@@ -13,6 +17,17 @@ use crate::domain::Channel;
 struct AttemptLabels {
     channel: &'static str,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: &'static str,
 }
 
 /// How an attempt ended, as the metrics name it.
@@ -43,6 +58,8 @@ impl Recorded {
 #[derive(Debug, Clone)]
 pub struct DeliveryMetrics {
     attempts: Family<AttemptLabels, Counter>,
+    endpoint_attempts: Family<EndpointLabels, Counter>,
+    oldest_due: Family<ChannelLabels, Gauge<f64, AtomicU64>>,
     dead_letters: Gauge,
 }
 
@@ -51,6 +68,8 @@ impl DeliveryMetrics {
     pub fn new(metrics: &Metrics) -> Self {
         let delivery = Self {
             attempts: Family::default(),
+            endpoint_attempts: Family::default(),
+            oldest_due: Family::default(),
             dead_letters: Gauge::default(),
         };
         metrics.register(
@@ -60,6 +79,18 @@ impl DeliveryMetrics {
             delivery.attempts.clone(),
         );
         metrics.register(
+            "notification_webhook_deliveries",
+            "Attempts at sending a webhook, per endpoint (a user has at most 20), by how they ended: delivered, \
+             retried, dead_lettered, gone.",
+            delivery.endpoint_attempts.clone(),
+        );
+        metrics.register(
+            "notification_oldest_due_age_seconds",
+            "How long the oldest due delivery of each channel (email, webhook) has waited for a worker, measured \
+             every 5 s; 0 when none waits.",
+            delivery.oldest_due.clone(),
+        );
+        metrics.register(
             "notification_dead_letters",
             "Dead letters not yet redelivered (ListDeadLetters).",
             delivery.dead_letters.clone(),
@@ -67,13 +98,28 @@ impl DeliveryMetrics {
         delivery
     }
 
-    /// Counts one attempt on `channel`.
-    pub fn attempted(&self, channel: Channel, recorded: Recorded) {
+    /// Counts one attempt on `channel`, to `endpoint` for a webhook.
+    pub fn attempted(&self, channel: Channel, endpoint: Option<Uuid>, recorded: Recorded) {
         let labels = AttemptLabels {
             channel: channel.as_str(),
             outcome: recorded.as_str(),
         };
         self.attempts.get_or_create(&labels).inc();
+        if let Some(endpoint) = endpoint {
+            let labels = EndpointLabels {
+                endpoint: endpoint.to_string(),
+                outcome: recorded.as_str(),
+            };
+            self.endpoint_attempts.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Publishes how long the oldest due delivery on `channel` has waited.
+    pub fn oldest_due(&self, channel: Channel, waited: Duration) {
+        let labels = ChannelLabels {
+            channel: channel.as_str(),
+        };
+        self.oldest_due.get_or_create(&labels).set(waited.as_secs_f64());
     }
 
     /// Publishes how many dead letters wait.

@@ -1,9 +1,11 @@
-//! One delivery pass after another: claim, send, record.
+//! The delivery workers: a lane of their own for mail and for webhooks
+//! ([`super::lane`]), and the upkeep beside them ([`super::upkeep`]). Here,
+//! what one attempt does: render, send, and record what came of it
+//! ([`super::record`]).
 
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use diesel_async::AsyncConnection as _;
 use keel::events::v1::Event;
 use keel_platform::{Error, db::Pool, sealing::SealingKey};
 use prost::Message as _;
@@ -11,20 +13,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{DeliveryMetrics, backoff, metrics::Recorded};
+use super::{DeliveryMetrics, lane::Lane, record::Attempted, upkeep};
 use crate::{
-    app::preferences,
     config::DeliveryConfig,
-    domain::{Channel, Outcome, Topic},
-    email::{
-        Mailer,
-        templates::{Message, Templates},
-    },
+    domain::{Channel, Outcome},
+    email::{Mailer, templates::Templates},
     messages::{self, Links},
     store::{
         deliveries::{self, DeliveryRow, NOTIFY_CHANNEL},
         endpoints::{self, EndpointRow},
-        inbox::{self, NewNotification},
     },
     webhook::{payload, schedule::Schedule, secret::SigningSecret, send::Sender},
 };
@@ -46,109 +43,47 @@ pub struct Workers {
     pub(crate) metrics: DeliveryMetrics,
 }
 
-/// How often the dead letters are counted for the metrics, at most.
-const DEAD_LETTER_COUNT_INTERVAL: Duration = Duration::from_secs(5);
-
-/// What a delivery's attempt produced, with what a dead letter records.
-struct Attempted {
-    outcome: Outcome,
-    /// The webhook body, or the mail's subject.
-    payload: String,
-    /// The endpoint, for webhooks.
-    endpoint: Option<EndpointRow>,
-}
-
 impl Workers {
-    /// Runs passes until `shutdown`: woken by the NOTIFY of a new delivery,
-    /// and every poll period for retries that came due.
+    /// Runs the mail and webhook lanes and the upkeep until `shutdown`. A
+    /// lane is woken by the NOTIFY of a new delivery on its channel, when
+    /// one of its attempts ends, and every poll period for retries that came
+    /// due. What was in flight at shutdown is tried again when its lease
+    /// ends (at least once).
     pub async fn run(self, database_url: String, shutdown: CancellationToken) {
-        let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(keel_platform::db::listen(
-            database_url,
-            NOTIFY_CHANNEL,
-            wake.clone(),
-            shutdown.clone(),
-        ));
-        // Finished rows are pruned at start and then at most every minute.
-        let prune_every = self.config.retention().min(Duration::from_secs(60));
-        let mut pruned_at: Option<tokio::time::Instant> = None;
-        let mut counted_at: Option<tokio::time::Instant> = None;
-        while !shutdown.is_cancelled() {
-            if pruned_at.is_none_or(|at| at.elapsed() >= prune_every) {
-                pruned_at = Some(tokio::time::Instant::now());
-                if let Err(err) = self.prune().await {
-                    tracing::warn!(error = %err, "pruning finished deliveries failed");
-                }
-            }
-            if counted_at.is_none_or(|at| at.elapsed() >= DEAD_LETTER_COUNT_INTERVAL) {
-                counted_at = Some(tokio::time::Instant::now());
-                if let Err(err) = self.count_dead_letters().await {
-                    tracing::warn!(error = %err, "counting dead letters failed");
-                }
-            }
-            let claimed = match self.pass(&shutdown).await {
-                Ok(claimed) => claimed,
-                Err(err) => {
-                    tracing::warn!(error = %err, "a delivery pass failed");
-                    0
-                }
-            };
-            // A full batch: more may be due at once.
-            if claimed as i64 >= self.config.delivery_batch {
-                continue;
-            }
-            tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep(self.config.poll()) => {}
-                () = shutdown.cancelled() => {}
-            }
-        }
-        listener.abort();
-    }
-
-    /// Publishes how many dead letters wait for an operator.
-    async fn count_dead_letters(&self) -> Result<(), Error> {
-        let mut conn = self.pool.get().await?;
-        self.metrics
-            .dead_letters(deliveries::waiting_dead_letters(&mut conn).await?);
-        Ok(())
-    }
-
-    /// Deletes the deliveries that finished longer ago than the retention.
-    async fn prune(&self) -> Result<(), Error> {
-        let mut conn = self.pool.get().await?;
-        let deleted = deliveries::prune(&mut conn, self.config.retention()).await?;
-        if deleted > 0 {
-            tracing::debug!(deleted, "finished deliveries pruned");
-        }
-        Ok(())
-    }
-
-    /// Claims due deliveries and sends them at once; returns how many.
-    async fn pass(&self, shutdown: &CancellationToken) -> Result<usize, Error> {
-        let claimed = {
-            let mut conn = self.pool.get().await?;
-            deliveries::claim(&mut conn, self.config.delivery_batch, self.config.lease()).await?
+        let workers = Arc::new(self);
+        // Stops everything at once: shutdown, or the test hook's crash.
+        let halt = shutdown.child_token();
+        let mail_wake = Arc::new(Notify::new());
+        let webhook_wake = Arc::new(Notify::new());
+        let listener = {
+            let (mail, webhook) = (mail_wake.clone(), webhook_wake.clone());
+            tokio::spawn(keel_platform::db::listen_with(
+                database_url,
+                NOTIFY_CHANNEL,
+                move |payload| match payload {
+                    Some(channel) if channel == Channel::Email.as_str() => mail.notify_one(),
+                    Some(channel) if channel == Channel::Webhook.as_str() => webhook.notify_one(),
+                    // A new connection (NOTIFYs may have been missed) or a
+                    // payload from elsewhere: both look.
+                    _ => {
+                        mail.notify_one();
+                        webhook.notify_one();
+                    }
+                },
+                halt.clone(),
+            ))
         };
-        let count = claimed.len();
-        let attempts = claimed.into_iter().map(|delivery| async move {
-            let id = delivery.id;
-            if let Err(err) = self.attempt(delivery).await {
-                // Its lease runs out and the delivery is tried again.
-                tracing::warn!(delivery_id = %id, error = %err, "recording a delivery failed");
-            }
-        });
-        tokio::select! {
-            _ = futures::future::join_all(attempts) => {}
-            // At least once: what was in flight is tried again when its
-            // lease ends.
-            () = shutdown.cancelled() => {}
-        }
-        Ok(count)
+        let upkeep = tokio::spawn(upkeep::run(workers.clone(), halt.clone()));
+        tokio::join!(
+            Lane::mail(&workers.config).run(workers.clone(), mail_wake, halt.clone()),
+            Lane::webhooks(&workers.config).run(workers.clone(), webhook_wake, halt.clone()),
+        );
+        listener.abort();
+        upkeep.abort();
     }
 
     /// One attempt at one delivery, and its record.
-    async fn attempt(&self, delivery: DeliveryRow) -> Result<(), Error> {
+    pub(super) async fn attempt(&self, delivery: DeliveryRow) -> Result<(), Error> {
         let Some(bytes) = delivery.event.as_deref() else {
             let mut conn = self.pool.get().await?;
             deliveries::drop_delivery(&mut conn, delivery.id, delivery.attempt_count, "nothing left to send").await?;
@@ -251,149 +186,4 @@ impl Workers {
         }
         Ok(secrets)
     }
-
-    async fn record(&self, delivery: &DeliveryRow, attempted: Attempted) -> Result<(), Error> {
-        let endpoint = attempted.endpoint.as_ref();
-        let attempt = delivery.attempt_count;
-        match attempted.outcome {
-            Outcome::Delivered => {
-                let mut conn = self.pool.get().await?;
-                // Counted once: only the attempt that still held the row.
-                if deliveries::delivered(&mut conn, delivery.id, attempt).await? {
-                    self.metrics.attempted(delivery.channel, Recorded::Delivered);
-                }
-                if let Some(endpoint) = endpoint {
-                    endpoints::record_success(&mut conn, endpoint.id).await?;
-                }
-                tracing::debug!(delivery_id = %delivery.id, channel = delivery.channel.as_str(), attempt, "delivered");
-            }
-            Outcome::Retry {
-                status,
-                error,
-                retry_after,
-            } => {
-                let next = match delivery.channel {
-                    Channel::Webhook => self
-                        .schedule
-                        .delay_after(u32::try_from(attempt).unwrap_or(u32::MAX), retry_after),
-                    _ => (attempt < self.config.email_max_attempts).then(|| {
-                        backoff::email_delay(self.config.email_retry_base(), attempt)
-                            .max(retry_after.unwrap_or_default())
-                    }),
-                };
-                match next {
-                    Some(delay) => {
-                        tracing::info!(
-                            delivery_id = %delivery.id, channel = delivery.channel.as_str(), attempt, ?status,
-                            error = %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying later"
-                        );
-                        let mut conn = self.pool.get().await?;
-                        if deliveries::retry_later(&mut conn, delivery.id, attempt, delay, status, &error).await? {
-                            self.metrics.attempted(delivery.channel, Recorded::Retried);
-                        }
-                    }
-                    None => {
-                        self.dead_letter(delivery, &attempted.payload, status, &error).await?;
-                    }
-                }
-                if let Some(endpoint) = endpoint {
-                    self.note_failure(endpoint).await?;
-                }
-            }
-            Outcome::Refused { status, error } => {
-                self.dead_letter(delivery, &attempted.payload, status, &error).await?;
-                if let Some(endpoint) = endpoint {
-                    self.note_failure(endpoint).await?;
-                }
-            }
-            Outcome::Gone => {
-                let mut conn = self.pool.get().await?;
-                if deliveries::drop_delivery(&mut conn, delivery.id, attempt, "the receiver answered 410 Gone").await? {
-                    self.metrics.attempted(delivery.channel, Recorded::Gone);
-                }
-                drop(conn);
-                if let Some(endpoint) = endpoint {
-                    self.disable(endpoint, "the receiver answered 410 Gone").await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn dead_letter(
-        &self,
-        delivery: &DeliveryRow,
-        payload: &str,
-        status: Option<i32>,
-        error: &str,
-    ) -> Result<(), Error> {
-        let mut conn = self.pool.get().await?;
-        if deliveries::dead_letter(&mut conn, delivery, payload, status, error).await? {
-            self.metrics.attempted(delivery.channel, Recorded::DeadLettered);
-            tracing::warn!(
-                delivery_id = %delivery.id, channel = delivery.channel.as_str(), attempts = delivery.attempt_count,
-                ?status, error, "delivery dead-lettered"
-            );
-        }
-        Ok(())
-    }
-
-    /// Counts a failure against the endpoint; one that has failed for
-    /// longer than allowed is disabled.
-    async fn note_failure(&self, endpoint: &EndpointRow) -> Result<(), Error> {
-        let mut conn = self.pool.get().await?;
-        let since = endpoints::record_failure(&mut conn, endpoint.id).await?;
-        let allowed = chrono::Duration::from_std(self.disable_after).unwrap_or(chrono::Duration::days(5));
-        if since.is_some_and(|since| Utc::now() - since >= allowed) {
-            let reason = format!("every delivery failed for more than {}", span(self.disable_after));
-            self.disable(endpoint, &reason).await?;
-        }
-        Ok(())
-    }
-
-    /// Disables the endpoint, drops what was queued for it and tells its
-    /// owner in the inbox (once, whoever gets there first).
-    async fn disable(&self, endpoint: &EndpointRow, reason: &str) -> Result<(), Error> {
-        let notice = Message::WebhookEndpointDisabled {
-            url: endpoint.url.clone(),
-            reason: reason.to_owned(),
-        };
-        let text = self.templates.inbox(&notice)?;
-        let mut conn = self.pool.get().await?;
-        let topic = Topic::WebhookEndpointDisabled;
-        conn.transaction::<_, Error, _>(async |conn| {
-            if !endpoints::disable(conn, endpoint.id, reason).await? {
-                return Ok(());
-            }
-            deliveries::drop_pending_for(conn, endpoint.id, "the endpoint was disabled").await?;
-            let chosen = preferences::of(conn, endpoint.user_id).await?;
-            if chosen.channels_for(topic).contains(&Channel::InApp) {
-                inbox::append(
-                    conn,
-                    &NewNotification {
-                        user_id: endpoint.user_id,
-                        event_type: topic.as_str(),
-                        // One notice per disabling.
-                        event_id: Uuid::now_v7(),
-                        title: &text.title,
-                        body: &text.body,
-                    },
-                )
-                .await?;
-            }
-            tracing::warn!(endpoint_id = %endpoint.id, user_id = %endpoint.user_id, reason, "webhook endpoint disabled");
-            Ok(())
-        })
-        .await
-    }
-}
-
-/// A duration for people: whole days, hours or seconds.
-fn span(duration: Duration) -> String {
-    let (count, unit) = match duration.as_secs() {
-        s if s >= 86_400 && s % 86_400 == 0 => (s / 86_400, "day"),
-        s if s >= 3_600 && s % 3_600 == 0 => (s / 3_600, "hour"),
-        s => (s, "second"),
-    };
-    format!("{count} {unit}{}", if count == 1 { "" } else { "s" })
 }

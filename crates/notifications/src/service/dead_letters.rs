@@ -4,7 +4,7 @@ use keel::notifications::v1 as pb;
 use keel_platform::{Error, db::paging, proto::timestamp, serve::rpc::parse_id};
 
 use super::Notifications;
-use crate::{domain::Channel, store::deliveries::DeadLetterRow};
+use crate::{domain::Channel, store::dead_letters::DeadLetterRow};
 
 pub(super) async fn list_dead_letters(
     service: &Notifications,

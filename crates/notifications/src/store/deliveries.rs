@@ -1,20 +1,20 @@
-//! Deliveries and dead letters. A delivery is claimed for one attempt with
-//! `FOR UPDATE SKIP LOCKED` and a lease, so several workers (and replicas)
-//! share the queue and a worker that dies mid-attempt only delays it.
+//! Deliveries: queued with the event, claimed for each attempt
+//! ([`super::claims`]), and ended as delivered, dead or dropped; a worker that
+//! dies mid-attempt only delays its delivery until the lease runs out.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    AsChangeset, BoolExpressionMethods as _, ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _,
-    QueryResult, Queryable, Selectable, SelectableHelper as _,
+    AsChangeset, BoolExpressionMethods as _, ExpressionMethods as _, Insertable, QueryDsl as _, QueryResult, Queryable,
+    Selectable,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
 use crate::{
     domain::{Channel, DeliveryState},
-    schema::{dead_letters, deliveries},
+    schema::deliveries,
 };
 
 /// The channel NOTIFY wakes the workers on when a delivery is due.
@@ -67,49 +67,6 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, new: &NewDelivery<'_>) -> Que
         keel_platform::db::notify(conn, NOTIFY_CHANNEL, new.channel.as_str()).await?;
     }
     Ok(inserted == 1)
-}
-
-/// A delivery claimed for one attempt, held until its lease runs out.
-#[derive(AsChangeset)]
-#[diesel(table_name = deliveries)]
-struct Claim {
-    lease_until: DateTime<Utc>,
-}
-
-/// Claims up to `limit` due deliveries for one attempt each, holding them
-/// for `lease`; counts the attempt. Runs its own short transaction.
-pub async fn claim(conn: &mut AsyncPgConnection, limit: i64, lease: Duration) -> QueryResult<Vec<DeliveryRow>> {
-    use diesel_async::AsyncConnection as _;
-    let lease_until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(1));
-    conn.transaction(async |conn| {
-        let due: Vec<Uuid> = deliveries::table
-            .filter(
-                deliveries::state
-                    .eq(DeliveryState::Pending)
-                    .and(deliveries::next_attempt_time.le(diesel::dsl::now))
-                    .and(
-                        deliveries::lease_until
-                            .is_null()
-                            .or(deliveries::lease_until.lt(diesel::dsl::now)),
-                    ),
-            )
-            .order_by(deliveries::next_attempt_time.asc())
-            .select(deliveries::id)
-            .limit(limit)
-            .for_update()
-            .skip_locked()
-            .load(conn)
-            .await?;
-        diesel::update(deliveries::table.filter(deliveries::id.eq_any(&due)))
-            .set((
-                Claim { lease_until },
-                deliveries::attempt_count.eq(deliveries::attempt_count + 1),
-            ))
-            .returning(DeliveryRow::as_returning())
-            .get_results(conn)
-            .await
-    })
-    .await
 }
 
 /// The held delivery `id` as this attempt left it, if the hold is still
@@ -216,41 +173,6 @@ pub async fn drop_delivery(conn: &mut AsyncPgConnection, id: Uuid, attempt: i32,
     Ok(changed == 1)
 }
 
-/// A dead letter as stored.
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = dead_letters)]
-pub struct DeadLetterRow {
-    pub id: Uuid,
-    pub delivery_id: Uuid,
-    pub channel: Channel,
-    pub target: String,
-    pub user_id: Uuid,
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub payload: String,
-    pub attempt_count: i32,
-    pub last_status: Option<i32>,
-    pub last_error: String,
-    pub create_time: DateTime<Utc>,
-    pub redeliver_time: Option<DateTime<Utc>>,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = dead_letters)]
-struct NewDeadLetter<'a> {
-    id: Uuid,
-    delivery_id: Uuid,
-    channel: Channel,
-    target: &'a str,
-    user_id: Uuid,
-    event_id: Uuid,
-    event_type: &'a str,
-    payload: &'a str,
-    attempt_count: i32,
-    last_status: Option<i32>,
-    last_error: &'a str,
-}
-
 /// A delivery given up on: its hold released, its last failure recorded (its event stays).
 #[derive(AsChangeset)]
 // None must write NULL here, not leave the column as it is.
@@ -262,16 +184,18 @@ struct DeadLettering<'a> {
     last_error: &'a str,
 }
 
-/// Gives up on a delivery and records a dead letter; the event is kept
-/// for a redelivery. Returns false when the attempt no longer held it.
-pub async fn dead_letter(
+/// Gives up on a held delivery; its event is kept for a redelivery. Returns
+/// false when the attempt no longer held it. Its dead letter
+/// ([`super::dead_letters::insert`]) belongs in the same transaction: a
+/// dead delivery without one could never be seen or redelivered.
+pub async fn mark_dead(
     conn: &mut AsyncPgConnection,
-    delivery: &DeliveryRow,
-    payload: &str,
+    id: Uuid,
+    attempt: i32,
     status: Option<i32>,
     error: &str,
 ) -> QueryResult<bool> {
-    let ids = held(delivery.id, delivery.attempt_count).select(deliveries::id);
+    let ids = held(id, attempt).select(deliveries::id);
     let changed = diesel::update(deliveries::table.filter(deliveries::id.eq_any(ids)))
         .set((
             DeadLettering {
@@ -284,93 +208,41 @@ pub async fn dead_letter(
         ))
         .execute(conn)
         .await?;
-    if changed == 0 {
-        return Ok(false);
+    Ok(changed == 1)
+}
+
+/// A dead delivery queued again: pending, due now, with a fresh schedule.
+#[derive(AsChangeset)]
+// None must write NULL here, not leave the column as it is.
+#[diesel(table_name = deliveries, treat_none_as_null = true)]
+struct Requeue {
+    state: DeliveryState,
+    attempt_count: i32,
+    lease_until: Option<DateTime<Utc>>,
+    finish_time: Option<DateTime<Utc>>,
+}
+
+/// Queues a dead delivery again with a fresh schedule, waking the workers of
+/// its channel when the transaction commits. Returns false when it is not
+/// dead.
+pub async fn requeue(conn: &mut AsyncPgConnection, id: Uuid, channel: Channel) -> QueryResult<bool> {
+    let changed =
+        diesel::update(deliveries::table.filter(deliveries::id.eq(id).and(deliveries::state.eq(DeliveryState::Dead))))
+            .set((
+                Requeue {
+                    state: DeliveryState::Pending,
+                    attempt_count: 0,
+                    lease_until: None,
+                    finish_time: None,
+                },
+                deliveries::next_attempt_time.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+    if changed == 1 {
+        keel_platform::db::notify(conn, NOTIFY_CHANNEL, channel.as_str()).await?;
     }
-    diesel::insert_into(dead_letters::table)
-        .values(NewDeadLetter {
-            id: Uuid::now_v7(),
-            delivery_id: delivery.id,
-            channel: delivery.channel,
-            target: &delivery.target,
-            user_id: delivery.user_id,
-            event_id: delivery.event_id,
-            event_type: &delivery.event_type,
-            payload,
-            attempt_count: delivery.attempt_count,
-            last_status: status,
-            last_error: error,
-        })
-        .execute(conn)
-        .await?;
-    Ok(true)
-}
-
-/// A page of dead letters not yet redelivered, newest first, before `before`.
-pub async fn dead_letter_page(
-    conn: &mut AsyncPgConnection,
-    endpoint: Option<&str>,
-    before: Option<Uuid>,
-    limit: i64,
-) -> QueryResult<Vec<DeadLetterRow>> {
-    let mut query = dead_letters::table
-        .filter(dead_letters::redeliver_time.is_null())
-        .select(DeadLetterRow::as_select())
-        .order_by(dead_letters::id.desc())
-        .limit(limit)
-        .into_boxed();
-    if let Some(endpoint) = endpoint {
-        query = query.filter(
-            dead_letters::channel
-                .eq(Channel::Webhook)
-                .and(dead_letters::target.eq(endpoint.to_owned())),
-        );
-    }
-    if let Some(before) = before {
-        query = query.filter(dead_letters::id.lt(before));
-    }
-    query.load(conn).await
-}
-
-/// How many dead letters wait for redelivery.
-pub async fn waiting_dead_letters(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
-    dead_letters::table
-        .filter(dead_letters::redeliver_time.is_null())
-        .count()
-        .get_result(conn)
-        .await
-}
-
-/// One dead letter, locked until commit.
-pub async fn lock_dead_letter(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<DeadLetterRow>> {
-    dead_letters::table
-        .find(id)
-        .select(DeadLetterRow::as_select())
-        .for_update()
-        .first(conn)
-        .await
-        .optional()
-}
-
-/// Marks a dead letter redelivered and queues its delivery again with a
-/// fresh schedule.
-pub async fn redeliver(conn: &mut AsyncPgConnection, dead_letter: &DeadLetterRow) -> QueryResult<DeadLetterRow> {
-    diesel::update(deliveries::table.find(dead_letter.delivery_id))
-        .set((
-            deliveries::state.eq(DeliveryState::Pending),
-            deliveries::attempt_count.eq(0),
-            deliveries::next_attempt_time.eq(diesel::dsl::now),
-            deliveries::lease_until.eq(None::<DateTime<Utc>>),
-            deliveries::finish_time.eq(None::<DateTime<Utc>>),
-        ))
-        .execute(conn)
-        .await?;
-    keel_platform::db::notify(conn, NOTIFY_CHANNEL, dead_letter.channel.as_str()).await?;
-    diesel::update(dead_letters::table.find(dead_letter.id))
-        .set(dead_letters::redeliver_time.eq(diesel::dsl::now))
-        .returning(DeadLetterRow::as_returning())
-        .get_result(conn)
-        .await
+    Ok(changed == 1)
 }
 
 /// Deletes deliveries that finished (delivered or dropped) more than
@@ -418,4 +290,25 @@ pub async fn drop_pending_for(conn: &mut AsyncPgConnection, endpoint: Uuid, why:
     ))
     .execute(conn)
     .await
+}
+
+/// When the longest-waiting delivery of each channel came due: pending, due,
+/// and held by no worker (it waits for a free worker, or for its endpoint to
+/// be under its limit).
+pub async fn oldest_due(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(Channel, Option<DateTime<Utc>>)>> {
+    deliveries::table
+        .filter(
+            deliveries::state
+                .eq(DeliveryState::Pending)
+                .and(deliveries::next_attempt_time.le(diesel::dsl::now))
+                .and(
+                    deliveries::lease_until
+                        .is_null()
+                        .or(deliveries::lease_until.lt(diesel::dsl::now)),
+                ),
+        )
+        .group_by(deliveries::channel)
+        .select((deliveries::channel, diesel::dsl::min(deliveries::next_attempt_time)))
+        .load(conn)
+        .await
 }

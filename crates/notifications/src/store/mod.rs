@@ -2,6 +2,8 @@
 //! the caller's connection, so a handler decides what runs in one
 //! transaction.
 
+pub mod claims;
+pub mod dead_letters;
 pub mod deliveries;
 pub mod endpoints;
 pub mod inbox;

@@ -80,7 +80,8 @@ impl Sender {
 
     /// POSTs `body` to `url`, signed with each of `secrets`, with `msg_id`
     /// as `webhook-id` (the same on every retry) and now as
-    /// `webhook-timestamp`. Errors in the outcome never hold a secret or the
+    /// `webhook-timestamp`, all within the timeout: one attempt never holds
+    /// its worker longer. Errors in the outcome never hold a secret or the
     /// body.
     pub async fn send(&self, url: &str, msg_id: &str, body: &[u8], secrets: &[&SigningSecret]) -> Outcome {
         // The URL is checked again at each delivery: the rules may have
@@ -96,15 +97,22 @@ impl Sender {
             Ok(headers) => headers,
             Err(error) => return refused(error),
         };
-        let response = self.client.post(url).headers(headers).body(body.to_vec()).send().await;
-        match response {
-            Ok(response) => {
-                let outcome = outcome(response.status(), response.headers());
-                drain(response).await;
-                outcome
+        let request = async {
+            match self.client.post(url).headers(headers).body(body.to_vec()).send().await {
+                Ok(response) => {
+                    let outcome = outcome(response.status(), response.headers());
+                    drain(response).await;
+                    outcome
+                }
+                Err(err) => self.failed(&err),
             }
-            Err(err) => self.failed(&err),
-        }
+        };
+        // The client's own timeout covers the request; this one covers
+        // everything around it too (resolving, reading the answer), so that
+        // no receiver can hold a worker past it.
+        tokio::time::timeout(self.timeout, request)
+            .await
+            .unwrap_or_else(|_| retry(format!("timed out after {} ms", self.timeout.as_millis())))
     }
 
     /// What a request that got no answer comes to.

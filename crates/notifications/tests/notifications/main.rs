@@ -2,7 +2,9 @@
 //! SMTP server and webhook receivers in-process.
 
 mod common;
+mod dead_letter_crash;
 mod email;
+mod fair_delivery;
 mod fair_streams;
 mod flow;
 mod gateway;
@@ -10,5 +12,6 @@ mod inbox;
 mod mail;
 mod preferences;
 mod rules;
+mod silent;
 mod webhook_sender;
 mod webhooks;
