@@ -91,6 +91,30 @@ pub struct AuthConfig {
     #[arg(long, env = "KEEL_CALL_LIMIT_WINDOW_SECS", default_value_t = 3_600, value_parser = clap::value_parser!(u32).range(1..))]
     pub call_limit_window_secs: u32,
 
+    /// The identity providers users may sign in with: a JSON array of
+    /// `{"id", "display_name", "issuer", "client_id", "client_secret",
+    /// "scopes"}` (see the README's "Sign in with a provider").
+    #[arg(long, env = "KEEL_OIDC_PROVIDERS", hide_env_values = true, value_parser = StringValueParser::new().map(SecretString::from))]
+    pub oidc_providers: Option<SecretString>,
+
+    /// A file holding the providers' JSON instead.
+    #[arg(long, env = "KEEL_OIDC_PROVIDERS_FILE", conflicts_with = "oidc_providers")]
+    pub oidc_providers_file: Option<std::path::PathBuf>,
+
+    /// The application URLs a provider sign-in may return to with its
+    /// one-time code (exact, comma-separated).
+    #[arg(long, env = "KEEL_OIDC_RETURN_URLS", value_delimiter = ',')]
+    pub oidc_return_urls: Vec<String>,
+
+    /// How long one call to a provider may take (ms).
+    #[arg(long, env = "KEEL_OIDC_TIMEOUT_MS", default_value_t = 10_000)]
+    pub oidc_timeout_ms: u64,
+
+    /// Where users reach Keel (the gateway): providers send the browser back
+    /// to `<this>/v1/auth/providers/<id>/callback`.
+    #[arg(long, env = "KEEL_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
+    pub public_base_url: String,
+
     /// How long a user's access token lives (seconds; at most 900). A
     /// shorter life makes clients refresh more often.
     #[arg(long, env = "KEEL_ACCESS_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u32).range(1..=900))]
@@ -112,10 +136,15 @@ pub struct AuthConfig {
     pub event_secrets_key: Option<SealingKey>,
 
     /// The key-encryption key (32 bytes, base64) that seals the token signing
-    /// keys in auth's database. Without it they are stored unencrypted (auth
-    /// warns at start).
+    /// keys and the second factors' TOTP secrets in auth's database. Without
+    /// it they are stored unencrypted (auth warns at start).
     #[arg(long, env = "KEEL_AUTH_KEY_ENCRYPTION_KEY", hide_env_values = true)]
     pub key_encryption_key: Option<SealingKey>,
+
+    /// The name authenticator apps show beside a user's second factor (the
+    /// issuer of its `otpauth://` URI); no colon.
+    #[arg(long, env = "KEEL_TOTP_ISSUER", default_value = "Keel")]
+    pub totp_issuer: String,
 
     /// argon2id memory cost (KiB); never below OWASP's 19456.
     #[arg(long, env = "KEEL_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
@@ -153,6 +182,24 @@ impl AuthConfig {
                     .map_err(|err| anyhow::anyhow!("KEEL_SERVICE_CLIENTS: {err}"))
             })
             .collect()
+    }
+
+    /// The identity providers, read from the JSON or its file.
+    pub fn identity_providers(&self) -> anyhow::Result<crate::oidc::Providers> {
+        use anyhow::Context as _;
+        let json = match (&self.oidc_providers, &self.oidc_providers_file) {
+            (Some(json), _) => json.expose_secret().to_owned(),
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+            }
+            (None, None) => String::new(),
+        };
+        crate::oidc::Providers::new(
+            crate::oidc::settings::parse(&json)?,
+            &self.public_base_url,
+            &self.oidc_return_urls,
+            StdDuration::from_millis(self.oidc_timeout_ms),
+        )
     }
 
     /// The failed-login throttle.

@@ -7,6 +7,7 @@ use keel_platform::{Role, error::FieldViolation};
 use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 use unicode_normalization::UnicodeNormalization as _;
+use uuid::Uuid;
 
 /// A normalized, plausible email address.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -191,6 +192,129 @@ impl OpaqueToken {
     }
 }
 
+/// A code from an authenticator app (TOTP, RFC 6238): six digits. Its
+/// `Debug` never shows it.
+#[derive(Debug, Clone)]
+pub struct TotpCode(SecretString);
+
+impl TotpCode {
+    /// Accepts exactly six ASCII digits.
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
+        if raw.len() == usize::from(crate::totp::DIGITS) && raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(TotpCode(raw.into()));
+        }
+        Err(FieldViolation {
+            field: field.into(),
+            description: format!("must be the {} digits the authenticator app shows", crate::totp::DIGITS),
+        })
+    }
+
+    /// The code, for the check only.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+/// How many recovery codes a user gets when their second factor is enabled.
+pub const RECOVERY_CODE_COUNT: usize = 10;
+
+/// The symbols of recovery codes: Crockford's base32 (no i, l, o or u, so
+/// nothing reads as another symbol), lower case.
+const RECOVERY_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// Symbols in a recovery code: 16 of 32, 80 random bits.
+const RECOVERY_CODE_SYMBOLS: usize = 16;
+
+/// A single-use code that stands in for the authenticator app when it is
+/// lost: 80 random bits, shown as `xxxx-xxxx-xxxx-xxxx`. Only its hash is
+/// stored; its `Debug` never shows it.
+#[derive(Debug, Clone)]
+pub struct RecoveryCode(SecretString);
+
+impl RecoveryCode {
+    /// A fresh random code.
+    pub fn generate() -> anyhow::Result<Self> {
+        let mut bytes = [0u8; RECOVERY_CODE_SYMBOLS];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+        // 256 is a multiple of 32: the low five bits of a random byte are a
+        // uniform symbol.
+        let symbols: String = bytes
+            .iter()
+            .map(|b| char::from(RECOVERY_ALPHABET[usize::from(b & 0x1f)]))
+            .collect();
+        Ok(RecoveryCode(symbols.into()))
+    }
+
+    /// A code as a person typed it: any case, with or without the dashes or
+    /// spaces between groups, `i`/`l` read as `1` and `o` as `0`.
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
+        let symbols: String = raw
+            .chars()
+            .filter(|c| *c != '-' && !c.is_whitespace())
+            .map(|c| match c.to_ascii_lowercase() {
+                'i' | 'l' => '1',
+                'o' => '0',
+                other => other,
+            })
+            .collect();
+        let ours = symbols.len() == RECOVERY_CODE_SYMBOLS && symbols.bytes().all(|b| RECOVERY_ALPHABET.contains(&b));
+        if !ours {
+            return Err(FieldViolation {
+                field: field.into(),
+                description: "is not a recovery code (16 letters and digits, as xxxx-xxxx-xxxx-xxxx)".into(),
+            });
+        }
+        Ok(RecoveryCode(symbols.into()))
+    }
+
+    /// What the database keeps: the SHA-256 of the code bound to its user.
+    /// A plain hash is enough: 80 random bits cannot be searched for from a
+    /// stolen hash the way a password can (argon2 would only cost every
+    /// check), and binding the user makes each user's hashes their own.
+    pub fn hash(&self, user_id: Uuid) -> Vec<u8> {
+        Sha256::new()
+            .chain_update(b"keel recovery code\0")
+            .chain_update(user_id.as_bytes())
+            .chain_update(self.0.expose_secret().as_bytes())
+            .finalize()
+            .to_vec()
+    }
+
+    /// The code in groups of four, to show the user once.
+    pub fn display(&self) -> String {
+        let symbols = self.0.expose_secret().as_bytes();
+        symbols
+            .chunks(4)
+            .map(|group| String::from_utf8_lossy(group).into_owned())
+            .collect::<Vec<_>>()
+            .join("-")
+    }
+}
+
+/// The second factor a caller presents: a code from the authenticator app,
+/// or one of the recovery codes.
+#[derive(Debug, Clone)]
+pub enum SecondFactor {
+    /// A current code.
+    Code(TotpCode),
+    /// A recovery code, spent by its use.
+    RecoveryCode(RecoveryCode),
+}
+
+impl SecondFactor {
+    /// Exactly one of `code` and `recovery_code` (a request's oneof).
+    pub fn parse(code: Option<&str>, recovery_code: Option<&str>) -> Result<Self, FieldViolation> {
+        match (code, recovery_code) {
+            (Some(code), _) => TotpCode::parse("code", code).map(SecondFactor::Code),
+            (None, Some(recovery)) => RecoveryCode::parse("recovery_code", recovery).map(SecondFactor::RecoveryCode),
+            (None, None) => Err(FieldViolation {
+                field: "code".into(),
+                description: "a code or a recovery_code is required".into(),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +400,56 @@ mod tests {
         assert_eq!(parsed.hash(), token.hash());
         assert_eq!(token.hash().len(), 32);
         assert!(OpaqueToken::parse("token", "not-a-token").is_err());
+    }
+
+    #[test]
+    fn recovery_codes_read_back_as_typed_and_hash_per_user() -> Result<(), FieldViolation> {
+        let code = RecoveryCode::generate().expect("random");
+        let shown = code.display();
+        assert_eq!(shown.len(), 19, "{shown}");
+        assert_eq!(shown.matches('-').count(), 3, "{shown}");
+        let user = Uuid::now_v7();
+        for typed in [
+            shown.clone(),
+            shown.to_uppercase(),
+            shown.replace('-', " "),
+            shown.replace('-', ""),
+        ] {
+            assert_eq!(
+                RecoveryCode::parse("recovery_code", &typed)?.hash(user),
+                code.hash(user),
+                "{typed}"
+            );
+        }
+        assert_ne!(code.hash(Uuid::now_v7()), code.hash(user), "bound to the user");
+        assert_eq!(
+            RecoveryCode::parse("recovery_code", "0ILO-0000-0000-0000")?.display(),
+            "0110-0000-0000-0000",
+            "lookalikes read as digits"
+        );
+        assert!(RecoveryCode::parse("recovery_code", "uuuu-0000-0000-0000").is_err());
+        assert!(RecoveryCode::parse("recovery_code", "0000-0000-0000").is_err());
+        assert!(!format!("{code:?}").contains(&shown.replace('-', "")), "Debug hides it");
+        let codes: std::collections::BTreeSet<String> = (0..100)
+            .map(|_| RecoveryCode::generate().expect("random").display())
+            .collect();
+        assert_eq!(codes.len(), 100);
+        Ok(())
+    }
+
+    #[test]
+    fn a_second_factor_is_a_code_or_a_recovery_code() {
+        assert!(matches!(
+            SecondFactor::parse(Some("012345"), None),
+            Ok(SecondFactor::Code(_))
+        ));
+        assert!(SecondFactor::parse(Some("01234"), None).is_err());
+        assert!(SecondFactor::parse(Some("01234a"), None).is_err());
+        assert!(matches!(
+            SecondFactor::parse(None, Some("abcd-efgh-jkmn-pqrs")),
+            Ok(SecondFactor::RecoveryCode(_))
+        ));
+        assert!(SecondFactor::parse(None, None).is_err());
     }
 
     #[test]

@@ -19,10 +19,12 @@ pub mod clients;
 pub mod config;
 pub mod domain;
 pub mod keys;
+pub mod oidc;
 pub mod password;
 pub mod schema;
 pub mod service;
 pub mod store;
+pub mod totp;
 
 pub use app::Auth;
 pub use config::AuthConfig;
@@ -78,6 +80,7 @@ impl Service for AuthConfig {
         );
         let reload = tokio::spawn(app::reload_keys(auth.clone(), context.shutdown.clone()));
         let prune = tokio::spawn(app::throttle::prune(auth.clone(), context.shutdown.clone()));
+        let challenges = tokio::spawn(app::second_factor::prune(auth.clone(), context.shutdown.clone()));
         let serving = Serving {
             routes: tonic::service::Routes::new(AuthServiceServer::new(auth.clone())),
             verifier,
@@ -87,7 +90,7 @@ impl Service for AuthConfig {
         };
         let served = context.serve(serving).await;
         // None of them holds anything another replica needs.
-        for task in [feed, reload, prune] {
+        for task in [feed, reload, prune, challenges] {
             task.abort();
         }
         served

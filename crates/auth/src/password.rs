@@ -99,6 +99,9 @@ impl Hasher {
     /// Checks `password` against `stored`, or against a dummy hash when there
     /// is no account, so both cases take the same time.
     pub async fn verify(&self, password: &Password, stored: Option<&str>) -> anyhow::Result<Verdict> {
+        // An account with no password (made through an identity provider)
+        // is checked like an unknown one: the same cost, never valid.
+        let stored = stored.filter(|stored| is_usable(stored));
         let known = stored.is_some();
         let stored: Arc<str> = stored.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let password = password.clone();
@@ -175,6 +178,15 @@ fn hash_blocking(params: &Params, password: &[u8]) -> anyhow::Result<String> {
         .hash_password(password)
         .map(|hash| hash.to_string())
         .map_err(|err| anyhow::anyhow!("hashing failed: {err}"))
+}
+
+/// The stored hash of an account that has no password (one made through an
+/// identity provider): no PHC string, so no password ever matches it.
+pub const NONE: &str = "!";
+
+/// Whether `stored` is a password hash rather than [`NONE`].
+pub fn is_usable(stored: &str) -> bool {
+    stored.starts_with('$')
 }
 
 fn verify_blocking(params: &Params, password: &[u8], stored: &str) -> anyhow::Result<Verdict> {

@@ -1,6 +1,17 @@
 // @generated in the shape of `diesel print-schema`; keep in step with migrations/.
 
 diesel::table! {
+    login_challenges (token_hash) {
+        token_hash -> Bytea,
+        user_id -> Uuid,
+        credentials_hash -> Bytea,
+        client_address -> Text,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     one_time_tokens (token_hash) {
         token_hash -> Bytea,
         user_id -> Uuid,
@@ -66,6 +77,25 @@ diesel::table! {
 }
 
 diesel::table! {
+    totp_factors (user_id) {
+        user_id -> Uuid,
+        secret -> Bytea,
+        sealed_with -> Nullable<Text>,
+        last_used_step -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        confirmed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    totp_recovery_codes (user_id, code_hash) {
+        user_id -> Uuid,
+        code_hash -> Bytea,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     users (id) {
         id -> Uuid,
         email -> Text,
@@ -80,16 +110,61 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    external_identities (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        provider -> Text,
+        issuer -> Text,
+        subject -> Text,
+        email -> Nullable<Text>,
+        created_at -> Timestamptz,
+        last_sign_in_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    provider_sign_ins (state_hash) {
+        state_hash -> Bytea,
+        provider -> Text,
+        browser_hash -> Bytea,
+        nonce -> Text,
+        pkce_verifier -> Text,
+        return_url -> Text,
+        app_code_challenge -> Text,
+        link_user_id -> Nullable<Uuid>,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    sign_in_codes (code_hash) {
+        code_hash -> Bytea,
+        user_id -> Uuid,
+        provider -> Text,
+        app_code_challenge -> Text,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(login_challenges -> users (user_id));
 diesel::joinable!(one_time_tokens -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(totp_factors -> users (user_id));
+diesel::joinable!(totp_recovery_codes -> totp_factors (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    login_challenges,
     one_time_tokens,
     refresh_tokens,
     revocations,
     sessions,
     signing_keys,
     throttle_counters,
+    totp_factors,
+    totp_recovery_codes,
     users,
 );

@@ -45,7 +45,7 @@ use crate::{
     edge::ClientKey,
     error::ApiError,
     metrics::{HttpMetrics, RouteTemplate},
-    respond,
+    provider_sign_in, respond,
     resume::LAST_EVENT_ID,
     routes::Resolved,
     streams,
@@ -189,6 +189,9 @@ async fn serve(
     mut parts: Parts,
     body: Body,
 ) -> Result<Response, ApiError> {
+    if let Some(step) = provider_sign_in::Step::of(&parts.method, parts.uri.path()) {
+        return sign_in_with_provider(gateway, client, step, parts, body).await;
+    }
     if !matches!(resolved, Resolved::Route(..))
         && let Some(limiter) = &gateway.limiter
     {
@@ -319,6 +322,36 @@ async fn serve(
         .unary(route, message, metadata, gateway.upstream_timeout)
         .await?;
     Ok(respond::json(route, &reply)?)
+}
+
+/// A provider sign-in route: rate-limited and (for linking) authenticated
+/// like any other, then redirects and cookies (see [`provider_sign_in`]).
+async fn sign_in_with_provider(
+    gateway: &Gateway,
+    client: IpAddr,
+    step: provider_sign_in::Step,
+    parts: Parts,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let token = if step.needs_token() {
+        Some(authenticate(gateway, &parts.headers).await)
+    } else {
+        None
+    };
+    if let Some(limiter) = &gateway.limiter {
+        let key = ClientKey::of(
+            token.as_ref().and_then(|t| t.as_ref().ok()).map(Verified::principal),
+            client,
+        );
+        limiter.check(&key).map_err(|wait| {
+            audit::rate_limited(&key);
+            ApiError::rate_limited(wait)
+        })?;
+    }
+    token.transpose()?;
+    let body = read_body(gateway, &parts.headers, body).await?;
+    let metadata = provider_sign_in::metadata(&parts.headers, client, step.needs_token());
+    provider_sign_in::serve(gateway, step, &parts, body, metadata).await
 }
 
 /// The `Last-Event-ID` a reconnecting EventSource sends; an empty one

@@ -24,6 +24,7 @@ pub mod error;
 pub mod handler;
 pub mod metrics;
 pub mod openapi;
+pub mod provider_sign_in;
 pub mod respond;
 pub mod resume;
 pub mod routes;

@@ -1,5 +1,6 @@
 //! Login and Refresh: exchanging credentials or a refresh token for a token
-//! pair, behind the failed-login throttle.
+//! pair, behind the failed-login throttle; and [`Auth::first_factor_passed`],
+//! the step every sign-in takes once its first factor passed.
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
@@ -7,11 +8,16 @@ use keel_platform::{Error, serve::audit};
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use super::{Auth, ClientInfo, credentials_changed, throttle::LoginSubjects};
+use super::{
+    Auth, ClientInfo, credentials_changed,
+    second_factor::{challenges::Challenge, metrics::Operation},
+    throttle::LoginSubjects,
+};
 use crate::{
     domain::{Email, OpaqueToken, Password, Roles},
     password::Verdict,
     store::{
+        second_factors,
         sessions::{self, NewSession},
         users::{self, UserRow},
     },
@@ -42,10 +48,20 @@ pub struct SignedIn {
     pub tokens: Tokens,
 }
 
+/// Where a sign-in stands once its first factor passed.
+#[derive(Debug, Clone)]
+pub enum SignIn {
+    /// Signed in: a session started.
+    Complete(SignedIn),
+    /// The user has a second factor: the session starts when the challenge
+    /// is answered ([`Auth::verify_second_factor`]).
+    Challenged(Challenge),
+}
+
 impl Auth {
     /// Checks `email` and `password` from `client` behind the failed-login
-    /// throttle and starts a session.
-    pub async fn login(&self, email: &Email, password: &Password, client: &ClientInfo) -> Result<SignedIn, Error> {
+    /// throttle, then finishes the sign-in ([`Auth::first_factor_passed`]).
+    pub async fn login(&self, email: &Email, password: &Password, client: &ClientInfo) -> Result<SignIn, Error> {
         let subjects = LoginSubjects::new(email.as_str(), client.address);
 
         let user = {
@@ -82,17 +98,43 @@ impl Auth {
         };
 
         let mut conn = self.pool.get().await?;
-        let mut verified_hash = user.password_hash.clone();
+        let mut user = user;
         if let Some(upgraded) = upgraded {
             if !users::upgrade_password_hash(&mut conn, user.id, &user.password_hash, &upgraded).await? {
                 return Err(credentials_changed());
             }
             tracing::info!(user_id = %user.id, "password hash upgraded to the current cost");
-            verified_hash = upgraded;
+            // The hash the session is bound to is the one now stored.
+            user.password_hash = upgraded;
         }
         self.login_succeeded(&mut conn, &subjects).await?;
-        let tokens = self.start_session(&mut conn, &user, &verified_hash, client).await?;
-        Ok(SignedIn { user, tokens })
+        drop(conn);
+        self.first_factor_passed(user, client).await
+    }
+
+    /// Finishes a sign-in whose first factor passed (a password, a
+    /// provider's word) for `user` from `client`: starts a session and issues
+    /// its tokens, or, when the user has a second factor, stores a challenge
+    /// for [`Auth::verify_second_factor`] and answers it instead. Every way
+    /// of signing in ends here, so none skips the second factor.
+    ///
+    /// `user` is as read when the first factor passed: the session starts,
+    /// now or when the challenge is answered, only while their password hash
+    /// is still `user.password_hash` (a password changed or reset meanwhile
+    /// voids the sign-in) and they are not disabled.
+    pub async fn first_factor_passed(&self, user: UserRow, client: &ClientInfo) -> Result<SignIn, Error> {
+        let mut conn = self.pool.get().await?;
+        if second_factors::is_confirmed(&mut conn, user.id).await? {
+            let challenge = self
+                .start_challenge(&mut conn, &user, &user.password_hash, client)
+                .await;
+            self.second_factor_metrics.record(Operation::Challenge, &challenge);
+            return Ok(SignIn::Challenged(challenge?));
+        }
+        let tokens = self
+            .start_session(&mut conn, &user, &user.password_hash, client)
+            .await?;
+        Ok(SignIn::Complete(SignedIn { user, tokens }))
     }
 
     /// Spends `presented` for a new token pair of its session. A refresh
@@ -180,7 +222,7 @@ impl Auth {
 
     /// Starts a session for `user`, provided their password hash still is
     /// `verified_hash` and they are not disabled.
-    async fn start_session(
+    pub(in crate::app) async fn start_session(
         &self,
         conn: &mut AsyncPgConnection,
         user: &UserRow,

@@ -10,6 +10,12 @@
 //!   [`Auth::revoke_session`];
 //! - [`passwords`] holds [`Auth::change_password`],
 //!   [`Auth::request_password_reset`] and [`Auth::reset_password`];
+//! - [`providers`] holds sign-in with identity providers
+//!   ([`Auth::start_provider_sign_in`], [`Auth::finish_provider_sign_in`],
+//!   [`Auth::exchange_sign_in_code`]) and linked identities;
+//! - [`second_factor`] holds the TOTP second factor ([`Auth::enroll_totp`],
+//!   [`Auth::confirm_totp`], [`Auth::disable_totp`]) and the challenge a
+//!   sign-in answers for a user who has one ([`Auth::verify_second_factor`]);
 //! - [`admin`] holds [`Auth::set_user_roles`] and [`Auth::disable_user`];
 //! - [`service_tokens`] holds [`Auth::issue_service_token`] and [`Auth::jwks`];
 //! - [`revocations`] holds the feed every verifier follows
@@ -19,8 +25,10 @@
 pub mod admin;
 pub mod login;
 pub mod passwords;
+pub mod providers;
 pub mod registration;
 pub mod revocations;
+pub mod second_factor;
 pub mod service_tokens;
 pub mod sessions;
 pub mod throttle;
@@ -46,7 +54,7 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use login::{SignedIn, Tokens};
+pub use login::{SignIn, SignedIn, Tokens};
 pub use revocations::RevocationFeed;
 pub use service_tokens::ServiceToken;
 
@@ -82,6 +90,14 @@ pub struct Auth {
     revocations: RevocationFeed,
     /// Seals the one-time tokens in events for their consumer.
     event_secrets: Option<SealingKey>,
+    /// Seals second-factor secrets at rest (the signing keys' key).
+    key_encryption_key: Option<SealingKey>,
+    /// The issuer authenticator apps show beside a second factor.
+    totp_issuer: Arc<str>,
+    /// How second-factor operations end.
+    second_factor_metrics: second_factor::metrics::SecondFactorMetrics,
+    /// The identity providers users may sign in with.
+    providers: Arc<crate::oidc::Providers>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -120,6 +136,13 @@ impl Auth {
         .await
         .context("loading the signing keys")?
         .with_access_ttl(chrono::Duration::seconds(i64::from(config.access_token_ttl_secs)));
+        second_factor::protect_secrets(&pool, config.key_encryption_key.as_ref())
+            .await
+            .context("sealing the second factors' secrets")?;
+        anyhow::ensure!(
+            !config.totp_issuer.is_empty() && !config.totp_issuer.contains(':'),
+            "KEEL_TOTP_ISSUER must be a name without a colon (it is the label's prefix in otpauth URIs)"
+        );
         if config.event_secrets_key.is_none() {
             tracing::warn!(
                 "KEEL_EVENT_SECRETS_KEY is not set: password-reset and email-verification events carry \
@@ -137,6 +160,10 @@ impl Auth {
             trusted_proxies: config.trusted_proxies.clone().into(),
             revocations,
             event_secrets: config.event_secrets_key.clone(),
+            key_encryption_key: config.key_encryption_key.clone(),
+            totp_issuer: config.totp_issuer.as_str().into(),
+            second_factor_metrics: second_factor::metrics::SecondFactorMetrics::default(),
+            providers: Arc::new(config.identity_providers()?),
             pool,
         })
     }
@@ -165,6 +192,8 @@ impl Auth {
     /// Publishes auth's own metrics (the hashing queue).
     pub fn register_metrics(&self, metrics: &Metrics) {
         self.hasher.register_metrics(metrics);
+        self.second_factor_metrics.register(metrics);
+        self.providers.metrics.register(metrics);
     }
 
     /// The revocation feed, for [`RevocationFeed::run`].

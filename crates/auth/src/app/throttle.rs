@@ -1,4 +1,5 @@
-//! The throttles in front of password checks (Login, ChangePassword) and of
+//! The throttles in front of password checks (Login, ChangePassword), of
+//! second-factor codes (VerifySecondFactor, ConfirmTotp, DisableTotp) and of
 //! the calls that cost a hash, a signature or a mail (Register,
 //! RequestPasswordReset, IssueServiceToken).
 //!
@@ -16,6 +17,7 @@ use anyhow::Context as _;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use keel_platform::Error;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::Auth;
 use crate::store::throttle_counters::{self, CounterKey, CounterRow, CounterUpdate};
@@ -36,10 +38,12 @@ pub(super) fn address_key(address: Option<IpAddr>) -> String {
     }
 }
 
-/// The counters one login attempt touches.
+/// The counters one login attempt (or one second-factor code) touches.
 #[derive(Debug, Clone)]
 pub(super) struct LoginSubjects {
-    email: String,
+    /// Whose counters they are (the `account` column): the email for
+    /// passwords, so a password reset clears them.
+    owner: String,
     address: String,
     pair: String,
     account: String,
@@ -51,10 +55,23 @@ impl LoginSubjects {
     pub(super) fn new(email: &str, address: Option<IpAddr>) -> Self {
         let address = address_key(address);
         LoginSubjects {
-            email: email.to_owned(),
+            owner: email.to_owned(),
             pair: format!("login:pair:{address} {email}"),
             address: format!("login:address:{address}"),
             account: format!("login:account:{email}"),
+        }
+    }
+
+    /// For second-factor codes of `user_id` from `address`: the same limits
+    /// as passwords, counted apart (a right password does not clear them,
+    /// nor does a password reset, which proves only the mailbox).
+    pub(super) fn second_factor(user_id: Uuid, address: Option<IpAddr>) -> Self {
+        let address = address_key(address);
+        LoginSubjects {
+            owner: format!("user:{user_id}"),
+            pair: format!("second_factor:pair:{address} {user_id}"),
+            address: format!("second_factor:address:{address}"),
+            account: format!("second_factor:account:{user_id}"),
         }
     }
 
@@ -66,11 +83,11 @@ impl LoginSubjects {
             },
             CounterKey {
                 subject: &self.pair,
-                account: Some(&self.email),
+                account: Some(&self.owner),
             },
             CounterKey {
                 subject: &self.account,
-                account: Some(&self.email),
+                account: Some(&self.owner),
             },
         ]
     }
@@ -219,7 +236,8 @@ impl Auth {
     }
 }
 
-/// Deletes expired throttle counters every minute until `shutdown`.
+/// Deletes expired throttle counters, and provider sign-ins and codes
+/// never finished, every minute until `shutdown`.
 pub async fn prune(auth: Auth, shutdown: CancellationToken) {
     loop {
         tokio::select! {
@@ -228,6 +246,9 @@ pub async fn prune(auth: Auth, shutdown: CancellationToken) {
         }
         if let Err(err) = auth.prune_throttle_counters().await {
             tracing::warn!(error = format!("{err:#}"), "pruning throttle counters failed");
+        }
+        if let Err(err) = auth.prune_provider_sign_ins().await {
+            tracing::warn!(error = format!("{err:#}"), "pruning expired provider sign-ins failed");
         }
     }
 }

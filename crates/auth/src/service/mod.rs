@@ -7,10 +7,12 @@
 mod admin;
 mod login;
 mod passwords;
+mod providers;
 mod registration;
 mod revocations;
 mod service_tokens;
 mod sessions;
+mod totp;
 
 use std::net::IpAddr;
 
@@ -53,6 +55,68 @@ impl AuthService for Auth {
         Ok(Response::new(login::login(self, request.into_inner(), &client).await?))
     }
 
+    async fn verify_second_factor(
+        &self,
+        request: Request<pb::VerifySecondFactorRequest>,
+    ) -> Reply<pb::VerifySecondFactorResponse> {
+        let client = client_info(&request, self.trusted_proxies());
+        Ok(Response::new(
+            login::verify_second_factor(self, request.into_inner(), &client).await?,
+        ))
+    }
+
+    async fn list_identity_providers(
+        &self,
+        _request: Request<pb::ListIdentityProvidersRequest>,
+    ) -> Reply<pb::ListIdentityProvidersResponse> {
+        Ok(Response::new(providers::list_providers(self)))
+    }
+
+    async fn start_provider_sign_in(
+        &self,
+        request: Request<pb::StartProviderSignInRequest>,
+    ) -> Reply<pb::StartProviderSignInResponse> {
+        let caller = principal(&request)
+            .ok()
+            .and_then(|p| p.user().ok())
+            .map(|user| user.user_id);
+        Ok(Response::new(
+            providers::start(self, caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn finish_provider_sign_in(
+        &self,
+        request: Request<pb::FinishProviderSignInRequest>,
+    ) -> Reply<pb::FinishProviderSignInResponse> {
+        Ok(Response::new(providers::finish(self, request.into_inner()).await?))
+    }
+
+    async fn exchange_sign_in_code(
+        &self,
+        request: Request<pb::ExchangeSignInCodeRequest>,
+    ) -> Reply<pb::ExchangeSignInCodeResponse> {
+        let client = client_info(&request, self.trusted_proxies());
+        Ok(Response::new(
+            providers::exchange(self, request.into_inner(), &client).await?,
+        ))
+    }
+
+    async fn list_linked_identities(
+        &self,
+        request: Request<pb::ListLinkedIdentitiesRequest>,
+    ) -> Reply<pb::ListLinkedIdentitiesResponse> {
+        let user_id = principal(&request)?.user()?.user_id;
+        Ok(Response::new(providers::list_identities(self, user_id).await?))
+    }
+
+    async fn unlink_identity(&self, request: Request<pb::UnlinkIdentityRequest>) -> Reply<pb::UnlinkIdentityResponse> {
+        let user_id = principal(&request)?.user()?.user_id;
+        Ok(Response::new(
+            providers::unlink(self, user_id, request.into_inner()).await?,
+        ))
+    }
+
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Reply<pb::RefreshResponse> {
         Ok(Response::new(login::refresh(self, request.into_inner()).await?))
     }
@@ -80,6 +144,27 @@ impl AuthService for Auth {
         let client = client_info(&request, self.trusted_proxies());
         Ok(Response::new(
             passwords::change(self, &caller, request.into_inner(), &client).await?,
+        ))
+    }
+
+    async fn enroll_totp(&self, request: Request<pb::EnrollTotpRequest>) -> Reply<pb::EnrollTotpResponse> {
+        let caller = principal(&request)?.user()?.clone();
+        Ok(Response::new(totp::enroll(self, &caller, request.into_inner()).await?))
+    }
+
+    async fn confirm_totp(&self, request: Request<pb::ConfirmTotpRequest>) -> Reply<pb::ConfirmTotpResponse> {
+        let caller = principal(&request)?.user()?.clone();
+        let client = client_info(&request, self.trusted_proxies());
+        Ok(Response::new(
+            totp::confirm(self, &caller, request.into_inner(), &client).await?,
+        ))
+    }
+
+    async fn disable_totp(&self, request: Request<pb::DisableTotpRequest>) -> Reply<pb::DisableTotpResponse> {
+        let caller = principal(&request)?.user()?.clone();
+        let client = client_info(&request, self.trusted_proxies());
+        Ok(Response::new(
+            totp::disable(self, &caller, request.into_inner(), &client).await?,
         ))
     }
 

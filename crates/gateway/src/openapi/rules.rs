@@ -64,6 +64,10 @@ pub(super) fn apply_rules(field: &FieldDescriptor, checks: &[Check], schema: &mu
             Check::MaxLen(n) => {
                 schema.insert("maxLength".into(), json!(n));
             }
+            Check::Len(n) => {
+                schema.insert("minLength".into(), json!(n));
+                schema.insert("maxLength".into(), json!(n));
+            }
             Check::Pattern(re) => {
                 schema.insert("pattern".into(), json!(ecma_pattern(re.as_str())));
             }

@@ -82,8 +82,31 @@ impl SuiteOptions {
 struct Running {
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+    /// Why it stopped, if it failed: a service that fails at start is
+    /// reported at once, not after the wait for SERVING runs out.
+    failed: tokio::sync::watch::Receiver<Option<String>>,
     /// Where it serves its metrics.
     metrics: SocketAddr,
+}
+
+impl Running {
+    /// Runs `serve` on a task of its own.
+    fn spawn(serve: keel_platform::registry::ServiceFuture, shutdown: CancellationToken, metrics: SocketAddr) -> Self {
+        let (failure, failed) = tokio::sync::watch::channel(None);
+        let task = tokio::spawn(async move {
+            let served = serve.await;
+            if let Err(err) = &served {
+                failure.send_replace(Some(format!("{err:#}")));
+            }
+            served
+        });
+        Self {
+            shutdown,
+            task,
+            failed,
+            metrics,
+        }
+    }
 }
 
 /// One service of the suite.
@@ -283,17 +306,23 @@ impl Member {
                 metrics_listener: Some(metrics_listener),
             },
         )?;
-        self.running = Some(Running {
-            shutdown,
-            task: tokio::spawn(serve),
-            metrics,
-        });
+        self.running = Some(Running::spawn(serve, shutdown, metrics));
         Ok(())
     }
 
     async fn wait_until_serving(&self) -> anyhow::Result<()> {
         let service = self.spec.grpc_services.first().copied().unwrap_or_default();
-        keel_platform::serve::server::wait_until_serving(self.channel.clone(), service, Duration::from_secs(30)).await
+        let serving =
+            keel_platform::serve::server::wait_until_serving(self.channel.clone(), service, Duration::from_secs(30));
+        let Some(mut failed) = self.running.as_ref().map(|running| running.failed.clone()) else {
+            return serving.await;
+        };
+        tokio::select! {
+            served = serving => served,
+            Ok(failure) = failed.wait_for(Option::is_some) => {
+                anyhow::bail!("{} failed to start: {}", self.spec.name, failure.as_deref().unwrap_or_default())
+            }
+        }
     }
 
     async fn stop(&mut self) -> anyhow::Result<()> {
@@ -426,11 +455,7 @@ impl Suite {
         )?;
         let replica = Replica {
             channel: Channel::from_shared(format!("http://{addr}"))?.connect_lazy(),
-            running: Running {
-                shutdown,
-                task: tokio::spawn(serve),
-                metrics,
-            },
+            running: Running::spawn(serve, shutdown, metrics),
         };
         let service = member.spec.grpc_services.first().copied().unwrap_or_default();
         keel_platform::serve::server::wait_until_serving(replica.channel.clone(), service, Duration::from_secs(30))

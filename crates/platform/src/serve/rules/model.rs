@@ -10,6 +10,8 @@ pub enum Check {
     MinLen(u64),
     /// `string.max_len`: at most this many characters.
     MaxLen(u64),
+    /// `string.len`: exactly this many characters.
+    Len(u64),
     /// `string.pattern`: matches this RE2 expression.
     Pattern(regex::Regex),
     /// `string.uuid`: an RFC 4122 UUID, hyphenated.
@@ -45,6 +47,7 @@ impl Check {
         match self {
             Check::MinLen(_) => "string.min_len".into(),
             Check::MaxLen(_) => "string.max_len".into(),
+            Check::Len(_) => "string.len".into(),
             Check::Pattern(_) => "string.pattern".into(),
             Check::Uuid => "string.uuid".into(),
             Check::In(_) => "string.in".into(),
@@ -69,6 +72,9 @@ impl Check {
             }
             (Check::MaxLen(n), Value::String(s)) => {
                 (s.chars().count() > *n as usize).then(|| format!("must be at most {n} characters"))
+            }
+            (Check::Len(n), Value::String(s)) => {
+                (s.chars().count() != *n as usize).then(|| format!("must be exactly {n} characters"))
             }
             (Check::Pattern(re), Value::String(s)) => {
                 (!re.is_match(s)).then(|| format!("must match the pattern {}", re.as_str()))

@@ -77,6 +77,7 @@ fn typed_checks(name: &str, kind: &str, rules: &DynamicMessage) -> anyhow::Resul
         let check = match (kind, rule.name(), value) {
             ("string", "min_len", Value::U64(n)) => Check::MinLen(*n),
             ("string", "max_len", Value::U64(n)) => Check::MaxLen(*n),
+            ("string", "len", Value::U64(n)) => Check::Len(*n),
             ("string", "pattern", Value::String(p)) => {
                 Check::Pattern(regex::Regex::new(p).with_context(|| format!("{name}: the pattern {p:?}"))?)
             }

@@ -1,0 +1,3 @@
+DROP TABLE sign_in_codes;
+DROP TABLE provider_sign_ins;
+DROP TABLE external_identities;
