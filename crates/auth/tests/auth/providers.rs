@@ -350,7 +350,11 @@ async fn forged_and_replayed_callbacks_and_foreign_return_urls_are_refused() -> 
         )
         .await?;
     assert_eq!(short.status, StatusCode::BAD_REQUEST);
-    assert!(short.json().to_string().contains("must be exactly 43 characters"), "{:?}", short.json());
+    assert!(
+        short.json().to_string().contains("must be exactly 43 characters"),
+        "{:?}",
+        short.json()
+    );
     let unknown = http
         .get(
             &format!("/v1/auth/providers/nobody:start?return_url={RETURN_URL}&code_challenge={CHALLENGE}"),
