@@ -100,11 +100,32 @@ impl Fixture {
         let password = "a perfectly fine password".to_owned();
         self.suite.register(&email, &password).await?;
         let login = self.suite.login(&email, &password).await?;
-        Ok(User {
+        let user = User {
             id: login.user.context("no user")?.id,
             email,
             token: login.tokens.context("no tokens")?.access_token,
+        };
+        // Accounts opens the account when UserRegistered reaches it, a
+        // moment after the sign-up: tests that deposit need it there.
+        eventually("the user's account", || async {
+            let found = self
+                .suite
+                .accounts()
+                .get_account(authorized(
+                    accounts_pb::GetAccountRequest {
+                        account_id: "me".into(),
+                    },
+                    &user.token,
+                ))
+                .await;
+            match found {
+                Ok(_) => Ok(Some(())),
+                Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+                Err(status) => Err(status.into()),
+            }
         })
+        .await?;
+        Ok(user)
     }
 
     /// Deposits into the user's account as the admin (a BalanceChanged).
