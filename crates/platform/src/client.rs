@@ -1,6 +1,33 @@
 //! The one way a Keel service calls another: a channel with connect and call
 //! timeouts and HTTP/2 keep-alive, that adds the service's token and the
 //! current W3C trace context to every call.
+//!
+//! # Service URLs
+//!
+//! A service URL (`KEEL_<SERVICE>_URL`, the gateway's upstreams) names where
+//! the service runs in one of three ways:
+//!
+//! - `http://host:port`: one address, one lazily made HTTP/2 connection. The
+//!   host is resolved when connecting, and every call goes to that one peer.
+//! - `http://10.0.0.1:50051,http://10.0.0.2:50051`: several addresses,
+//!   comma-separated; each call goes to one of them.
+//! - `dns+http://orders.keel.svc:50053`: a name resolved again every
+//!   `KEEL_CLIENT_RESOLVE_SECS`, each of its A/AAAA records an address (a
+//!   Kubernetes headless Service names its ready pods this way). Items of a
+//!   list may be `dns+` names too.
+//!
+//! Why more than one: a Kubernetes Service balances connections, not calls,
+//! and an HTTP/2 channel keeps its one connection, so every call would stay
+//! on the pod it first reached. With several addresses, calls are spread
+//! over them (power of two choices, tonic's balancing channel), and a
+//! background task health-checks each address every
+//! `KEEL_CLIENT_HEALTH_INTERVAL_MS` (`grpc.health.v1.Health/Check`, service
+//! `""`): one that is not SERVING, or does not answer within the interval,
+//! gets no calls until it answers SERVING again. When none answers, calls go
+//! to all of them and fail with their own error rather than wait. The task
+//! ends with the last clone of the channel.
+
+mod balance;
 
 use std::{
     sync::Arc,
@@ -11,7 +38,10 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use futures::future::BoxFuture;
-use tonic::{body::Body, transport::Channel};
+use tonic::{
+    body::Body,
+    transport::{Channel, Endpoint},
+};
 
 use crate::{auth::service_token::TokenProvider, serve::telemetry::current_trace_context};
 
@@ -31,6 +61,16 @@ pub struct ClientConfig {
     /// peer is noticed before the next call (seconds).
     #[arg(long, env = "KEEL_CLIENT_KEEPALIVE_SECS", default_value_t = 20)]
     pub client_keepalive_secs: u64,
+
+    /// How often a `dns+` service URL is resolved again, so new replicas get
+    /// calls and gone ones none (seconds).
+    #[arg(long, env = "KEEL_CLIENT_RESOLVE_SECS", default_value_t = 10)]
+    pub client_resolve_secs: u64,
+
+    /// How often each address of a service URL that names several is
+    /// health-checked; a check not answered within it counts as failed (ms).
+    #[arg(long, env = "KEEL_CLIENT_HEALTH_INTERVAL_MS", default_value_t = 2_000)]
+    pub client_health_interval_ms: u64,
 }
 
 impl Default for ClientConfig {
@@ -39,22 +79,40 @@ impl Default for ClientConfig {
             client_connect_timeout_ms: 3_000,
             client_call_timeout_ms: 10_000,
             client_keepalive_secs: 20,
+            client_resolve_secs: 10,
+            client_health_interval_ms: 2_000,
         }
     }
 }
 
-/// A lazily connected channel to the service at `url`.
+impl ClientConfig {
+    /// `endpoint` with these timeouts and keep-alive: one address, whether
+    /// it is a channel of its own or one of a balanced channel's.
+    fn configure(&self, endpoint: Endpoint) -> Endpoint {
+        let keepalive = Duration::from_secs(self.client_keepalive_secs.max(1));
+        endpoint
+            .connect_timeout(Duration::from_millis(self.client_connect_timeout_ms))
+            .timeout(Duration::from_millis(self.client_call_timeout_ms))
+            .http2_keep_alive_interval(keepalive)
+            .keep_alive_timeout(keepalive)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+    }
+}
+
+/// A lazily connected channel to the service at `url` (see [the module
+/// documentation](self) for what a URL may name): one connection for one
+/// address, calls balanced over the addresses otherwise.
 pub fn channel(url: &str, config: &ClientConfig) -> anyhow::Result<Channel> {
-    let keepalive = Duration::from_secs(config.client_keepalive_secs.max(1));
-    Ok(Channel::from_shared(url.to_owned())
-        .with_context(|| format!("{url:?} is not a URL"))?
-        .connect_timeout(Duration::from_millis(config.client_connect_timeout_ms))
-        .timeout(Duration::from_millis(config.client_call_timeout_ms))
-        .http2_keep_alive_interval(keepalive)
-        .keep_alive_timeout(keepalive)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
-        .connect_lazy())
+    match balance::Source::parse_list(url)? {
+        None => Ok(config
+            .configure(Channel::from_shared(url.to_owned()).with_context(|| format!("{url:?} is not a URL"))?)
+            .connect_lazy()),
+        Some(sources) => {
+            let (channel, _endpoints, _task) = balance::balanced(url, sources, config);
+            Ok(channel)
+        }
+    }
 }
 
 /// A channel whose calls carry the service's token and the caller's trace
