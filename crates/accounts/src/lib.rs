@@ -77,11 +77,12 @@ impl Service for AccountsConfig {
         };
         let serving = Serving {
             routes: tonic::service::Routes::new(AccountsServiceServer::new(accounts.clone()))
-                .add_service(EventSinkServer::new(accounts)),
+                .add_service(EventSinkServer::new(accounts.clone())),
             verifier,
             pool,
             tokens,
             server: config.service.server.clone(),
+            event_sink: Some(std::sync::Arc::new(accounts)),
         };
         context.serve(serving).await
     }

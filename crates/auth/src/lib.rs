@@ -87,6 +87,7 @@ impl Service for AuthConfig {
             pool,
             tokens: Some(auth.own_service_tokens()),
             server: config.service.server.clone(),
+            event_sink: None,
         };
         let served = context.serve(serving).await;
         // None of them holds anything another replica needs.

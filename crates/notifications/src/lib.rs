@@ -130,11 +130,12 @@ impl Service for NotificationsConfig {
         let delivering = tokio::spawn(workers.run(context.database_url.clone(), context.shutdown.clone()));
         let serving = Serving {
             routes: tonic::service::Routes::new(NotificationsServiceServer::new(notifications.clone()))
-                .add_service(EventSinkServer::new(notifications)),
+                .add_service(EventSinkServer::new(notifications.clone())),
             verifier: context.verifier(&config.service.tokens)?,
             pool,
             tokens: None,
             server: config.service.server.clone(),
+            event_sink: Some(Arc::new(notifications)),
         };
         let served = context.serve(serving).await;
         // What a worker had in flight is sent again once its lease ends.

@@ -95,6 +95,7 @@ impl Service for OrdersConfig {
             pool,
             tokens: Some(tokens),
             server: config.service.server.clone(),
+            event_sink: None,
         };
         let served = context.serve(serving).await;
         // The resumer stops at shutdown; an unfinished step is someone else's

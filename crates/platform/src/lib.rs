@@ -2,7 +2,8 @@
 //!
 //! - [`auth`]: access tokens and their verification, revocations, service
 //!   tokens and scopes;
-//! - [`events`]: the consumer side of events, the outbox and its relay;
+//! - [`events`]: the consumer side of events, the outbox and its relay,
+//!   and NATS JetStream as their transport when one is configured;
 //! - [`serve`]: the gRPC server and its layers (rules, metrics, telemetry,
 //!   audit) and what handlers share;
 //! - [`db`]: the pool, migrations and pagination;

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use clap::{Arg, ArgMatches, Args as _, Command, FromArgMatches as _};
 use diesel_migrations::EmbeddedMigrations;
 use futures::future::BoxFuture;
+use keel::events::v1::event_sink_server::EventSink;
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,7 @@ use crate::{
     client::{self, ClientConfig, ServiceChannel},
     config::{PoolConfig, ServerConfig, TokenConfig},
     db,
+    events::nats::{self, Broker, NatsConfig},
     events::relay::{Relay, RelayConfig, Subscriber},
     events::{EventProducers, EventType, retention},
     serve::metrics::Metrics,
@@ -180,7 +182,7 @@ impl Registry {
 
     /// The command `keel serve <name>` parses: the service's own settings and
     /// those every service takes (where it listens, its database, its peers,
-    /// its client credentials, the relay and client settings).
+    /// its client credentials, the relay, NATS and client settings).
     pub fn serve_command(&self, spec: &'static ServiceSpec) -> Command {
         let command = Command::new(spec.name)
             .about(spec.about)
@@ -214,7 +216,7 @@ impl Registry {
                         spec.name
                     )),
             );
-        let command = ClientConfig::augment_args(RelayConfig::augment_args(command));
+        let command = ClientConfig::augment_args(NatsConfig::augment_args(RelayConfig::augment_args(command)));
         (spec.settings)(self.peer_url_args(command, Some(spec.name)))
     }
 }
@@ -391,6 +393,8 @@ pub struct Wiring {
     pub client: ClientConfig,
     /// How its relay paces itself.
     pub relay: RelayConfig,
+    /// The event broker, when events go through NATS.
+    pub nats: NatsConfig,
 }
 
 impl Wiring {
@@ -420,6 +424,7 @@ impl Wiring {
                 relay.check()?;
                 relay
             },
+            nats: NatsConfig::from_arg_matches(matches)?,
         })
     }
 }
@@ -519,35 +524,65 @@ impl Context {
 
     /// Serves `service` on the listener until shutdown, with the relay of
     /// this service's outbox running beside it when it produces events, and
-    /// the pruning of its `processed_events` when it consumes them.
+    /// the pruning of its `processed_events` when it consumes them. With
+    /// NATS configured, the relay publishes to JetStream and a consuming
+    /// service also reads its durable consumer there, applying each event
+    /// through its own EventSink ([`Serving::event_sink`]).
     pub async fn serve(self, service: Serving) -> anyhow::Result<()> {
+        // One connection per process, for the relay and the consumer.
+        let broker = if self.wiring.nats.enabled() {
+            Some(Broker::new(
+                self.wiring.nats.clone(),
+                self.spec.name,
+                nats::duplicate_window(&self.wiring.relay),
+            )?)
+        } else {
+            None
+        };
+        let consumer = match &broker {
+            Some(broker) if !self.spec.consumes.is_empty() => {
+                let sink = service.event_sink.clone().with_context(|| {
+                    format!(
+                        "{} consumes events but gives no event sink to apply them",
+                        self.spec.name
+                    )
+                })?;
+                Some(nats::Consumer::new(
+                    broker.clone(),
+                    self.spec.name,
+                    self.spec.consumes.to_vec(),
+                    sink,
+                    self.event_producers.clone(),
+                    std::time::Duration::from_millis(self.wiring.relay.relay_max_backoff_ms),
+                    &self.metrics,
+                ))
+            }
+            _ => None,
+        };
         let relay = if self.spec.produces.is_empty() {
             None
         } else {
-            let subscribers = match &service.tokens {
-                Some(tokens) => self
-                    .subscribers
-                    .iter()
-                    .map(|(name, event_types)| {
-                        Ok(Subscriber {
-                            name,
-                            channel: self.service_channel(name, tokens.clone())?,
-                            event_types: event_types.clone(),
-                        })
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?,
-                None if self.subscribers.is_empty() => Vec::new(),
-                None => anyhow::bail!("{} has subscribers but no service token to reach them", self.spec.name),
+            let relay = match &broker {
+                // The broker fans out: no subscribers, so no service token.
+                Some(broker) => Relay::new(
+                    self.database_url.clone(),
+                    service.pool.clone(),
+                    Vec::new(),
+                    self.wiring.relay.clone(),
+                    &self.metrics,
+                )
+                .through_nats(broker.clone()),
+                None => Relay::new(
+                    self.database_url.clone(),
+                    service.pool.clone(),
+                    self.subscribers(&service)?,
+                    self.wiring.relay.clone(),
+                    &self.metrics,
+                ),
             };
-            let relay = Relay::new(
-                self.database_url.clone(),
-                service.pool.clone(),
-                subscribers,
-                self.wiring.relay.clone(),
-                &self.metrics,
-            );
             Some(tokio::spawn(relay.run(self.shutdown.clone())))
         };
+        let consumer = consumer.map(|consumer| tokio::spawn(consumer.run(self.shutdown.clone())));
         // Here, not in each service, so no consumer can forget it.
         let pruner = (!self.spec.consumes.is_empty()).then(|| {
             tokio::spawn(retention::run(
@@ -566,7 +601,8 @@ impl Context {
             metrics: self.metrics,
         };
         let result = server.run(self.listener, self.shutdown).await;
-        // The relay releases what it has not sent and stops; give it a moment.
+        // The relay releases what it has not sent and stops, the consumer
+        // settles the event it is applying; give them a moment.
         if let Some(relay) = relay
             && tokio::time::timeout(std::time::Duration::from_secs(2), relay)
                 .await
@@ -574,11 +610,38 @@ impl Context {
         {
             tracing::warn!("the outbox relay did not stop in time");
         }
+        if let Some(consumer) = consumer
+            && tokio::time::timeout(std::time::Duration::from_secs(2), consumer)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the NATS consumer did not stop in time");
+        }
         // It stops on shutdown by itself; a delete cut short is redone later.
         if let Some(pruner) = pruner {
             pruner.abort();
         }
         result
+    }
+
+    /// The relay's subscribers for direct delivery: each consumer's
+    /// EventSink, called with the service's token.
+    fn subscribers(&self, service: &Serving) -> anyhow::Result<Vec<Subscriber>> {
+        match &service.tokens {
+            Some(tokens) => self
+                .subscribers
+                .iter()
+                .map(|(name, event_types)| {
+                    Ok(Subscriber {
+                        name,
+                        channel: self.service_channel(name, tokens.clone())?,
+                        event_types: event_types.clone(),
+                    })
+                })
+                .collect(),
+            None if self.subscribers.is_empty() => Ok(Vec::new()),
+            None => anyhow::bail!("{} has subscribers but no service token to reach them", self.spec.name),
+        }
     }
 }
 
@@ -594,6 +657,12 @@ pub struct Serving {
     /// The token its relay presents to subscribers; None only for a service
     /// whose events nobody consumes.
     pub tokens: Option<Arc<dyn TokenProvider>>,
+    /// Its EventSink, for a service that consumes events: with NATS, each
+    /// event from the broker goes through it in-process, so it meets the
+    /// same checks and `processed_events` as one delivered over gRPC.
+    /// (The gRPC EventSink stays served either way: relays not yet moved to
+    /// NATS keep delivering to it while a deployment switches over.)
+    pub event_sink: Option<Arc<dyn EventSink>>,
     /// Timeouts and limits.
     pub server: ServerConfig,
 }

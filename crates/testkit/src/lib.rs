@@ -14,6 +14,7 @@ pub mod card_gateway;
 pub mod database;
 pub mod http;
 pub mod metrics;
+pub mod nats;
 pub mod oidc_provider;
 pub mod otlp;
 pub mod ports;

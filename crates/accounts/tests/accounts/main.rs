@@ -6,6 +6,7 @@ mod event_sink;
 mod invariants;
 mod ledger;
 mod movements;
+mod nats;
 mod outbox;
 mod profiles;
 mod refunds;

@@ -1,6 +1,7 @@
 //! The consumer side of events: who may deliver, and exactly-once effects on
 //! top of at-least-once delivery.
 
+pub mod nats;
 pub mod outbox;
 pub mod relay;
 pub mod retention;

@@ -12,6 +12,11 @@
 //! Events that no subscriber wants are marked done at once; every done event
 //! is deleted after the retention period, and an event carrying a secret
 //! when the secret expires.
+//!
+//! With NATS configured ([`Relay::through_nats`]), delivering an event is
+//! one publish to JetStream instead, and the event is done once JetStream
+//! has stored it: the broker fans out to the consumers
+//! ([`crate::events::nats`]).
 
 use std::{
     fmt,
@@ -39,6 +44,7 @@ use crate::{
     client::ServiceChannel,
     db::Pool,
     events::EventType,
+    events::nats::Broker,
     events::outbox::{NOTIFY_CHANNEL, outbox as table},
     events::retention,
     serve::metrics::Metrics,
@@ -138,6 +144,8 @@ pub struct Relay {
     database_url: String,
     pool: Pool,
     subscribers: Vec<Subscriber>,
+    /// Where events go instead of to the subscribers, when set.
+    nats: Option<Broker>,
     config: RelayConfig,
     metrics: RelayMetrics,
 }
@@ -212,6 +220,7 @@ impl fmt::Debug for Relay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Relay")
             .field("subscribers", &self.subscribers)
+            .field("nats", &self.nats)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -221,7 +230,9 @@ impl fmt::Debug for Relay {
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long claimed events stay reserved for the relay that claimed them:
 /// room for a whole batch of slow deliveries.
-const LEASE: Duration = Duration::from_secs(300);
+pub(crate) const LEASE: Duration = Duration::from_secs(300);
+/// The `subscriber` label of publishes to NATS in the relay's metrics.
+const NATS_SUBSCRIBER: &str = "nats";
 /// How often the outbox's backlog is measured for the metrics, at most.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 /// How often old events are deleted, at most (a shorter retention period
@@ -268,8 +279,18 @@ impl Relay {
             database_url,
             pool,
             subscribers,
+            nats: None,
             config,
             metrics: RelayMetrics::new(metrics),
+        }
+    }
+
+    /// The same relay publishing every event to NATS JetStream through
+    /// `broker` instead of calling subscribers (it then needs none).
+    pub fn through_nats(self, broker: Broker) -> Self {
+        Self {
+            nats: Some(broker),
+            ..self
         }
     }
 
@@ -355,8 +376,10 @@ impl Relay {
                 Ok(rows)
             })
             .await?;
-        // The longest one event's delivery can take.
-        let longest = DELIVERY_TIMEOUT.saturating_mul(u32::try_from(self.subscribers.len()).unwrap_or(u32::MAX));
+        // The longest one event's delivery can take: one publish, or one
+        // call per subscriber.
+        let calls = if self.nats.is_some() { 1 } else { self.subscribers.len() };
+        let longest = DELIVERY_TIMEOUT.saturating_mul(u32::try_from(calls).unwrap_or(u32::MAX));
         for (index, (id, payload, attempts, delivered_to)) in rows.iter().enumerate() {
             // Past the lease another relay may claim the row and send it
             // too: hand the rest back instead (after one, so a relay always
@@ -367,7 +390,13 @@ impl Relay {
             }
             let delivery = async {
                 match Event::decode(payload.as_slice()) {
-                    Ok(event) => self.deliver(&event, delivered_to.as_deref().unwrap_or_default()).await,
+                    Ok(event) => match &self.nats {
+                        Some(broker) => {
+                            self.publish(broker, &event, delivered_to.as_deref().unwrap_or_default())
+                                .await
+                        }
+                        None => self.deliver(&event, delivered_to.as_deref().unwrap_or_default()).await,
+                    },
                     Err(err) => Sent::failed(delivered_to, anyhow::anyhow!("undecodable event: {err}")),
                 }
             };
@@ -555,6 +584,63 @@ impl Relay {
         } else {
             span.record("otel.status_code", "ERROR");
             sent.error = Some(anyhow::anyhow!(failures.join("; ")));
+        }
+        sent
+    }
+}
+
+impl Relay {
+    /// Publishes `event` to NATS, waiting for JetStream to store it; the
+    /// subscribers are the broker's concern. `delivered_to` (from gRPC
+    /// deliveries before NATS was configured) is kept as it is.
+    ///
+    /// The publish has a span of its own (`outbox.relay`, as a gRPC
+    /// delivery has) under the span that wrote the event, and the message
+    /// carries this span's context, so the consumer's work joins the trace
+    /// under it.
+    async fn publish(&self, broker: &Broker, event: &Event, delivered_to: &[String]) -> Sent {
+        let mut sent = Sent {
+            wanted: 0,
+            delivered_to: delivered_to.to_vec(),
+            error: None,
+        };
+        let Some(payload) = &event.payload else {
+            return sent;
+        };
+        // Every event is published, wanted by a consumer today or not:
+        // the stream keeps it for consumers to come.
+        sent.wanted = 1;
+        let event_type = EventType::of(payload);
+        let span = tracing::info_span!(
+            parent: None,
+            "outbox.relay",
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            keel.service = %event.source,
+            event.id = %event.id,
+            "event.type" = event_type.as_str(),
+            messaging.system = "nats",
+            messaging.destination.name = %broker.names().event_subject(event_type),
+            delivered = tracing::field::Empty,
+        );
+        crate::serve::telemetry::continue_trace(&span, &event.trace_context);
+        let trace_context = crate::serve::telemetry::trace_context_of(&span);
+        match broker
+            .publish_event(event, &trace_context)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(published) => {
+                let outcome = if published.duplicate { "duplicate" } else { "delivered" };
+                self.metrics.delivered(NATS_SUBSCRIBER, outcome);
+                span.record("delivered", 1);
+                tracing::debug!(parent: &span, sequence = published.sequence, duplicate = published.duplicate, "event published to NATS");
+            }
+            Err(err) => {
+                self.metrics.delivered(NATS_SUBSCRIBER, "failed");
+                span.record("otel.status_code", "ERROR");
+                sent.error = Some(err.context(format!("publishing {event_type} {} to NATS", event.id)));
+            }
         }
         sent
     }
