@@ -1,4 +1,9 @@
-//! `keel up`: the whole suite on this machine.
+//! `keel up`: the whole suite on this machine, each service and the gateway
+//! once, or as several replicas (`--replicas`). Where the replicas listen is
+//! in `replicas`, the banner that lists it all in `banner`.
+
+mod banner;
+mod replicas;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -29,6 +34,16 @@ pub struct UpArgs {
     /// Where the gateway serves its Prometheus metrics.
     #[arg(long, env = "KEEL_GATEWAY_METRICS_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], registry::GATEWAY_METRICS_PORT)))]
     pub gateway_metrics_listen: SocketAddr,
+
+    /// How many replicas of each service and of the gateway to run, all on
+    /// the one Postgres. The first of each listens where its listen flags
+    /// say; the other gateways on the ports after the gateway's, the other
+    /// service replicas and metrics listeners on ports the system picks
+    /// (the banner lists them all). Every client balances its calls over a
+    /// service's replicas.
+    #[arg(long, env = "KEEL_UP_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=replicas::MAX))]
+    pub replicas: u16,
 }
 
 /// Where each registered service listens (`--<name>-listen`) and serves its
@@ -121,6 +136,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// One part of the suite, running.
 struct Service {
     name: &'static str,
+    /// Which replica of it this is (0 for the first).
+    replica: usize,
     /// The gRPC service whose health says it is ready; None for the gateway,
     /// which serves as soon as its socket is bound.
     grpc_name: Option<&'static str>,
@@ -131,75 +148,184 @@ struct Service {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// One replica of a service, its sockets bound, not yet started.
+struct Bound {
+    spec: &'static registry::ServiceSpec,
+    replica: usize,
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    metrics: SocketAddr,
+    metrics_listener: tokio::net::TcpListener,
+}
+
+/// How waiting for services to report SERVING ended.
+enum Waited {
+    Serving,
+    /// A shutdown signal came first.
+    Stopping,
+    /// A service stopped first.
+    Failed(anyhow::Error),
+}
+
 async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
     database.prepare_all().await?;
     let shutdown = CancellationToken::new();
     let clients = REGISTRY.suite_clients();
     let server_url = database.url("postgres")?;
+    let replicas = usize::from(args.replicas.max(1));
 
     // Every listener first, so each service knows where its peers are.
     let mut bound = Vec::new();
     for spec in REGISTRY.services() {
-        let listen = args.listen.grpc(spec);
-        let metrics = args.listen.metrics(spec);
-        bound.push((
-            spec,
-            loopback(listen),
-            keel_platform::serve::server::bind(listen).await?,
-            bound_metrics(metrics).await?,
-        ));
+        for replica in 0..replicas {
+            let listen = replicas::replica_listen(args.listen.grpc(spec), replica);
+            let listener = keel_platform::serve::server::bind(listen).await?;
+            let addr = loopback(listener.local_addr().context("reading a service's address")?);
+            let metrics_listen = replicas::replica_listen(args.listen.metrics(spec), replica);
+            let (metrics, metrics_listener) = bound_metrics(metrics_listen).await?;
+            bound.push(Bound {
+                spec,
+                replica,
+                addr,
+                listener,
+                metrics,
+                metrics_listener,
+            });
+        }
     }
-    let addrs: BTreeMap<&'static str, SocketAddr> = bound.iter().map(|(spec, addr, _, _)| (spec.name, *addr)).collect();
-    let gateway_listener = keel_platform::serve::server::bind(args.gateway_listen).await?;
-    let (gateway_metrics, gateway_metrics_listener) = bound_metrics(args.gateway_metrics_listen).await?;
+    // Each service's URL names every replica of it, for clients to balance over.
+    let urls: BTreeMap<&'static str, String> = REGISTRY
+        .services()
+        .map(|spec| {
+            let addrs: Vec<SocketAddr> = bound
+                .iter()
+                .filter(|b| b.spec.name == spec.name)
+                .map(|b| b.addr)
+                .collect();
+            (spec.name, replicas::url(&addrs))
+        })
+        .collect();
+    let addrs: BTreeMap<&'static str, SocketAddr> = bound
+        .iter()
+        .filter(|b| b.replica == 0)
+        .map(|b| (b.spec.name, b.addr))
+        .collect();
+    let mut gateways = Vec::new();
+    for replica in 0..replicas {
+        let listen = replicas::gateway_listen(args.gateway_listen, replica)?;
+        let listener = keel_platform::serve::server::bind(listen).await?;
+        let metrics_listen = replicas::replica_listen(args.gateway_metrics_listen, replica);
+        gateways.push((listen, listener, bound_metrics(metrics_listen).await?));
+    }
 
-    let mut services = Vec::new();
-    for (spec, addr, listener, (metrics, metrics_listener)) in bound {
-        let mut argv = REGISTRY.suite_args(spec, &addrs, &clients);
+    let start = |bound: Bound| -> anyhow::Result<Service> {
+        let mut argv = REGISTRY.suite_args(bound.spec, &addrs, &clients);
+        for (peer, url) in urls.iter().filter(|(peer, _)| **peer != bound.spec.name) {
+            replicas::set_flag(&mut argv, &format!("--{peer}-url"), url);
+        }
         argv.extend(["--database-url".to_owned(), server_url.clone()]);
-        let matches = REGISTRY.parse(spec, argv)?;
+        let matches = REGISTRY.parse(bound.spec, argv)?;
         let serve = REGISTRY.start(
-            spec,
+            bound.spec,
             Launch {
                 matches,
-                listener,
+                listener: bound.listener,
                 shutdown: shutdown.clone(),
                 suite_clients: clients.entries.clone(),
                 data_dir: Some(args.database.data_dir.clone()),
-                metrics_listener: Some(metrics_listener),
+                metrics_listener: Some(bound.metrics_listener),
             },
         )?;
+        Ok(Service {
+            name: bound.spec.name,
+            replica: bound.replica,
+            grpc_name: bound.spec.grpc_services.first().copied(),
+            endpoint: format!("grpc://{}", bound.addr),
+            addr: bound.addr,
+            metrics: bound.metrics,
+            task: tokio::spawn(serve),
+        })
+    };
+
+    // The first replica of each service, then the others once those serve:
+    // the first auth makes the signing key of a new database, so no two
+    // auth replicas make one each.
+    let (first, others): (Vec<Bound>, Vec<Bound>) = bound.into_iter().partition(|b| b.replica == 0);
+    let mut services = first.into_iter().map(&start).collect::<anyhow::Result<Vec<_>>>()?;
+    for (replica, (listen, listener, (metrics, metrics_listener))) in gateways.into_iter().enumerate() {
+        let addr = loopback(listener.local_addr().context("reading the gateway's address")?);
+        let gateway_config = GatewayConfig::from_args(["keel", "--gateway-listen", &listen.to_string()])?;
         services.push(Service {
-            name: spec.name,
-            grpc_name: spec.grpc_services.first().copied(),
-            endpoint: format!("grpc://{addr}"),
+            name: "gateway",
+            replica,
+            grpc_name: None,
+            endpoint: format!("http://{addr}"),
             addr,
             metrics,
-            task: tokio::spawn(serve),
+            task: tokio::spawn(keel_gateway::run(
+                gateway_config,
+                urls.clone(),
+                listener,
+                Some(metrics_listener),
+                shutdown.clone(),
+            )),
         });
     }
-    let gateway_addr = loopback(args.gateway_listen);
-    let gateway_config = GatewayConfig::from_args(["keel", "--gateway-listen", &args.gateway_listen.to_string()])?;
-    let upstreams = addrs
-        .iter()
-        .map(|(name, addr)| (*name, format!("http://{addr}")))
-        .collect();
-    services.push(Service {
-        name: "gateway",
-        grpc_name: None,
-        endpoint: format!("http://{gateway_addr}"),
-        addr: gateway_addr,
-        metrics: gateway_metrics,
-        task: tokio::spawn(keel_gateway::run(
-            gateway_config,
-            upstreams,
-            gateway_listener,
-            Some(gateway_metrics_listener),
-            shutdown.clone(),
-        )),
-    });
+    let mut outcome = until_serving(&mut services, 0).await;
+    if matches!(outcome, Ok(Waited::Serving)) && !others.is_empty() {
+        let from = services.len();
+        for bound in others {
+            match start(bound) {
+                Ok(service) => services.push(service),
+                Err(err) => {
+                    shutdown.cancel();
+                    return Err(err);
+                }
+            }
+        }
+        outcome = until_serving(&mut services, from).await;
+    }
+    let outcome = match outcome {
+        Ok(Waited::Failed(failed)) => {
+            shutdown.cancel();
+            return Err(failed);
+        }
+        Ok(Waited::Serving) => {
+            // Listed by service, each one's replicas in order, the gateways last.
+            services.sort_by_key(|s| {
+                (
+                    s.grpc_name.is_none(),
+                    REGISTRY.services().position(|spec| spec.name == s.name),
+                    s.replica,
+                )
+            });
+            banner::print(&services, replicas, &urls, database, &args.database.data_dir);
+            tokio::select! {
+                () = keel_platform::serve::server::shutdown_signal() => say("\nStopping…\n"),
+                failed = first_exit(&mut services) => {
+                    shutdown.cancel();
+                    return Err(failed);
+                }
+            }
+            Ok(())
+        }
+        Ok(Waited::Stopping) => Ok(()),
+        Err(err) => Err(err),
+    };
+    shutdown.cancel();
+    for service in services {
+        service
+            .task
+            .await
+            .with_context(|| format!("{} panicked", service.name))??;
+    }
+    outcome
+}
 
-    let health_checks: Vec<(SocketAddr, &'static str)> = services
+/// Waits until the services from `services[from]` on report SERVING; a
+/// service that fails meanwhile is reported at once.
+async fn until_serving(services: &mut [Service], from: usize) -> anyhow::Result<Waited> {
+    let health_checks: Vec<(SocketAddr, &'static str)> = services[from..]
         .iter()
         .filter_map(|s| s.grpc_name.map(|name| (s.addr, name)))
         .collect();
@@ -209,33 +335,11 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     };
-    // A service that fails while the others start is reported at once.
-    let outcome = tokio::select! {
-        ready = ready => ready.map(|()| true),
-        () = keel_platform::serve::server::shutdown_signal() => Ok(false),
-        failed = first_exit(&mut services) => {
-            shutdown.cancel();
-            return Err(failed);
-        }
-    };
-    if matches!(outcome, Ok(true)) {
-        print_banner(&services, database, &args.database.data_dir);
-        tokio::select! {
-            () = keel_platform::serve::server::shutdown_signal() => say("\nStopping…\n"),
-            failed = first_exit(&mut services) => {
-                shutdown.cancel();
-                return Err(failed);
-            }
-        }
+    tokio::select! {
+        ready = ready => ready.map(|()| Waited::Serving),
+        () = keel_platform::serve::server::shutdown_signal() => Ok(Waited::Stopping),
+        failed = first_exit(services) => Ok(Waited::Failed(failed)),
     }
-    shutdown.cancel();
-    for service in services {
-        service
-            .task
-            .await
-            .with_context(|| format!("{} panicked", service.name))??;
-    }
-    outcome.map(|_| ())
 }
 
 /// Waits for the first service to stop, which while Keel is up is a failure.
@@ -270,59 +374,6 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     } else {
         addr
     }
-}
-
-fn print_banner(services: &[Service], database: &Database, data_dir: &std::path::Path) {
-    use std::fmt::Write as _;
-    let postgres = match database.cluster() {
-        Some(cluster) => format!(
-            "private cluster on 127.0.0.1:{}, data in {}{}",
-            cluster.port(),
-            cluster.root().join("data").display(),
-            if cluster.started_here() {
-                " (stops with Keel)"
-            } else {
-                " (already running; left running)"
-            }
-        ),
-        None => keel_platform::db::redact(&database.url("postgres").unwrap_or_default()),
-    };
-    // Where notifications sends mail, as it reads the same settings.
-    let mail = match (
-        std::env::var_os("KEEL_SMTP_URL"),
-        std::env::var_os("KEEL_NOTIFICATIONS_MAIL_DIR"),
-    ) {
-        (Some(_), _) => "sent over SMTP (KEEL_SMTP_URL)".to_owned(),
-        (None, Some(dir)) => format!("written as .eml files to {}", std::path::Path::new(&dir).display()),
-        (None, None) => format!(
-            "written as .eml files to {} (set KEEL_SMTP_URL to send it)",
-            data_dir.join("mail").display()
-        ),
-    };
-    let mut text = String::from("\nKeel is up.\n\n");
-    let _ = writeln!(text, "  {:<14} {:<28} {:<8} METRICS", "SERVICE", "ENDPOINT", "HEALTH");
-    for service in services {
-        let metrics = format!("http://{}/metrics", service.metrics);
-        let _ = writeln!(
-            text,
-            "  {:<14} {:<28} {:<8} {metrics}",
-            service.name, service.endpoint, "SERVING"
-        );
-    }
-    let auth = services
-        .iter()
-        .find(|s| s.name == registry::AUTH)
-        .map_or(SocketAddr::from(([127, 0, 0, 1], 50051)), |s| s.addr);
-    let gateway = services.iter().find(|s| s.grpc_name.is_none()).map_or(auth, |s| s.addr);
-    let _ = write!(
-        text,
-        "\nPostgres: {postgres}\nMail:     {mail}\n\nTry it:\n  \
-         curl http://{gateway}/v1/auth/jwks\n  \
-         curl http://{gateway}/openapi.json\n  \
-         buf curl --protocol grpc --http2-prior-knowledge http://{auth}/keel.auth.v1.AuthService/GetJwks\n  \
-         grpcurl -plaintext -d '{{}}' {auth} keel.auth.v1.AuthService/GetJwks\n\nCtrl-C stops everything.\n"
-    );
-    say(&text);
 }
 
 /// Writes to stdout; a closed stdout (`keel up | head`) must not stop Keel.

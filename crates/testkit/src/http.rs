@@ -42,11 +42,20 @@ impl Suite {
         args: &[&str],
     ) -> anyhow::Result<TestGateway> {
         for name in self.service_names() {
-            upstreams
-                .entry(name)
-                .or_insert_with(|| format!("http://{}", self.addr(name)));
+            // Every replica of the service: the gateway balances over them.
+            upstreams.entry(name).or_insert_with(|| self.url(name));
         }
         spawn_gateway(upstreams, args).await
+    }
+
+    /// Starts `n` gateways (replicas of one another, as behind a load
+    /// balancer), each as [`Suite::spawn_gateway`] starts one.
+    pub async fn spawn_gateways(&self, n: usize, args: &[&str]) -> anyhow::Result<Vec<TestGateway>> {
+        let mut gateways = Vec::with_capacity(n);
+        for _ in 0..n {
+            gateways.push(self.spawn_gateway(args).await?);
+        }
+        Ok(gateways)
     }
 }
 

@@ -4,3 +4,4 @@
 mod migrate;
 mod shutdown;
 mod up;
+mod up_replicas;

@@ -15,11 +15,11 @@ use keel::{
     auth::v1::{GetJwksRequest, LoginRequest, RegisterRequest, auth_service_client::AuthServiceClient},
 };
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     keel_testkit::ports::free_port().expect("a free port")
 }
 
-fn postgres_running_in(dir: &std::path::Path) -> bool {
+pub(crate) fn postgres_running_in(dir: &std::path::Path) -> bool {
     let out = Command::new("pgrep").args(["-f", &dir.display().to_string()]).output();
     matches!(out, Ok(out) if out.status.success())
 }

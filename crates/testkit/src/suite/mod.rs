@@ -3,9 +3,11 @@
 //! steps. The services come from the registry, so a new service is part of
 //! every suite without a change here.
 //!
-//! Starting, stopping and replicating services is here; typed shortcuts to
-//! auth and accounts are in `clients`, the usual first steps (users signed
-//! in, service tokens, what auth wrote) in `users`.
+//! Starting and stopping services is here; running several replicas of
+//! each (and reaching, stopping and restarting one of them) is in
+//! `replicas`; typed shortcuts to auth and accounts are in `clients`, the
+//! usual first steps (users signed in, service tokens, what auth wrote) in
+//! `users`.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -25,8 +27,10 @@ use tonic::transport::Channel;
 use crate::database::{Schema, TestDatabase};
 
 mod clients;
+mod replicas;
 mod users;
 
+pub use replicas::Replica;
 pub use users::authorized;
 
 /// The service client every suite configures on auth.
@@ -52,12 +56,24 @@ pub fn schema(spec: &'static ServiceSpec) -> Schema {
 }
 
 /// How to start a suite.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SuiteOptions {
     /// Extra `keel serve <service>` flags, by service name.
     pub args: BTreeMap<&'static str, Vec<String>>,
     /// Services that do not start with the suite (see [`Suite::start`]).
     pub withheld: Vec<&'static str>,
+    /// How many replicas of each service run (see [`SuiteOptions::replicas`]).
+    pub replicas: usize,
+}
+
+impl Default for SuiteOptions {
+    fn default() -> Self {
+        Self {
+            args: BTreeMap::new(),
+            withheld: Vec::new(),
+            replicas: 1,
+        }
+    }
 }
 
 impl SuiteOptions {
@@ -73,6 +89,17 @@ impl SuiteOptions {
     /// Leaves service `name` stopped until [`Suite::start`].
     pub fn withhold(mut self, name: &'static str) -> Self {
         self.withheld.push(name);
+        self
+    }
+
+    /// Runs `n` replicas of each service (1 by default), each on a port of
+    /// its own, all on the service's one database. Every URL the suite hands
+    /// out (each service's `--<peer>-url`, so its clients and its relay's
+    /// subscribers, and the upstreams of [`Suite::spawn_gateway`]) lists
+    /// every replica's address, comma-separated, so each call is balanced
+    /// over them.
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = n;
         self
     }
 }
@@ -113,35 +140,23 @@ impl Running {
 #[derive(Debug)]
 struct Member {
     spec: &'static ServiceSpec,
-    addr: SocketAddr,
+    /// The channel the suite's own clients use: to the one instance, or
+    /// balanced over the replicas.
     channel: Channel,
     db: TestDatabase,
-    /// Its `keel serve` command line.
+    /// Its `keel serve` command line, every instance's.
     argv: Vec<String>,
-    running: Option<Running>,
+    /// Its replicas (one unless [`SuiteOptions::replicas`] says more).
+    instances: Vec<Instance>,
 }
 
-/// A second instance of a service, from [`Suite::spawn_replica`].
+/// One replica of a service, on an address of its own.
 #[derive(Debug)]
-pub struct Replica {
-    /// The channel to it.
-    pub channel: Channel,
-    running: Running,
-}
-
-impl Replica {
-    /// Stops it as a shutdown signal does, and waits for it to exit.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.running.shutdown.cancel();
-        (&mut self.running.task).await.context("the replica panicked")?
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.running.shutdown.cancel();
-        self.running.task.abort();
-    }
+struct Instance {
+    addr: SocketAddr,
+    /// A channel to this replica alone.
+    channel: Channel,
+    running: Option<Running>,
 }
 
 /// A running suite; dropping it shuts every service down.
@@ -166,17 +181,27 @@ pub async fn spawn_suite_with(auth_args: &[&str]) -> anyhow::Result<Suite> {
 
 /// Starts the suite as `options` say.
 pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<Suite> {
+    let replicas = options.replicas.max(1);
     let databases =
         futures::future::try_join_all(REGISTRY.services().map(|spec| TestDatabase::create(schema(spec)))).await?;
+    // Every listener first, so each service knows where its peers are.
     let mut listeners = Vec::new();
     for _ in REGISTRY.services() {
-        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+        let mut own = Vec::new();
+        for _ in 0..replicas {
+            own.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+        }
+        listeners.push(own);
     }
-    let addrs: BTreeMap<&'static str, SocketAddr> = REGISTRY
+    let addrs: BTreeMap<&'static str, Vec<SocketAddr>> = REGISTRY
         .services()
         .zip(&listeners)
-        .map(|(spec, listener)| Ok((spec.name, listener.local_addr()?)))
+        .map(|(spec, own)| {
+            let addrs = own.iter().map(|l| l.local_addr()).collect::<std::io::Result<_>>()?;
+            Ok((spec.name, addrs))
+        })
         .collect::<anyhow::Result<_>>()?;
+    let first: BTreeMap<&'static str, SocketAddr> = addrs.iter().map(|(name, all)| (*name, all[0])).collect();
     let clients = REGISTRY.suite_clients();
     let data_dir = std::env::temp_dir().join(format!("keel-suite-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -186,8 +211,13 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
     );
 
     let mut members = Vec::new();
-    for ((spec, db), listener) in REGISTRY.services().zip(databases).zip(listeners) {
-        let mut argv = REGISTRY.suite_args(spec, &addrs, &clients);
+    let mut later = Vec::new();
+    for ((spec, db), own) in REGISTRY.services().zip(databases).zip(listeners) {
+        let mut argv = REGISTRY.suite_args(spec, &first, &clients);
+        // Each peer at every replica's address, for its clients to balance over.
+        for (peer, all) in addrs.iter().filter(|(peer, all)| **peer != spec.name && all.len() > 1) {
+            replicas::set_flag(&mut argv, &format!("--{peer}-url"), &replicas::url(all));
+        }
         argv.extend(
             [
                 &format!("--{}-database-url", spec.name),
@@ -208,17 +238,28 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
             argv.push(format!("--key-encryption-key={}", SealingKey::generate()?.1));
         }
         argv.extend(options.args.get(spec.name).into_iter().flatten().cloned());
-        let addr = addrs[spec.name];
+        let instances = addrs[spec.name]
+            .iter()
+            .map(|addr| {
+                Ok(Instance {
+                    addr: *addr,
+                    channel: Channel::from_shared(format!("http://{addr}"))?.connect_lazy(),
+                    running: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut member = Member {
             spec,
-            addr,
-            channel: Channel::from_shared(format!("http://{addr}"))?.connect_lazy(),
+            channel: replicas::channel(&instances)?,
             db,
             argv,
-            running: None,
+            instances,
         };
+        let mut own = own.into_iter();
         if !options.withheld.contains(&spec.name) {
-            member.start_on(listener, &clients, &data_dir)?;
+            let listener = own.next().context("no listener")?;
+            member.start_instance(0, listener, &clients, &data_dir)?;
+            later.push((members.len(), own));
         }
         members.push(member);
     }
@@ -227,15 +268,22 @@ pub async fn spawn_suite_with_options(options: SuiteOptions) -> anyhow::Result<S
         .find(|m| m.spec.name == registry::AUTH)
         .context("auth is not registered")?;
     let auth_config = AuthConfig::from_arg_matches(&REGISTRY.parse(auth.spec, &auth.argv)?)?;
-    let suite = Suite {
+    let mut suite = Suite {
         members,
         clients,
         auth_config,
         data_dir,
     };
-    for member in suite.members.iter().filter(|m| m.running.is_some()) {
-        member.wait_until_serving().await?;
+    suite.wait_until_serving().await?;
+    // The other replicas once the first of each serves: the first auth has
+    // made the signing key by then, so no two replicas make one each.
+    for (at, listeners) in later {
+        for (i, listener) in listeners.enumerate() {
+            let (clients, data_dir) = (suite.clients.clone(), suite.data_dir.clone());
+            suite.members[at].start_instance(i + 1, listener, &clients, &data_dir)?;
+        }
     }
+    suite.wait_until_serving().await?;
     Ok(suite)
 }
 
@@ -285,13 +333,20 @@ fn metrics_listener() -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
 }
 
 impl Member {
-    fn start_on(
+    /// Starts replica `i` on `listener`.
+    fn start_instance(
         &mut self,
+        i: usize,
         listener: tokio::net::TcpListener,
         clients: &SuiteClients,
         data_dir: &std::path::Path,
     ) -> anyhow::Result<()> {
-        anyhow::ensure!(self.running.is_none(), "{} is already running", self.spec.name);
+        let name = self.spec.name;
+        let instance = self
+            .instances
+            .get_mut(i)
+            .with_context(|| format!("{name} has no replica {i}"))?;
+        anyhow::ensure!(instance.running.is_none(), "replica {i} of {name} is already running");
         let shutdown = CancellationToken::new();
         let matches = REGISTRY.parse(self.spec, &self.argv)?;
         let (metrics_listener, metrics) = metrics_listener()?;
@@ -306,12 +361,44 @@ impl Member {
                 metrics_listener: Some(metrics_listener),
             },
         )?;
-        self.running = Some(Running::spawn(serve, shutdown, metrics));
+        instance.running = Some(Running::spawn(serve, shutdown, metrics));
         Ok(())
     }
 
+    /// Waits until every running replica reports SERVING.
     async fn wait_until_serving(&self) -> anyhow::Result<()> {
-        let service = self.spec.grpc_services.first().copied().unwrap_or_default();
+        for instance in self.instances.iter().filter(|i| i.running.is_some()) {
+            instance.wait_until_serving(self.spec).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops replica `i` and waits for it to exit.
+    async fn stop_instance(&mut self, i: usize) -> anyhow::Result<()> {
+        let name = self.spec.name;
+        let instance = self
+            .instances
+            .get_mut(i)
+            .with_context(|| format!("{name} has no replica {i}"))?;
+        if let Some(running) = instance.running.take() {
+            running.shutdown.cancel();
+            running.task.await.with_context(|| format!("{name} panicked"))??;
+        }
+        Ok(())
+    }
+
+    /// Stops every replica (the last started first) and waits for them.
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        for i in (0..self.instances.len()).rev() {
+            self.stop_instance(i).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Instance {
+    async fn wait_until_serving(&self, spec: &ServiceSpec) -> anyhow::Result<()> {
+        let service = spec.grpc_services.first().copied().unwrap_or_default();
         let serving =
             keel_platform::serve::server::wait_until_serving(self.channel.clone(), service, Duration::from_secs(30));
         let Some(mut failed) = self.running.as_ref().map(|running| running.failed.clone()) else {
@@ -320,20 +407,9 @@ impl Member {
         tokio::select! {
             served = serving => served,
             Ok(failure) = failed.wait_for(Option::is_some) => {
-                anyhow::bail!("{} failed to start: {}", self.spec.name, failure.as_deref().unwrap_or_default())
+                anyhow::bail!("{} failed to start: {}", spec.name, failure.as_deref().unwrap_or_default())
             }
         }
-    }
-
-    async fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(running) = self.running.take() {
-            running.shutdown.cancel();
-            running
-                .task
-                .await
-                .with_context(|| format!("{} panicked", self.spec.name))??;
-        }
-        Ok(())
     }
 }
 
@@ -392,14 +468,16 @@ impl Suite {
         self.members.iter().map(|m| m.spec.name).collect()
     }
 
-    /// The channel to service `name`.
+    /// The channel to service `name` (balanced over its replicas, when it
+    /// has several).
     pub fn channel(&self, name: &str) -> Channel {
         self.member(name).channel.clone()
     }
 
-    /// Where service `name` listens.
+    /// Where service `name` listens (its first replica, when it has
+    /// several: see [`Suite::replica_addrs`]).
     pub fn addr(&self, name: &str) -> SocketAddr {
-        self.member(name).addr
+        self.member(name).instances[0].addr
     }
 
     /// Service `name`'s database.
@@ -413,68 +491,65 @@ impl Suite {
         Ok(diesel_async::AsyncPgConnection::establish(self.database_url(name)).await?)
     }
 
-    /// Starts service `name` (again) on its address.
+    /// Starts service `name` (again) on its address: every replica of it
+    /// that is stopped.
     pub async fn start(&mut self, name: &str) -> anyhow::Result<()> {
+        let stopped: Vec<usize> = (self.member(name).instances.iter().enumerate())
+            .filter(|(_, instance)| instance.running.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        anyhow::ensure!(!stopped.is_empty(), "{name} is already running");
+        let mut stopped = stopped.into_iter();
+        if stopped.len() == self.member(name).instances.len()
+            && let Some(first) = stopped.next()
+        {
+            // The first alone, as the suite starts: see spawn_suite_with_options.
+            self.start_instance(name, first).await?;
+            self.member(name).wait_until_serving().await?;
+        }
+        for i in stopped {
+            self.start_instance(name, i).await?;
+        }
+        self.member(name).wait_until_serving().await
+    }
+
+    /// Starts replica `i` of service `name` on its address, without waiting.
+    async fn start_instance(&mut self, name: &str, i: usize) -> anyhow::Result<()> {
         let clients = self.clients.clone();
         let data_dir = self.data_dir.clone();
         let member = self.member_mut(name);
-        let listener = tokio::net::TcpListener::bind(member.addr).await?;
-        member.start_on(listener, &clients, &data_dir)?;
-        self.member(name).wait_until_serving().await
+        let addr = member
+            .instances
+            .get(i)
+            .with_context(|| format!("{name} has no replica {i}"))?
+            .addr;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        member.start_instance(i, listener, &clients, &data_dir)
+    }
+
+    /// Waits until every running replica of every service reports SERVING.
+    async fn wait_until_serving(&self) -> anyhow::Result<()> {
+        for member in &self.members {
+            member.wait_until_serving().await?;
+        }
+        Ok(())
     }
 
     /// Sets `flag` of service `name` to `value` (replacing the value the
     /// suite gave it, e.g. `--accounts-url` to route through a proxy). It
     /// takes effect when the service next starts, and for replicas.
     pub fn set_flag(&mut self, name: &str, flag: &str, value: &str) {
-        let argv = &mut self.member_mut(name).argv;
-        match argv.iter().position(|arg| arg == flag) {
-            Some(at) if at + 1 < argv.len() => argv[at + 1] = value.to_owned(),
-            _ => argv.extend([flag.to_owned(), value.to_owned()]),
-        }
-    }
-
-    /// Another instance of service `name` with the same settings and
-    /// database (a replica), on a port of its own; it stops when dropped.
-    pub async fn spawn_replica(&self, name: &str) -> anyhow::Result<Replica> {
-        let member = self.member(name);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let (metrics_listener, metrics) = metrics_listener()?;
-        let serve = REGISTRY.start(
-            member.spec,
-            Launch {
-                matches: REGISTRY.parse(member.spec, &member.argv)?,
-                listener,
-                shutdown: shutdown.clone(),
-                suite_clients: self.clients.entries.clone(),
-                data_dir: Some(self.data_dir.clone()),
-                metrics_listener: Some(metrics_listener),
-            },
-        )?;
-        let replica = Replica {
-            channel: Channel::from_shared(format!("http://{addr}"))?.connect_lazy(),
-            running: Running::spawn(serve, shutdown, metrics),
-        };
-        let service = member.spec.grpc_services.first().copied().unwrap_or_default();
-        keel_platform::serve::server::wait_until_serving(replica.channel.clone(), service, Duration::from_secs(30))
-            .await?;
-        Ok(replica)
+        replicas::set_flag(&mut self.member_mut(name).argv, flag, value);
     }
 
     /// Where running service `name` serves its Prometheus metrics
-    /// (`http://…/metrics`).
+    /// (`http://…/metrics`; its first replica's, when it has several: see
+    /// [`Suite::replica_metrics_urls`]).
     pub fn metrics_url(&self, name: &str) -> anyhow::Result<String> {
-        let running = self
-            .member(name)
-            .running
-            .as_ref()
-            .with_context(|| format!("{name} is not running"))?;
-        Ok(format!("http://{}/metrics", running.metrics))
+        self.replica_metrics_url(name, 0)
     }
 
-    /// Stops service `name` and waits for it to exit.
+    /// Stops service `name` (every replica of it) and waits for it to exit.
     pub async fn stop_service(&mut self, name: &str) -> anyhow::Result<()> {
         self.member_mut(name).stop().await
     }
@@ -491,7 +566,8 @@ impl Suite {
 
 impl Drop for Suite {
     fn drop(&mut self) {
-        for running in self.members.iter_mut().filter_map(|m| m.running.take()) {
+        let instances = self.members.iter_mut().flat_map(|m| &mut m.instances);
+        for running in instances.filter_map(|i| i.running.take()) {
             running.shutdown.cancel();
             running.task.abort();
         }
