@@ -214,8 +214,19 @@ impl KeyRing {
         let mut conn = pool.get().await.context("taking a connection to read signing keys")?;
         let mut keys = signing_keys::newest(&mut conn, 2).await?;
         if keys.is_empty() {
-            signing_keys::insert(&mut conn, &NewKey::generate(kek)?).await?;
-            keys = signing_keys::newest(&mut conn, 2).await?;
+            use diesel_async::AsyncConnection as _;
+            let first = NewKey::generate(kek)?;
+            keys = conn
+                .transaction::<_, anyhow::Error, _>(async |conn| {
+                    // Whoever gets the lock second finds the first one's key.
+                    signing_keys::lock_first_key(conn).await?;
+                    if signing_keys::newest(conn, 1).await?.is_empty() {
+                        signing_keys::insert(conn, &first).await?;
+                    }
+                    Ok(signing_keys::newest(conn, 2).await?)
+                })
+                .await
+                .context("generating the first signing key")?;
         }
         let newest = keys.first().context("no signing key after generating one")?;
         // A new key is published for a while before it signs, so every

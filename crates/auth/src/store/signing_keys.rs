@@ -52,6 +52,20 @@ pub async fn newest(conn: &mut AsyncPgConnection, count: i64) -> QueryResult<Vec
         .await
 }
 
+/// Takes the lock that serializes generating the first key, until the
+/// caller's transaction ends: replicas starting together on an empty table
+/// must not each make one (each would sign with a key the other has not
+/// published yet).
+pub async fn lock_first_key(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    /// An arbitrary key, this lock's own.
+    const FIRST_KEY_LOCK: i64 = 0x6b65_656c_6b65_7931;
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(FIRST_KEY_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn insert(conn: &mut AsyncPgConnection, key: &NewKey) -> QueryResult<()> {
     diesel::insert_into(signing_keys::table)
         .values(key)
