@@ -71,7 +71,7 @@ impl Upstreams {
         match tokio::time::timeout(timeout, call).await {
             Ok(reply) => reply
                 .map(tonic::Response::into_inner)
-                .map_err(|status| timed_out(status, started, timeout)),
+                .map_err(|status| went_away(timed_out(status, started, timeout))),
             Err(_) => Err(deadline(timeout)),
         }
     }
@@ -100,7 +100,7 @@ impl Upstreams {
                 .await
         };
         let replies = match tokio::time::timeout(timeout, call).await {
-            Ok(reply) => reply.map(tonic::Response::into_inner)?,
+            Ok(reply) => reply.map(tonic::Response::into_inner).map_err(went_away)?,
             Err(_) => return Err(deadline(timeout)),
         };
         // The place on the connection is given back when the stream ends.
@@ -209,6 +209,32 @@ fn timed_out(status: Status, started: tokio::time::Instant, timeout: Duration) -
     } else {
         status
     }
+}
+
+/// A connection that broke before the answer came (the replica died
+/// mid-call) reaches tonic as UNKNOWN "transport error"; to the client it is
+/// UNAVAILABLE: retry, with the same request id where the call takes one.
+fn went_away(status: Status) -> Status {
+    if status.code() == Code::Unknown && from_transport(&status) {
+        Status::unavailable(format!(
+            "the service went away before answering ({}); retry",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
+/// Whether `status` came from the connection rather than the service.
+fn from_transport(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<tonic::transport::Error>() || err.is::<hyper::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn deadline(timeout: Duration) -> Status {

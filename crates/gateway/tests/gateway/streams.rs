@@ -124,3 +124,49 @@ async fn server_streams_become_server_sent_events() -> anyhow::Result<()> {
     gateway.stop().await?;
     suite.stop().await
 }
+
+/// Accepts HTTP/2 and drops each connection 100 ms after a request
+/// arrives, before answering: a replica killed mid-call.
+async fn dying_upstream() -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = service_fn(|_request: http::Request<hyper::body::Incoming>| async {
+                std::future::pending::<Result<http::Response<http_body_util::Empty<Bytes>>, Infallible>>().await
+            });
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(100), connection).await;
+            });
+        }
+    });
+    Ok(url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_dies_mid_call_is_503_unavailable_not_500() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let gateway = suite
+        .spawn_gateway_with([("notifications", dying_upstream().await?)].into(), &[])
+        .await?;
+    let http = gateway.http();
+    suite
+        .create_user("ada@example.com", "correct horse battery", &[Role::User])
+        .await?;
+    let login = http
+        .post(
+            "/v1/auth:login",
+            None,
+            &json!({ "email": "ada@example.com", "password": "correct horse battery" }),
+        )
+        .await?
+        .json();
+    let token = login["tokens"]["accessToken"].as_str().expect("a token");
+    let listed = http.get("/v1/notifications", Some(token)).await?;
+    assert_eq!(listed.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", listed.json());
+    assert_eq!(listed.json()["code"], 14, "UNAVAILABLE: retry");
+    gateway.stop().await?;
+    suite.stop().await
+}
