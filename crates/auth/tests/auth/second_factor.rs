@@ -580,7 +580,7 @@ async fn the_second_factors_request_rules_are_enforced() -> anyhow::Result<()> {
                 .await
                 .map(drop),
             "recovery_code",
-            "string.min_len",
+            "string.pattern",
         ),
         (
             "confirm: letters",

@@ -188,7 +188,8 @@ impl Builder {
         if side != Side::Reply {
             // The services refuse to start on a message rule they cannot read.
             let conditions = RequiredWhen::of(message).unwrap_or_default();
-            let clauses: Vec<Json> = conditions.iter().map(required_when).collect();
+            let mut clauses: Vec<Json> = conditions.iter().map(required_when).collect();
+            clauses.extend(oneof_clauses(message));
             match clauses.len() {
                 0 => {}
                 1 => {
@@ -203,6 +204,36 @@ impl Builder {
         }
         Json::Object(schema)
     }
+}
+
+/// A oneof's members exclude each other (proto3 JSON refuses a message that
+/// sets two): one `not required` clause per pair; and a oneof marked
+/// `(buf.validate.oneof).required` needs one of them.
+fn oneof_clauses(message: &MessageDescriptor) -> Vec<Json> {
+    let required_rule = message.parent_pool().get_extension_by_name("buf.validate.oneof");
+    let mut clauses = Vec::new();
+    for oneof in message.oneofs().filter(|oneof| !oneof.is_synthetic()) {
+        let names: Vec<String> = oneof.fields().map(|field| field.json_name().to_owned()).collect();
+        for (i, first) in names.iter().enumerate() {
+            for second in &names[i + 1..] {
+                clauses.push(json!({ "not": { "required": [first, second] } }));
+            }
+        }
+        let options = oneof.options();
+        let required = required_rule.as_ref().is_some_and(|rule| {
+            options.has_extension(rule)
+                && matches!(
+                    options.get_extension(rule).as_ref(),
+                    prost_reflect::Value::Message(rules)
+                        if rules.get_field_by_name("required").and_then(|v| v.as_bool()) == Some(true)
+                )
+        });
+        if required {
+            let any: Vec<Json> = names.iter().map(|name| json!({ "required": [name] })).collect();
+            clauses.push(json!({ "anyOf": any }));
+        }
+    }
+    clauses
 }
 
 /// The component name of `message` as used on `side`.
