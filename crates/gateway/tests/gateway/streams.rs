@@ -73,14 +73,8 @@ async fn scripted_notifications() -> anyhow::Result<(String, mpsc::UnboundedRece
     Ok((url, requests))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn server_streams_become_server_sent_events() -> anyhow::Result<()> {
-    let suite = keel_testkit::spawn_suite().await?;
-    let (notifications, mut requests) = scripted_notifications().await?;
-    let gateway = suite
-        .spawn_gateway_with([("notifications", notifications)].into(), &[])
-        .await?;
-    let http = gateway.http();
+/// Creates ada and signs her in through the gateway: her access token.
+async fn signed_in_ada(suite: &keel_testkit::Suite, http: &keel_testkit::http::HttpClient) -> anyhow::Result<String> {
     suite
         .create_user("ada@example.com", "correct horse battery", &[Role::User])
         .await?;
@@ -92,7 +86,18 @@ async fn server_streams_become_server_sent_events() -> anyhow::Result<()> {
         )
         .await?
         .json();
-    let token = login["tokens"]["accessToken"].as_str().expect("a token");
+    Ok(login["tokens"]["accessToken"].as_str().expect("a token").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_streams_become_server_sent_events() -> anyhow::Result<()> {
+    let suite = keel_testkit::spawn_suite().await?;
+    let (notifications, mut requests) = scripted_notifications().await?;
+    let gateway = suite
+        .spawn_gateway_with([("notifications", notifications)].into(), &[])
+        .await?;
+    let http = gateway.http();
+    let token = &signed_in_ada(&suite, http).await?;
 
     let stream = http
         .get("/v1/notifications:stream?afterNotificationId=n0", Some(token))
@@ -152,18 +157,7 @@ async fn an_upstream_that_dies_mid_call_is_503_unavailable_not_500() -> anyhow::
         .spawn_gateway_with([("notifications", dying_upstream().await?)].into(), &[])
         .await?;
     let http = gateway.http();
-    suite
-        .create_user("ada@example.com", "correct horse battery", &[Role::User])
-        .await?;
-    let login = http
-        .post(
-            "/v1/auth:login",
-            None,
-            &json!({ "email": "ada@example.com", "password": "correct horse battery" }),
-        )
-        .await?
-        .json();
-    let token = login["tokens"]["accessToken"].as_str().expect("a token");
+    let token = &signed_in_ada(&suite, http).await?;
     let listed = http.get("/v1/notifications", Some(token)).await?;
     assert_eq!(listed.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", listed.json());
     assert_eq!(listed.json()["code"], 14, "UNAVAILABLE: retry");
