@@ -10,11 +10,8 @@ use crate::schema::sql_types;
 /// The name accounts is registered under, and the source of its events.
 pub const NAME: &str = "accounts";
 
-fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
-    FieldViolation {
-        field: field.into(),
-        description: description.into(),
-    }
+fn violation(field: &str, reason: &'static str, description: impl Into<String>) -> FieldViolation {
+    FieldViolation::new(field, reason, description)
 }
 
 /// An ISO 4217 alphabetic currency code.
@@ -27,7 +24,11 @@ impl Currency {
         if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
             Ok(Currency(raw.to_owned()))
         } else {
-            Err(violation(field, "must be an ISO 4217 code such as USD"))
+            Err(violation(
+                field,
+                "CURRENCY_INVALID",
+                "must be an ISO 4217 code such as USD",
+            ))
         }
     }
 
@@ -53,13 +54,18 @@ pub struct Amount {
 impl Amount {
     /// Reads a `Money` that must be positive.
     pub fn parse(field: &str, money: Option<&Money>) -> Result<Self, FieldViolation> {
-        let money = money.ok_or_else(|| violation(field, "is required"))?;
+        let money = money.ok_or_else(|| violation(field, "required", "is required"))?;
         if money.amount_minor <= 0 {
-            return Err(violation(&format!("{field}.amount_minor"), "must be positive"));
+            return Err(violation(
+                &format!("{field}.amount_minor"),
+                "AMOUNT_OUT_OF_RANGE",
+                "must be positive",
+            ));
         }
         if money.amount_minor > MAX_AMOUNT_MINOR {
             return Err(violation(
                 &format!("{field}.amount_minor"),
+                "AMOUNT_OUT_OF_RANGE",
                 format!("must be at most {MAX_AMOUNT_MINOR}"),
             ));
         }
@@ -184,10 +190,18 @@ impl RequestId {
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
         let raw = raw.trim();
         if raw.is_empty() {
-            return Err(violation(field, "is required: retries with the same key apply once"));
+            return Err(violation(
+                field,
+                "required",
+                "is required: retries with the same key apply once",
+            ));
         }
         if raw.len() > 128 || raw.chars().any(char::is_control) {
-            return Err(violation(field, "must be at most 128 printable bytes"));
+            return Err(violation(
+                field,
+                "REQUEST_ID_INVALID",
+                "must be at most 128 printable bytes",
+            ));
         }
         Ok(RequestId(raw.to_owned()))
     }
@@ -202,7 +216,7 @@ impl RequestId {
 /// characters.
 pub fn note(field: &str, raw: &str) -> Result<String, FieldViolation> {
     if raw.len() > 256 || raw.chars().any(char::is_control) {
-        return Err(violation(field, "must be at most 256 printable bytes"));
+        return Err(violation(field, "NOTE_INVALID", "must be at most 256 printable bytes"));
     }
     Ok(raw.to_owned())
 }
@@ -213,6 +227,7 @@ pub fn display_name(raw: &str) -> Result<String, FieldViolation> {
     if name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(violation(
             "account.display_name",
+            "DISPLAY_NAME_INVALID",
             "must be at most 100 printable characters",
         ));
     }

@@ -20,10 +20,7 @@ impl Email {
     /// no spaces or control characters, at most 254 bytes in all (RFC 5321
     /// limits).
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
-        let invalid = |why: &str| FieldViolation {
-            field: "email".into(),
-            description: why.into(),
-        };
+        let invalid = |why: &str| FieldViolation::new("email", "EMAIL_INVALID", why);
         let compatible: String = raw.nfkc().collect();
         // Lower-casing can leave a string that is not NFKC; normalize again.
         let email: String = compatible.trim().to_lowercase().nfkc().collect();
@@ -83,15 +80,15 @@ pub struct Password(SecretString);
 impl Password {
     /// Accepts `raw` if it has at least 8 characters and at most 1 KiB.
     pub fn parse(field: &str, raw: String) -> Result<Self, FieldViolation> {
-        let invalid = |why: String| FieldViolation {
-            field: field.into(),
-            description: why,
-        };
         if raw.len() > MAX_PASSWORD_BYTES {
-            return Err(invalid(format!("must be at most {MAX_PASSWORD_BYTES} bytes")));
+            return Err(too_long(field));
         }
         if raw.chars().count() < MIN_PASSWORD_CHARS {
-            return Err(invalid(format!("must have at least {MIN_PASSWORD_CHARS} characters")));
+            return Err(FieldViolation::new(
+                field,
+                "PASSWORD_TOO_SHORT",
+                format!("must be at least {MIN_PASSWORD_CHARS} characters"),
+            ));
         }
         Ok(Password(raw.into()))
     }
@@ -100,10 +97,7 @@ impl Password {
     /// where the length rules of today may be newer than the password.
     pub fn for_check(field: &str, raw: String) -> Result<Self, FieldViolation> {
         if raw.len() > MAX_PASSWORD_BYTES {
-            return Err(FieldViolation {
-                field: field.into(),
-                description: format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
-            });
+            return Err(too_long(field));
         }
         Ok(Password(raw.into()))
     }
@@ -112,6 +106,14 @@ impl Password {
     pub fn expose(&self) -> &[u8] {
         self.0.expose_secret().as_bytes()
     }
+}
+
+fn too_long(field: &str) -> FieldViolation {
+    FieldViolation::new(
+        field,
+        "PASSWORD_TOO_LONG",
+        format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
+    )
 }
 
 /// A non-empty set of roles.
@@ -124,10 +126,11 @@ impl Roles {
         roles.sort();
         roles.dedup();
         if roles.is_empty() {
-            return Err(FieldViolation {
-                field: "roles".into(),
-                description: "must name at least one role".into(),
-            });
+            return Err(FieldViolation::new(
+                "roles",
+                "repeated.min_items",
+                "must name at least one role",
+            ));
         }
         Ok(Roles(roles))
     }
@@ -170,14 +173,8 @@ impl OpaqueToken {
         let decoded = URL_SAFE_NO_PAD.decode(raw.trim()).ok();
         match decoded {
             Some(bytes) if bytes.len() == 32 => Ok(OpaqueToken(raw.trim().into())),
-            _ => Err(FieldViolation {
-                field: field.into(),
-                description: if raw.is_empty() {
-                    "is required".into()
-                } else {
-                    "is not a valid token".into()
-                },
-            }),
+            _ if raw.is_empty() => Err(FieldViolation::new(field, "required", "is required")),
+            _ => Err(FieldViolation::new(field, "TOKEN_INVALID", "is not a valid token")),
         }
     }
 
@@ -203,10 +200,11 @@ impl TotpCode {
         if raw.len() == usize::from(crate::totp::DIGITS) && raw.bytes().all(|b| b.is_ascii_digit()) {
             return Ok(TotpCode(raw.into()));
         }
-        Err(FieldViolation {
-            field: field.into(),
-            description: format!("must be the {} digits the authenticator app shows", crate::totp::DIGITS),
-        })
+        Err(FieldViolation::new(
+            field,
+            "CODE_INVALID",
+            format!("must be the {} digits the authenticator app shows", crate::totp::DIGITS),
+        ))
     }
 
     /// The code, for the check only.
@@ -259,10 +257,11 @@ impl RecoveryCode {
             .collect();
         let ours = symbols.len() == RECOVERY_CODE_SYMBOLS && symbols.bytes().all(|b| RECOVERY_ALPHABET.contains(&b));
         if !ours {
-            return Err(FieldViolation {
-                field: field.into(),
-                description: "is not a recovery code (16 letters and digits, as xxxx-xxxx-xxxx-xxxx)".into(),
-            });
+            return Err(FieldViolation::new(
+                field,
+                "RECOVERY_CODE_INVALID",
+                "is not a recovery code (16 letters and digits, as xxxx-xxxx-xxxx-xxxx)",
+            ));
         }
         Ok(RecoveryCode(symbols.into()))
     }
@@ -307,10 +306,11 @@ impl SecondFactor {
         match (code, recovery_code) {
             (Some(code), _) => TotpCode::parse("code", code).map(SecondFactor::Code),
             (None, Some(recovery)) => RecoveryCode::parse("recovery_code", recovery).map(SecondFactor::RecoveryCode),
-            (None, None) => Err(FieldViolation {
-                field: "code".into(),
-                description: "a code or a recovery_code is required".into(),
-            }),
+            (None, None) => Err(FieldViolation::new(
+                "code",
+                "required",
+                "a code or a recovery_code is required",
+            )),
         }
     }
 }

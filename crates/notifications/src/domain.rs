@@ -47,10 +47,11 @@ impl Channel {
             Ok(pb::Channel::Email) => Ok(Channel::Email),
             Ok(pb::Channel::Webhook) => Ok(Channel::Webhook),
             Ok(pb::Channel::InApp) => Ok(Channel::InApp),
-            _ => Err(FieldViolation {
-                field: field.into(),
-                description: "must be CHANNEL_EMAIL, CHANNEL_WEBHOOK or CHANNEL_IN_APP".into(),
-            }),
+            _ => Err(FieldViolation::new(
+                field,
+                "enum.defined_only",
+                "must be CHANNEL_EMAIL, CHANNEL_WEBHOOK or CHANNEL_IN_APP",
+            )),
         }
     }
 
@@ -184,9 +185,12 @@ impl Topic {
 
     /// Reads a topic name at `field`.
     pub fn parse(field: &str, name: &str) -> Result<Self, FieldViolation> {
-        Topic::from_name(name).ok_or_else(|| FieldViolation {
-            field: field.into(),
-            description: format!("must be one of {}", Topic::ALL.map(Topic::as_str).join(", ")),
+        Topic::from_name(name).ok_or_else(|| {
+            FieldViolation::new(
+                field,
+                "string.in",
+                format!("must be one of {}", Topic::ALL.map(Topic::as_str).join(", ")),
+            )
         })
     }
 

@@ -7,11 +7,8 @@ use keel::common::v1::Money;
 pub const NAME: &str = "orders";
 use keel_platform::error::FieldViolation;
 
-fn violation(field: &str, description: impl Into<String>) -> FieldViolation {
-    FieldViolation {
-        field: field.into(),
-        description: description.into(),
-    }
+fn violation(field: &str, reason: &'static str, description: impl Into<String>) -> FieldViolation {
+    FieldViolation::new(field, reason, description)
 }
 
 /// The largest price one unit may have: the most any Money in a request may
@@ -37,10 +34,11 @@ pub struct Price {
 impl Price {
     /// Reads a required `Money` field.
     pub fn parse(field: &str, money: Option<&Money>) -> Result<Self, FieldViolation> {
-        let money = money.ok_or_else(|| violation(field, "is required"))?;
+        let money = money.ok_or_else(|| violation(field, "required", "is required"))?;
         if money.amount_minor <= 0 || money.amount_minor > MAX_PRICE_MINOR {
             return Err(violation(
                 &format!("{field}.amount_minor"),
+                "PRICE_OUT_OF_RANGE",
                 format!("must be between 1 and {MAX_PRICE_MINOR}"),
             ));
         }
@@ -48,6 +46,7 @@ impl Price {
         if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(violation(
                 &format!("{field}.currency_code"),
+                "CURRENCY_INVALID",
                 "must be an ISO 4217 code such as USD",
             ));
         }
@@ -62,7 +61,11 @@ impl Price {
 pub fn product_name(field: &str, raw: &str) -> Result<String, FieldViolation> {
     let name = raw.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(violation(field, "must be 1 to 200 printable characters"));
+        return Err(violation(
+            field,
+            "NAME_INVALID",
+            "must be 1 to 200 printable characters",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -73,7 +76,11 @@ pub fn description(field: &str, raw: &str) -> Result<String, FieldViolation> {
         .chars()
         .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t');
     if raw.chars().count() > 4000 || bad_control {
-        return Err(violation(field, "must be at most 4000 characters"));
+        return Err(violation(
+            field,
+            "DESCRIPTION_INVALID",
+            "must be at most 4000 characters",
+        ));
     }
     Ok(raw.to_owned())
 }
@@ -89,7 +96,11 @@ pub const MAX_TOTAL_MINOR: i64 = 1_000_000_000_000_000;
 /// A stock count: 0 to [`MAX_STOCK`].
 pub fn stock(field: &str, raw: i64) -> Result<i64, FieldViolation> {
     if !(0..=MAX_STOCK).contains(&raw) {
-        return Err(violation(field, format!("must be between 0 and {MAX_STOCK}")));
+        return Err(violation(
+            field,
+            "STOCK_OUT_OF_RANGE",
+            format!("must be between 0 and {MAX_STOCK}"),
+        ));
     }
     Ok(raw)
 }
@@ -99,6 +110,7 @@ pub fn stock_delta(field: &str, raw: i64) -> Result<i64, FieldViolation> {
     if raw == 0 || raw.unsigned_abs() > MAX_STOCK.unsigned_abs() {
         return Err(violation(
             field,
+            "STOCK_DELTA_OUT_OF_RANGE",
             format!("must not be zero, and at most {MAX_STOCK} either way"),
         ));
     }
@@ -113,10 +125,18 @@ impl RequestId {
     /// Reads field `field`.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
         if raw.is_empty() {
-            return Err(violation(field, "is required: retries with the same key apply once"));
+            return Err(violation(
+                field,
+                "required",
+                "is required: retries with the same key apply once",
+            ));
         }
         if raw.len() > 128 || !raw.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-            return Err(violation(field, "must be 1 to 128 printable ASCII characters"));
+            return Err(violation(
+                field,
+                "REQUEST_ID_INVALID",
+                "must be 1 to 128 printable ASCII characters",
+            ));
         }
         Ok(RequestId(raw.to_owned()))
     }
@@ -130,7 +150,11 @@ impl RequestId {
 /// A short free text: at most 256 characters, no control characters.
 pub fn note(field: &str, raw: &str) -> Result<String, FieldViolation> {
     if raw.chars().count() > 256 || raw.chars().any(char::is_control) {
-        return Err(violation(field, "must be at most 256 printable characters"));
+        return Err(violation(
+            field,
+            "NOTE_INVALID",
+            "must be at most 256 printable characters",
+        ));
     }
     Ok(raw.to_owned())
 }
@@ -138,7 +162,11 @@ pub fn note(field: &str, raw: &str) -> Result<String, FieldViolation> {
 /// Units of one line: 1 to [`MAX_QUANTITY`].
 pub fn quantity(field: &str, raw: i32) -> Result<i32, FieldViolation> {
     if !(1..=MAX_QUANTITY).contains(&raw) {
-        return Err(violation(field, format!("must be between 1 and {MAX_QUANTITY}")));
+        return Err(violation(
+            field,
+            "QUANTITY_OUT_OF_RANGE",
+            format!("must be between 1 and {MAX_QUANTITY}"),
+        ));
     }
     Ok(raw)
 }

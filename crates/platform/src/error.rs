@@ -6,6 +6,7 @@
 //! or internal ever leaves in a `Status`.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
     time::Duration,
 };
@@ -40,7 +41,7 @@ pub struct ClientError {
     pub reason: &'static str,
     /// A sentence for people.
     pub message: String,
-    /// `BadRequest` field violations: (field path, description).
+    /// `BadRequest` field violations.
     pub violations: Vec<FieldViolation>,
     /// How long to wait before retrying, for RESOURCE_EXHAUSTED.
     pub retry_after: Option<Duration>,
@@ -54,8 +55,28 @@ pub struct ClientError {
 pub struct FieldViolation {
     /// The field's path in the request, e.g. `password`.
     pub field: String,
-    /// What is wrong with it.
+    /// What a client branches on, never empty: the id of the published rule
+    /// the value breaks (`string.min_len`, as protovalidate names rules), or
+    /// an UPPER_SNAKE reason for a check only the service makes.
+    pub reason: Cow<'static, str>,
+    /// What is wrong with it, for people: "must be at least 8 characters".
     pub description: String,
+    /// The pattern a `string.pattern` violation breaks, for clients that want
+    /// it: it goes to `ErrorInfo.metadata` as `<field>.pattern`, never into
+    /// the description.
+    pub pattern: Option<String>,
+}
+
+impl FieldViolation {
+    /// `field` breaks the rule or check `reason`, as `description` says.
+    pub fn new(field: impl Into<String>, reason: impl Into<Cow<'static, str>>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+            description: description.into(),
+            pattern: None,
+        }
+    }
 }
 
 impl std::fmt::Display for ClientError {
@@ -90,23 +111,31 @@ impl Error {
         self
     }
 
-    /// INVALID_ARGUMENT with one field violation.
-    pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self::invalid_fields(vec![FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        }])
+    /// INVALID_ARGUMENT with one field violation (see [`FieldViolation::new`]).
+    pub fn invalid_field(
+        field: impl Into<String>,
+        reason: impl Into<Cow<'static, str>>,
+        description: impl Into<String>,
+    ) -> Self {
+        Self::invalid_fields(vec![FieldViolation::new(field, reason, description)])
     }
 
-    /// INVALID_ARGUMENT with every field violation found.
+    /// INVALID_ARGUMENT with every field violation found. The message joins
+    /// their descriptions (`email: must be a valid email address`); the
+    /// patterns broken go to the metadata.
     pub fn invalid_fields(violations: Vec<FieldViolation>) -> Self {
         let message = violations
             .iter()
             .map(|v| format!("{}: {}", v.field, v.description))
             .collect::<Vec<_>>()
             .join("; ");
+        let metadata = violations
+            .iter()
+            .filter_map(|v| Some((format!("{}.pattern", v.field), v.pattern.clone()?)))
+            .collect();
         Error::Client(Box::new(ClientError {
             violations,
+            metadata,
             ..*Self::client_error(Code::InvalidArgument, "INVALID_ARGUMENT", message)
         }))
     }
@@ -220,8 +249,18 @@ impl From<Error> for Status {
                     ERROR_DOMAIN,
                     client.metadata.clone().into_iter().collect::<HashMap<_, _>>(),
                 );
-                for violation in &client.violations {
-                    details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
+                if !client.violations.is_empty() {
+                    let violations: Vec<tonic_types::FieldViolation> = client
+                        .violations
+                        .iter()
+                        .map(|v| tonic_types::FieldViolation {
+                            field: v.field.clone(),
+                            description: v.description.clone(),
+                            reason: v.reason.clone().into_owned(),
+                            localized_message: None,
+                        })
+                        .collect();
+                    details.set_bad_request(violations);
                 }
                 if let Some(delay) = client.retry_after {
                     details.set_retry_info(Some(delay));
@@ -246,10 +285,11 @@ mod tests {
 
     #[test]
     fn field_violations_become_bad_request_details() {
-        let status = Status::from(Error::invalid_field("email", "must contain @"));
+        let status = Status::from(Error::invalid_field("email", "EMAIL_INVALID", "must contain @"));
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_details_bad_request().expect("bad request details");
         assert_eq!(details.field_violations[0].field, "email");
+        assert_eq!(details.field_violations[0].reason, "EMAIL_INVALID");
         let info = status.get_details_error_info().expect("error info");
         assert_eq!(info.reason, "INVALID_ARGUMENT");
         assert_eq!(info.domain, ERROR_DOMAIN);

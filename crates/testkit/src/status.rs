@@ -26,21 +26,37 @@ pub fn metadata(status: &Status, key: &str) -> Option<String> {
         .and_then(|info| info.metadata.get(key).cloned())
 }
 
-/// The `BadRequest` field violations of a refused call: (field, description).
-pub fn violations(status: &Status) -> Vec<(String, String)> {
+/// One `BadRequest` field violation of a refused call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The field's path.
+    pub field: String,
+    /// The rule id or the service's reason.
+    pub reason: String,
+    /// The sentence for people.
+    pub description: String,
+}
+
+/// The `BadRequest` field violations of a refused call, in order.
+pub fn violations(status: &Status) -> Vec<Violation> {
     status
         .get_details_bad_request()
         .map(|bad| {
             bad.field_violations
                 .into_iter()
-                .map(|v| (v.field, v.description))
+                .map(|v| Violation {
+                    field: v.field,
+                    reason: v.reason,
+                    description: v.description,
+                })
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// Asserts that `result` is INVALID_ARGUMENT naming `field` with a
-/// description that starts with the rule id `rule` (`string.min_len`).
+/// Asserts that `result` is INVALID_ARGUMENT naming `field` with the rule id
+/// `rule` (`string.min_len`) as its reason, told in words: the description
+/// is a sentence, not the rule id or a pattern.
 pub fn assert_rule<T: std::fmt::Debug>(case: &str, result: Result<T, Status>, field: &str, rule: &str) {
     let status = match result {
         Ok(reply) => panic!("{case}: accepted: {reply:?}"),
@@ -48,8 +64,18 @@ pub fn assert_rule<T: std::fmt::Debug>(case: &str, result: Result<T, Status>, fi
     };
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{case}: {status:?}");
     let found = violations(&status);
+    let violation = found
+        .iter()
+        .find(|v| v.field == field && v.reason == rule)
+        .unwrap_or_else(|| panic!("{case}: no {field} {rule} among {found:?}"));
+    let words = &violation.description;
     assert!(
-        found.iter().any(|(f, d)| f == field && d.starts_with(rule)),
-        "{case}: no {field} {rule} among {found:?}"
+        !words.is_empty() && !words.starts_with(&format!("{rule}:")) && !words.contains(['^', '$', '\\', '[']),
+        "{case}: {words:?} is not a sentence for people"
+    );
+    assert!(
+        status.message().contains(&format!("{field}: {words}")),
+        "{case}: the message {:?} does not say {words:?}",
+        status.message()
     );
 }

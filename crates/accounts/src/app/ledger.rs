@@ -376,6 +376,7 @@ async fn check_refund(
     if Kind::parse(&debit.kind) != Some(Kind::Debit) {
         return Err(Error::invalid_field(
             "debit_transaction_id",
+            "NOT_A_DEBIT",
             format!("must name a debit, not a {}", debit.kind),
         ));
     }

@@ -101,7 +101,8 @@ impl Target {
         let id = if account_id == "me" {
             user.user_id
         } else {
-            Uuid::parse_str(account_id).map_err(|_| Error::invalid_field("account_id", "must be a UUID or \"me\""))?
+            Uuid::parse_str(account_id)
+                .map_err(|_| Error::invalid_field("account_id", "string.pattern", "must be a UUID or \"me\""))?
         };
         if id == user.user_id {
             Ok(Target::Own(id))

@@ -184,10 +184,11 @@ fn read_void(request: &pb::VoidDebitRequest) -> Result<Void, Error> {
     let refund_request_id = violations.check(
         RequestId::parse("refund_request_id", &request.refund_request_id).and_then(|refund_key| {
             if Some(refund_key.as_str()) == request_id.as_ref().map(RequestId::as_str) {
-                Err(FieldViolation {
-                    field: "refund_request_id".into(),
-                    description: "must differ from request_id: it is the refund's own key".into(),
-                })
+                Err(FieldViolation::new(
+                    "refund_request_id",
+                    "REFUND_REQUEST_ID_REUSED",
+                    "must differ from request_id: it is the refund's own key",
+                ))
             } else {
                 Ok(refund_key)
             }

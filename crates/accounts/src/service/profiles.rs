@@ -33,10 +33,14 @@ pub(super) async fn update_profile(
 ) -> Result<pb::UpdateProfileResponse, Error> {
     let account = request
         .account
-        .ok_or_else(|| Error::invalid_field("account", "is required"))?;
+        .ok_or_else(|| Error::invalid_field("account", "required", "is required"))?;
     let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
     if let Some(path) = paths.iter().find(|p| p.as_str() != "display_name") {
-        return Err(Error::invalid_field("update_mask", format!("{path} cannot be updated")));
+        return Err(Error::invalid_field(
+            "update_mask",
+            "field_mask.in",
+            format!("{path} cannot be updated"),
+        ));
     }
     let display_name = domain::display_name(&account.display_name).map_err(invalid)?;
     let expected_version = parse_etag("account.etag", &account.etag)?;

@@ -22,10 +22,11 @@ pub(super) async fn set_user_roles(
         .map(|r| match pb::Role::try_from(*r) {
             Ok(pb::Role::User) => Ok(Role::User),
             Ok(pb::Role::Admin) => Ok(Role::Admin),
-            _ => Err(FieldViolation {
-                field: "roles".into(),
-                description: format!("{r} is not a role"),
-            }),
+            _ => Err(FieldViolation::new(
+                "roles",
+                "enum.defined_only",
+                format!("{r} is not a role"),
+            )),
         })
         .collect::<Result<Vec<_>, _>>()
         .and_then(Roles::new)

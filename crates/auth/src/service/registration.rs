@@ -29,6 +29,7 @@ pub(super) async fn register(
         id if id.len() > MAX_REQUEST_ID_BYTES => {
             return Err(Error::invalid_field(
                 "request_id",
+                "REQUEST_ID_TOO_LONG",
                 format!("must be at most {MAX_REQUEST_ID_BYTES} bytes"),
             ));
         }

@@ -68,8 +68,8 @@ pub(super) fn apply_rules(field: &FieldDescriptor, checks: &[Check], schema: &mu
                 schema.insert("minLength".into(), json!(n));
                 schema.insert("maxLength".into(), json!(n));
             }
-            Check::Pattern(re) => {
-                schema.insert("pattern".into(), json!(ecma_pattern(re.as_str())));
+            Check::Pattern { regex, .. } => {
+                schema.insert("pattern".into(), json!(ecma_pattern(regex.as_str())));
             }
             Check::Uuid => {
                 schema.insert("format".into(), json!("uuid"));

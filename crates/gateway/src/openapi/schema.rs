@@ -4,7 +4,7 @@
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor, Value};
 use serde_json::{Map, Value as Json, json};
 
-use keel_platform::serve::rules::{Check, RequiredWhen};
+use keel_platform::serve::rules::{Check, FieldText, RequiredWhen};
 
 use super::{
     Builder, comments,
@@ -87,6 +87,11 @@ impl Builder {
     /// request rules on the request side.
     pub(super) fn value_schema(&mut self, field: &FieldDescriptor, side: Side) -> Json {
         let mut schema = self.plain_value_schema(field, side);
+        if side != Side::Reply
+            && let (Some(example), Json::Object(object)) = (FieldText::of(field).example, &mut schema)
+        {
+            object.insert("examples".into(), json!([typed_example(object, example)]));
+        }
         let rules = request_rules(field).filter(|_| side != Side::Reply);
         if let (Some(rules), Json::Object(object)) = (rules, &mut schema) {
             apply_rules(field, &rules.value, object);
@@ -241,5 +246,14 @@ pub(super) fn schema_name(message: &MessageDescriptor, side: Side) -> String {
     match side {
         Side::Request | Side::Update => format!("{}.Input", message.full_name()),
         Side::Reply => message.full_name().to_owned(),
+    }
+}
+
+/// A field's example as its schema's type: a number for an integer, else
+/// the text as it is.
+fn typed_example(schema: &Map<String, Json>, example: String) -> Json {
+    match schema.get("type").and_then(Json::as_str) {
+        Some("integer") => example.parse::<i64>().map_or(Json::String(example), Json::from),
+        _ => Json::String(example),
     }
 }

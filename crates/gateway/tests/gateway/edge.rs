@@ -73,7 +73,29 @@ async fn service_errors_map_to_http_statuses_with_their_details() -> anyhow::Res
         .flatten()
         .filter(|d| d["@type"] == "type.googleapis.com/google.rpc.BadRequest")
         .collect();
-    assert_eq!(violations[0]["fieldViolations"][0]["field"], "email", "{details}");
+    // In words for people, as over gRPC; the rule id and its pattern in
+    // the details for programs.
+    let email = &violations[0]["fieldViolations"][0];
+    assert_eq!(email["field"], "email", "{details}");
+    assert_eq!(email["description"], "must be a valid email address", "{details}");
+    assert_eq!(email["reason"], "string.pattern", "{details}");
+    assert_eq!(
+        response.json()["message"],
+        "email: must be a valid email address",
+        "{details}"
+    );
+    let info = details
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+        .expect("ErrorInfo");
+    assert!(
+        info["metadata"]["email.pattern"]
+            .as_str()
+            .is_some_and(|p| p.starts_with('^')),
+        "{details}"
+    );
 
     // ALREADY_EXISTS → 409 with the ErrorInfo reason.
     let response = http

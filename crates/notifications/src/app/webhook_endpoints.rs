@@ -183,6 +183,6 @@ fn refused_url(refusal: Refusal) -> Error {
         | Refusal::Scheme {
             http_allowed: false, ..
         } => Error::permission_denied("WEBHOOK_TARGET_FORBIDDEN", refusal.to_string()),
-        _ => Error::invalid_field("webhook_endpoint.url", refusal.to_string()),
+        _ => Error::invalid_field("webhook_endpoint.url", "WEBHOOK_URL_INVALID", refusal.to_string()),
     }
 }

@@ -44,7 +44,11 @@ pub(super) async fn mark_read(
     request: pb::MarkReadRequest,
 ) -> Result<pb::MarkReadResponse, Error> {
     if request.notification_ids.len() > MAX_MARK_READ {
-        return Err(Error::invalid_field("notification_ids", "at most 100 ids"));
+        return Err(Error::invalid_field(
+            "notification_ids",
+            "repeated.max_items",
+            "must have at most 100 items",
+        ));
     }
     let ids = request
         .notification_ids

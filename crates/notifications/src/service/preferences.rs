@@ -40,13 +40,14 @@ pub(super) async fn update_preferences(
 ) -> Result<pb::UpdatePreferencesResponse, Error> {
     let wanted = request
         .preferences
-        .ok_or_else(|| Error::invalid_field("preferences", "is required"))?;
+        .ok_or_else(|| Error::invalid_field("preferences", "required", "is required"))?;
     let user_id = target(caller, "preferences.user_id", &wanted.user_id)?;
     let expected = parse_etag("preferences.etag", &wanted.etag)?;
     let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
     if let Some(path) = paths.iter().find(|p| !UPDATABLE.contains(&p.as_str())) {
         return Err(Error::invalid_field(
             "update_mask",
+            "field_mask.in",
             format!("{path} cannot be updated (only default_channels and event_types)"),
         ));
     }
@@ -100,10 +101,11 @@ fn channels(field: &str, raw: &[i32]) -> Result<Vec<Channel>, FieldViolation> {
     for (i, value) in raw.iter().enumerate() {
         let channel = Channel::parse(&format!("{field}[{i}]"), *value)?;
         if chosen.contains(&channel) {
-            return Err(FieldViolation {
-                field: format!("{field}[{i}]"),
-                description: format!("{} is listed twice", channel.to_proto().as_str_name()),
-            });
+            return Err(FieldViolation::new(
+                format!("{field}[{i}]"),
+                "repeated.unique",
+                format!("{} is listed twice", channel.to_proto().as_str_name()),
+            ));
         }
         chosen.push(channel);
     }

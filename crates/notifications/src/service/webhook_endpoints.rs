@@ -27,15 +27,16 @@ pub(super) async fn create_webhook_endpoint(
 ) -> Result<pb::CreateWebhookEndpointResponse, Error> {
     let wanted = request
         .webhook_endpoint
-        .ok_or_else(|| Error::invalid_field("webhook_endpoint", "is required"))?;
+        .ok_or_else(|| Error::invalid_field("webhook_endpoint", "required", "is required"))?;
     let mut violations = Violations::new();
     let event_types = violations.check(event_types(&wanted.event_types));
     let description = violations.check(description(&wanted.description));
     if wanted.url.is_empty() {
-        violations.check::<()>(Err(FieldViolation {
-            field: "webhook_endpoint.url".into(),
-            description: "is required".into(),
-        }));
+        violations.check::<()>(Err(FieldViolation::new(
+            "webhook_endpoint.url",
+            "required",
+            "is required",
+        )));
     }
     let (Some(event_types), Some(description), false) = (event_types, description, wanted.url.is_empty()) else {
         return Err(violations.into_error());
@@ -100,10 +101,11 @@ fn event_types(raw: &[String]) -> Result<Vec<String>, FieldViolation> {
         let field = format!("webhook_endpoint.event_types[{i}]");
         let topic = Topic::parse(&field, name)?;
         if !topic.channels().contains(&Channel::Webhook) {
-            return Err(FieldViolation {
+            return Err(FieldViolation::new(
                 field,
-                description: format!("{name} is not sent as a webhook"),
-            });
+                "TOPIC_NOT_A_WEBHOOK",
+                format!("{name} is not sent as a webhook"),
+            ));
         }
         if !chosen.iter().any(|t| t == name) {
             chosen.push(name.clone());
@@ -114,10 +116,11 @@ fn event_types(raw: &[String]) -> Result<Vec<String>, FieldViolation> {
 
 fn description(raw: &str) -> Result<String, FieldViolation> {
     if raw.chars().count() > 256 || raw.chars().any(char::is_control) {
-        return Err(FieldViolation {
-            field: "webhook_endpoint.description".into(),
-            description: "at most 256 characters, no control characters".into(),
-        });
+        return Err(FieldViolation::new(
+            "webhook_endpoint.description",
+            "DESCRIPTION_INVALID",
+            "must be at most 256 characters, with no control characters",
+        ));
     }
     Ok(raw.to_owned())
 }

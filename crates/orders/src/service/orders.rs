@@ -40,7 +40,11 @@ fn read_order(caller: &UserPrincipal, request: &pb::CreateOrderRequest) -> Resul
         .ok()
         .and_then(PaymentMethod::from_pb);
     if method.is_none() {
-        bad.push(field("payment_method", "must be ACCOUNT_BALANCE or EXTERNAL"));
+        bad.push(field(
+            "payment_method",
+            "enum.not_in",
+            "must be ACCOUNT_BALANCE or EXTERNAL",
+        ));
     }
     let payment_method_id = request.external_payment_method_id.trim();
     let payment_method_id = match method {
@@ -48,6 +52,7 @@ fn read_order(caller: &UserPrincipal, request: &pb::CreateOrderRequest) -> Resul
         Some(PaymentMethod::External) => {
             bad.push(field(
                 "external_payment_method_id",
+                "PAYMENT_METHOD_ID_INVALID",
                 "must name the card gateway's payment method (1 to 255 letters, digits and underscores)",
             ));
             None
@@ -56,7 +61,11 @@ fn read_order(caller: &UserPrincipal, request: &pb::CreateOrderRequest) -> Resul
         _ => None,
     };
     if request.items.is_empty() || request.items.len() > MAX_LINES {
-        bad.push(field("items", &format!("must have 1 to {MAX_LINES} lines")));
+        bad.push(field(
+            "items",
+            "LINES_OUT_OF_RANGE",
+            &format!("must have 1 to {MAX_LINES} lines"),
+        ));
     }
     let mut lines = Vec::with_capacity(request.items.len());
     for (i, item) in request.items.iter().enumerate() {
@@ -78,11 +87,8 @@ fn read_order(caller: &UserPrincipal, request: &pb::CreateOrderRequest) -> Resul
     }
 }
 
-fn field(name: &str, description: &str) -> FieldViolation {
-    FieldViolation {
-        field: name.into(),
-        description: description.into(),
-    }
+fn field(name: &str, reason: &'static str, description: &str) -> FieldViolation {
+    FieldViolation::new(name, reason, description)
 }
 
 pub(super) async fn get_order(
@@ -106,11 +112,23 @@ pub(super) async fn list_orders(
     let before = paging::decode_token(&request.page_token)?;
     let status = match pb::OrderStatus::try_from(request.status) {
         Ok(status) => OrderStatus::from_pb(status),
-        Err(_) => return Err(Error::invalid_field("status", "is not an order status")),
+        Err(_) => {
+            return Err(Error::invalid_field(
+                "status",
+                "enum.defined_only",
+                "is not an order status",
+            ));
+        }
     };
     let refund_state = match pb::RefundState::try_from(request.refund_state) {
         Ok(state) => RefundState::from_pb(state),
-        Err(_) => return Err(Error::invalid_field("refund_state", "is not a refund state")),
+        Err(_) => {
+            return Err(Error::invalid_field(
+                "refund_state",
+                "enum.defined_only",
+                "is not a refund state",
+            ));
+        }
     };
     // Unset: the caller's own orders, or everyone's for an admin (the app
     // decides, and refuses another user's to a non-admin).

@@ -22,7 +22,7 @@ pub(super) async fn create_product(
 ) -> Result<pb::CreateProductResponse, Error> {
     let product = request
         .product
-        .ok_or_else(|| Error::invalid_field("product", "is required"))?;
+        .ok_or_else(|| Error::invalid_field("product", "required", "is required"))?;
     let mut violations = Violations::new();
     let name = violations.check(domain::product_name("product.name", &product.name));
     let description = violations.check(domain::description("product.description", &product.description));
@@ -77,13 +77,14 @@ pub(super) async fn update_product(
 ) -> Result<pb::UpdateProductResponse, Error> {
     let product = request
         .product
-        .ok_or_else(|| Error::invalid_field("product", "is required"))?;
+        .ok_or_else(|| Error::invalid_field("product", "required", "is required"))?;
     let id = parse_id("product.id", &product.id)?;
     let expected = parse_etag("product.etag", &product.etag)?;
     let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
     if let Some(path) = paths.iter().find(|p| !UPDATABLE.contains(&p.as_str())) {
         return Err(Error::invalid_field(
             "update_mask",
+            "field_mask.in",
             format!("{path} cannot be updated (only name, description, price; stock changes with AdjustStock)"),
         ));
     }

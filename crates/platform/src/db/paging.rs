@@ -15,7 +15,7 @@ pub const MAX_PAGE_SIZE: i64 = 100;
 /// maximum, below 0 is INVALID_ARGUMENT.
 pub fn page_size(requested: i32) -> Result<i64, Error> {
     match i64::from(requested) {
-        n if n < 0 => Err(Error::invalid_field("page_size", "must not be negative")),
+        n if n < 0 => Err(Error::invalid_field("page_size", "int32.gte", "must not be negative")),
         0 => Ok(DEFAULT_PAGE_SIZE),
         n => Ok(n.min(MAX_PAGE_SIZE)),
     }
@@ -31,7 +31,13 @@ pub fn decode_token(token: &str) -> Result<Option<Uuid>, Error> {
         .ok()
         .and_then(|bytes| Uuid::from_slice(&bytes).ok())
         .map(Some)
-        .ok_or_else(|| Error::invalid_field("page_token", "is not a token from a previous page"))
+        .ok_or_else(|| {
+            Error::invalid_field(
+                "page_token",
+                "PAGE_TOKEN_INVALID",
+                "is not a token from a previous page",
+            )
+        })
 }
 
 /// The `next_page_token` after a page whose last id is `last`.
@@ -49,7 +55,13 @@ pub fn decode_position(token: &str) -> Result<Option<i64>, Error> {
         .ok()
         .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
         .map(|bytes| Some(i64::from_be_bytes(bytes)))
-        .ok_or_else(|| Error::invalid_field("page_token", "is not a token from a previous page"))
+        .ok_or_else(|| {
+            Error::invalid_field(
+                "page_token",
+                "PAGE_TOKEN_INVALID",
+                "is not a token from a previous page",
+            )
+        })
 }
 
 /// The `next_page_token` after a page ending at sequence position `last`.

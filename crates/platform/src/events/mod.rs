@@ -239,7 +239,7 @@ pub fn delivery(request: tonic::Request<DeliverRequest>, producers: &EventProduc
     let event = request
         .into_inner()
         .event
-        .ok_or_else(|| Error::invalid_field("event", "is required"))?;
+        .ok_or_else(|| Error::invalid_field("event", "required", "is required"))?;
     // A service delivers only its own events: holding `events.deliver` does
     // not let one service speak for another.
     if event.source != caller {
@@ -251,7 +251,7 @@ pub fn delivery(request: tonic::Request<DeliverRequest>, producers: &EventProduc
     let event_id = crate::serve::rpc::parse_id("event.id", &event.id)?;
     let payload = event
         .payload
-        .ok_or_else(|| Error::invalid_field("event.payload", "is required"))?;
+        .ok_or_else(|| Error::invalid_field("event.payload", "required", "is required"))?;
     // Its own events are the types it produces: a client with
     // `events.deliver` cannot announce, under its own name, what only
     // another service may (a UserRegistered from anyone but auth).
@@ -285,9 +285,10 @@ pub fn delivery(request: tonic::Request<DeliverRequest>, producers: &EventProduc
 /// [`retention`]). It stays in its producer's outbox, with this error as its
 /// last, for an operator to see.
 fn check_age(event_id: Uuid, create_time: Option<prost_types::Timestamp>, max_age: Duration) -> Result<(), Error> {
-    let create_time = create_time.ok_or_else(|| Error::invalid_field("event.create_time", "is required"))?;
+    let create_time =
+        create_time.ok_or_else(|| Error::invalid_field("event.create_time", "required", "is required"))?;
     let created = SystemTime::try_from(create_time)
-        .map_err(|_| Error::invalid_field("event.create_time", "is not a valid time"))?;
+        .map_err(|_| Error::invalid_field("event.create_time", "TIMESTAMP_INVALID", "is not a valid time"))?;
     // A producer's clock a little ahead of ours makes a new event look
     // younger than zero: that is young enough.
     let age = SystemTime::now().duration_since(created).unwrap_or_default();

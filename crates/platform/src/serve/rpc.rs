@@ -15,10 +15,7 @@ pub fn invalid(violation: FieldViolation) -> Error {
 
 /// Reads a UUID field, or says why it is not one.
 pub fn uuid_field(field: &str, raw: &str) -> Result<Uuid, FieldViolation> {
-    Uuid::parse_str(raw).map_err(|_| FieldViolation {
-        field: field.into(),
-        description: "must be a UUID".into(),
-    })
+    Uuid::parse_str(raw).map_err(|_| FieldViolation::new(field, "string.uuid", "must be a UUID"))
 }
 
 /// Reads a UUID field, or INVALID_ARGUMENT naming it.
@@ -82,10 +79,7 @@ mod tests {
     use super::*;
 
     fn bad(field: &str) -> Result<(), FieldViolation> {
-        Err(FieldViolation {
-            field: field.into(),
-            description: "is wrong".into(),
-        })
+        Err(FieldViolation::new(field, "WRONG", "is wrong"))
     }
 
     fn fields(err: Error) -> Vec<String> {

@@ -5,7 +5,9 @@
 //!
 //! Only the standard rules Keel's protos use are understood (no CEL): a rule
 //! this module does not know fails at start-up, so nothing declared in a proto
-//! is silently left unchecked.
+//! is silently left unchecked. Each rule has a sentence for people ("must be
+//! at least 8 characters"); a pattern's comes from the field's
+//! `keel.common.v1.field` option, which every pattern must have.
 //!
 //! `model` holds the rules and what breaks them, `parse` reads them from the
 //! descriptors' options, `set` gathers every request message's rules and
@@ -18,6 +20,6 @@ mod set;
 
 pub use self::{
     layer::{Validate, ValidateLayer},
-    model::{Check, FieldRules, RequiredWhen},
+    model::{Check, FieldRules, FieldText, RequiredWhen},
     set::Rules,
 };

@@ -12,8 +12,15 @@ pub enum Check {
     MaxLen(u64),
     /// `string.len`: exactly this many characters.
     Len(u64),
-    /// `string.pattern`: matches this RE2 expression.
-    Pattern(regex::Regex),
+    /// `string.pattern`: matches this RE2 expression. `message` is what a
+    /// value that does not is told (the field's `keel.common.v1.field`
+    /// option): a pattern means nothing to most people.
+    Pattern {
+        /// The expression.
+        regex: regex::Regex,
+        /// "must be a valid email address".
+        message: String,
+    },
     /// `string.uuid`: an RFC 4122 UUID, hyphenated.
     Uuid,
     /// `string.in`: one of these strings.
@@ -48,7 +55,7 @@ impl Check {
             Check::MinLen(_) => "string.min_len".into(),
             Check::MaxLen(_) => "string.max_len".into(),
             Check::Len(_) => "string.len".into(),
-            Check::Pattern(_) => "string.pattern".into(),
+            Check::Pattern { .. } => "string.pattern".into(),
             Check::Uuid => "string.uuid".into(),
             Check::In(_) => "string.in".into(),
             Check::Gte(_) => format!("{kind}.gte"),
@@ -64,75 +71,92 @@ impl Check {
         }
     }
 
-    /// Why a value breaks the rule, or None when it keeps it.
-    pub(super) fn broken_by(&self, field: &FieldDescriptor, value: &Value) -> Option<String> {
+    /// Whether `value` breaks the rule.
+    pub(super) fn breaks(&self, field: &FieldDescriptor, value: &Value) -> bool {
+        let chars = |s: &str| s.chars().count() as u64;
         match (self, value) {
-            (Check::MinLen(n), Value::String(s)) => {
-                (s.chars().count() < *n as usize).then(|| format!("must be at least {n} characters"))
-            }
-            (Check::MaxLen(n), Value::String(s)) => {
-                (s.chars().count() > *n as usize).then(|| format!("must be at most {n} characters"))
-            }
-            (Check::Len(n), Value::String(s)) => {
-                (s.chars().count() != *n as usize).then(|| format!("must be exactly {n} characters"))
-            }
-            (Check::Pattern(re), Value::String(s)) => {
-                (!re.is_match(s)).then(|| format!("must match the pattern {}", re.as_str()))
-            }
-            (Check::Uuid, Value::String(s)) => (!UUID.is_match(s)).then(|| "must be a UUID".to_owned()),
-            (Check::In(allowed), Value::String(s)) => {
-                (!allowed.contains(s)).then(|| format!("must be one of {}", allowed.join(", ")))
-            }
-            (Check::Gte(n), v) => integer(v)
-                .filter(|v| *v < i128::from(*n))
-                .map(|_| format!("must be at least {n}")),
-            (Check::Gt(n), v) => integer(v)
-                .filter(|v| *v <= i128::from(*n))
-                .map(|_| format!("must be greater than {n}")),
-            (Check::Lte(n), v) => integer(v)
-                .filter(|v| *v > i128::from(*n))
-                .map(|_| format!("must be at most {n}")),
-            (Check::Lt(n), v) => integer(v)
-                .filter(|v| *v >= i128::from(*n))
-                .map(|_| format!("must be less than {n}")),
+            (Check::MinLen(n), Value::String(s)) => chars(s) < *n,
+            (Check::MaxLen(n), Value::String(s)) => chars(s) > *n,
+            (Check::Len(n), Value::String(s)) => chars(s) != *n,
+            (Check::Pattern { regex, .. }, Value::String(s)) => !regex.is_match(s),
+            (Check::Uuid, Value::String(s)) => !UUID.is_match(s),
+            (Check::In(allowed), Value::String(s)) => !allowed.contains(s),
+            (Check::Gte(n), v) => integer(v).is_some_and(|v| v < i128::from(*n)),
+            (Check::Gt(n), v) => integer(v).is_some_and(|v| v <= i128::from(*n)),
+            (Check::Lte(n), v) => integer(v).is_some_and(|v| v > i128::from(*n)),
+            (Check::Lt(n), v) => integer(v).is_some_and(|v| v >= i128::from(*n)),
             (Check::DefinedOnly, Value::EnumNumber(n)) => match field.kind() {
-                Kind::Enum(e) if e.get_value(*n).is_none() => Some("must be a defined value".to_owned()),
-                _ => None,
+                Kind::Enum(e) => e.get_value(*n).is_none(),
+                _ => false,
             },
-            (Check::NotIn(numbers), Value::EnumNumber(n)) if numbers.contains(&i64::from(*n)) => {
-                let name = match field.kind() {
-                    Kind::Enum(e) => e.get_value(*n).map(|v| v.name().to_owned()),
-                    _ => None,
-                };
-                Some(format!("must not be {}", name.unwrap_or_else(|| n.to_string())))
-            }
-            (Check::NotIn(numbers), v) => integer(v)
-                .filter(|v| numbers.iter().any(|n| i128::from(*n) == *v))
-                .map(|v| format!("must not be {v}")),
-            (Check::MinItems(n), Value::List(items)) => {
-                (items.len() < *n as usize).then(|| format!("must have at least {n} items"))
-            }
-            (Check::MaxItems(n), Value::List(items)) => {
-                (items.len() > *n as usize).then(|| format!("must have at most {n} items"))
-            }
+            (Check::NotIn(numbers), Value::EnumNumber(n)) => numbers.contains(&i64::from(*n)),
+            (Check::NotIn(numbers), v) => integer(v).is_some_and(|v| numbers.iter().any(|n| i128::from(*n) == v)),
+            (Check::MinItems(n), Value::List(items)) => (items.len() as u64) < *n,
+            (Check::MaxItems(n), Value::List(items)) => items.len() as u64 > *n,
             (Check::MaskIn(allowed), Value::Message(mask)) => {
                 let paths = mask.get_field_by_name("paths");
                 let paths = paths.as_deref().and_then(Value::as_list).unwrap_or_default();
-                let outside = paths.iter().filter_map(Value::as_str).find(|path| {
+                paths.iter().filter_map(Value::as_str).any(|path| {
                     !allowed
                         .iter()
                         .any(|a| path == a || path.strip_prefix(a.as_str()).is_some_and(|rest| rest.starts_with('.')))
-                });
-                outside.map(|path| format!("{path} is not one of {}", allowed.join(", ")))
+                })
             }
-            (Check::Unique, Value::List(items)) => items
-                .iter()
-                .enumerate()
-                .any(|(i, item)| items[..i].contains(item))
-                .then(|| "must not list an item twice".to_owned()),
+            (Check::Unique, Value::List(items)) => items.iter().enumerate().any(|(i, item)| items[..i].contains(item)),
+            _ => false,
+        }
+    }
+
+    /// What a value breaking the rule is told, after the field's name: a
+    /// sentence for people that never quotes a pattern (the rule's id and
+    /// pattern go in the error's details).
+    pub fn message(&self, field: &FieldDescriptor) -> String {
+        match self {
+            Check::MinLen(n) => format!("must be at least {n} characters"),
+            Check::MaxLen(n) => format!("must be at most {n} characters"),
+            Check::Len(n) => format!("must be exactly {n} characters"),
+            Check::Pattern { message, .. } => message.clone(),
+            Check::Uuid => "must be a UUID".to_owned(),
+            Check::In(allowed) => format!("must be one of {}", allowed.join(", ")),
+            Check::Gte(n) => format!("must be at least {n}"),
+            Check::Gt(n) => format!("must be greater than {n}"),
+            Check::Lte(n) => format!("must be at most {n}"),
+            Check::Lt(n) => format!("must be less than {n}"),
+            Check::DefinedOnly => match field.kind() {
+                Kind::Enum(e) => format!("must be one of {}", enum_names(&e, &[]).join(", ")),
+                _ => "must be a defined value".to_owned(),
+            },
+            Check::NotIn(numbers) => match field.kind() {
+                // `not_in: [0]` on an enum: the unspecified value is "not set".
+                Kind::Enum(e) => format!("must be one of {}", enum_names(&e, numbers).join(", ")),
+                _ => format!(
+                    "must not be {}",
+                    numbers.iter().map(i64::to_string).collect::<Vec<_>>().join(" or ")
+                ),
+            },
+            Check::MinItems(n) => format!("must have at least {n} items"),
+            Check::MaxItems(n) => format!("must have at most {n} items"),
+            Check::Unique => "must not list an item twice".to_owned(),
+            Check::MaskIn(allowed) => format!("may name only {}", allowed.join(", ")),
+        }
+    }
+
+    /// The pattern a value breaking the rule is refused by, if any.
+    pub fn pattern(&self) -> Option<&str> {
+        match self {
+            Check::Pattern { regex, .. } => Some(regex.as_str()),
             _ => None,
         }
     }
+}
+
+/// The names of `enumeration`'s values, but those numbered in `except`.
+fn enum_names(enumeration: &prost_reflect::EnumDescriptor, except: &[i64]) -> Vec<String> {
+    enumeration
+        .values()
+        .filter(|v| !except.contains(&i64::from(v.number())))
+        .map(|v| v.name().to_owned())
+        .collect()
 }
 
 static UUID: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
@@ -164,6 +188,16 @@ fn kind_name(field: &FieldDescriptor) -> &'static str {
     }
 }
 
+/// What people are told about a field, beside its rules (Keel's own
+/// `keel.common.v1.field` option).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldText {
+    /// What a value breaking the field's pattern is told.
+    pub pattern_message: Option<String>,
+    /// A value that works as written, for the API reference.
+    pub example: Option<String>,
+}
+
 /// The rules one field carries.
 #[derive(Debug, Clone, Default)]
 pub struct FieldRules {
@@ -192,7 +226,7 @@ impl FieldRules {
         }
         let zero = Value::default_value_for_field(field);
         let checks: &[Check] = if field.is_list() { &self.list } else { &self.value };
-        checks.iter().any(|check| check.broken_by(field, &zero).is_some())
+        checks.iter().any(|check| check.breaks(field, &zero))
     }
 }
 

@@ -5,16 +5,45 @@
 use anyhow::{Context as _, bail};
 use prost_reflect::{DynamicMessage, FieldDescriptor, MessageDescriptor, Value};
 
-use super::model::{Check, FieldRules, RequiredWhen, integer};
+use super::model::{Check, FieldRules, FieldText, RequiredWhen, integer};
 
 /// The protovalidate field option.
 const FIELD_RULES: &str = "buf.validate.field";
+/// Keel's own field option: what people are told about a field.
+const FIELD_TEXT: &str = "keel.common.v1.field";
 /// The protovalidate message option.
 const MESSAGE_RULES: &str = "buf.validate.message";
 /// `buf.validate.Ignore.IGNORE_IF_ZERO_VALUE`.
 const IGNORE_IF_ZERO_VALUE: i32 = 1;
 /// `buf.validate.Ignore.IGNORE_ALWAYS`.
 const IGNORE_ALWAYS: i32 = 3;
+
+impl FieldText {
+    /// What `field`'s `keel.common.v1.field` option says (nothing when it
+    /// has none).
+    pub fn of(field: &FieldDescriptor) -> FieldText {
+        let pool = field.parent_pool();
+        let options = field.options();
+        let Some(extension) = pool
+            .get_extension_by_name(FIELD_TEXT)
+            .filter(|e| options.has_extension(e))
+        else {
+            return FieldText::default();
+        };
+        let Value::Message(text) = options.get_extension(&extension).into_owned() else {
+            return FieldText::default();
+        };
+        let said = |name: &str| {
+            text.get_field_by_name(name)
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .filter(|s| !s.is_empty())
+        };
+        FieldText {
+            pattern_message: said("pattern_message"),
+            example: said("example"),
+        }
+    }
+}
 
 impl FieldRules {
     /// The rules `field` declares, or None when it declares none.
@@ -32,6 +61,7 @@ impl FieldRules {
         };
         let mut parsed = FieldRules::default();
         let name = field.full_name().to_owned();
+        let text = FieldText::of(field);
         for (rule, value) in rules.fields() {
             match (rule.name(), value) {
                 ("required", Value::Bool(required)) => parsed.required = *required,
@@ -44,13 +74,13 @@ impl FieldRules {
                             ("max_items", Value::U64(n)) => parsed.list.push(Check::MaxItems(*n)),
                             ("unique", Value::Bool(true)) => parsed.list.push(Check::Unique),
                             ("items", Value::Message(items)) => {
-                                parsed.value = value_checks(&name, items)?;
+                                parsed.value = value_checks(&name, &text, items)?;
                             }
                             (other, _) => bail!("{name}: the rule repeated.{other} is not supported"),
                         }
                     }
                 }
-                (_, Value::Message(typed)) => parsed.value = typed_checks(&name, rule.name(), typed)?,
+                (_, Value::Message(typed)) => parsed.value = typed_checks(&name, &text, rule.name(), typed)?,
                 (other, _) => bail!("{name}: the rule {other} is not supported"),
             }
         }
@@ -59,11 +89,11 @@ impl FieldRules {
 }
 
 /// The typed rules of a repeated field's items (`repeated.items`).
-fn value_checks(name: &str, items: &DynamicMessage) -> anyhow::Result<Vec<Check>> {
+fn value_checks(name: &str, text: &FieldText, items: &DynamicMessage) -> anyhow::Result<Vec<Check>> {
     let mut checks = Vec::new();
     for (rule, value) in items.fields() {
         match value {
-            Value::Message(typed) => checks.extend(typed_checks(name, rule.name(), typed)?),
+            Value::Message(typed) => checks.extend(typed_checks(name, text, rule.name(), typed)?),
             _ => bail!("{name}: the item rule {} is not supported", rule.name()),
         }
     }
@@ -71,16 +101,19 @@ fn value_checks(name: &str, items: &DynamicMessage) -> anyhow::Result<Vec<Check>
 }
 
 /// `string`, `int32`, `enum`, ... rules.
-fn typed_checks(name: &str, kind: &str, rules: &DynamicMessage) -> anyhow::Result<Vec<Check>> {
+fn typed_checks(name: &str, text: &FieldText, kind: &str, rules: &DynamicMessage) -> anyhow::Result<Vec<Check>> {
     let mut checks = Vec::new();
     for (rule, value) in rules.fields() {
         let check = match (kind, rule.name(), value) {
             ("string", "min_len", Value::U64(n)) => Check::MinLen(*n),
             ("string", "max_len", Value::U64(n)) => Check::MaxLen(*n),
             ("string", "len", Value::U64(n)) => Check::Len(*n),
-            ("string", "pattern", Value::String(p)) => {
-                Check::Pattern(regex::Regex::new(p).with_context(|| format!("{name}: the pattern {p:?}"))?)
-            }
+            ("string", "pattern", Value::String(p)) => Check::Pattern {
+                regex: regex::Regex::new(p).with_context(|| format!("{name}: the pattern {p:?}"))?,
+                message: text.pattern_message.clone().with_context(|| {
+                    format!("{name}: a pattern needs (keel.common.v1.field).pattern_message, a sentence for people")
+                })?,
+            },
             ("string", "uuid", Value::Bool(true)) => Check::Uuid,
             ("string", "in", Value::List(names)) => {
                 Check::In(names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
@@ -155,9 +188,13 @@ impl RequiredWhen {
                         .get_field_by_name(n)
                         .with_context(|| format!("{name}: {source:?} names no field {n}"))
                 };
+                let (id, said) = (text("id"), text("message"));
+                if id.is_empty() || said.is_empty() {
+                    bail!("{name}: the CEL rule {source:?} needs an id and a message for people");
+                }
                 found.push(RequiredWhen {
-                    id: text("id"),
-                    message: text("message"),
+                    id,
+                    message: said,
                     when: field_named(&parsed[1])?,
                     equals: parsed[2].parse().with_context(|| format!("{name}: {source:?}"))?,
                     field: field_named(&parsed[3])?,

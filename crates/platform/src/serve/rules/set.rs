@@ -79,10 +79,7 @@ impl Rules {
                 let set = message.has_field(field);
                 if !set {
                     if rules.required {
-                        found.push(FieldViolation {
-                            field: path,
-                            description: "required: is required".into(),
-                        });
+                        found.push(FieldViolation::new(path, "required", "is required"));
                         continue;
                     }
                     // Explicit presence, or a zero value the proto says to skip.
@@ -92,10 +89,10 @@ impl Rules {
                 }
                 let value = message.get_field(field);
                 let mut broken = |check: &Check, value: &Value| {
-                    if let Some(why) = check.broken_by(field, value) {
+                    if check.breaks(field, value) {
                         found.push(FieldViolation {
-                            field: path.clone(),
-                            description: format!("{}: {why}", check.id(field)),
+                            pattern: check.pattern().map(str::to_owned),
+                            ..FieldViolation::new(path.clone(), check.id(field), check.message(field))
                         });
                     }
                 };
@@ -120,10 +117,11 @@ impl Rules {
         }
         for condition in self.conditions.get(descriptor.full_name()).into_iter().flatten() {
             if condition.broken_by(message) {
-                found.push(FieldViolation {
-                    field: format!("{prefix}{}", condition.field.name()),
-                    description: format!("{}: {}", condition.id, condition.message),
-                });
+                found.push(FieldViolation::new(
+                    format!("{prefix}{}", condition.field.name()),
+                    condition.id.clone(),
+                    condition.message.clone(),
+                ));
             }
         }
         // Nested messages carry rules of their own.
@@ -184,5 +182,102 @@ mod tests {
         );
         // A debit's event carries a negative Money; events are not requests.
         assert!(rules.request_type("/keel.events.v1.EventSink/Deliver").is_none());
+    }
+
+    /// What reads as a regular expression rather than a sentence.
+    const REGEX_SYNTAX: [char; 10] = ['\\', '^', '$', '[', ']', '{', '}', '*', '+', '|'];
+
+    #[test]
+    fn every_rule_in_the_protos_tells_people_why_in_words() {
+        let rules = Rules::load().expect("rules");
+        let mut seen = 0;
+        for fields in rules.messages.values() {
+            for (field, field_rules) in fields {
+                for check in field_rules.value.iter().chain(&field_rules.list) {
+                    let id = check.id(field);
+                    let message = check.message(field);
+                    let at = format!("{} ({id})", field.full_name());
+                    assert!(!id.is_empty(), "{at}: no rule id");
+                    assert!(
+                        message.starts_with("must ") || message.starts_with("may "),
+                        "{at}: {message:?}"
+                    );
+                    if let Some(pattern) = check.pattern() {
+                        assert!(!message.contains(pattern), "{at}: the message quotes the pattern");
+                    }
+                    assert!(
+                        !message.contains(REGEX_SYNTAX),
+                        "{at}: {message:?} reads like a pattern, not a sentence"
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        for conditions in rules.conditions.values() {
+            for condition in conditions {
+                assert!(!condition.id.is_empty() && !condition.message.is_empty());
+                assert!(!condition.message.contains(REGEX_SYNTAX), "{}", condition.message);
+                seen += 1;
+            }
+        }
+        // Every kind of rule the protos use, patterns among them.
+        assert!(seen > 100, "only {seen} rules read");
+    }
+
+    #[test]
+    fn every_example_in_the_protos_keeps_its_fields_rules() {
+        let pool = DescriptorPool::decode(keel::FILE_DESCRIPTOR_SET).expect("pool");
+        let mut seen = 0;
+        for message in pool.all_messages() {
+            for field in message.fields() {
+                let Some(example) = crate::serve::rules::FieldText::of(&field).example else {
+                    continue;
+                };
+                let value = match field.kind() {
+                    Kind::String => Value::String(example.clone()),
+                    Kind::Int32 => Value::I32(example.parse().expect("an int32 example")),
+                    Kind::Int64 => Value::I64(example.parse().expect("an int64 example")),
+                    Kind::Enum(e) => {
+                        Value::EnumNumber(e.get_value_by_name(&example).expect("an enum example").number())
+                    }
+                    other => panic!("{}: an example for a {other:?} field", field.full_name()),
+                };
+                let rules = FieldRules::of(&field).expect("rules").unwrap_or_default();
+                for check in &rules.value {
+                    assert!(
+                        !check.breaks(&field, &value),
+                        "{}: {example:?} breaks {}",
+                        field.full_name(),
+                        check.id(&field)
+                    );
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 10, "only {seen} examples");
+    }
+
+    #[test]
+    fn a_broken_pattern_is_told_in_words_with_the_rule_and_pattern_in_the_details() {
+        let rules = Rules::load().expect("rules");
+        let pool = DescriptorPool::decode(keel::FILE_DESCRIPTOR_SET).expect("pool");
+        let register = pool
+            .get_message_by_name("keel.auth.v1.RegisterRequest")
+            .expect("RegisterRequest");
+        let mut message = DynamicMessage::new(register);
+        message.set_field_by_name("email", Value::String("not-an-email".into()));
+        message.set_field_by_name("password", Value::String("x".into()));
+        let violations = rules.violations(&message);
+        let email = violations.iter().find(|v| v.field == "email").expect("email violation");
+        assert_eq!(email.description, "must be a valid email address");
+        assert_eq!(email.reason, "string.pattern");
+        assert!(email.pattern.as_deref().is_some_and(|p| p.starts_with('^')));
+        let password = violations
+            .iter()
+            .find(|v| v.field == "password")
+            .expect("password violation");
+        assert_eq!(password.description, "must be at least 8 characters");
+        assert_eq!(password.reason, "string.min_len");
+        assert_eq!(password.pattern, None);
     }
 }
