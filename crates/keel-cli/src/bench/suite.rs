@@ -153,9 +153,12 @@ impl Pgbench {
     }
 }
 
-/// Auth and accounts, in-process on scratch databases.
+/// Every registered service, in-process on scratch databases.
 pub(super) struct Services {
     shutdown: CancellationToken,
+    /// The services' data folder (notifications writes its mail there as
+    /// `.eml` files); removed when the bench ends.
+    _scratch: tempfile::TempDir,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     pub(super) auth: Channel,
     pub(super) accounts: Channel,
@@ -187,6 +190,10 @@ impl Services {
             scopes::ACCOUNTS_DEBIT,
             scopes::ACCOUNTS_DEPOSIT
         );
+        let scratch = tempfile::Builder::new()
+            .prefix("keel-bench-")
+            .tempdir()
+            .context("creating the bench's data folder")?;
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         for (spec, _, listener) in bound {
@@ -207,7 +214,7 @@ impl Services {
                     listener,
                     shutdown: shutdown.clone(),
                     suite_clients: clients.entries.clone(),
-                    data_dir: None,
+                    data_dir: Some(scratch.path().to_owned()),
                     metrics_listener: None,
                 },
             )?;
@@ -222,6 +229,7 @@ impl Services {
         let (auth_url, accounts_url) = (url(registry::AUTH)?, url(keel_accounts::SERVICE.name)?);
         Ok(Self {
             shutdown,
+            _scratch: scratch,
             tasks,
             auth: Channel::from_shared(auth_url)?.connect_lazy(),
             accounts: Channel::from_shared(accounts_url.clone())?.connect_lazy(),
