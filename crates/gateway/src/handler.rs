@@ -69,13 +69,16 @@ pub fn router(gateway: Arc<Gateway>, cors_origins: &[String], metrics: HttpMetri
         .layer(TraceLayer::new_for_http().make_span_with(RequestSpan::new("gateway")))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .option_layer(cors(cors_origins)?);
-    Ok(Router::new()
+    let mut routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/openapi.json", get(openapi))
-        .fallback(transcode)
-        .with_state(gateway)
-        .layer(layers))
+        .route("/openapi.json", get(openapi));
+    if gateway.docs {
+        routes = routes.merge(
+            crate::docs::routes().route_layer(axum::middleware::from_fn_with_state(gateway.clone(), limit_address)),
+        );
+    }
+    Ok(routes.fallback(transcode).with_state(gateway).layer(layers))
 }
 
 fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
@@ -142,6 +145,43 @@ async fn openapi(State(gateway): State<Arc<Gateway>>) -> Response {
     response
 }
 
+/// Middleware for the API reference's files: they count against the
+/// client's address, as requests for unknown routes do.
+async fn limit_address(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let client = client_of(&gateway, peer, request.headers());
+    match check_address(&gateway, client) {
+        Ok(()) => next.run(request).await,
+        Err(err) => err.into_response(&gateway.descriptors),
+    }
+}
+
+/// The client a request is from (the peer, or whom a trusted proxy names),
+/// recorded on the request's span.
+fn client_of(gateway: &Gateway, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let forwarded = headers.get_all(FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
+    let client = client_address(peer.ip(), forwarded, &gateway.trusted_proxies);
+    audit::record_peer(peer);
+    audit::record_client(client);
+    client
+}
+
+/// The rate limit of a request that counts against the client's address.
+fn check_address(gateway: &Gateway, client: IpAddr) -> Result<(), ApiError> {
+    let Some(limiter) = &gateway.limiter else {
+        return Ok(());
+    };
+    let key = ClientKey::of(None, client);
+    limiter.check(&key).map_err(|wait| {
+        audit::rate_limited(&key);
+        ApiError::rate_limited(wait)
+    })
+}
+
 fn json_status(status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
@@ -154,14 +194,7 @@ async fn transcode(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let forwarded = parts
-        .headers
-        .get_all(FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let client = client_address(peer.ip(), forwarded, &gateway.trusted_proxies);
-    audit::record_peer(peer);
-    audit::record_client(client);
+    let client = client_of(&gateway, peer, &parts.headers);
     let resolved = gateway.routes.resolve(parts.method.as_str(), parts.uri.path());
     let template = match &resolved {
         Resolved::Route(route, _) => Some(RouteTemplate(route.openapi_path.clone())),
@@ -192,15 +225,9 @@ async fn serve(
     if let Some(step) = provider_sign_in::Step::of(&parts.method, parts.uri.path()) {
         return sign_in_with_provider(gateway, client, step, parts, body).await;
     }
-    if !matches!(resolved, Resolved::Route(..))
-        && let Some(limiter) = &gateway.limiter
-    {
+    if !matches!(resolved, Resolved::Route(..)) {
         // Probing for routes counts against the client's address too.
-        let key = ClientKey::of(None, client);
-        limiter.check(&key).map_err(|wait| {
-            audit::rate_limited(&key);
-            ApiError::rate_limited(wait)
-        })?;
+        check_address(gateway, client)?;
     }
     let (route, bindings) = match resolved {
         Resolved::Route(route, bindings) => (route, bindings),

@@ -19,6 +19,7 @@ pub mod bind;
 pub mod codec;
 pub mod connections;
 pub mod descriptors;
+pub mod docs;
 pub mod edge;
 pub mod error;
 pub mod handler;
@@ -110,6 +111,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "KEEL_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
 
+    /// Serve the interactive API reference (Swagger UI over /openapi.json)
+    /// at /docs. Off by default, as in production; `keel up` turns it on.
+    #[arg(long = "gateway-docs", env = "KEEL_GATEWAY_DOCS", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub docs: bool,
+
     #[command(flatten)]
     pub tokens: TokenConfig,
 
@@ -160,6 +167,8 @@ pub struct Gateway {
     upstream_timeout: Duration,
     send_timeout: Duration,
     trusted_proxies: Vec<std::net::IpAddr>,
+    /// Whether `/docs` is served.
+    docs: bool,
     ready: std::sync::atomic::AtomicBool,
     /// Cancelled when the gateway stops taking connections: open event
     /// streams and WebSocket sessions end then, so clients reconnect
@@ -216,6 +225,7 @@ impl Gateway {
             upstream_timeout: config.upstream_timeout(),
             send_timeout: config.send_timeout(),
             trusted_proxies: config.trusted_proxies.clone(),
+            docs: config.docs,
             ready: std::sync::atomic::AtomicBool::new(true),
             stopping: CancellationToken::new(),
         })

@@ -35,6 +35,11 @@ pub struct UpArgs {
     #[arg(long, env = "KEEL_GATEWAY_METRICS_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], registry::GATEWAY_METRICS_PORT)))]
     pub gateway_metrics_listen: SocketAddr,
 
+    /// Serve the interactive API reference at the gateway's /docs (off by
+    /// default in `keel serve gateway`, on here).
+    #[arg(long, env = "KEEL_GATEWAY_DOCS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub gateway_docs: bool,
+
     /// How many replicas of each service and of the gateway to run, all on
     /// the one Postgres. The first of each listens where its listen flags
     /// say; the other gateways on the ports after the gateway's, the other
@@ -254,7 +259,13 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
     let mut services = first.into_iter().map(&start).collect::<anyhow::Result<Vec<_>>>()?;
     for (replica, (listen, listener, (metrics, metrics_listener))) in gateways.into_iter().enumerate() {
         let addr = loopback(listener.local_addr().context("reading the gateway's address")?);
-        let gateway_config = GatewayConfig::from_args(["keel", "--gateway-listen", &listen.to_string()])?;
+        let gateway_config = GatewayConfig::from_args([
+            "keel",
+            "--gateway-listen",
+            &listen.to_string(),
+            "--gateway-docs",
+            &args.gateway_docs.to_string(),
+        ])?;
         services.push(Service {
             name: "gateway",
             replica,
@@ -299,7 +310,14 @@ async fn serve_all(args: &UpArgs, database: &Database) -> anyhow::Result<()> {
                     s.replica,
                 )
             });
-            banner::print(&services, replicas, &urls, database, &args.database.data_dir);
+            banner::print(
+                &services,
+                replicas,
+                &urls,
+                database,
+                &args.database.data_dir,
+                args.gateway_docs,
+            );
             tokio::select! {
                 () = keel_platform::serve::server::shutdown_signal() => say("\nStopping…\n"),
                 failed = first_exit(&mut services) => {

@@ -1,5 +1,6 @@
 //! What `keel up` prints once everything serves: every replica's endpoint
-//! and metrics, where Postgres and mail are, and commands to try.
+//! and metrics, where Postgres, mail and the API reference are, and
+//! commands to try.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
@@ -9,13 +10,15 @@ use super::{Service, say};
 use crate::database::Database;
 
 /// Prints the banner for `services` (in the order listed), `replicas` of
-/// each, whose clients reach them at `urls`.
+/// each, whose clients reach them at `urls`; `docs` when the gateway serves
+/// its API reference.
 pub(super) fn print(
     services: &[Service],
     replicas: usize,
     urls: &BTreeMap<&'static str, String>,
     database: &Database,
     data_dir: &std::path::Path,
+    docs: bool,
 ) {
     let postgres = match database.cluster() {
         Some(cluster) => format!(
@@ -81,9 +84,17 @@ pub(super) fn print(
              KEEL_AUTH_URL={url}\n"
         );
     }
+    let _ = write!(text, "\nPostgres: {postgres}\nMail:     {mail}\n");
+    if docs {
+        let _ = writeln!(
+            text,
+            "Docs:     http://{gateway}{} (API reference; try any route from the browser)",
+            keel_gateway::docs::PATH
+        );
+    }
     let _ = write!(
         text,
-        "\nPostgres: {postgres}\nMail:     {mail}\n\nTry it:\n  \
+        "\nTry it:\n  \
          curl http://{gateway}/v1/auth/jwks\n  \
          curl http://{gateway}/openapi.json\n  \
          buf curl --protocol grpc --http2-prior-knowledge http://{auth}/keel.auth.v1.AuthService/GetJwks\n  \

@@ -56,6 +56,7 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
         .env("KEEL_DATA_DIR", &data_dir)
         .env_remove("KEEL_DATABASE_URL")
         .env_remove("KEEL_AUTH_DATABASE_URL")
+        .env_remove("KEEL_GATEWAY_DOCS")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -133,6 +134,12 @@ async fn up_serves_then_stops_cleanly_on_sigint() -> anyhow::Result<()> {
     assert_eq!(me.json()["account"]["id"], account.id.as_str());
     assert_eq!(http.get("/readyz", None).await?.status, 200);
     assert_eq!(http.get("/openapi.json", None).await?.json()["openapi"], "3.1.0");
+    // The API reference is on under keel up, and the banner names it.
+    assert!(
+        banner.contains(&format!("Docs:     http://127.0.0.1:{gateway_port}/docs")),
+        "{banner}"
+    );
+    assert_eq!(http.get("/docs", None).await?.status, 200);
 
     // Each metrics address shows the RED series of what was just done.
     let scrape = |name: &str| {
