@@ -14,6 +14,7 @@ mod well_known;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use keel_platform::serve::rules::FieldText;
 use prost_reflect::{DescriptorPool, ExtensionDescriptor, FileDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value as Json, json};
 
@@ -109,21 +110,81 @@ fn links(route: &Route, routes: &[Route], operation_ids: &[String]) -> Map<Strin
             continue;
         }
         let parameter = format!("{}_id", snake_case(resource.name()));
+        let id = format!("$response.body#/{}/id", field.json_name());
         for (target, operation_id) in routes.iter().zip(operation_ids) {
-            if target.path_parameters != [parameter.as_str()] {
-                continue;
+            if target.path_parameters == [parameter.as_str()] {
+                links.insert(
+                    operation_id.clone(),
+                    json!({
+                        "operationId": operation_id,
+                        "parameters": { &parameter: &id },
+                        "description": format!("The {} in this reply.", resource.name()),
+                    }),
+                );
+            } else if target.path_parameters.is_empty()
+                && target.body.as_deref() == Some("*")
+                && let Some(body) = example_body(&target.rpc.input(), &parameter, &format!("{{{id}}}"))
+            {
+                // A body that names the resource (an order's line names a
+                // product): the target's example, with this reply's id in it.
+                links.insert(
+                    operation_id.clone(),
+                    json!({
+                        "operationId": operation_id,
+                        "requestBody": body,
+                        "description": format!("The example request, with the {} in this reply.", resource.name()),
+                    }),
+                );
             }
-            links.insert(
-                operation_id.clone(),
-                json!({
-                    "operationId": operation_id,
-                    "parameters": { &parameter: format!("$response.body#/{}/id", field.json_name()) },
-                    "description": format!("The {} in this reply.", resource.name()),
-                }),
-            );
         }
     }
     links
+}
+
+/// How deep an example body goes into nested messages.
+const MAX_EXAMPLE_DEPTH: usize = 4;
+
+/// `message`'s example body (its fields' `keel.common.v1.field` examples,
+/// one item per list) with `id` as the value of every field named
+/// `id_field`; None when no field is named so.
+fn example_body(message: &MessageDescriptor, id_field: &str, id: &str) -> Option<Json> {
+    fn fill(
+        message: &MessageDescriptor,
+        id_field: &str,
+        id: &str,
+        depth: usize,
+        found: &mut bool,
+    ) -> Map<String, Json> {
+        let mut body = Map::new();
+        // Recursive types (google.protobuf.Struct) end here.
+        if depth > MAX_EXAMPLE_DEPTH {
+            return body;
+        }
+        for field in message.fields() {
+            let value = if field.name() == id_field {
+                *found = true;
+                Some(json!(id))
+            } else if let Kind::Message(inner) = field.kind() {
+                let inner = fill(&inner, id_field, id, depth + 1, found);
+                (!inner.is_empty()).then_some(Json::Object(inner))
+            } else {
+                FieldText::of(&field).example.map(|example| match field.kind() {
+                    Kind::Int32 | Kind::Sint32 | Kind::Uint32 => {
+                        example.parse::<i64>().map_or(Json::String(example), Json::from)
+                    }
+                    _ => Json::String(example),
+                })
+            };
+            if let Some(value) = value {
+                let value = if field.is_list() { json!([value]) } else { value };
+                body.insert(field.json_name().to_owned(), value);
+            }
+        }
+        body
+    }
+    let mut found = false;
+    let body = fill(message, id_field, id, 0, &mut found);
+    found.then_some(Json::Object(body))
 }
 
 /// A message name as AIP's snake_case: `WebhookEndpoint` is
@@ -248,6 +309,7 @@ mod tests {
             targets,
             [
                 "OrdersService_AdjustStock",
+                "OrdersService_CreateOrder",
                 "OrdersService_GetProduct",
                 "OrdersService_UpdateProduct"
             ]
@@ -255,6 +317,17 @@ mod tests {
         assert_eq!(
             links["OrdersService_GetProduct"]["parameters"],
             json!({ "product_id": "$response.body#/product/id" })
+        );
+        // An order names products in its body: the link fills the example
+        // order with this product.
+        assert_eq!(
+            links["OrdersService_CreateOrder"]["requestBody"],
+            json!({
+                "requestId": "first-order",
+                "items": [{ "productId": "{$response.body#/product/id}", "quantity": 1 }],
+                "paymentMethod": "PAYMENT_METHOD_ACCOUNT_BALANCE",
+                "externalPaymentMethodId": "pm_card_visa",
+            })
         );
         let order = &doc["paths"]["/v1/orders"]["post"]["responses"]["200"]["links"];
         assert_eq!(
