@@ -91,7 +91,7 @@ impl GrpcServer {
             ],
         )?;
 
-        let rules = Arc::new(Rules::load().context("reading the request rules")?);
+        let rules = Rules::shared().context("reading the request rules")?;
         let layers = ServiceBuilder::new()
             // A request id for every call: the caller's `x-request-id`, or a new
             // one; it names the call's span and goes back in the response.

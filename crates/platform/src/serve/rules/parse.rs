@@ -2,6 +2,8 @@
 //! descriptors, as [`FieldRules`] and [`RequiredWhen`]. A rule this module
 //! does not know is an error, not a rule left unchecked.
 
+use std::collections::HashMap;
+
 use anyhow::{Context as _, bail};
 use prost_reflect::{DynamicMessage, FieldDescriptor, MessageDescriptor, Value};
 
@@ -109,7 +111,7 @@ fn typed_checks(name: &str, text: &FieldText, kind: &str, rules: &DynamicMessage
             ("string", "max_len", Value::U64(n)) => Check::MaxLen(*n),
             ("string", "len", Value::U64(n)) => Check::Len(*n),
             ("string", "pattern", Value::String(p)) => Check::Pattern {
-                regex: regex::Regex::new(p).with_context(|| format!("{name}: the pattern {p:?}"))?,
+                regex: compiled(p).with_context(|| format!("{name}: the pattern {p:?}"))?,
                 message: text.pattern_message.clone().with_context(|| {
                     format!("{name}: a pattern needs (keel.common.v1.field).pattern_message, a sentence for people")
                 })?,
@@ -203,6 +205,22 @@ impl RequiredWhen {
         }
         Ok(found)
     }
+}
+
+/// `pattern`, compiled once per process: the protos repeat patterns (the
+/// email's is on three requests), every service and the gateway read the
+/// same ones, and a pattern of Unicode classes compiles to megabytes (the
+/// email's, `[\w...]{1,64}`, to about 7 MB).
+fn compiled(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    static COMPILED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, regex::Regex>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut compiled = COMPILED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(regex) = compiled.get(pattern) {
+        return Ok(regex.clone());
+    }
+    let regex = regex::Regex::new(pattern)?;
+    compiled.insert(pattern.to_owned(), regex.clone());
+    Ok(regex)
 }
 
 static REQUIRED_WHEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {

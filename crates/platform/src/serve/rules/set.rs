@@ -1,7 +1,10 @@
 //! The rule set: every request message's rules, read once from a descriptor
 //! pool, and the walk that finds every rule a message breaks.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
 use anyhow::Context as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value};
@@ -27,6 +30,17 @@ impl Rules {
     pub fn load() -> anyhow::Result<Self> {
         let pool = DescriptorPool::decode(keel::FILE_DESCRIPTOR_SET).context("decoding the descriptor set")?;
         Self::from_pool(&pool)
+    }
+
+    /// [`Rules::load`], read once per process and shared: services that run
+    /// in one process (`keel up`) hold one copy of the same rules.
+    pub fn shared() -> anyhow::Result<Arc<Self>> {
+        static SHARED: OnceLock<Arc<Rules>> = OnceLock::new();
+        if let Some(rules) = SHARED.get() {
+            return Ok(rules.clone());
+        }
+        let loaded = Arc::new(Self::load()?);
+        Ok(SHARED.get_or_init(|| loaded).clone())
     }
 
     /// The rules of every message in `pool`.
