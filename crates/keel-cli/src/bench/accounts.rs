@@ -8,8 +8,9 @@ use keel::accounts::v1::{DebitRequest, GetBalanceRequest};
 
 use super::{
     Phases,
+    cpu::{Medians, PerRequest},
     harness::{self, median},
-    suite::{Client, Pgbench, Services, against_pgbench, bearer, drop_scratch_databases, usd},
+    suite::{Client, Pgbench, PgbenchRun, Services, against_pgbench, bearer, drop_scratch_databases, usd},
 };
 use crate::database::{Database, DatabaseArgs};
 
@@ -43,29 +44,17 @@ impl AccountsBench {
     async fn measure(&self, suite: &Services, pgbench: &Pgbench) -> anyhow::Result<()> {
         let clients = suite.clients(self.phases.concurrency).await?;
         let phase = self.phases.phase();
-        let (mut reads, mut writes) = (Vec::new(), Vec::new());
+        let (mut reads, mut writes) = (Comparison::default(), Comparison::default());
         for round in self.phases.rounds() {
-            let select_only = pgbench.run(&["-S"], self.phases.seconds)?;
-            let balances = throughput(&clients, phase, Op::GetBalance).await?;
-            let tpcb = pgbench.run(&[], self.phases.seconds)?;
-            let debits = throughput(&clients, phase, Op::Debit).await?;
-            println!(
-                "  round {round}: GetBalance {balances:.0}/s vs pgbench -S {select_only:.0} tps -> {:.2}; \
-                 Debit {debits:.0}/s vs pgbench tpcb-like {tpcb:.0} tps -> {:.2}",
-                balances / select_only,
-                debits / tpcb
-            );
-            reads.push(balances / select_only);
-            writes.push(debits / tpcb);
+            reads.baseline(round, "pgbench -S", pgbench.run(&["-S"], self.phases.seconds)?);
+            let (balances, cpu) = throughput(suite, &clients, phase, Op::GetBalance).await?;
+            reads.keel(round, "GetBalance", balances, &cpu);
+            writes.baseline(round, "pgbench tpcb-like", pgbench.run(&[], self.phases.seconds)?);
+            let (debits, cpu) = throughput(suite, &clients, phase, Op::Debit).await?;
+            writes.keel(round, "Debit", debits, &cpu);
         }
-        println!(
-            "GetBalance (authenticated, over gRPC) / pgbench -S: median {:.2} (target >= 0.50)",
-            median(&mut reads)
-        );
-        println!(
-            "Debit (idempotent ledger entry + outbox event) / pgbench tpcb-like: median {:.2} (target >= 0.50)",
-            median(&mut writes)
-        );
+        reads.summary("GetBalance (authenticated, over gRPC) / pgbench -S");
+        writes.summary("Debit (idempotent ledger entry + outbox event) / pgbench tpcb-like");
         let (checked, mismatches) = keel_accounts::verify_ledger(&suite.accounts_url).await?;
         println!(
             "ledger check after the run: {checked} accounts, {} differences",
@@ -75,15 +64,58 @@ impl AccountsBench {
     }
 }
 
+/// One Keel call against one pgbench mode, round after round.
+#[derive(Default)]
+struct Comparison {
+    /// The tps of the round's pgbench phase, which runs first.
+    baseline_tps: f64,
+    ratios: Vec<f64>,
+    keel: Medians,
+    pgbench: Medians,
+}
+
+impl Comparison {
+    /// Prints the round's pgbench phase and keeps its figures.
+    fn baseline(&mut self, round: usize, mode: &str, run: PgbenchRun) {
+        println!("  round {round}: {mode} {:.0} tps; {}", run.tps, run.cpu);
+        self.baseline_tps = run.tps;
+        self.pgbench.push_transaction(&run.cpu);
+    }
+
+    /// Prints the round's Keel phase, with its ratio to the pgbench phase
+    /// before it, and keeps its figures.
+    fn keel(&mut self, round: usize, call: &str, rate: f64, cpu: &PerRequest) {
+        let ratio = rate / self.baseline_tps;
+        println!("  round {round}: {call} {rate:.0}/s -> {ratio:.2}; {cpu}");
+        self.ratios.push(ratio);
+        self.keel.push_request(cpu);
+    }
+
+    fn summary(&mut self, what: &str) {
+        println!(
+            "{what}: median {:.2} (target >= 0.50); median CPU: {} vs pgbench's {}",
+            median(&mut self.ratios),
+            self.keel.requests(),
+            self.pgbench.transactions()
+        );
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Op {
     GetBalance,
     Debit,
 }
 
-/// Calls per second of `op`, one loop per client, for `phase`.
-async fn throughput(clients: &[Client], phase: Duration, op: Op) -> anyhow::Result<f64> {
-    harness::throughput(clients, phase, move |mut client: Client| async move {
+/// Calls per second of `op`, one loop per client, for `phase`, and the CPU
+/// time per call.
+async fn throughput(
+    suite: &Services,
+    clients: &[Client],
+    phase: Duration,
+    op: Op,
+) -> anyhow::Result<(f64, PerRequest)> {
+    let call = move |mut client: Client| async move {
         match op {
             Op::GetBalance => {
                 let request = GetBalanceRequest {
@@ -105,6 +137,8 @@ async fn throughput(clients: &[Client], phase: Duration, op: Op) -> anyhow::Resu
             }
         }
         Ok(())
-    })
-    .await
+    };
+    let (tally, cpu) = suite.meter.measure(harness::throughput(clients, phase, call)).await;
+    let tally = tally?;
+    Ok((tally.per_second, cpu.per_request(tally.calls)))
 }

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt as _, Empty};
@@ -14,12 +13,12 @@ use hyper_util::{
 };
 use keel::accounts::v1::GetAccountRequest;
 use keel_gateway::GatewayConfig;
-use tokio_util::sync::CancellationToken;
 
 use super::{
     Phases,
-    harness::{median, throughput},
-    suite::{Client, Services, bearer, drop_bench_databases},
+    cpu::{self, Medians},
+    harness::{Tally, median, throughput},
+    suite::{Client, Isolated, Services, bearer, drop_bench_databases},
 };
 use crate::database::DatabaseArgs;
 
@@ -60,7 +59,10 @@ impl GatewayBench {
     }
 
     async fn measure(&self, services: &Services) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // The gateway runs on a runtime of its own too, so its CPU time is
+        // told apart from the services' and the load generator's.
+        let mut gateway = Isolated::new(cpu::GATEWAY)?;
+        let listener = gateway.listener()?;
         let gateway_addr = listener.local_addr()?;
         let config = GatewayConfig::from_args([
             "keel",
@@ -68,18 +70,23 @@ impl GatewayBench {
             "--rate-limit-per-minute",
             "0",
         ])?;
-        let shutdown = CancellationToken::new();
-        let gateway = tokio::spawn(keel_gateway::run(
-            config,
-            services
-                .addrs
-                .iter()
-                .map(|(name, addr)| (*name, format!("http://{addr}")))
-                .collect(),
-            listener,
-            None,
-            shutdown.clone(),
-        ));
+        let upstreams = services
+            .addrs
+            .iter()
+            .map(|(name, addr)| (*name, format!("http://{addr}")))
+            .collect();
+        let shutdown = gateway.shutdown();
+        gateway.spawn("the gateway", || {
+            Ok(keel_gateway::run(config, upstreams, listener, None, shutdown))
+        })?;
+        let measured = self.compare(services, gateway_addr).await;
+        gateway.stop().await?;
+        measured
+    }
+
+    /// The rounds, against the gateway at `gateway_addr`.
+    async fn compare(&self, services: &Services, gateway_addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        let meter = services.meter.with_gateway();
 
         let grpc_clients = services.clients(self.phases.concurrency).await?;
         let rest_clients = grpc_clients
@@ -96,21 +103,34 @@ impl GatewayBench {
 
         let phase = self.phases.phase();
         let mut ratios = Vec::new();
+        let (mut rest_cpu, mut grpc_cpu) = (Medians::default(), Medians::default());
+        let per_request = |(tally, cpu): (anyhow::Result<Tally>, cpu::Usage)| {
+            tally.map(|tally| (tally.per_second, cpu.per_request(tally.calls)))
+        };
         for round in self.phases.rounds() {
-            let grpc = throughput(&grpc_clients, phase, get_over_grpc).await?;
-            let rest = throughput(&rest_clients, phase, get_over_http).await?;
+            let (grpc, grpc_figures) =
+                per_request(meter.measure(throughput(&grpc_clients, phase, get_over_grpc)).await)?;
+            // The direct path does not cross the gateway.
+            let grpc_figures = grpc_figures.without_gateway();
+            println!("  round {round}: gRPC {grpc:.0}/s; {grpc_figures}");
+            let (rest, rest_figures) =
+                per_request(meter.measure(throughput(&rest_clients, phase, get_over_http)).await)?;
             println!(
-                "  round {round}: gateway {rest:.0}/s vs gRPC {grpc:.0}/s -> {:.2}",
+                "  round {round}: gateway {rest:.0}/s -> {:.2}; {rest_figures}",
                 rest / grpc
             );
             ratios.push(rest / grpc);
+            grpc_cpu.push_request(&grpc_figures);
+            rest_cpu.push_request(&rest_figures);
         }
         println!(
-            "GET /v1/accounts/me through the gateway / GetAccount over gRPC: median {:.2} (target >= 0.70)",
-            median(&mut ratios)
+            "GET /v1/accounts/me through the gateway / GetAccount over gRPC: median {:.2} (target >= 0.70); \
+             median CPU: {} vs gRPC's {}",
+            median(&mut ratios),
+            rest_cpu.requests(),
+            grpc_cpu.requests()
         );
-        shutdown.cancel();
-        gateway.await.context("the gateway panicked")?
+        Ok(())
     }
 }
 

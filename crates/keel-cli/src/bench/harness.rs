@@ -23,23 +23,25 @@ pub(super) fn ms(duration: Duration) -> f64 {
 
 /// Calls per second: one loop per client, each awaiting `call` on its own
 /// copy of the client until `phase` is over. Any error ends the bench.
-pub(super) async fn throughput<C, F, Fut>(clients: &[C], phase: Duration, call: F) -> anyhow::Result<f64>
+pub(super) async fn throughput<C, F, Fut>(clients: &[C], phase: Duration, call: F) -> anyhow::Result<Tally>
 where
     C: Clone + Send + 'static,
     F: Fn(C) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    let tally = tally(clients, phase, move |client| {
+    tally(clients, phase, move |client| {
         let call = call.clone();
         async move { call(client).await.map(Ok) }
     })
-    .await?;
-    Ok(tally.per_second)
+    .await
 }
 
 /// What one phase did: successful calls per second, and the calls that failed.
 pub(super) struct Tally {
     pub(super) per_second: f64,
+    /// Every call made, the failed ones and those still in flight when the
+    /// phase ended included: what its CPU time is divided by.
+    pub(super) calls: u64,
     pub(super) failed: u64,
     /// Why the first failed call failed.
     pub(super) first_failure: Option<String>,
@@ -84,9 +86,11 @@ where
     for task in loops {
         task.await??;
     }
+    let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     Ok(Tally {
-        per_second: done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
-        failed: failed.load(Ordering::Relaxed),
+        per_second: done as f64 / elapsed.as_secs_f64(),
+        calls: done + failed,
+        failed,
         first_failure: first_failure.get().cloned(),
     })
 }

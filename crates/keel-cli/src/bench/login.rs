@@ -18,10 +18,12 @@ use keel::auth::v1::{GetJwksRequest, LoginRequest, RegisterRequest, auth_service
 use keel_auth::password::HashCost;
 use keel_platform::registry::Launch;
 use keel_registry::REGISTRY;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::{harness, suite};
+use super::{
+    cpu::{self, Medians, Meter, Micros, PerRequest},
+    harness, suite,
+};
 use crate::database::DatabaseArgs;
 
 /// `keel bench login`.
@@ -75,11 +77,13 @@ impl LoginBench {
         match &self.target {
             Some(target) => {
                 let channel = Channel::from_shared(target.clone())?.connect().await?;
-                measure_login(channel, plan).await
+                // Auth and its Postgres run elsewhere: only this process is ours to read.
+                measure_login(channel, plan, Meter::new(None).without_services()).await
             }
             None => {
                 let database = self.database.open().await?;
-                let result = with_scratch_auth(&database, |channel| measure_login(channel, plan)).await;
+                let meter = Meter::new(Some(&database));
+                let result = with_scratch_auth(&database, |channel| measure_login(channel, plan, meter)).await;
                 database.close();
                 result
             }
@@ -97,8 +101,15 @@ struct Plan {
     rounds: usize,
 }
 
-/// Verifies one hash on `threads` OS threads for `phase`; verifications/s.
-async fn raw_verify_rate(cost: HashCost, threads: usize, phase: Duration) -> anyhow::Result<f64> {
+/// What the raw verify phase did.
+struct RawVerify {
+    per_second: f64,
+    /// CPU time per verification, in µs, on the verifying threads.
+    cpu: Option<f64>,
+}
+
+/// Verifies one hash on `threads` OS threads for `phase`.
+async fn raw_verify_rate(cost: HashCost, threads: usize, phase: Duration) -> anyhow::Result<RawVerify> {
     tokio::task::spawn_blocking(move || {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
             .map_err(|err| anyhow::anyhow!("argon2 parameters: {err}"))?;
@@ -109,18 +120,40 @@ async fn raw_verify_rate(cost: HashCost, threads: usize, phase: Duration) -> any
             .to_string();
         let done = AtomicU64::new(0);
         let start = Instant::now();
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| {
-                    while start.elapsed() < phase {
-                        if argon2.verify_password(PASSWORD.as_bytes(), hash.as_str()).is_ok() {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                });
+        let verify = || {
+            let before = cpu::this_thread();
+            while start.elapsed() < phase {
+                if argon2.verify_password(PASSWORD.as_bytes(), hash.as_str()).is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
             }
-        });
-        Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+            // The thread ends with the phase, and its CPU time with it: it
+            // reads its own first.
+            Some(cpu::this_thread()?.saturating_sub(before?))
+        };
+        let spent = std::thread::scope(|scope| {
+            let verifiers = (0..threads)
+                .map(|_| {
+                    std::thread::Builder::new()
+                        .name("bench-verify".to_owned())
+                        .spawn_scoped(scope, verify)
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+                .context("starting a verifying thread")?;
+            let mut spent = Some(Duration::ZERO);
+            for verifier in verifiers {
+                let own = verifier
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a verifying thread panicked"))?;
+                spent = spent.zip(own).map(|(total, own)| total + own);
+            }
+            anyhow::Ok(spent)
+        })?;
+        let (elapsed, done) = (start.elapsed(), done.load(Ordering::Relaxed));
+        Ok(RawVerify {
+            per_second: done as f64 / elapsed.as_secs_f64(),
+            cpu: spent.and_then(|spent| (done > 0).then(|| spent.as_secs_f64() * 1e6 / done as f64)),
+        })
     })
     .await?
 }
@@ -152,43 +185,50 @@ where
             "1000000".to_owned(),
         ],
     )?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // Auth runs on a runtime of its own, apart from the load generator's,
+    // so its CPU time can be told apart (its hashing threads are its own).
+    let mut runtime = suite::Isolated::new(cpu::SERVICES)?;
+    let listener = runtime.listener()?;
     let addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let serve = REGISTRY.start(
-        &keel_auth::SERVICE,
-        Launch {
-            matches,
-            listener,
-            shutdown: shutdown.clone(),
-            suite_clients: Vec::new(),
-            data_dir: None,
-            metrics_listener: None,
-        },
-    )?;
-    let server_task = tokio::spawn(serve);
+    let launch = Launch {
+        matches,
+        listener,
+        shutdown: runtime.shutdown(),
+        suite_clients: Vec::new(),
+        data_dir: None,
+        metrics_listener: None,
+    };
+    runtime.spawn("auth", || REGISTRY.start(&keel_auth::SERVICE, launch))?;
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
     let result = work(channel).await;
-    shutdown.cancel();
-    server_task.await.context("auth panicked")??;
+    runtime.stop().await?;
     keel_platform::db::drop_database(&server, BENCH_DATABASE).await?;
     result
 }
 
-async fn measure_login(channel: Channel, plan: Plan) -> anyhow::Result<()> {
+async fn measure_login(channel: Channel, plan: Plan, meter: Meter) -> anyhow::Result<()> {
     let email = register_bench_user(&channel).await?;
     let mut ratios = Vec::new();
     let mut latencies = Vec::new();
     let mut failures = 0;
+    let (mut raw_cpu, mut login_cpu) = (Vec::new(), Medians::default());
     for round in 1..=plan.rounds {
         let raw = raw_verify_rate(plan.cost, plan.cpus, plan.phase).await?;
-        let login = login_phase(&channel, &email, plan).await?;
         println!(
-            "  round {round}: raw verify {raw:.1}/s, Login {:.1}/s -> {:.2}",
-            login.rate,
-            login.rate / raw
+            "  round {round}: raw verify {:.1}/s; hashing threads {}",
+            raw.per_second,
+            Micros(raw.cpu, "verify")
         );
-        ratios.push(login.rate / raw);
+        let login = login_phase(&channel, &email, plan, &meter).await?;
+        println!(
+            "  round {round}: Login {:.1}/s -> {:.2}; {}",
+            login.rate,
+            login.rate / raw.per_second,
+            login.cpu
+        );
+        ratios.push(login.rate / raw.per_second);
+        raw_cpu.push(raw.cpu);
+        login_cpu.push_request(&login.cpu);
         latencies.extend(login.latencies);
         failures += login.failures;
     }
@@ -199,8 +239,15 @@ async fn measure_login(channel: Channel, plan: Plan) -> anyhow::Result<()> {
     let cost = plan.cost;
     println!(
         "Login throughput / raw argon2id verify rate (m={} KiB, t={}, p={}, {} threads; {} callers): median {:.2} \
-         (target >= 0.90); {failures} failed calls",
-        cost.memory_kib, cost.iterations, cost.parallelism, plan.cpus, plan.concurrency, median_ratio
+         (target >= 0.90); {failures} failed calls; median CPU: {} vs raw verify's {}",
+        cost.memory_kib,
+        cost.iterations,
+        cost.parallelism,
+        plan.cpus,
+        plan.concurrency,
+        median_ratio,
+        login_cpu.requests(),
+        Micros(cpu::median_of(&raw_cpu), "verify")
     );
     println!(
         "GetJwks while Login is saturated (n={}): p50 {:.2} ms, p99 {:.2} ms (target < 10 ms), max {:.2} ms",
@@ -281,10 +328,12 @@ struct LoginPhase {
     rate: f64,
     failures: u64,
     latencies: Vec<Duration>,
+    /// CPU time per Login (the GetJwks probes' share included: small).
+    cpu: PerRequest,
 }
 
 /// Saturates Login for one phase while probing GetJwks every 10 ms.
-async fn login_phase(channel: &Channel, email: &str, plan: Plan) -> anyhow::Result<LoginPhase> {
+async fn login_phase(channel: &Channel, email: &str, plan: Plan, meter: &Meter) -> anyhow::Result<LoginPhase> {
     let stop = Arc::new(AtomicBool::new(false));
     let logins = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
@@ -313,7 +362,8 @@ async fn login_phase(channel: &Channel, email: &str, plan: Plan) -> anyhow::Resu
 
     // Let the callers fill every hashing slot before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (start_count, start) = (logins.load(Ordering::Relaxed), Instant::now());
+    let (start_count, start_failures) = (logins.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
+    let (start, before) = (Instant::now(), meter.sample());
     let mut latencies = Vec::new();
     let mut probe = AuthServiceClient::new(channel.clone());
     while start.elapsed() < plan.phase {
@@ -325,7 +375,10 @@ async fn login_phase(channel: &Channel, email: &str, plan: Plan) -> anyhow::Resu
         latencies.push(sent.elapsed());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let rate = (logins.load(Ordering::Relaxed) - start_count) as f64 / start.elapsed().as_secs_f64();
+    let usage = meter.sample().since(&before);
+    let done = logins.load(Ordering::Relaxed) - start_count;
+    let rate = done as f64 / start.elapsed().as_secs_f64();
+    let calls = done + (failures.load(Ordering::Relaxed) - start_failures);
     stop.store(true, Ordering::Relaxed);
     for caller in callers {
         caller.await?;
@@ -334,5 +387,6 @@ async fn login_phase(channel: &Channel, email: &str, plan: Plan) -> anyhow::Resu
         rate,
         failures: failures.load(Ordering::Relaxed),
         latencies,
+        cpu: usage.per_request(calls),
     })
 }

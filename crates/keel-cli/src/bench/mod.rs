@@ -3,9 +3,11 @@
 //! baseline and the service back to back and prints the ratio.
 //!
 //! Each bench has its module; `harness` runs the load and computes the
-//! figures, `suite` starts the services and pgbench the benches compare.
+//! figures, `suite` starts the services and pgbench the benches compare,
+//! and `cpu` reads the CPU time each party spent per request.
 
 mod accounts;
+mod cpu;
 mod gateway;
 mod harness;
 mod login;

@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 use super::{
     Phases,
+    cpu::Medians,
     harness::{median, tally},
     suite::{Pgbench, Services, against_pgbench, bearer, drop_scratch_databases, usd},
 };
@@ -60,25 +61,33 @@ impl OrdersBench {
         let buyers = buyers(suite, self.phases.concurrency).await?;
         let phase = self.phases.phase();
         let (mut ratios, mut failed) = (Vec::new(), 0);
+        let (mut keel_cpu, mut pgbench_cpu) = (Medians::default(), Medians::default());
         for round in self.phases.rounds() {
             let tpcb = pgbench.run(&[], self.phases.seconds)?;
-            let orders = tally(&buyers, phase, place_order).await?;
+            println!("  round {round}: pgbench tpcb-like {:.0} tps; {}", tpcb.tps, tpcb.cpu);
+            let (orders, cpu) = suite.meter.measure(tally(&buyers, phase, place_order)).await;
+            let orders = orders?;
+            let cpu = cpu.per_request(orders.calls);
             println!(
-                "  round {round}: CreateOrder {:.0}/s vs pgbench tpcb-like {tpcb:.0} tps -> {:.2}; {} failed",
+                "  round {round}: CreateOrder {:.0}/s -> {:.2}, {} failed; {cpu}",
                 orders.per_second,
-                orders.per_second / tpcb,
+                orders.per_second / tpcb.tps,
                 orders.failed
             );
             if let Some(why) = orders.first_failure {
                 println!("    first failure: {why}");
             }
-            ratios.push(orders.per_second / tpcb);
+            ratios.push(orders.per_second / tpcb.tps);
             failed += orders.failed;
+            keel_cpu.push_request(&cpu);
+            pgbench_cpu.push_transaction(&tpcb.cpu);
         }
         println!(
             "CreateOrder (balance payment: orders, accounts, both outboxes) / pgbench tpcb-like: \
-             median {:.2} (target >= {TARGET:.2}); {failed} failed calls",
-            median(&mut ratios)
+             median {:.2} (target >= {TARGET:.2}); {failed} failed calls; median CPU: {} vs pgbench's {}",
+            median(&mut ratios),
+            keel_cpu.requests(),
+            pgbench_cpu.transactions()
         );
         let (checked, mismatches) = keel_accounts::verify_ledger(&suite.accounts_url).await?;
         println!(

@@ -1,6 +1,6 @@
 //! What the comparison benches run against: every registered service started
-//! in-process on scratch `keel_bench_*` databases, signed-in clients with
-//! funded accounts, and pgbench on the same Postgres.
+//! in-process on scratch `keel_bench_*` databases, on a runtime of their own,
+//! signed-in clients with funded accounts, and pgbench on the same Postgres.
 
 use std::{
     collections::BTreeMap,
@@ -25,7 +25,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::Phases;
+use super::{
+    Phases,
+    cpu::{self, Meter, PerTransaction},
+};
 use crate::database::Database;
 
 /// The scratch database a bench gives service `spec`.
@@ -79,6 +82,15 @@ pub(super) struct Pgbench {
     binary: std::path::PathBuf,
     url: String,
     clients: usize,
+    /// Postgres's CPU time, and pgbench's as a child of this process.
+    meter: Meter,
+}
+
+/// What one pgbench phase did.
+pub(super) struct PgbenchRun {
+    pub(super) tps: f64,
+    /// CPU time per transaction.
+    pub(super) cpu: PerTransaction,
 }
 
 impl Pgbench {
@@ -87,10 +99,14 @@ impl Pgbench {
         let server = database.url("postgres")?;
         keel_platform::db::drop_database(&server, PGBENCH_DB).await?;
         keel_platform::db::ensure_database(&server, PGBENCH_DB).await?;
-        Self::new(database.url(PGBENCH_DB)?, clients)
+        Self::new(
+            database.url(PGBENCH_DB)?,
+            clients,
+            Meter::new(Some(database)).without_services(),
+        )
     }
 
-    fn new(url: String, clients: usize) -> anyhow::Result<Self> {
+    fn new(url: String, clients: usize, meter: Meter) -> anyhow::Result<Self> {
         let binary = keel_local_postgres::find_binaries()?.join("pgbench");
         anyhow::ensure!(
             binary.is_file(),
@@ -101,6 +117,7 @@ impl Pgbench {
             binary,
             url,
             clients: clients.max(1),
+            meter,
         })
     }
 
@@ -119,11 +136,13 @@ impl Pgbench {
         Ok(())
     }
 
-    /// Runs pgbench for `seconds` with `extra` flags; returns its tps.
-    pub(super) fn run(&self, extra: &[&str], seconds: u64) -> anyhow::Result<f64> {
+    /// Runs pgbench for `seconds` with `extra` flags; returns its tps and
+    /// the CPU time per transaction.
+    pub(super) fn run(&self, extra: &[&str], seconds: u64) -> anyhow::Result<PgbenchRun> {
         let threads = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .min(self.clients);
+        let before = self.meter.sample();
         let output = Command::new(&self.binary)
             .args(extra)
             .args([
@@ -144,22 +163,135 @@ impl Pgbench {
             "pgbench failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("tps = "))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|tps| tps.parse().ok())
-            .with_context(|| format!("no tps in pgbench's output: {stdout}"))
+        // Read once pgbench has been reaped, so its CPU time is counted.
+        let usage = self.meter.sample().since(&before);
+        let figure = |prefix: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '/').next())
+                .with_context(|| format!("no {prefix:?} in pgbench's output: {stdout}"))
+        };
+        let tps = figure("tps = ")?.parse()?;
+        let transactions = figure("number of transactions actually processed: ")?.parse()?;
+        Ok(PgbenchRun {
+            tps,
+            cpu: usage.per_transaction(transactions),
+        })
     }
 }
 
-/// Every registered service, in-process on scratch databases.
-pub(super) struct Services {
+/// A Tokio runtime for what a bench measures (the services, the gateway),
+/// apart from the load generator's: its threads carry a name of their own,
+/// so [`cpu`] can tell their CPU time from the rest of the process.
+pub(super) struct Isolated {
+    /// Taken by [`Isolated::stop`]; dropped without it, shut down at once.
+    runtime: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
+    tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Isolated {
+    /// A multi-threaded runtime whose workers and blocking threads are
+    /// named `name` (at most 15 bytes: Linux truncates thread names).
+    pub(super) fn new(name: &str) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(name)
+            // Blocking threads that exit take their CPU time with them:
+            // keep them for the whole bench.
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
+            .enable_all()
+            .build()
+            .with_context(|| format!("starting the {name} runtime"))?;
+        Ok(Self {
+            runtime: Some(runtime),
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
+        })
+    }
+
+    /// What tells the tasks to stop.
+    pub(super) fn shutdown(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    fn handle(&self) -> anyhow::Result<&tokio::runtime::Handle> {
+        self.runtime
+            .as_ref()
+            .map(tokio::runtime::Runtime::handle)
+            .context("the runtime has stopped")
+    }
+
+    /// A listener on a free loopback port, served by this runtime's I/O
+    /// driver rather than the load generator's.
+    pub(super) fn listener(&self) -> anyhow::Result<tokio::net::TcpListener> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let _context = self.handle()?.enter();
+        Ok(tokio::net::TcpListener::from_std(listener)?)
+    }
+
+    /// Calls `start` within this runtime (what it spawns runs here) and runs
+    /// the future it returns here as `what`.
+    pub(super) fn spawn<F>(&mut self, what: &str, start: impl FnOnce() -> anyhow::Result<F>) -> anyhow::Result<()>
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let handle = self.handle()?.clone();
+        let future = {
+            let _context = handle.enter();
+            start()?
+        };
+        self.tasks.push((what.to_owned(), handle.spawn(future)));
+        Ok(())
+    }
+
+    /// Cancels the tasks, waits for each to end, then shuts the runtime
+    /// down; returns the first task's error.
+    pub(super) async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let mut result = Ok(());
+        for (what, task) in std::mem::take(&mut self.tasks) {
+            let ended = task
+                .await
+                .with_context(|| format!("{what} panicked"))
+                .and_then(|ended| ended);
+            if result.is_ok() {
+                result = ended.with_context(|| format!("{what} failed"));
+            }
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Dropping a runtime blocks, which async code must not: a
+            // blocking thread waits for what it still runs (pool
+            // connections) to end.
+            tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(10)))
+                .await
+                .context("shutting the runtime down")?;
+        }
+        result
+    }
+}
+
+impl Drop for Isolated {
+    /// Without [`Isolated::stop`] (an error on the way): stop at once,
+    /// without blocking.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Every registered service, in-process on scratch databases, on a runtime
+/// of their own.
+pub(super) struct Services {
+    runtime: Isolated,
     /// The services' data folder (notifications writes its mail there as
     /// `.eml` files); removed when the bench ends.
     _scratch: tempfile::TempDir,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// The CPU time of the services, Postgres and the load generator.
+    pub(super) meter: Meter,
     pub(super) auth: Channel,
     pub(super) accounts: Channel,
     pub(super) accounts_addr: String,
@@ -175,12 +307,13 @@ impl Services {
     pub(super) async fn start(database: &Database) -> anyhow::Result<Self> {
         let server = database.url("postgres")?;
         let clients = REGISTRY.suite_clients();
+        let mut runtime = Isolated::new(cpu::SERVICES)?;
         let mut bound = Vec::new();
         for spec in REGISTRY.services() {
             let name = bench_database(spec);
             keel_platform::db::drop_database(&server, &name).await?;
             database.prepare(&name, (spec.migrations)()).await?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let listener = runtime.listener()?;
             bound.push((spec, listener.local_addr()?, listener));
         }
         let addrs: BTreeMap<&'static str, SocketAddr> =
@@ -194,8 +327,6 @@ impl Services {
             .prefix("keel-bench-")
             .tempdir()
             .context("creating the bench's data folder")?;
-        let shutdown = CancellationToken::new();
-        let mut tasks = Vec::new();
         for (spec, _, listener) in bound {
             let mut argv = REGISTRY.suite_args(spec, &addrs, &clients);
             argv.extend([
@@ -207,18 +338,15 @@ impl Services {
                 // One user per client, all registered from this address.
                 argv.extend(["--register-limit".to_owned(), "1000000".to_owned()]);
             }
-            let serve = REGISTRY.start(
-                spec,
-                Launch {
-                    matches: REGISTRY.parse(spec, argv)?,
-                    listener,
-                    shutdown: shutdown.clone(),
-                    suite_clients: clients.entries.clone(),
-                    data_dir: Some(scratch.path().to_owned()),
-                    metrics_listener: None,
-                },
-            )?;
-            tasks.push(tokio::spawn(serve));
+            let launch = Launch {
+                matches: REGISTRY.parse(spec, argv)?,
+                listener,
+                shutdown: runtime.shutdown(),
+                suite_clients: clients.entries.clone(),
+                data_dir: Some(scratch.path().to_owned()),
+                metrics_listener: None,
+            };
+            runtime.spawn(spec.name, || REGISTRY.start(spec, launch))?;
         }
         let url = |name: &str| {
             addrs
@@ -228,9 +356,9 @@ impl Services {
         };
         let (auth_url, accounts_url) = (url(registry::AUTH)?, url(keel_accounts::SERVICE.name)?);
         Ok(Self {
-            shutdown,
+            runtime,
             _scratch: scratch,
-            tasks,
+            meter: Meter::new(Some(database)),
             auth: Channel::from_shared(auth_url)?.connect_lazy(),
             accounts: Channel::from_shared(accounts_url.clone())?.connect_lazy(),
             accounts_addr: accounts_url,
@@ -331,11 +459,7 @@ impl Services {
     }
 
     pub(super) async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        for task in self.tasks {
-            task.await.context("a service panicked")??;
-        }
-        Ok(())
+        self.runtime.stop().await
     }
 }
 
