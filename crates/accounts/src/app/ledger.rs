@@ -174,23 +174,21 @@ impl Accounts {
 
     /// The target account's balance, and when it last changed.
     pub async fn balance(&self, target: Target) -> Result<Balance, Error> {
-        let account = self.account(target).await?;
+        let mut conn = self.pool.get().await?;
+        let id = match target {
+            Target::Own(id) | Target::Any(id) => id,
+        };
         // The balance last changed with the ledger entry it was read at (the
         // account's updated_at also moves with profile changes); never, without one.
-        let newest = match account.ledger_seq {
-            0 => None,
-            seq => {
-                let mut conn = self.pool.get().await?;
-                store::ledger::entries(&mut conn, account.id, Some(seq + 1), 1)
-                    .await?
-                    .into_iter()
-                    .next()
-            }
+        let (account, update_time) = match (store::accounts::find_with_balance_time(&mut conn, id).await?, target) {
+            (Some(found), _) => found,
+            (None, Target::Own(id)) => (
+                store::accounts::ensure(&mut conn, id, "", self.currency.as_str()).await?,
+                None,
+            ),
+            (None, Target::Any(_)) => return Err(Error::not_found("account")),
         };
-        Ok(Balance {
-            account,
-            update_time: newest.map(|entry| entry.created_at),
-        })
+        Ok(Balance { account, update_time })
     }
 
     /// One page of the target account's ledger, newest first, before the

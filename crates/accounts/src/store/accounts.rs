@@ -2,13 +2,13 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods as _, Insertable, OptionalExtension as _, QueryDsl as _, QueryResult, Queryable, Selectable,
-    SelectableHelper as _,
+    BoolExpressionMethods as _, ExpressionMethods as _, Insertable, JoinOnDsl as _, NullableExpressionMethods as _,
+    OptionalExtension as _, QueryDsl as _, QueryResult, Queryable, Selectable, SelectableHelper as _,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use crate::schema::accounts;
+use crate::schema::{accounts, ledger_entries};
 
 /// An account as stored.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -60,6 +60,24 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
     accounts::table
         .find(id)
         .select(AccountRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The account and when its balance last changed (the time of its newest
+/// ledger entry; None if it never did), in one statement: GetBalance's.
+pub async fn find_with_balance_time(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<(AccountRow, Option<DateTime<Utc>>)>> {
+    let newest = ledger_entries::account_id
+        .eq(accounts::id)
+        .and(ledger_entries::seq.eq(accounts::ledger_seq));
+    accounts::table
+        .left_join(ledger_entries::table.on(newest))
+        .filter(accounts::id.eq(id))
+        .select((AccountRow::as_select(), ledger_entries::created_at.nullable()))
         .first(conn)
         .await
         .optional()
