@@ -59,7 +59,12 @@ impl Cli {
                 args.run().await
             }
             Command::Admin { command } => command.run().await,
-            Command::Bench { command } => command.run().await,
+            // The services a bench starts trace and log as they do in
+            // production, so their cost is in the figures.
+            Command::Bench { command } => {
+                let _telemetry = keel_platform::serve::telemetry::init("keel", &self.telemetry)?;
+                command.run().await
+            }
         }
     }
 }

@@ -138,7 +138,14 @@ async fn throughput(
         }
         Ok(())
     };
-    let (tally, cpu) = suite.meter.measure(harness::throughput(clients, phase, call)).await;
+    let label = match op {
+        Op::GetBalance => "GetBalance",
+        Op::Debit => "Debit",
+    };
+    let (tally, cpu) = suite
+        .meter
+        .measure(label, harness::throughput(clients, phase, call))
+        .await;
     let tally = tally?;
     Ok((tally.per_second, cpu.per_request(tally.calls)))
 }

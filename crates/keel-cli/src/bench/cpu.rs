@@ -20,7 +20,12 @@
 //! - A child this process waited for (pgbench): `/proc/self/stat`'s count
 //!   of reaped children.
 
-use std::{fmt, fs, path::Path, time::Duration};
+use std::{
+    fmt, fs,
+    io::Write as _,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use super::harness::median;
 use crate::database::Database;
@@ -86,11 +91,14 @@ impl Meter {
         }
     }
 
-    /// Runs `phase` and returns what it returned and the CPU time it took.
-    pub(super) async fn measure<T>(&self, phase: impl Future<Output = T>) -> (T, Usage) {
-        let before = self.sample();
+    /// Runs `phase` (called `label`, as the bench prints it) and returns
+    /// what it returned and the CPU time it took.
+    pub(super) async fn measure<T>(&self, label: &str, phase: impl Future<Output = T>) -> (T, Usage) {
+        let (start, before) = (SystemTime::now(), self.sample());
         let value = phase.await;
-        (value, self.sample().since(&before))
+        let usage = self.sample().since(&before);
+        log_phase(label, start, SystemTime::now());
+        (value, usage)
     }
 }
 
@@ -391,6 +399,30 @@ impl Stat {
             cutime: field(16)?,
             cstime: field(17)?,
         })
+    }
+}
+
+/// The file `KEEL_BENCH_PHASE_LOG` names: when set, every measured phase
+/// appends `label<TAB>start<TAB>end` (Unix time in ns), so a profile of the
+/// run (`scripts/profile-bench`, which records with the same clock) can tell
+/// the phases apart.
+const PHASE_LOG: &str = "KEEL_BENCH_PHASE_LOG";
+
+/// Notes one phase in the phase log, if there is one (best effort: the
+/// bench's figures matter more than the profile's).
+pub(super) fn log_phase(label: &str, start: SystemTime, end: SystemTime) {
+    let Some(path) = std::env::var_os(PHASE_LOG) else {
+        return;
+    };
+    let ns = |time: SystemTime| time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let line = format!("{label}\t{}\t{}\n", ns(start), ns(end));
+    if let Err(err) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+    {
+        eprintln!("cannot write the phase log {}: {err}", Path::new(&path).display());
     }
 }
 

@@ -108,13 +108,19 @@ impl GatewayBench {
             tally.map(|tally| (tally.per_second, cpu.per_request(tally.calls)))
         };
         for round in self.phases.rounds() {
-            let (grpc, grpc_figures) =
-                per_request(meter.measure(throughput(&grpc_clients, phase, get_over_grpc)).await)?;
+            let (grpc, grpc_figures) = per_request(
+                meter
+                    .measure("gRPC", throughput(&grpc_clients, phase, get_over_grpc))
+                    .await,
+            )?;
             // The direct path does not cross the gateway.
             let grpc_figures = grpc_figures.without_gateway();
             println!("  round {round}: gRPC {grpc:.0}/s; {grpc_figures}");
-            let (rest, rest_figures) =
-                per_request(meter.measure(throughput(&rest_clients, phase, get_over_http)).await)?;
+            let (rest, rest_figures) = per_request(
+                meter
+                    .measure("gateway", throughput(&rest_clients, phase, get_over_http))
+                    .await,
+            )?;
             println!(
                 "  round {round}: gateway {rest:.0}/s -> {:.2}; {rest_figures}",
                 rest / grpc

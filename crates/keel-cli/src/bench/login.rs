@@ -363,7 +363,7 @@ async fn login_phase(channel: &Channel, email: &str, plan: Plan, meter: &Meter) 
     // Let the callers fill every hashing slot before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (start_count, start_failures) = (logins.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
-    let (start, before) = (Instant::now(), meter.sample());
+    let (start, started_at, before) = (Instant::now(), std::time::SystemTime::now(), meter.sample());
     let mut latencies = Vec::new();
     let mut probe = AuthServiceClient::new(channel.clone());
     while start.elapsed() < plan.phase {
@@ -376,6 +376,7 @@ async fn login_phase(channel: &Channel, email: &str, plan: Plan, meter: &Meter) 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let usage = meter.sample().since(&before);
+    super::cpu::log_phase("Login", started_at, std::time::SystemTime::now());
     let done = logins.load(Ordering::Relaxed) - start_count;
     let rate = done as f64 / start.elapsed().as_secs_f64();
     let calls = done + (failures.load(Ordering::Relaxed) - start_failures);

@@ -65,7 +65,10 @@ impl OrdersBench {
         for round in self.phases.rounds() {
             let tpcb = pgbench.run(&[], self.phases.seconds)?;
             println!("  round {round}: pgbench tpcb-like {:.0} tps; {}", tpcb.tps, tpcb.cpu);
-            let (orders, cpu) = suite.meter.measure(tally(&buyers, phase, place_order)).await;
+            let (orders, cpu) = suite
+                .meter
+                .measure("CreateOrder", tally(&buyers, phase, place_order))
+                .await;
             let orders = orders?;
             let cpu = cpu.per_request(orders.calls);
             println!(
