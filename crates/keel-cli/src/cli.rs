@@ -59,10 +59,13 @@ impl Cli {
                 args.run().await
             }
             Command::Admin { command } => command.run().await,
-            // The services a bench starts trace and log as they do in
-            // production, so their cost is in the figures.
+            // The services a bench starts trace and format their logs as
+            // they do in production, so the cost is in the figures; the
+            // lines are dropped, as the bench's own output is its figures.
             Command::Bench { command } => {
-                let _telemetry = keel_platform::serve::telemetry::init("keel", &self.telemetry)?;
+                let discard = keel_platform::serve::telemetry::BoxMakeWriter::new(std::io::sink);
+                let _telemetry =
+                    keel_platform::serve::telemetry::init_with_writer("keel", &self.telemetry, discard, false)?;
                 command.run().await
             }
         }

@@ -24,6 +24,9 @@ use tracing_subscriber::{
 
 use crate::config::{LogFormat, TelemetryConfig};
 
+/// Where log lines go (for [`init_with_writer`]).
+pub use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
 /// Keeps the tracer provider alive; dropping it flushes pending spans.
 #[derive(Debug)]
 pub struct TelemetryGuard {
@@ -57,19 +60,32 @@ pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Installs the global subscriber and propagator. Call once, at start.
 ///
-/// Spans always get OpenTelemetry ids, so JSON logs carry `trace_id` and
-/// `span_id` and calls to other services carry `traceparent` even when
-/// nothing is exported; with an OTLP endpoint the spans are also exported,
-/// as `service_name` at [`SERVICE_VERSION`].
+/// Spans get OpenTelemetry ids when something reads them: an OTLP endpoint
+/// (the spans are exported, as `service_name` at [`SERVICE_VERSION`]) or
+/// JSON logs (each line carries `trace_id` and `span_id`). Then calls to
+/// other services carry `traceparent` too. With neither, building the ids
+/// was a tenth of a cheap call's CPU for nothing (docs/performance.md).
 pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    init_with_writer(service_name, config, BoxMakeWriter::new(std::io::stdout), terminal)
+}
+
+/// [`init`], with the log lines written to `writer` (in colour if `ansi`).
+pub fn init_with_writer(
+    service_name: &str,
+    config: &TelemetryConfig,
+    writer: BoxMakeWriter,
+    ansi: bool,
+) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let filter = log_filter(&config.log_filter)?;
     let fmt = match config.log_format {
-        LogFormat::Json => json_logs(std::io::stdout).boxed(),
+        LogFormat::Json => json_logs(writer).boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .compact()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_ansi(ansi)
+            .with_writer(writer)
             .boxed(),
     };
 
@@ -90,7 +106,8 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
     // dropped at once.
     let provider = provider.build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("keel"));
+    let ids_read = config.otlp_endpoint.is_some() || matches!(config.log_format, LogFormat::Json);
+    let otel = ids_read.then(|| tracing_opentelemetry::layer().with_tracer(provider.tracer("keel")));
 
     tracing_subscriber::registry()
         .with(filter)
