@@ -4,13 +4,21 @@
 //! thread per CPU by default, at the lowest scheduling priority, fed by a
 //! bounded queue. The async workers stay free (and win the CPU) for cheap
 //! calls, and a flood of logins queues instead of exhausting memory.
+//!
+//! Each hashing thread keeps argon2's working memory (19 MiB at the default
+//! cost) from one hash to the next. Allocated per hash, glibc served the
+//! blocks from the threads' heaps after the first and kept them there,
+//! fragmented: 350 MB resident after a login bench (docs/performance.md).
 
-use std::sync::{Arc, Mutex};
+use std::{
+    cell::RefCell,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context as _;
 use argon2::{
-    Algorithm, Argon2, Params, Version,
-    password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
+    Algorithm, Argon2, Block, Params, Version,
+    password_hash::phc::{Output, ParamsString, PasswordHash, Salt},
 };
 use keel_platform::serve::metrics::{Metrics, sampled::SampledGauge};
 use tokio::sync::{mpsc, oneshot};
@@ -154,6 +162,7 @@ impl Hasher {
 /// One hashing thread: lowest priority, so that when the CPUs are busy
 /// hashing, the async workers still get them at once for cheap calls.
 fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
+    BLOCKS.set(Some(Vec::new()));
     if let Err(err) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
         tracing::warn!(error = ?err, "cannot lower the hashing thread's priority");
     }
@@ -173,11 +182,41 @@ fn argon2(params: &Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
 }
 
+thread_local! {
+    /// A hashing thread's argon2 working memory, kept between hashes; None
+    /// on any other thread (the dummy hash made at start), which must not
+    /// hold 19 MiB for good.
+    static BLOCKS: RefCell<Option<Vec<Block>>> = const { RefCell::new(None) };
+}
+
+/// Runs `argon2` into `out` on this thread's working memory, if it keeps
+/// one, else on memory of its own.
+fn hash_into(argon2: &Argon2<'_>, params: &Params, password: &[u8], salt: &[u8], out: &mut [u8]) -> anyhow::Result<()> {
+    BLOCKS.with_borrow_mut(|kept| {
+        let mut own = Vec::new();
+        let blocks = kept.as_mut().unwrap_or(&mut own);
+        let count = params.block_count();
+        if blocks.len() < count {
+            blocks.resize(count, Block::default());
+        }
+        argon2
+            .hash_password_into_with_memory(password, salt, out, &mut blocks[..count])
+            .map_err(|err| anyhow::anyhow!("hashing failed: {err}"))
+    })
+}
+
 fn hash_blocking(params: &Params, password: &[u8]) -> anyhow::Result<String> {
-    argon2(params)
-        .hash_password(password)
-        .map(|hash| hash.to_string())
-        .map_err(|err| anyhow::anyhow!("hashing failed: {err}"))
+    let salt = Salt::generate();
+    let mut out = vec![0; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+    hash_into(&argon2(params), params, password, &salt, &mut out)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(|err| anyhow::anyhow!("encoding the parameters: {err}"))?,
+        salt: Some(salt),
+        hash: Some(Output::new(&out).map_err(|err| anyhow::anyhow!("encoding the hash: {err}"))?),
+    };
+    Ok(phc.to_string())
 }
 
 /// The stored hash of an account that has no password (one made through an
@@ -190,15 +229,28 @@ pub fn is_usable(stored: &str) -> bool {
 }
 
 fn verify_blocking(params: &Params, password: &[u8], stored: &str) -> anyhow::Result<Verdict> {
-    let parsed = PasswordHash::new(stored).map_err(|err| anyhow::anyhow!("a stored hash is malformed: {err}"))?;
+    let malformed = |err: &dyn std::fmt::Display| anyhow::anyhow!("a stored hash is malformed: {err}");
+    let parsed = PasswordHash::new(stored).map_err(|err| malformed(&err))?;
     // The stored string names its own algorithm and cost; verify with those.
-    match Argon2::default().verify_password(password, stored) {
-        Ok(()) => Ok(Verdict::Valid {
-            needs_rehash: is_weaker(&parsed, params),
-        }),
-        Err(argon2::password_hash::Error::PasswordInvalid) => Ok(Verdict::Invalid),
-        Err(err) => Err(anyhow::anyhow!("verifying failed: {err}")),
+    let algorithm: Algorithm = parsed.algorithm.as_str().parse().map_err(|err| malformed(&err))?;
+    let version = match parsed.version {
+        Some(version) => Version::try_from(version).map_err(|err| malformed(&err))?,
+        None => Version::default(),
+    };
+    let stored_params = Params::try_from(&parsed).map_err(|err| malformed(&err))?;
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return Err(malformed(&"no salt or no hash"));
+    };
+    let mut out = vec![0; expected.len()];
+    let argon2 = Argon2::new(algorithm, version, stored_params.clone());
+    hash_into(&argon2, &stored_params, password, salt, &mut out)?;
+    // Output compares in constant time.
+    if Output::new(&out).map_err(|err| malformed(&err))? != *expected {
+        return Ok(Verdict::Invalid);
     }
+    Ok(Verdict::Valid {
+        needs_rehash: is_weaker(&parsed, params),
+    })
 }
 
 /// Whether `stored` was made with a different algorithm or less cost than
@@ -258,6 +310,39 @@ mod tests {
             .await
             .expect("verify");
         assert_eq!(verdict, Verdict::Invalid);
+    }
+
+    #[test]
+    fn hashes_agree_with_the_argon2_crates_own_encoding_both_ways() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let params = Params::new(1024, 1, 1, None).expect("params");
+        // Made by the crate's own hasher (as stored before): verified here.
+        let theirs = argon2(&params)
+            .hash_password(b"correct horse")
+            .expect("hash")
+            .to_string();
+        let verdict = verify_blocking(&params, b"correct horse", &theirs).expect("verify");
+        assert_eq!(verdict, Verdict::Valid { needs_rehash: false });
+        assert_eq!(
+            verify_blocking(&params, b"wrong horse", &theirs).expect("verify"),
+            Verdict::Invalid
+        );
+        // Made here, on memory kept as a hashing thread keeps it: verified
+        // by the crate.
+        BLOCKS.set(Some(Vec::new()));
+        let ours = hash_blocking(&params, b"correct horse").expect("hash");
+        assert!(
+            Argon2::default()
+                .verify_password(b"correct horse", ours.as_str())
+                .is_ok()
+        );
+        assert!(
+            Argon2::default()
+                .verify_password(b"wrong horse", ours.as_str())
+                .is_err()
+        );
+        // A second hash on the same thread reuses the memory and still differs (fresh salt).
+        assert_ne!(hash_blocking(&params, b"correct horse").expect("hash"), ours);
     }
 
     #[tokio::test]
